@@ -1,0 +1,278 @@
+"""The control-connection handshake (sans-IO).
+
+Both sides send HELLO as soon as the TCP connection is up; the side that
+dialled is the *initiator*.  A HELLO carries the protocol version range, the
+peer's name (a MAC-like id), nickname, a random 64-bit uid, its UDP port, the
+index it wants to see in UDP packets addressed to it, the cipher suites it
+supports, and a fresh X25519 public key.
+
+After both HELLOs, each side knows::
+
+    transcript = BLAKE2b(initiator_hello || responder_hello)
+    prk        = BLAKE2b(key=psk, X25519(eph_self, eph_peer) || transcript)
+
+where ``psk`` is Argon2id(password) with a fixed mesh salt.  The password
+itself never crosses the wire.  Each side sends CONFIRM, a MAC of the
+transcript under a key derived from ``prk`` with a label naming its role; a
+peer that does not know the password cannot produce it, and a passive observer
+cannot test guesses against it because it does not know the X25519 secret.
+From ``prk`` we derive four keys: control and data, each direction.
+
+A peer whose version range does not overlap ours, or that supports none of our
+suites, gets a REJECT frame with the reason, and both sides log it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+import nacl.bindings as sodium
+import nacl.pwhash
+
+from .constants import MAGIC, PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION
+from .crypto import Suite, choose_suite, constant_time_equal, kdf, suites_mask
+from .errors import BadPacket, HandshakeRefused, LocalProtocolError
+
+_MESH_SALT = hashlib.blake2b(b"meshrouter mesh password salt v1", digest_size=16).digest()
+
+
+def derive_psk(password: bytes) -> bytes:
+    """Stretch the mesh password into the 32-byte pre-shared key (slow on purpose)."""
+    if not password:
+        raise LocalProtocolError("the mesh password must not be empty")
+    return bytes(
+        nacl.pwhash.argon2id.kdf(
+            32,
+            password,
+            _MESH_SALT,
+            opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+            memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+        )
+    )
+
+
+class FrameType(IntEnum):
+    HELLO = 1
+    CONFIRM = 2
+    REJECT = 3
+
+
+_HELLO = struct.Struct("!8sBBHQ6sHI32sB")
+CONFIRM_BYTES = 32
+MAX_NICKNAME = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a router says about itself in its HELLO."""
+
+    name: bytes  # 6 bytes, shown as aa:bb:cc:dd:ee:ff
+    nickname: str
+    uid: int
+    udp_port: int
+    version_min: int = PROTOCOL_MIN_VERSION
+    version_max: int = PROTOCOL_MAX_VERSION
+    suites: int = suites_mask()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    identity: Identity
+    recv_index: int
+    ephemeral_public: bytes
+
+
+def format_name(name: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in name)
+
+
+def parse_name(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"peer name {text!r} is not of the form aa:bb:cc:dd:ee:ff")
+    return bytes(int(p, 16) for p in parts)
+
+
+def encode_reject(reason: str) -> bytes:
+    return bytes([FrameType.REJECT]) + reason.encode()[:190]
+
+
+def encode_hello(hello: Hello) -> bytes:
+    ident = hello.identity
+    nick = ident.nickname.encode()[:MAX_NICKNAME]
+    return (
+        bytes([FrameType.HELLO])
+        + _HELLO.pack(
+            MAGIC,
+            ident.version_min,
+            ident.version_max,
+            ident.suites,
+            ident.uid,
+            ident.name,
+            ident.udp_port,
+            hello.recv_index,
+            hello.ephemeral_public,
+            len(nick),
+        )
+        + nick
+    )
+
+
+def decode_hello_untrusted(body: bytes) -> Hello:
+    """Parse a HELLO frame body (type byte included).  Raises only BadPacket."""
+    if len(body) < 1 + _HELLO.size or body[0] != FrameType.HELLO:
+        raise BadPacket("not a HELLO frame")
+    (magic, vmin, vmax, suites, uid, name, udp_port, recv_index, eph, nick_len) = (
+        _HELLO.unpack_from(body, 1)
+    )
+    if magic != MAGIC:
+        raise BadPacket("not a meshrouter peer (bad magic)")
+    if vmin > vmax:
+        raise BadPacket("bad version range")
+    nick_raw = body[1 + _HELLO.size : 1 + _HELLO.size + nick_len]
+    if len(nick_raw) != nick_len or nick_len > MAX_NICKNAME:
+        raise BadPacket("truncated nickname")
+    try:
+        nick = nick_raw.decode()
+    except UnicodeDecodeError as exc:
+        raise BadPacket("nickname is not UTF-8") from exc
+    # Bytes after the nickname are reserved for extensions and ignored.
+    return Hello(Identity(name, nick, uid, udp_port, vmin, vmax, suites), recv_index, eph)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    suite: Suite
+    version: int
+    control_send: bytes
+    control_recv: bytes
+    data_send: bytes
+    data_recv: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResult:
+    peer: Identity
+    peer_recv_index: int  # put this index in UDP packets we send to the peer
+    keys: SessionKeys
+
+
+class HandshakeState(Enum):
+    AWAIT_HELLO = "await-hello"
+    AWAIT_CONFIRM = "await-confirm"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Handshake:
+    """One side of the handshake.
+
+    ``ephemeral_private`` (32 random bytes) and ``recv_index`` come from the
+    caller so that the core holds no source of randomness.
+    """
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        identity: Identity,
+        psk: bytes,
+        ephemeral_private: bytes,
+        recv_index: int,
+    ) -> None:
+        if len(ephemeral_private) != 32 or len(psk) != 32:
+            raise LocalProtocolError("ephemeral key and psk must be 32 bytes")
+        self.initiator = initiator
+        self.identity = identity
+        self._psk = psk
+        self._eph_private = ephemeral_private
+        self._hello = Hello(identity, recv_index, sodium.crypto_scalarmult_base(ephemeral_private))
+        self._hello_bytes = encode_hello(self._hello)
+        self.state = HandshakeState.AWAIT_HELLO
+        self._peer_hello: Hello | None = None
+        self._expected_confirm = b""
+        self._keys: SessionKeys | None = None
+
+    def initial_frames(self) -> list[bytes]:
+        return [self._hello_bytes]
+
+    def receive_frame_untrusted(self, body: bytes) -> tuple[list[bytes], HandshakeResult | None]:
+        """Handle one frame body.  Returns frames to send and, when done, the result.
+
+        Raises ``HandshakeRefused`` (a reason for the operator) or ``BadPacket``.
+        """
+        if self.state in (HandshakeState.DONE, HandshakeState.FAILED):
+            raise LocalProtocolError(f"handshake is {self.state.value}")
+        try:
+            return self._receive(body)
+        except (BadPacket, HandshakeRefused):
+            self.state = HandshakeState.FAILED
+            raise
+
+    def _receive(self, body: bytes) -> tuple[list[bytes], HandshakeResult | None]:
+        if not body:
+            raise BadPacket("empty handshake frame")
+        if body[0] == FrameType.REJECT:
+            reason = body[1:200].decode("utf-8", "replace")
+            raise HandshakeRefused(f"peer refused the connection: {reason}")
+        if self.state is HandshakeState.AWAIT_HELLO:
+            hello = decode_hello_untrusted(body)
+            return self._on_hello(hello, body), None
+        if body[0] != FrameType.CONFIRM or len(body) != 1 + CONFIRM_BYTES:
+            raise BadPacket("expected a CONFIRM frame")
+        if not constant_time_equal(body[1:], self._expected_confirm):
+            raise HandshakeRefused(
+                "authentication failed: the peer does not know the mesh password "
+                "(wrong password on one side?)"
+            )
+        peer, keys = self._peer_hello, self._keys
+        assert peer is not None
+        assert keys is not None
+        self.state = HandshakeState.DONE
+        return [], HandshakeResult(peer.identity, peer.recv_index, keys)
+
+    @staticmethod
+    def _reject(reason: str) -> HandshakeRefused:
+        return HandshakeRefused(reason, tell_peer=True)
+
+    def _on_hello(self, hello: Hello, body: bytes) -> list[bytes]:
+        me, peer = self.identity, hello.identity
+        lo = max(me.version_min, peer.version_min)
+        hi = min(me.version_max, peer.version_max)
+        if lo > hi:
+            raise self._reject(
+                f"incompatible protocol version: we speak {me.version_min}..{me.version_max}, "
+                f"peer speaks {peer.version_min}..{peer.version_max}"
+            )
+        if peer.uid == me.uid:
+            raise self._reject("connection to self")
+        if self.initiator:
+            suite = choose_suite(me.suites, peer.suites)
+        else:
+            suite = choose_suite(peer.suites, me.suites)
+        if suite is None:
+            raise self._reject("no cipher suite in common")
+        try:
+            shared = sodium.crypto_scalarmult(self._eph_private, hello.ephemeral_public)
+        except Exception as exc:  # libsodium refuses low-order points
+            raise BadPacket("bad ephemeral public key") from exc
+        first, second = (self._hello_bytes, body) if self.initiator else (body, self._hello_bytes)
+        transcript = hashlib.blake2b(first + second, digest_size=32).digest()
+        prk = hashlib.blake2b(shared + transcript, key=self._psk, digest_size=64).digest()
+        mine, theirs = ("i", "r") if self.initiator else ("r", "i")
+        my_confirm = kdf(prk, b"confirm-" + mine.encode() + transcript)
+        self._expected_confirm = kdf(prk, b"confirm-" + theirs.encode() + transcript)
+        self._keys = SessionKeys(
+            suite=suite,
+            version=hi,
+            control_send=kdf(prk, f"control-{mine}2{theirs}".encode()),
+            control_recv=kdf(prk, f"control-{theirs}2{mine}".encode()),
+            data_send=kdf(prk, f"data-{mine}2{theirs}".encode()),
+            data_recv=kdf(prk, f"data-{theirs}2{mine}".encode()),
+        )
+        self._peer_hello = hello
+        self.state = HandshakeState.AWAIT_CONFIRM
+        return [bytes([FrameType.CONFIRM]) + my_confirm]

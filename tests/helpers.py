@@ -1,0 +1,79 @@
+"""Test helpers shared by the sans-IO tests (no network)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from meshrouter.control import ConnectionClosed, ControlConnection, Event
+from meshrouter.handshake import Identity, derive_psk
+
+
+@functools.cache
+def psk(password: bytes) -> bytes:
+    return derive_psk(password)
+
+
+def identity(n: int, **kw: object) -> Identity:
+    fields: dict[str, object] = {
+        "name": bytes([0x02, 0, 0, 0, 0, n]),
+        "nickname": f"host{n}",
+        "uid": 1000 + n,
+        "udp_port": 6783,
+    }
+    fields.update(kw)
+    return Identity(**fields)  # type: ignore[arg-type]
+
+
+def seeded_key(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+class ConnectionPair:
+    """Two control connections wired back to back in memory (like h11's helper)."""
+
+    def __init__(
+        self,
+        *,
+        password_a: bytes = b"secret",
+        password_b: bytes = b"secret",
+        ident_a: Identity | None = None,
+        ident_b: Identity | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.now = now
+        self.a = ControlConnection(
+            initiator=True,
+            identity=ident_a or identity(1),
+            psk=psk(password_a),
+            ephemeral_private=seeded_key("a"),
+            recv_index=11,
+            now=now,
+        )
+        self.b = ControlConnection(
+            initiator=False,
+            identity=ident_b or identity(2),
+            psk=psk(password_b),
+            ephemeral_private=seeded_key("b"),
+            recv_index=22,
+            now=now,
+        )
+        self.events: dict[str, list[Event]] = {"a": [], "b": []}
+
+    def pump(self) -> None:
+        """Move bytes both ways until neither side has anything to send."""
+        for _ in range(100):
+            ab = self.a.data_to_send()
+            ba = self.b.data_to_send()
+            if not ab and not ba:
+                break
+            if ab:
+                self.b.receive_data(ab, self.now)
+            if ba:
+                self.a.receive_data(ba, self.now)
+        for name, conn in (("a", self.a), ("b", self.b)):
+            while (ev := conn.next_event()) is not None:
+                self.events[name].append(ev)
+
+    def closed_reasons(self, side: str) -> list[str]:
+        return [e.reason for e in self.events[side] if isinstance(e, ConnectionClosed)]

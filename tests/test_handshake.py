@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshrouter.control import (
+    ConnectionClosed,
+    ControlConnection,
+    HandshakeComplete,
+    MessageReceived,
+    MessageType,
+    State,
+)
+from meshrouter.crypto import Suite, suites_mask
+from meshrouter.errors import BadPacket, LocalProtocolError
+from meshrouter.handshake import (
+    Hello,
+    decode_hello_untrusted,
+    encode_hello,
+    format_name,
+    parse_name,
+)
+
+from .helpers import ConnectionPair, identity, psk, seeded_key
+
+
+def test_handshake_agrees_on_keys_and_identities() -> None:
+    p = ConnectionPair()
+    p.pump()
+    assert p.a.state is State.OPEN
+    assert p.b.state is State.OPEN
+    ra, rb = p.a.result, p.b.result
+    assert ra is not None
+    assert rb is not None
+    assert ra.peer.nickname == "host2"
+    assert rb.peer.nickname == "host1"
+    assert ra.peer_recv_index == 22
+    assert rb.peer_recv_index == 11
+    assert ra.keys.suite is Suite.AEGIS128L
+    # Directions are crossed, planes are disjoint.
+    assert ra.keys.control_send == rb.keys.control_recv
+    assert ra.keys.data_send == rb.keys.data_recv
+    assert ra.keys.data_send == ra.keys.data_send
+    assert (
+        len({ra.keys.control_send, ra.keys.control_recv, ra.keys.data_send, ra.keys.data_recv}) == 4
+    )
+    assert isinstance(p.events["a"][0], HandshakeComplete)
+
+
+def test_messages_flow_encrypted_both_ways() -> None:
+    p = ConnectionPair()
+    p.pump()
+    p.a.send_message(MessageType.GOSSIP, b"hello from a")
+    wire = p.a.data_to_send()
+    assert b"hello from a" not in wire
+    p.b.receive_data(wire, 0.0)
+    p.b.send_message(MessageType.GOSSIP, b"hi back")
+    p.pump()
+    got_b = [e for e in p.events["b"] if isinstance(e, MessageReceived)]
+    got_a = [e for e in p.events["a"] if isinstance(e, MessageReceived)]
+    assert got_b == [MessageReceived(MessageType.GOSSIP, b"hello from a")]
+    assert got_a == [MessageReceived(MessageType.GOSSIP, b"hi back")]
+
+
+def test_wrong_password_refused_on_both_sides_and_no_session() -> None:
+    p = ConnectionPair(password_b=b"not the secret")
+    p.pump()
+    assert p.a.state is State.CLOSED
+    assert p.b.state is State.CLOSED
+    for side in "ab":
+        (reason,) = p.closed_reasons(side)
+        assert "wrong password" in reason
+    assert p.a.result is None
+    assert p.b.result is None
+    assert not any(isinstance(e, HandshakeComplete) for e in p.events["a"] + p.events["b"])
+
+
+def test_password_never_on_the_wire() -> None:
+    p = ConnectionPair(password_a=b"hunter2-hunter2", password_b=b"hunter2-hunter2")
+    wire = p.a.data_to_send() + p.b.data_to_send()
+    assert b"hunter2" not in wire
+    assert psk(b"hunter2-hunter2") not in wire
+
+
+def test_incompatible_version_refused_with_reason_on_both_sides() -> None:
+    p = ConnectionPair(ident_b=identity(2, version_min=5, version_max=7))
+    p.pump()
+    (ra,) = p.closed_reasons("a")
+    (rb,) = p.closed_reasons("b")
+    assert "incompatible protocol version" in ra
+    assert "incompatible protocol version" in rb
+    assert "5..7" in ra
+
+
+def test_overlapping_versions_pick_highest_common() -> None:
+    p = ConnectionPair(
+        ident_a=identity(1, version_min=1, version_max=3),
+        ident_b=identity(2, version_min=2, version_max=5),
+    )
+    p.pump()
+    assert p.a.result is not None
+    assert p.a.result.keys.version == 3
+
+
+def test_suite_fallback_and_no_common_suite() -> None:
+    only_x = suites_mask((Suite.XCHACHA20POLY1305,))
+    p = ConnectionPair(ident_b=identity(2, suites=only_x))
+    p.pump()
+    assert p.a.result is not None
+    assert p.a.result.keys.suite is Suite.XCHACHA20POLY1305
+    q = ConnectionPair(
+        ident_a=identity(1, suites=suites_mask((Suite.AEGIS128L,))),
+        ident_b=identity(2, suites=only_x),
+    )
+    q.pump()
+    assert "no cipher suite in common" in q.closed_reasons("a")[0]
+
+
+def test_connection_to_self_refused() -> None:
+    p = ConnectionPair(ident_b=identity(1))
+    p.pump()
+    assert "connection to self" in p.closed_reasons("a")[0]
+
+
+def test_close_reason_reaches_peer() -> None:
+    p = ConnectionPair()
+    p.pump()
+    p.a.close("operator said forget")
+    p.pump()
+    assert p.closed_reasons("b") == ["peer closed: operator said forget"]
+    assert p.closed_reasons("a") == ["operator said forget"]
+
+
+def test_heartbeats_and_timeout() -> None:
+    p = ConnectionPair()
+    p.pump()
+    assert p.a.get_timer() == pytest.approx(1.0)
+    # Heartbeats keep both alive for a long time.
+    for t in range(1, 30):
+        p.now = float(t)
+        p.a.handle_timer(p.now)
+        p.b.handle_timer(p.now)
+        p.pump()
+    assert p.a.state is State.OPEN
+    assert p.a.messages_sent >= 28
+    # b goes silent: a times out with a clear reason.
+    now = 30.0
+    while p.a.state is State.OPEN:
+        now = p.a.get_timer()
+        p.a.handle_timer(now)
+        p.a.data_to_send()
+    assert now == pytest.approx(29.0 + 6.0)
+    ev = [e for e in iter(p.a.next_event, None) if isinstance(e, ConnectionClosed)]
+    assert "no heartbeat" in ev[0].reason
+    assert p.a.get_timer() == math.inf
+
+
+def test_handshake_timeout() -> None:
+    c = ControlConnection(
+        initiator=True,
+        identity=identity(1),
+        psk=psk(b"secret"),
+        ephemeral_private=seeded_key("x"),
+        recv_index=1,
+        now=100.0,
+    )
+    assert c.get_timer() == 110.0
+    c.handle_timer(110.0)
+    assert c.state is State.CLOSED
+    assert c.close_reason == "handshake timed out"
+
+
+def test_send_before_open_is_local_error() -> None:
+    p = ConnectionPair()
+    with pytest.raises(LocalProtocolError):
+        p.a.send_message(MessageType.GOSSIP, b"x")
+
+
+def test_tampered_control_frame_closes_with_protocol_error() -> None:
+    p = ConnectionPair()
+    p.pump()
+    p.a.send_message(MessageType.GOSSIP, b"payload")
+    wire = bytearray(p.a.data_to_send())
+    wire[-1] ^= 1
+    p.b.receive_data(bytes(wire), 0.0)
+    assert p.b.state is State.CLOSED
+    assert "authentication failed" in (p.b.close_reason or "")
+
+
+def test_oversized_frame_refused_before_buffering() -> None:
+    p = ConnectionPair()
+    p.b.receive_data(b"\xff\xff\xff\xff", 0.0)
+    assert p.b.state is State.CLOSED
+    assert "exceeds limit" in (p.b.close_reason or "")
+
+
+def test_name_format_roundtrip() -> None:
+    assert parse_name(format_name(b"\x02\xab\x00\x01\x02\x03")) == b"\x02\xab\x00\x01\x02\x03"
+    with pytest.raises(ValueError, match="aa:bb"):
+        parse_name("nope")
+
+
+@given(st.binary(max_size=200))
+def test_decode_hello_raises_only_bad_packet(data: bytes) -> None:
+    try:
+        decode_hello_untrusted(data)
+    except BadPacket:
+        pass
+
+
+@given(st.binary(max_size=200), st.integers(0, 150))
+def test_mutated_hello_raises_only_bad_packet(noise: bytes, pos: int) -> None:
+    good = bytearray(encode_hello(Hello(identity(3), 7, bytes(32))))
+    good[pos % len(good) :] = noise
+    try:
+        decode_hello_untrusted(bytes(good))
+    except BadPacket:
+        pass
+
+
+@given(st.lists(st.binary(max_size=120), max_size=8))
+def test_connection_survives_garbage(chunks: list[bytes]) -> None:
+    """Garbage closes the connection with a reason; nothing ever raises."""
+    c = ControlConnection(
+        initiator=False,
+        identity=identity(2),
+        psk=psk(b"secret"),
+        ephemeral_private=seeded_key("g"),
+        recv_index=1,
+        now=0.0,
+    )
+    for chunk in chunks:
+        c.receive_data(chunk, 0.0)
+    if c.state is State.CLOSED:
+        assert c.close_reason
