@@ -1,0 +1,1 @@
+"""The ``mesh`` command: launches the router and attaches containers to the mesh."""

@@ -1,0 +1,214 @@
+"""``mesh attach`` / ``mesh detach`` / ``mesh ps``: veth pairs between containers and the bridge.
+
+Attachments are recorded in ``attachments.json`` in the state directory
+(atomic writes, under an flock so concurrent attaches do not lose each other).
+Any step that fails undoes what was made before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from meshrouter.netdev import NetdevError, ip, link_exists
+from meshrouter.state import atomic_write, load_json
+
+from .containers import Container, ContainerError, resolve
+
+CONTAINER_IFACE = "ethwe"
+
+
+class AttachError(Exception):
+    """A one-line reason for the operator; nothing was left half-made."""
+
+
+@dataclass
+class Attachment:
+    container: str
+    kind: str
+    ident: str
+    ns_path: str
+    host_veth: str
+    cidr: str
+    mac: str
+
+
+def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
+    """Check an operator-given address against the mesh range.  Raises AttachError."""
+    net = ipaddress.ip_network(mesh_range)
+    try:
+        iface = ipaddress.ip_interface(text if "/" in text else f"{text}/{net.prefixlen}")
+    except ValueError:
+        raise AttachError(
+            f"invalid address {text!r}: expected an IPv4 address with prefix, like 10.32.0.5/12"
+        ) from None
+    if not isinstance(iface, ipaddress.IPv4Interface):
+        raise AttachError(f"{text}: only IPv4 addresses are supported")
+    if iface.ip not in net:
+        raise AttachError(
+            f"{iface.ip} is outside the mesh range {net}: pick an address inside it "
+            "(the range is set by 'mesh launch --ipalloc-range')"
+        )
+    if iface.network.num_addresses > 2 and iface.ip in (
+        iface.network.network_address,
+        iface.network.broadcast_address,
+    ):
+        raise AttachError(f"{iface} is the network or broadcast address of {iface.network}")
+    return iface
+
+
+def veth_name(ident: str) -> str:
+    return "vethwl" + hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
+def in_ns(
+    c: Container | Attachment, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["nsenter", f"--net={c.ns_path}", *args], capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise NetdevError(
+            f"'{' '.join(args)}' in {getattr(c, 'name', '')} failed: {proc.stderr.strip()}"
+        )
+    return proc
+
+
+class Registry:
+    """The attachment records of this host."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "attachments.json"
+        self.lock_path = state_dir / "attachments.lock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Attachment]]:
+        """Read-modify-write under an exclusive lock; written back on success."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self.read()
+            before = json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
+            yield records
+            after = json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
+            if after != before:
+                atomic_write(self.path, after.encode())
+
+    def read(self) -> dict[str, Attachment]:
+        data: Any = load_json(self.path, {})
+        out: dict[str, Attachment] = {}
+        if isinstance(data, dict):
+            for k, v in data.items():
+                with contextlib.suppress(TypeError):
+                    out[k] = Attachment(**v)
+        return out
+
+
+def attach(
+    registry: Registry, name: str, cidr_text: str, *, bridge: str, mesh_range: str, mtu: int
+) -> Attachment:
+    iface = parse_cidr(cidr_text, mesh_range)
+    try:
+        c = resolve(name)
+    except ContainerError as exc:
+        raise AttachError(str(exc)) from None
+    if not link_exists(bridge):
+        raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
+    with registry.locked() as records:
+        for rec in records.values():
+            if ipaddress.ip_interface(rec.cidr).ip == iface.ip and rec.ident != c.ident:
+                raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
+        if in_ns(c, "ip", "link", "show", "dev", CONTAINER_IFACE, check=False).returncode == 0:
+            have = records.get(c.ident)
+            what = f" with {have.cidr}" if have else ""
+            raise AttachError(
+                f"{name} is already attached{what} ({CONTAINER_IFACE} exists): "
+                f"'mesh detach {name}' first"
+            )
+        host = veth_name(c.ident)
+        if link_exists(host):  # left over from a container that went away
+            ip("link", "del", "dev", host, check=False)
+        try:
+            ip(
+                "link",
+                "add",
+                "name",
+                host,
+                "mtu",
+                str(mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CONTAINER_IFACE,
+                "mtu",
+                str(mtu),
+                "netns",
+                c.ns_ref,
+            )
+        except NetdevError as exc:
+            raise AttachError(f"cannot create veth pair for {name}: {exc}") from None
+        try:
+            in_ns(c, "ip", "link", "set", "dev", "lo", "up")
+            in_ns(c, "ip", "addr", "add", str(iface), "dev", CONTAINER_IFACE)
+            in_ns(c, "ip", "link", "set", "dev", CONTAINER_IFACE, "up")
+            ip("link", "set", "dev", host, "master", bridge)
+            ip("link", "set", "dev", host, "up")
+            shown = in_ns(c, "ip", "-j", "link", "show", "dev", CONTAINER_IFACE).stdout
+            mac = str(json.loads(shown)[0].get("address", ""))
+            # Tell the mesh where this address lives now (gratuitous ARP).
+            in_ns(c, sys.executable, "-m", "launcher.garp", CONTAINER_IFACE, str(iface.ip))
+        except NetdevError as exc:
+            ip("link", "del", "dev", host, check=False)
+            raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
+        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(iface), mac)
+        records[c.ident] = rec
+        return rec
+
+
+def detach(registry: Registry, name: str) -> Attachment | None:
+    """Undo an attach.  Returns the record, or None if the container was not attached."""
+    with registry.locked() as records:
+        rec = next((r for r in records.values() if r.container == name or r.ident == name), None)
+        try:
+            c: Container | None = resolve(name)
+        except ContainerError:
+            c = None
+        if rec is None and c is not None:
+            rec = records.get(c.ident)
+        if rec is None:
+            if (
+                c is not None
+                and in_ns(c, "ip", "link", "show", CONTAINER_IFACE, check=False).returncode == 0
+            ):
+                in_ns(c, "ip", "link", "del", "dev", CONTAINER_IFACE, check=False)
+                return Attachment(name, c.kind, c.ident, c.ns_path, "", "", "")
+            if c is None:
+                raise AttachError(f"{name} is neither attached nor a known container or namespace")
+            return None
+        # Deleting either end of a veth pair removes both.
+        ip("link", "del", "dev", rec.host_veth, check=False)
+        del records[rec.ident]
+        return rec
+
+
+def reattach_all(registry: Registry, bridge: str) -> int:
+    """After a relaunch, put the host ends of recorded attachments back on the bridge."""
+    n = 0
+    with registry.locked() as records:
+        for key, rec in list(records.items()):
+            if not link_exists(rec.host_veth):
+                del records[key]  # the container went away while we were down
+                continue
+            ip("link", "set", "dev", rec.host_veth, "master", bridge, check=False)
+            n += 1
+    return n

@@ -1,0 +1,71 @@
+"""Finding a container's network namespace: a named netns, or a Docker container."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+
+class ContainerError(Exception):
+    """A one-line reason for the operator."""
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str  # what the operator typed
+    kind: str  # "netns" or "docker"
+    ns_path: str  # /run/netns/NAME or /proc/PID/ns/net
+    ns_ref: str  # what 'ip link set ... netns' takes: NAME or PID
+    ident: str  # a stable key: netns name or docker id
+
+
+NETNS_DIR = "/run/netns"
+
+
+@functools.cache
+def docker_engine_available() -> bool:
+    """True when a Docker engine answers (not just a client on PATH)."""
+    if os.environ.get("MESH_NO_DOCKER") or shutil.which("docker") is None:
+        return False
+    try:
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def resolve(name: str) -> Container:
+    if not name or "/" in name or name in (".", ".."):
+        raise ContainerError(f"{name!r} is not a valid container or namespace name")
+    path = os.path.join(NETNS_DIR, name)
+    if os.path.exists(path):
+        return Container(name, "netns", path, name, name)
+    if docker_engine_available():
+        proc = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Pid}} {{.Id}}", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode == 0:
+            pid, cid = proc.stdout.split()
+            if pid == "0":
+                raise ContainerError(f"container {name} is not running: start it first")
+            return Container(name, "docker", f"/proc/{pid}/ns/net", pid, cid)
+        raise ContainerError(
+            f"no container or network namespace named {name!r}: "
+            "check 'docker ps' or 'ip netns list'"
+        )
+    raise ContainerError(
+        f"no network namespace named {name!r} (and no Docker engine here): "
+        f"create it with 'ip netns add {name}'"
+    )

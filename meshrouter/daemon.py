@@ -1,0 +1,100 @@
+"""``mesh router``: run the router in the foreground until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from . import api
+from .constants import CONTAINER_MTU, PORT
+from .errors import MeshError
+from .handshake import derive_psk
+from .netdev import ensure_bridge
+from .router import Router, RouterConfig
+from .state import load_targets, peer_name, read_password, save_targets
+
+log = logging.getLogger("meshrouter")
+
+
+@dataclass
+class DaemonOptions:
+    state_dir: Path
+    password_file: str | None
+    peers: list[str]
+    nickname: str
+    bridge: str = "mesh"
+    tap: str = "meshtap"
+    port: int = PORT
+    listen: str = "0.0.0.0"
+    ipalloc_range: str = "10.32.0.0/12"
+    mtu: int = CONTAINER_MTU
+    log_level: str = "info"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _main(router: Router, opts: DaemonOptions) -> None:
+    def persist() -> None:
+        save_targets(opts.state_dir, [t.address for t in router.targets])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        persist()
+        await nursery.start(api.serve, router, opts.state_dir / "router.sock", persist)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    router.stop_requested.set()
+
+            nursery.start_soon(on_signal)
+            await router.stop_requested.wait()
+            log.info("stopping")
+            await router.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+def run(opts: DaemonOptions) -> int:
+    setup_logging(opts.log_level)
+    try:
+        opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        psk = derive_psk(read_password(opts.password_file))
+        ensure_bridge(opts.bridge, opts.mtu)
+        peers = list(dict.fromkeys(load_targets(opts.state_dir) + opts.peers))
+        config = RouterConfig(
+            name=peer_name(opts.state_dir),
+            nickname=opts.nickname,
+            psk=psk,
+            bridge=opts.bridge,
+            tap_name=opts.tap,
+            listen_host=opts.listen,
+            port=opts.port,
+            peers=peers,
+            ipalloc_range=opts.ipalloc_range,
+            mtu=opts.mtu,
+        )
+        router = Router(config)
+    except (ValueError, MeshError, OSError) as exc:
+        log.error("cannot start router: %s", exc)
+        return 1
+    try:
+        trio.run(_main, router, opts)
+    except OSError as exc:
+        log.error("router failed: %s", exc)
+        return 1
+    except MeshError as exc:
+        log.error("router failed: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,608 @@
+"""The router daemon: a thin trio shell around the sans-IO cores.
+
+Tasks (all in one nursery):
+
+* ``_tap_loop``: drains the TAP fd, learns local MACs, packs frames per
+  destination peer and sends them as encrypted UDP datagrams.
+* ``_udp_loop``: drains the UDP socket, maps each datagram to its session by
+  receiver index, authenticates it, learns remote MACs and writes frames to
+  the TAP.  Bad datagrams are dropped and counted by reason.
+* ``_maker_loop``: dials connection targets, retrying with jittered backoff.
+* ``_tick_loop``: UDP heartbeats, liveness transitions, MAC expiry.
+* one task per TCP control connection (``_run_connection``).
+* the local API server (``api.serve``), started by the caller.
+
+Forwarding is split-horizon: a frame that arrives from a peer is only ever
+written to our TAP, never sent on to another peer, so a full mesh has no loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from . import __version__
+from .constants import CONTAINER_MTU, ETH_HEADER, HEARTBEAT_INTERVAL, PORT
+from .control import (
+    ConnectionClosed,
+    ControlConnection,
+    HandshakeComplete,
+    MessageReceived,
+    State,
+)
+from .crypto import MAX_TAG_BYTES, SUITES
+from .dataplane import (
+    HEADER,
+    DataSession,
+    FramePacker,
+    PacketType,
+    iter_frames_untrusted,
+    parse_header_untrusted,
+)
+from .errors import BadPacket
+from .handshake import Identity, format_name
+from .mactable import LOCAL, MacTable, is_multicast
+from .netdev import Tap
+from .targets import Targets, format_address
+
+log = logging.getLogger("meshrouter")
+
+MAX_DATAGRAM = 65535
+DRAIN_BATCH = 256  # reads per wakeup before yielding to other tasks
+CONNECT_TIMEOUT = 5.0
+SO_SNDBUFFORCE = 32  # Linux; not exported by the socket module
+SO_RCVBUFFORCE = 33
+
+
+@dataclass
+class RouterConfig:
+    name: bytes
+    nickname: str
+    psk: bytes
+    bridge: str = "mesh"
+    tap_name: str = "meshtap"
+    listen_host: str = "0.0.0.0"
+    port: int = PORT
+    peers: list[str] = field(default_factory=list)
+    ipalloc_range: str = "10.32.0.0/12"
+    mtu: int = CONTAINER_MTU
+    use_tap: bool = True
+
+
+@dataclass(eq=False)
+class Peer:
+    """The shell's record of one control connection."""
+
+    conn: ControlConnection
+    stream: trio.SocketStream
+    remote: tuple[str, int]
+    initiator: bool
+    recv_index: int
+    target: str | None = None
+    name: str = ""
+    session: DataSession | None = None
+    udp_addr: tuple[str, int] | None = None
+    established: bool = False
+    connected_at: float = 0.0
+    packer: FramePacker | None = None
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class Router:
+    def __init__(self, config: RouterConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.SystemRandom()
+        self.uid = self._rng.getrandbits(64)
+        self.name = format_name(config.name)
+        self.identity = Identity(
+            name=config.name, nickname=config.nickname, uid=self.uid, udp_port=config.port
+        )
+        self.peers: dict[str, Peer] = {}  # by peer name, handshake complete
+        self._by_index: dict[int, Peer] = {}
+        self._pending: set[Peer] = set()
+        self.targets = Targets(config.port)
+        for p in config.peers:
+            self.targets.add(p, 0.0)
+        self.macs = MacTable()
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.started_at = 0.0
+        self._wake_maker = trio.Event()
+        self.stop_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._udp: socket.socket | None = None
+        self._tap: Tap | None = None
+        self.tcp_port = config.port
+        # Bytes of frame payload one datagram may carry: underlay MTU 1500
+        # less IPv6 40 + UDP 8 + header + tag.
+        self._pack_limit = 1500 - 48 - HEADER.size - MAX_TAG_BYTES
+
+    # -- lifecycle ------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        self.started_at = trio.current_time()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+            with contextlib.suppress(PermissionError):  # not root: keep the default
+                udp.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        udp.bind((cfg.listen_host, cfg.port))
+        udp.setblocking(False)
+        self._udp = udp
+        if cfg.use_tap:
+            self._tap = Tap(cfg.tap_name, cfg.bridge, cfg.mtu)
+        try:
+            listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.listen_host)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
+                nursery.start_soon(self._udp_loop)
+                if self._tap is not None:
+                    nursery.start_soon(self._tap_loop)
+                nursery.start_soon(self._maker_loop)
+                nursery.start_soon(self._tick_loop)
+                log.info(
+                    "router %s (%s) listening on %s, TCP and UDP port %d, bridge %s",
+                    self.name,
+                    cfg.nickname,
+                    cfg.listen_host,
+                    cfg.port,
+                    cfg.bridge,
+                )
+                task_status.started()
+        finally:
+            udp.close()
+            if self._tap is not None:
+                self._tap.close()
+
+    async def shutdown(self, reason: str = "router shutting down") -> None:
+        for peer in list(self.peers.values()) + list(self._pending):
+            await self._close_peer(peer, reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- operator actions -----------------------------------------------
+
+    def connect(self, address: str) -> str:
+        t = self.targets.add(address, trio.current_time())
+        self._wake_maker.set()
+        log.info("target %s added", t.address)
+        return t.address
+
+    async def forget(self, address: str) -> str | None:
+        t = self.targets.remove(address)
+        if t is None:
+            return None
+        log.info("target %s forgotten", t.address)
+        for peer in list(self.peers.values()) + list(self._pending):
+            if peer.target == t.address:
+                await self._close_peer(peer, "peer forgotten by operator")
+        return t.address
+
+    # -- control connections --------------------------------------------
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        await self._run_connection(stream, initiator=False, target=None)
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, *, initiator: bool, target: str | None
+    ) -> None:
+        """Run one control connection; a bug in it must not take the router down."""
+        try:
+            await self._connection(stream, initiator=initiator, target=target)
+        except Exception:
+            self.counters["connection_crashes"] += 1
+            log.exception("connection task failed; connection dropped")
+
+    async def _maker_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            for t in self.targets.due(now):
+                self._spawn(self._dial, t.address)
+            self._wake_maker = trio.Event()
+            with trio.move_on_at(self.targets.next_deadline()):
+                await self._wake_maker.wait()
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    async def _dial(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        host = host.strip("[]")
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, int(port))
+        except (OSError, trio.TooSlowError) as exc:
+            reason = "connection timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            self._target_failed(address, reason)
+            return
+        await self._run_connection(stream, initiator=True, target=address)
+
+    def _target_failed(self, address: str, reason: str) -> None:
+        now = trio.current_time()
+        self.targets.failed(address, reason, now, jitter=self._rng.uniform(0.5, 1.5))
+        t = self.targets.get(address)
+        if t is not None:
+            log.info(
+                "connection to %s failed: %s; retrying in %.1fs", address, reason, t.next_try - now
+            )
+        self._wake_maker.set()
+
+    def _new_index(self) -> int:
+        while True:
+            idx = self._rng.getrandbits(32)
+            if idx and idx not in self._by_index:
+                return idx
+
+    async def _connection(
+        self, stream: trio.SocketStream, *, initiator: bool, target: str | None
+    ) -> None:
+        sockname = stream.socket.getpeername()
+        remote = (str(sockname[0]), int(sockname[1]))
+        idx = self._new_index()
+        conn = ControlConnection(
+            initiator=initiator,
+            identity=self.identity,
+            psk=self.config.psk,
+            ephemeral_private=os.urandom(32),
+            recv_index=idx,
+            now=trio.current_time(),
+        )
+        peer = Peer(conn, stream, remote, initiator, idx, target)
+        self._pending.add(peer)
+        where = format_address(*remote)
+        try:
+            with peer.cancel:
+                await self._flush(peer)
+                while conn.state is not State.CLOSED:
+                    with trio.move_on_at(conn.get_timer()) as cs:
+                        data = await stream.receive_some(65536)
+                    now = trio.current_time()
+                    if cs.cancelled_caught:
+                        conn.handle_timer(now)
+                    elif not data:
+                        conn.receive_eof(now)
+                    else:
+                        conn.receive_data(data, now)
+                    await self._process_events(peer, where)
+                    await self._flush(peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if conn.state is not State.CLOSED:
+                conn.receive_eof(trio.current_time())
+                await self._process_events(peer, where, detail=str(exc) or type(exc).__name__)
+        finally:
+            self._pending.discard(peer)
+            self._detach(peer)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            if peer.target is not None:  # a duplicate that lost handed its target over
+                self._target_failed(peer.target, conn.close_reason or "connection closed")
+
+    async def _flush(self, peer: Peer) -> None:
+        data = peer.conn.data_to_send()
+        if data:
+            async with peer.send_lock:
+                await peer.stream.send_all(data)
+
+    async def _close_peer(self, peer: Peer, reason: str) -> None:
+        peer.conn.close(reason)
+        try:
+            with trio.move_on_after(1):
+                await self._flush(peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        self._log_closed(peer, reason, "local")
+        peer.cancel.cancel()
+
+    async def _process_events(self, peer: Peer, where: str, detail: str = "") -> None:
+        while (ev := peer.conn.next_event()) is not None:
+            if isinstance(ev, HandshakeComplete):
+                await self._on_handshake(peer, ev, where)
+            elif isinstance(ev, ConnectionClosed):
+                if ev.cause != "local":
+                    reason = f"{ev.reason} ({detail})" if detail else ev.reason
+                    self._log_closed(peer, reason, ev.cause)
+            elif isinstance(ev, MessageReceived):
+                self.counters["control_messages_unhandled"] += 1
+
+    def _log_closed(self, peer: Peer, reason: str, cause: str) -> None:
+        who = f"{peer.name}({peer.conn.result.peer.nickname})" if peer.conn.result else "peer"
+        where = format_address(*peer.remote)
+        if peer.conn.result is None and cause == "error":
+            self.counters["handshake_failures"] += 1
+            log.warning("connection %s at %s refused: %s", who, where, reason)
+        else:
+            log.info("connection %s at %s closed: %s", who, where, reason)
+
+    async def _on_handshake(self, peer: Peer, ev: HandshakeComplete, where: str) -> None:
+        res = ev.result
+        peer.name = format_name(res.peer.name)
+        old = self.peers.get(peer.name)
+        if old is not None:
+            if old.conn.result is not None and old.conn.result.peer.uid != res.peer.uid:
+                await self._close_peer(old, "peer restarted; replaced by new connection")
+            else:
+                # Two connections between the same pair (both dialled): keep
+                # the one dialled by the peer with the larger name; both ends
+                # compute the same answer.
+                def dialler(p: Peer) -> str:
+                    return self.name if p.initiator else p.name
+
+                loser = peer if dialler(old) > dialler(peer) else old
+                if loser is peer:
+                    self._adopt_target(peer, old)
+                await self._close_peer(loser, "duplicate connection")
+                if loser is peer:
+                    return
+                self._adopt_target(old, peer)
+        self._pending.discard(peer)
+        self.peers[peer.name] = peer
+        keys = res.keys
+        peer.session = DataSession(
+            suite=keys.suite,
+            send_key=keys.data_send,
+            recv_key=keys.data_recv,
+            local_index=peer.recv_index,
+            peer_index=res.peer_recv_index,
+        )
+        peer.packer = FramePacker(self._pack_limit)
+        peer.udp_addr = (peer.remote[0], res.peer.udp_port)
+        peer.connected_at = trio.current_time()
+        self._by_index[peer.recv_index] = peer
+        if peer.target is not None:
+            self.targets.connected(peer.target, peer.name)
+        log.info(
+            "connection %s(%s) at %s: handshake complete, %s, encrypted with %s, "
+            "protocol v%d; waiting for UDP",
+            peer.name,
+            res.peer.nickname,
+            where,
+            "outbound" if peer.initiator else "inbound",
+            SUITES[keys.suite].name,
+            keys.version,
+        )
+        self._send_heartbeat(peer, trio.current_time())
+
+    def _adopt_target(self, loser: Peer, winner: Peer) -> None:
+        if loser.target is not None and winner.target is None:
+            winner.target, loser.target = loser.target, None
+            self.targets.connected(winner.target, winner.name)
+
+    def _detach(self, peer: Peer) -> None:
+        if self.peers.get(peer.name) is peer:
+            del self.peers[peer.name]
+            self.macs.forget_owner(peer.name)
+        if self._by_index.get(peer.recv_index) is peer:
+            del self._by_index[peer.recv_index]
+
+    # -- periodic work --------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            for peer in list(self.peers.values()):
+                self._send_heartbeat(peer, now)
+                assert peer.session is not None
+                est = peer.session.established(now)
+                if est != peer.established:
+                    peer.established = est
+                    if est:
+                        log.info(
+                            "connection %s at %s established: UDP flows both ways",
+                            peer.name,
+                            format_address(*peer.remote),
+                        )
+                    else:
+                        log.warning(
+                            "connection %s: UDP lost (no heartbeat for %.0fs)",
+                            peer.name,
+                            peer.session.udp_timeout,
+                        )
+            self.macs.expire(now)
+            await trio.sleep(HEARTBEAT_INTERVAL / 2)
+
+    def _send_heartbeat(self, peer: Peer, now: float) -> None:
+        if peer.session is not None and peer.udp_addr is not None:
+            self._sendto(peer.session.heartbeat(now), peer.udp_addr)
+
+    def _sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
+        assert self._udp is not None
+        try:
+            self._udp.sendto(packet, addr)
+        except BlockingIOError:
+            self.drops["udp_send_would_block"] += 1
+        except OSError as exc:
+            self.drops["udp_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
+
+    # -- data plane -----------------------------------------------------
+
+    async def _udp_loop(self) -> None:
+        sock = self._udp
+        assert sock is not None
+        buf = bytearray(MAX_DATAGRAM)
+        view = memoryview(buf)
+        tap_fd = self._tap.fd if self._tap is not None else -1
+        drops = self.drops
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(DRAIN_BATCH):
+                try:
+                    n, addr = sock.recvfrom_into(buf)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    drops["udp_recv_error"] += 1
+                    continue
+                try:
+                    self._receive_datagram(view[:n], addr, now, tap_fd)
+                except BadPacket as exc:
+                    drops[str(exc)] += 1
+            await trio.lowlevel.checkpoint()
+
+    def _receive_datagram(
+        self, packet: memoryview, addr: tuple[str, int], now: float, tap_fd: int
+    ) -> None:
+        """Handle one datagram.  Raises only BadPacket (the caller counts it)."""
+        ptype, index, counter = parse_header_untrusted(packet)
+        peer = self._by_index.get(index)
+        if peer is None or peer.session is None:
+            raise BadPacket("unknown receiver index")
+        session = peer.session
+        plain = session.open_untrusted(bytes(packet), counter, now)
+        if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)
+            peer.udp_addr = (addr[0], addr[1])
+        if ptype == PacketType.HEARTBEAT:
+            session.on_heartbeat(plain, now)
+            return
+        for frame in iter_frames_untrusted(plain):
+            if len(frame) < ETH_HEADER:
+                raise BadPacket("runt frame")
+            self.macs.learn(bytes(frame[6:12]), peer.name, now)
+            session.rx_frames += 1
+            session.rx_bytes += len(frame)
+            if tap_fd >= 0:
+                try:
+                    os.write(tap_fd, frame)
+                except BlockingIOError:
+                    self.drops["tap_write_would_block"] += 1
+                except OSError:
+                    self.drops["tap_write_error"] += 1
+
+    async def _tap_loop(self) -> None:
+        assert self._tap is not None
+        fd = self._tap.fd
+        buf = bytearray(MAX_DATAGRAM)
+        view = memoryview(buf)
+        macs = self.macs
+        peers = self.peers
+        dirty: set[Peer] = set()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            now = trio.current_time()
+            for _ in range(DRAIN_BATCH):
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    break
+                if n < ETH_HEADER:
+                    self.drops["tap_runt"] += 1
+                    continue
+                frame = view[:n]
+                macs.learn(bytes(frame[6:12]), LOCAL, now)
+                dst = frame[0:6]
+                if is_multicast(dst):
+                    targets: list[Peer] = list(peers.values())
+                else:
+                    owner = macs.lookup(bytes(dst), now)
+                    if owner == LOCAL:
+                        continue  # the bridge delivers it; nothing for the mesh
+                    p = peers.get(owner) if owner is not None else None
+                    targets = [p] if p is not None else list(peers.values())
+                for peer in targets:
+                    packer = peer.packer
+                    if packer is None or peer.session is None:
+                        continue
+                    if not packer.fits(n):
+                        self._flush_packer(peer)
+                        if not packer.fits(n):
+                            self.drops["frame_too_large"] += 1
+                            continue
+                    packer.add(frame)
+                    peer.session.tx_frames += 1
+                    peer.session.tx_bytes += n
+                    dirty.add(peer)
+            for peer in dirty:
+                self._flush_packer(peer)
+            dirty.clear()
+            await trio.lowlevel.checkpoint()
+
+    def _flush_packer(self, peer: Peer) -> None:
+        packer, session, addr = peer.packer, peer.session, peer.udp_addr
+        if packer is None or session is None or addr is None or not len(packer):
+            return
+        self._sendto(session.seal(PacketType.DATA, packer.take()), addr)
+
+    # -- introspection --------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        conns = []
+        for peer in list(self.peers.values()):
+            res, s = peer.conn.result, peer.session
+            assert res is not None
+            assert s is not None
+            conns.append(
+                {
+                    "peer": peer.name,
+                    "nickname": res.peer.nickname,
+                    "address": format_address(*peer.remote),
+                    "udp_address": format_address(*peer.udp_addr) if peer.udp_addr else None,
+                    "direction": "outbound" if peer.initiator else "inbound",
+                    "state": "established" if s.established(now) else "pending (no UDP both ways)",
+                    "encrypted": True,
+                    "cipher": SUITES[res.keys.suite].name,
+                    "protocol_version": res.keys.version,
+                    "uptime": round(now - peer.connected_at, 1),
+                    "tx_packets": s.tx_packets,
+                    "rx_packets": s.rx_packets,
+                    "tx_frames": s.tx_frames,
+                    "rx_frames": s.rx_frames,
+                    "tx_bytes": s.tx_bytes,
+                    "rx_bytes": s.rx_bytes,
+                }
+            )
+        for peer in list(self._pending):
+            conns.append(
+                {
+                    "peer": peer.name or None,
+                    "address": format_address(*peer.remote),
+                    "direction": "outbound" if peer.initiator else "inbound",
+                    "state": "handshake",
+                    "encrypted": False,
+                }
+            )
+        targets = []
+        for t in self.targets:
+            targets.append(
+                {
+                    "address": t.address,
+                    "state": t.state,
+                    "peer": t.peer,
+                    "attempts": t.attempts,
+                    "last_error": t.last_error,
+                    "next_try_in": round(max(0.0, t.next_try - now), 1)
+                    if t.state == "waiting"
+                    else None,
+                }
+            )
+        return {
+            "version": __version__,
+            "name": self.name,
+            "nickname": self.config.nickname,
+            "uid": self.uid,
+            "port": self.config.port,
+            "bridge": self.config.bridge,
+            "tap": self._tap.name if self._tap else None,
+            "ipalloc_range": self.config.ipalloc_range,
+            "mtu": self.config.mtu,
+            "encryption": True,
+            "uptime": round(now - self.started_at, 1),
+            "connections": conns,
+            "targets": targets,
+            "macs": len(self.macs),
+            "drops": dict(self.drops),
+            "counters": dict(self.counters),
+        }

@@ -1,0 +1,121 @@
+"""Connection targets and retry backoff (sans-IO), after weaveworks/mesh's connection maker.
+
+A target is an address the operator (``mesh launch PEER``, ``mesh connect``)
+asked us to keep a connection to.  A failed attempt is retried after a delay
+that grows x1.5 per failure up to a cap, scaled by a jitter factor the shell
+draws at random (so the core holds no randomness) to keep a mesh that restarts
+together from reconnecting in lockstep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+INITIAL_DELAY = 0.5
+MAX_DELAY = 30.0
+GROWTH = 1.5
+
+
+def split_address(text: str, default_port: int) -> tuple[str, int]:
+    """Parse ``host``, ``host:port`` or ``[v6]:port``.  Raises ValueError with a clear reason."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty peer address")
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"peer address {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"peer address {text!r}: expected ':port' after ']'")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, text)
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"peer address {text!r}: bad host")
+    return host, port
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"peer address {whole!r}: port must be a number from 1 to 65535")
+    return int(text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Target:
+    address: str  # canonical host:port
+    state: str = "waiting"  # waiting | connecting | connected
+    peer: str | None = None  # peer name once connected
+    attempts: int = 0
+    last_error: str | None = None
+    next_try: float = 0.0
+    delay: float = 0.0
+
+
+class Targets:
+    def __init__(self, default_port: int) -> None:
+        self.default_port = default_port
+        self._targets: dict[str, Target] = {}
+
+    def canonical(self, text: str) -> str:
+        return format_address(*split_address(text, self.default_port))
+
+    def add(self, text: str, now: float) -> Target:
+        addr = self.canonical(text)
+        t = self._targets.get(addr)
+        if t is None:
+            t = self._targets[addr] = Target(addr, next_try=now)
+        elif t.state == "waiting":
+            t.next_try = now  # asked again: try now
+            t.delay = 0.0
+        return t
+
+    def remove(self, text: str) -> Target | None:
+        return self._targets.pop(self.canonical(text), None)
+
+    def get(self, addr: str) -> Target | None:
+        return self._targets.get(addr)
+
+    def __iter__(self) -> Iterator[Target]:
+        return iter(list(self._targets.values()))
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def due(self, now: float) -> list[Target]:
+        """Targets to attempt now; they move to 'connecting'."""
+        out = []
+        for t in self._targets.values():
+            if t.state == "waiting" and t.next_try <= now:
+                t.state = "connecting"
+                t.attempts += 1
+                out.append(t)
+        return out
+
+    def next_deadline(self) -> float:
+        waits = [t.next_try for t in self._targets.values() if t.state == "waiting"]
+        return min(waits, default=math.inf)
+
+    def connected(self, addr: str, peer: str) -> None:
+        t = self._targets.get(addr)
+        if t is not None:
+            t.state, t.peer, t.last_error, t.delay = "connected", peer, None, 0.0
+
+    def failed(self, addr: str, error: str, now: float, jitter: float) -> None:
+        """An attempt failed or a connection ended.  ``jitter`` is drawn from [0.5, 1.5)."""
+        t = self._targets.get(addr)
+        if t is None:
+            return
+        t.delay = INITIAL_DELAY if t.delay == 0.0 else min(t.delay * GROWTH, MAX_DELAY)
+        t.state, t.peer, t.last_error = "waiting", None, error
+        t.next_try = now + t.delay * jitter

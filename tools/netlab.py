@@ -1,0 +1,198 @@
+"""A lab of "hosts" in network namespaces on one machine, for tests, the demo and benchmarks.
+
+Layout for prefix P and n hosts::
+
+    P-sw (netns): bridge br0 -- veth -- P-h1 (netns): eth0 192.0.2.1/24
+                             -- veth -- P-h2 (netns): eth0 192.0.2.2/24 ...
+
+Containers are more namespaces (P-cN) that ``mesh attach`` wires to a host's
+bridge.  Nothing is added to the root namespace: no addresses, no routes; all
+traffic stays between namespaces the lab made.  ``close()`` kills every
+process inside them and deletes them, and is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UNDERLAY = "192.0.2"  # TEST-NET-1, only ever inside the lab's namespaces
+
+
+def sh(
+    *args: str, check: bool = True, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc  # type: ignore[no-any-return]
+
+
+class Lab:
+    def __init__(self, prefix: str, hosts: int = 2, password: str = "lab-secret-password") -> None:
+        if len(prefix) > 8:
+            raise ValueError("prefix must be at most 8 characters (interface names are short)")
+        self.prefix = prefix
+        self.n = hosts
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        self.password_file = self.tmp / "password"
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
+        self.containers: list[str] = []
+        self.switch = f"{prefix}-sw"
+        self._made: list[str] = []
+
+    # -- names ----------------------------------------------------------
+
+    def host(self, i: int) -> str:
+        return f"{self.prefix}-h{i}"
+
+    def addr(self, i: int) -> str:
+        return f"{UNDERLAY}.{i}"
+
+    def state_dir(self, i: int) -> Path:
+        return self.tmp / f"state-h{i}"
+
+    # -- building -------------------------------------------------------
+
+    def _netns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self._made.append(name)
+        sh("ip", "-n", name, "link", "set", "dev", "lo", "up")
+
+    def create(self) -> Lab:
+        self.close_stale()
+        self._netns(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "name", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "dev", "br0", "up")
+        for i in range(1, self.n + 1):
+            h = self.host(i)
+            self._netns(h)
+            sh(
+                "ip",
+                "-n",
+                h,
+                "link",
+                "add",
+                "name",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"u{i}",
+                "netns",
+                self.switch,
+            )
+            sh("ip", "-n", self.switch, "link", "set", "dev", f"u{i}", "master", "br0", "up")
+            sh("ip", "-n", h, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
+            sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
+        return self
+
+    def container(self, name: str) -> str:
+        full = f"{self.prefix}-{name}"
+        self._netns(full)
+        self.containers.append(full)
+        return full
+
+    # -- running --------------------------------------------------------
+
+    def run(
+        self, i: int, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.host(i), *args, check=check, timeout=timeout)
+
+    def in_ns(
+        self, ns: str, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
+
+    def mesh(
+        self, i: int, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``mesh ARGS`` on host i (as the installed package, from this repo)."""
+        env = dict(
+            os.environ,
+            MESH_STATE_DIR=str(self.state_dir(i)),
+            MESH_NO_DOCKER="1",
+            PYTHONPATH=str(REPO),
+        )
+        return sh(
+            "ip",
+            "netns",
+            "exec",
+            self.host(i),
+            sys.executable,
+            "-m",
+            "launcher",
+            *args,
+            check=check,
+            timeout=timeout,
+            env=env,
+        )
+
+    def launch(
+        self, i: int, *peers: str, extra: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        return self.mesh(i, "launch", "--password-file", str(self.password_file), *extra, *peers)
+
+    def wait_for(
+        self, what: str, fn: object, timeout: float = 20.0, interval: float = 0.2
+    ) -> object:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            last = fn()  # type: ignore[operator]
+            if last:
+                return last
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+    # -- teardown -------------------------------------------------------
+
+    def namespaces(self) -> list[str]:
+        out = sh("ip", "netns", "list", check=False).stdout
+        return [ln.split()[0] for ln in out.splitlines() if ln.startswith(self.prefix + "-")]
+
+    def close_stale(self) -> None:
+        for ns in self.namespaces():
+            self._kill_and_delete(ns)
+
+    def _kill_and_delete(self, ns: str) -> None:
+        pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        deadline = time.monotonic() + 3
+        while pids and time.monotonic() < deadline:
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            time.sleep(0.05)
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "del", ns, check=False)
+
+    def close(self) -> None:
+        # Containers first, then hosts (their routers own TAPs), then the switch.
+        for ns in sorted(self.namespaces(), key=lambda n: (n.endswith("-sw"), "-h" in n)):
+            self._kill_and_delete(ns)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
