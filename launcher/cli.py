@@ -197,7 +197,7 @@ def _log_tail(path: Path) -> str:
 def cmd_stop(a: argparse.Namespace) -> int:
     state_dir: Path = a.state_dir
     cfg = _launch_config(state_dir)
-    bridge = cfg.get("bridge", a.bridge)
+    bridge = str(cfg.get("bridge", "mesh"))
     pid = _read_pid(state_dir)
     if _router_running(state_dir):
         _router_call(state_dir, {"op": "stop"})

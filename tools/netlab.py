@@ -13,6 +13,7 @@ process inside them and deletes them, and is safe to call twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-UNDERLAY = "192.0.2"  # TEST-NET-1, only ever inside the lab's namespaces
+UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
 
 
 def sh(
@@ -170,19 +171,15 @@ class Lab:
     def _kill_and_delete(self, ns: str) -> None:
         pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
         deadline = time.monotonic() + 3
         while pids and time.monotonic() < deadline:
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             time.sleep(0.05)
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         sh("ip", "netns", "del", ns, check=False)
 
     def close(self) -> None:
