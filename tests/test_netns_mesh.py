@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -281,7 +279,7 @@ def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
 
 def test_garbage_on_6783_does_not_hurt_established_peers(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
-    c1, c2 = two_host_mesh(lab)
+    c1, _ = two_host_mesh(lab)
     junk = (
         "import socket, os\n"
         "for i in range(200):\n"
@@ -300,7 +298,7 @@ def test_garbage_on_6783_does_not_hurt_established_peers(lab_factory: LabFactory
 
 
 def test_lab_leaves_root_namespace_untouched(lab_factory: LabFactory) -> None:
-    """The network rule: no route, address or link of ours in the root namespace, before or after."""
+    """The network rule: nothing of ours in the root namespace, before or after."""
 
     def root() -> tuple[str, str, str]:
         return (
