@@ -262,6 +262,7 @@ class Router:
         )
         peer = Peer(conn, stream, remote, initiator, idx, target)
         self._pending.add(peer)
+        self._by_index[idx] = peer  # reserve it; datagrams before the handshake ends are dropped
         where = format_address(*remote)
         try:
             with peer.cancel:
@@ -360,7 +361,6 @@ class Router:
         peer.packer = FramePacker(self._pack_limit)
         peer.udp_addr = (peer.remote[0], res.peer.udp_port)
         peer.connected_at = trio.current_time()
-        self._by_index[peer.recv_index] = peer
         if peer.target is not None:
             self.targets.connected(peer.target, peer.name)
         log.info(
@@ -458,8 +458,10 @@ class Router:
         """Handle one datagram.  Raises only BadPacket (the caller counts it)."""
         ptype, index, counter = parse_header_untrusted(packet)
         peer = self._by_index.get(index)
-        if peer is None or peer.session is None:
+        if peer is None:
             raise BadPacket("unknown receiver index")
+        if peer.session is None:
+            raise BadPacket("session not ready (handshake still running)")
         session = peer.session
         plain = session.open_untrusted(bytes(packet), counter, now)
         if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what meshrouter, its tests and its demo need on a fresh Debian machine (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (the mesh makes bridges, veths, TAPs and namespaces)" >&2
+    exit 1
+fi
+need=()
+for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
