@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -317,3 +319,115 @@ def test_lab_leaves_root_namespace_untouched(lab_factory: LabFactory) -> None:
     lab.close()
     assert lab.namespaces() == []
     assert root() == before
+
+
+def test_replayed_underlay_datagrams_are_dropped_and_counted(lab_factory: LabFactory) -> None:
+    lab = lab_factory(3)
+    c1, _ = two_host_mesh(lab)
+    pcap = lab.tmp / "replay.pcap"
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.switch,
+            "tcpdump",
+            "-i",
+            "br0",
+            "-U",
+            "-w",
+            str(pcap),
+            "udp and dst host 198.18.0.1 and dst port 6783",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        lab.in_ns(c1, "ping", "-c", "5", "-i", "0.2", "10.32.0.2")
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    from scapy.all import UDP, rdpcap
+
+    payloads = [bytes(p[UDP].payload) for p in rdpcap(str(pcap)) if UDP in p]
+    assert len(payloads) >= 5
+    before = status(lab, 1)["drops"].get("replayed or too old", 0)
+    replay = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for h in sys.argv[1:]: s.sendto(bytes.fromhex(h), ('198.18.0.1', 6783))\n"
+    )
+    lab.run(3, sys.executable, "-c", replay, *(p.hex() for p in payloads))
+    lab.wait_for(
+        "replays counted",
+        lambda: status(lab, 1)["drops"].get("replayed or too old", 0) - before >= len(payloads),
+    )
+    ping = lab.in_ns(c1, "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.32.0.2", check=False)
+    assert " 0% packet loss" in ping.stdout
+
+
+FAKE_DOCKER = """#!/bin/sh
+# A stand-in Docker CLI: an engine that knows one running container, "web01".
+case "$1" in
+  info) echo 99.0.0 ;;
+  inspect)
+    for a in "$@"; do last="$a"; done
+    if [ "$last" = web01 ] || [ "$last" = 0123abcd ]; then echo "$(cat "$FAKE_DOCKER_PID") 0123abcd"
+    elif [ "$last" = stopped01 ]; then echo "0 feedbeef"
+    else echo "Error: No such object: $last" >&2; exit 1; fi ;;
+  *) echo "fake docker: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_attach_docker_container_by_name_and_id(lab_factory: LabFactory) -> None:
+    """With a Docker engine, CONTAINER is a container name or id (engine faked by a script)."""
+    lab = lab_factory(1)
+    lab.launch(1)
+    ns = lab.container("dk")  # the container's network namespace
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "120"])
+    try:
+        bindir = lab.tmp / "bin"
+        bindir.mkdir()
+        (bindir / "docker").write_text(FAKE_DOCKER)
+        (bindir / "docker").chmod(0o755)
+        pidfile = lab.tmp / "docker.pid"
+        pidfile.write_text(str(proc.pid))
+
+        env = dict(
+            os.environ,
+            PATH=f"{bindir}:{os.environ['PATH']}",
+            FAKE_DOCKER_PID=str(pidfile),
+            MESH_STATE_DIR=str(lab.state_dir(1)),
+            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        )
+
+        def mesh(*args: str) -> subprocess.CompletedProcess[str]:
+            return sh(
+                "ip",
+                "netns",
+                "exec",
+                lab.host(1),
+                sys.executable,
+                "-m",
+                "launcher",
+                *args,
+                check=False,
+                env=env,
+            )
+
+        ok = mesh("attach", "10.32.0.7/12", "web01")
+        assert ok.returncode == 0, ok.stderr
+        addr = lab.in_ns(ns, "ip", "-br", "addr", "show", "dev", "ethwe").stdout
+        assert "10.32.0.7/12" in addr
+        assert "docker" in mesh("ps").stdout
+        err = mesh("attach", "10.32.0.8/12", "stopped01")
+        assert "is not running" in err.stderr
+        err = mesh("attach", "10.32.0.8/12", "nosuch")
+        assert "no container or network namespace named 'nosuch'" in err.stderr
+        assert mesh("detach", "0123abcd").returncode == 0
+        assert lab.in_ns(ns, "ip", "link", "show", "dev", "ethwe", check=False).returncode != 0
+    finally:
+        proc.kill()
+        proc.wait()
