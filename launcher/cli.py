@@ -320,12 +320,14 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
         print(f"       IP range: {st['ipalloc_range']}")
         print(f"    Connections: {len(conns)} ({est} established)")
+        reachable = sum(1 for p in st["peers"] if p["reachable"])
+        print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
         print(f"        Targets: {len(st['targets'])}")
         print(f"  MACs learned : {st['macs']}")
         if st["drops"]:
             print("   Dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(st["drops"].items())))
         print()
-    if what in ("all", "connections", "peers"):
+    if what in ("all", "connections"):
         rows = [
             [
                 "->" if c["direction"] == "outbound" else "<-",
@@ -338,12 +340,32 @@ def cmd_status(a: argparse.Namespace) -> int:
             for c in conns
         ]
         _table(["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION"], rows)
+    if what in ("all", "peers"):
+        if what == "all":
+            print()
+        rows = []
+        for p in st["peers"]:
+            links = ", ".join(
+                ("->" if c["outbound"] else "<-") + c["peer"] + ("" if c["established"] else "?")
+                for c in p["connections"]
+            )
+            reach = (
+                "self"
+                if p["peer"] == st["name"]
+                else (
+                    ("via " + p["via"])
+                    if p["via"]
+                    else ("direct" if p["reachable"] else "unreachable")
+                )
+            )
+            rows.append([p["peer"], p["nickname"], reach, links or "-"])
+        _table(["PEER", "NICKNAME", "ROUTE", "CONNECTIONS"], rows)
     if what in ("all", "targets"):
         if what == "all":
             print()
         rows = [
             [
-                t["address"],
+                t["address"] + (" (discovered)" if t.get("discovered") else ""),
                 t["state"],
                 t["peer"] or "-",
                 str(t["attempts"]),

@@ -9,10 +9,15 @@ datagram maps to its session in O(1) whatever its source address.  Each
 direction has its own key; the counter is the nonce and passes an anti-replay
 window before the packet is trusted.
 
-DATA plaintext is a sequence of ``len(2) || ethernet frame``, so several small
-frames can share one datagram.  HEARTBEAT plaintext is one flags byte: bit 0
-means "I have heard your UDP recently"; a session is *established* only when we
-hear the peer and the peer says it hears us, i.e. UDP flows both ways.
+DATA plaintext is ``origin(6) || destination(6) || hops left(1)``, then
+``len(2) || ethernet frame`` repeated, so small frames can share a datagram.
+Origin and destination are peer names (destination all-ones for a broadcast);
+a router that is neither relays the datagram towards the destination,
+re-sealed under its own session with the next hop.
+
+HEARTBEAT plaintext is one flags byte: bit 0 means "I have heard your UDP
+recently"; a session is *established* only when we hear the peer and the peer
+says it hears us, i.e. UDP flows both ways.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from .replay import ReplayWindow
 
 HEADER = struct.Struct("!BIQ")
 FRAME_LEN = struct.Struct("!H")
+ROUTE = struct.Struct("!6s6sB")  # origin, destination, hops left
+BROADCAST = b"\xff" * 6
+MAX_HOPS = 16
 
 
 class PacketType(IntEnum):
@@ -49,10 +57,18 @@ def parse_header_untrusted(packet: bytes | memoryview) -> tuple[int, int, int]:
     return ptype, index, counter
 
 
-def iter_frames_untrusted(plain: bytes) -> Iterator[memoryview]:
-    """Yield each frame of a DATA plaintext.  Raises only BadPacket."""
+def parse_route_untrusted(plain: bytes) -> tuple[bytes, bytes, int]:
+    """``(origin, destination, hops_left)`` of a DATA plaintext.  Raises only BadPacket."""
+    if len(plain) < ROUTE.size:
+        raise BadPacket("DATA shorter than its route header")
+    origin, dst, hops = ROUTE.unpack_from(plain)
+    return origin, dst, hops
+
+
+def iter_frames_untrusted(plain: bytes, start: int = 0) -> Iterator[memoryview]:
+    """Yield each frame of a DATA plaintext from ``start``.  Raises only BadPacket."""
     view = memoryview(plain)
-    pos, end = 0, len(plain)
+    pos, end = start, len(plain)
     while pos < end:
         if end - pos < FRAME_LEN.size:
             raise BadPacket("truncated frame length")
@@ -147,13 +163,17 @@ class DataSession:
 
 
 class FramePacker:
-    """Packs frames for one destination into datagram plaintexts of bounded size."""
+    """Packs frames for one destination into datagram plaintexts of bounded size.
 
-    __slots__ = ("_buf", "frames", "limit")
+    Every plaintext starts with ``prefix`` (the route header).
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_buf", "_prefix", "frames", "limit")
+
+    def __init__(self, limit: int, prefix: bytes = b"") -> None:
         self.limit = limit
-        self._buf = bytearray()
+        self._prefix = prefix
+        self._buf = bytearray(prefix)
         self.frames = 0
 
     def fits(self, frame_len: int) -> bool:
@@ -165,10 +185,11 @@ class FramePacker:
         self.frames += 1
 
     def __len__(self) -> int:
-        return len(self._buf)
+        """Bytes of frames held (not counting the prefix)."""
+        return len(self._buf) - len(self._prefix)
 
     def take(self) -> bytes:
         data = bytes(self._buf)
-        self._buf.clear()
+        del self._buf[len(self._prefix) :]
         self.frames = 0
         return data

@@ -1,14 +1,14 @@
 """MAC learning table (sans-IO).
 
 Maps a MAC address to where it lives: ``LOCAL`` (behind our own bridge) or the
-name of a peer.  Entries expire after ``max_age`` seconds without a frame.
+name of a peer (6 bytes).  Entries expire after ``max_age`` seconds without a frame.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-LOCAL: Final = ""
+LOCAL: Final = b""
 
 
 def is_multicast(mac: bytes | memoryview) -> bool:
@@ -19,7 +19,7 @@ def is_multicast(mac: bytes | memoryview) -> bool:
 class _Entry:
     __slots__ = ("owner", "seen")
 
-    def __init__(self, owner: str, seen: float) -> None:
+    def __init__(self, owner: bytes, seen: float) -> None:
         self.owner = owner
         self.seen = seen
 
@@ -31,7 +31,7 @@ class MacTable:
         self.max_age = max_age
         self._entries: dict[bytes, _Entry] = {}
 
-    def learn(self, mac: bytes, owner: str, now: float) -> bool:
+    def learn(self, mac: bytes, owner: bytes, now: float) -> bool:
         """Record that ``mac`` was seen at ``owner``; True if that is news."""
         entry = self._entries.get(mac)
         if entry is not None and entry.owner == owner:
@@ -40,7 +40,7 @@ class MacTable:
         self._entries[mac] = _Entry(owner, now)
         return True
 
-    def lookup(self, mac: bytes, now: float) -> str | None:
+    def lookup(self, mac: bytes, now: float) -> bytes | None:
         """Where ``mac`` lives, or None if unknown or expired."""
         entry = self._entries.get(mac)
         if entry is None:
@@ -50,7 +50,7 @@ class MacTable:
             return None
         return entry.owner
 
-    def forget_owner(self, owner: str) -> int:
+    def forget_owner(self, owner: bytes) -> int:
         gone = [mac for mac, e in self._entries.items() if e.owner == owner]
         for mac in gone:
             del self._entries[mac]
@@ -62,7 +62,7 @@ class MacTable:
             del self._entries[mac]
         return len(old)
 
-    def entries(self) -> dict[bytes, str]:
+    def entries(self) -> dict[bytes, bytes]:
         return {mac: e.owner for mac, e in self._entries.items()}
 
     def __len__(self) -> int:

@@ -3,17 +3,22 @@
 Tasks (all in one nursery):
 
 * ``_tap_loop``: drains the TAP fd, learns local MACs, packs frames per
-  destination peer and sends them as encrypted UDP datagrams.
+  (next hop, destination peer) and sends them as encrypted UDP datagrams.
 * ``_udp_loop``: drains the UDP socket, maps each datagram to its session by
-  receiver index, authenticates it, learns remote MACs and writes frames to
-  the TAP.  Bad datagrams are dropped and counted by reason.
-* ``_maker_loop``: dials connection targets, retrying with jittered backoff.
-* ``_tick_loop``: UDP heartbeats, liveness transitions, MAC expiry.
+  receiver index, authenticates it, learns remote MACs against the origin
+  peer and writes frames to the TAP; relays datagrams meant for other peers
+  and passes broadcasts down the origin's broadcast tree.  Bad datagrams are
+  dropped and counted by reason.
+* ``_maker_loop``: dials connection targets (given by the operator or learnt
+  from gossip), retrying with jittered backoff.
+* ``_tick_loop``: UDP heartbeats, liveness transitions, discovered targets,
+  topology garbage collection, periodic full gossip, MAC expiry.
 * one task per TCP control connection (``_run_connection``).
 * the local API server (``api.serve``), started by the caller.
 
-Forwarding is split-horizon: a frame that arrives from a peer is only ever
-written to our TAP, never sent on to another peer, so a full mesh has no loops.
+Routing follows ``topology.Gossip``: unicast goes to the next hop on a shortest
+path over established connections; broadcast and unknown unicast go down the
+broadcast tree of their origin, so each peer gets each flooded frame once.
 """
 
 from __future__ import annotations
@@ -37,28 +42,35 @@ from .control import (
     ControlConnection,
     HandshakeComplete,
     MessageReceived,
+    MessageType,
     State,
 )
 from .crypto import MAX_TAG_BYTES, SUITES
 from .dataplane import (
+    BROADCAST,
     HEADER,
+    MAX_HOPS,
+    ROUTE,
     DataSession,
     FramePacker,
     PacketType,
     iter_frames_untrusted,
     parse_header_untrusted,
+    parse_route_untrusted,
 )
 from .errors import BadPacket
 from .handshake import Identity, format_name
 from .mactable import LOCAL, MacTable, is_multicast
 from .netdev import Tap
 from .targets import Targets, format_address
+from .topology import ConnInfo, Gossip
 
 log = logging.getLogger("meshrouter")
 
 MAX_DATAGRAM = 65535
 DRAIN_BATCH = 256  # reads per wakeup before yielding to other tasks
 CONNECT_TIMEOUT = 5.0
+FULL_GOSSIP_INTERVAL = 30.0
 SO_SNDBUFFORCE = 32  # Linux; not exported by the socket module
 SO_RCVBUFFORCE = 33
 
@@ -76,6 +88,7 @@ class RouterConfig:
     ipalloc_range: str = "10.32.0.0/12"
     mtu: int = CONTAINER_MTU
     use_tap: bool = True
+    gc_after: float = 60.0
 
 
 @dataclass(eq=False)
@@ -88,14 +101,21 @@ class Peer:
     initiator: bool
     recv_index: int
     target: str | None = None
-    name: str = ""
+    name: bytes = b""
     session: DataSession | None = None
     udp_addr: tuple[str, int] | None = None
+    listen_addr: str = ""  # where the peer accepts connections, host:port
     established: bool = False
     connected_at: float = 0.0
-    packer: FramePacker | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def label(self) -> str:
+        res = self.conn.result
+        if res is None:
+            return "peer"
+        return f"{format_name(self.name)}({res.peer.nickname})"
 
 
 class Router:
@@ -103,11 +123,13 @@ class Router:
         self.config = config
         self._rng = rng or random.SystemRandom()
         self.uid = self._rng.getrandbits(64)
+        self.me = config.name
         self.name = format_name(config.name)
         self.identity = Identity(
             name=config.name, nickname=config.nickname, uid=self.uid, udp_port=config.port
         )
-        self.peers: dict[str, Peer] = {}  # by peer name, handshake complete
+        self.gossip = Gossip(config.name, self.uid, config.nickname, gc_after=config.gc_after)
+        self.peers: dict[bytes, Peer] = {}  # by peer name, handshake complete
         self._by_index: dict[int, Peer] = {}
         self._pending: set[Peer] = set()
         self.targets = Targets(config.port)
@@ -122,16 +144,19 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self._udp: socket.socket | None = None
         self._tap: Tap | None = None
-        self.tcp_port = config.port
-        # Bytes of frame payload one datagram may carry: underlay MTU 1500
-        # less IPv6 40 + UDP 8 + header + tag.
+        # Packers per (next hop, destination peer or BROADCAST).
+        self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
+        # Bytes one datagram's plaintext may hold: underlay MTU 1500 less
+        # IPv6 40 + UDP 8 + header + tag.
         self._pack_limit = 1500 - 48 - HEADER.size - MAX_TAG_BYTES
+        self._next_full_gossip = 0.0
 
     # -- lifecycle ------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         self.started_at = trio.current_time()
+        self._next_full_gossip = self.started_at + FULL_GOSSIP_INTERVAL
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
@@ -182,7 +207,7 @@ class Router:
 
     async def forget(self, address: str) -> str | None:
         t = self.targets.remove(address)
-        if t is None:
+        if t is None or t.discovered:
             return None
         log.info("target %s forgotten", t.address)
         for peer in list(self.peers.values()) + list(self._pending):
@@ -262,8 +287,7 @@ class Router:
         )
         peer = Peer(conn, stream, remote, initiator, idx, target)
         self._pending.add(peer)
-        self._by_index[idx] = peer  # reserve it; datagrams before the handshake ends are dropped
-        where = format_address(*remote)
+        self._by_index[idx] = peer  # reserved; datagrams before the handshake ends are dropped
         try:
             with peer.cancel:
                 await self._flush(peer)
@@ -277,12 +301,12 @@ class Router:
                         conn.receive_eof(now)
                     else:
                         conn.receive_data(data, now)
-                    await self._process_events(peer, where)
+                    await self._process_events(peer)
                     await self._flush(peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if conn.state is not State.CLOSED:
                 conn.receive_eof(trio.current_time())
-                await self._process_events(peer, where, detail=str(exc) or type(exc).__name__)
+                await self._process_events(peer, detail=str(exc) or type(exc).__name__)
         finally:
             self._pending.discard(peer)
             self._detach(peer)
@@ -297,39 +321,53 @@ class Router:
             async with peer.send_lock:
                 await peer.stream.send_all(data)
 
+    async def _flush_quietly(self, peer: Peer) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self._flush(peer)
+
     async def _close_peer(self, peer: Peer, reason: str) -> None:
         peer.conn.close(reason)
-        try:
-            with trio.move_on_after(1):
-                await self._flush(peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        with trio.move_on_after(1):
+            await self._flush_quietly(peer)
         self._log_closed(peer, reason, "local")
         peer.cancel.cancel()
 
-    async def _process_events(self, peer: Peer, where: str, detail: str = "") -> None:
+    async def _process_events(self, peer: Peer, detail: str = "") -> None:
         while (ev := peer.conn.next_event()) is not None:
             if isinstance(ev, HandshakeComplete):
-                await self._on_handshake(peer, ev, where)
+                await self._on_handshake(peer, ev)
             elif isinstance(ev, ConnectionClosed):
                 if ev.cause != "local":
                     reason = f"{ev.reason} ({detail})" if detail else ev.reason
                     self._log_closed(peer, reason, ev.cause)
             elif isinstance(ev, MessageReceived):
-                self.counters["control_messages_unhandled"] += 1
+                self._on_message(peer, ev)
+
+    def _on_message(self, peer: Peer, ev: MessageReceived) -> None:
+        if ev.type != MessageType.GOSSIP:
+            self.counters["control_messages_unknown"] += 1
+            return
+        try:
+            fwd = self.gossip.receive_untrusted(ev.payload)
+        except BadPacket as exc:
+            self.counters["gossip_errors"] += 1
+            peer.conn.close(f"bad gossip: {exc}")
+            self._log_closed(peer, f"bad gossip: {exc}", "error")
+            return
+        if fwd is not None:
+            self._gossip_to_all(fwd, but=peer)
 
     def _log_closed(self, peer: Peer, reason: str, cause: str) -> None:
-        who = f"{peer.name}({peer.conn.result.peer.nickname})" if peer.conn.result else "peer"
         where = format_address(*peer.remote)
         if peer.conn.result is None and cause == "error":
             self.counters["handshake_failures"] += 1
-            log.warning("connection %s at %s refused: %s", who, where, reason)
+            log.warning("connection %s at %s refused: %s", peer.label, where, reason)
         else:
-            log.info("connection %s at %s closed: %s", who, where, reason)
+            log.info("connection %s at %s closed: %s", peer.label, where, reason)
 
-    async def _on_handshake(self, peer: Peer, ev: HandshakeComplete, where: str) -> None:
+    async def _on_handshake(self, peer: Peer, ev: HandshakeComplete) -> None:
         res = ev.result
-        peer.name = format_name(res.peer.name)
+        peer.name = res.peer.name
         old = self.peers.get(peer.name)
         if old is not None:
             if old.conn.result is not None and old.conn.result.peer.uid != res.peer.uid:
@@ -338,16 +376,15 @@ class Router:
                 # Two connections between the same pair (both dialled): keep
                 # the one dialled by the peer with the larger name; both ends
                 # compute the same answer.
-                def dialler(p: Peer) -> str:
-                    return self.name if p.initiator else p.name
+                def dialler(p: Peer) -> bytes:
+                    return self.me if p.initiator else p.name
 
                 loser = peer if dialler(old) > dialler(peer) else old
-                if loser is peer:
-                    self._adopt_target(peer, old)
+                winner = old if loser is peer else peer
+                self._adopt_target(loser, winner)
                 await self._close_peer(loser, "duplicate connection")
                 if loser is peer:
                     return
-                self._adopt_target(old, peer)
         self._pending.discard(peer)
         self.peers[peer.name] = peer
         keys = res.keys
@@ -358,60 +395,111 @@ class Router:
             local_index=peer.recv_index,
             peer_index=res.peer_recv_index,
         )
-        peer.packer = FramePacker(self._pack_limit)
         peer.udp_addr = (peer.remote[0], res.peer.udp_port)
+        peer.listen_addr = format_address(peer.remote[0], res.peer.udp_port)
         peer.connected_at = trio.current_time()
         if peer.target is not None:
-            self.targets.connected(peer.target, peer.name)
+            self.targets.connected(peer.target, format_name(peer.name))
         log.info(
-            "connection %s(%s) at %s: handshake complete, %s, encrypted with %s, "
+            "connection %s at %s: handshake complete, %s, encrypted with %s, "
             "protocol v%d; waiting for UDP",
-            peer.name,
-            res.peer.nickname,
-            where,
+            peer.label,
+            format_address(*peer.remote),
             "outbound" if peer.initiator else "inbound",
             SUITES[keys.suite].name,
             keys.version,
         )
+        self._send_gossip(peer, self.gossip.full())
+        self._update_own_record()
         self._send_heartbeat(peer, trio.current_time())
 
     def _adopt_target(self, loser: Peer, winner: Peer) -> None:
         if loser.target is not None and winner.target is None:
             winner.target, loser.target = loser.target, None
-            self.targets.connected(winner.target, winner.name)
+            self.targets.connected(winner.target, format_name(winner.name))
 
     def _detach(self, peer: Peer) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
-            self.macs.forget_owner(peer.name)
+            self._drop_packers(peer.name)
+            self._update_own_record()
         if self._by_index.get(peer.recv_index) is peer:
             del self._by_index[peer.recv_index]
+
+    # -- gossip ---------------------------------------------------------
+
+    def _update_own_record(self) -> None:
+        conns = [
+            ConnInfo(p.name, p.listen_addr, p.established, p.initiator) for p in self.peers.values()
+        ]
+        update = self.gossip.set_connections(conns)
+        if update is not None:
+            self._gossip_to_all(update)
+
+    def _gossip_to_all(self, payload: bytes, but: Peer | None = None) -> None:
+        for p in list(self.peers.values()):
+            if p is not but:
+                self._send_gossip(p, payload)
+
+    def _send_gossip(self, peer: Peer, payload: bytes) -> None:
+        if peer.conn.state is not State.OPEN:
+            return
+        peer.conn.send_message(MessageType.GOSSIP, payload)
+        self.counters["gossip_bytes_sent"] += len(payload)
+        self._spawn(self._flush_quietly, peer)
 
     # -- periodic work --------------------------------------------------
 
     async def _tick_loop(self) -> None:
         while True:
             now = trio.current_time()
+            changed = False
             for peer in list(self.peers.values()):
                 self._send_heartbeat(peer, now)
                 assert peer.session is not None
                 est = peer.session.established(now)
                 if est != peer.established:
                     peer.established = est
+                    changed = True
                     if est:
                         log.info(
                             "connection %s at %s established: UDP flows both ways",
-                            peer.name,
+                            peer.label,
                             format_address(*peer.remote),
                         )
                     else:
                         log.warning(
                             "connection %s: UDP lost (no heartbeat for %.0fs)",
-                            peer.name,
+                            peer.label,
                             peer.session.udp_timeout,
                         )
+            if changed:
+                self._update_own_record()
+            for name in self.gossip.gc(now):
+                log.info(
+                    "peer %s forgotten: unreachable for %.0fs",
+                    format_name(name),
+                    self.gossip.gc_after,
+                )
+                self._drop_packers(name)
+            if now >= self._next_full_gossip:
+                self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
+                self._gossip_to_all(self.gossip.full())
+            self._sync_discovered(now)
             self.macs.expire(now)
             await trio.sleep(HEARTBEAT_INTERVAL / 2)
+
+    def _sync_discovered(self, now: float) -> None:
+        """Dial every peer the topology knows that we have no connection to."""
+        operator = {t.address for t in self.targets if not t.discovered}
+        wanted: set[str] = set()
+        for name in self.gossip.records:
+            if name != self.me and name not in self.peers:
+                wanted |= self.gossip.addresses_of(name) - operator
+        before = len(self.targets)
+        self.targets.sync_discovered(wanted, now)
+        if len(self.targets) != before:
+            self._wake_maker.set()
 
     def _send_heartbeat(self, peer: Peer, now: float) -> None:
         if peer.session is not None and peer.udp_addr is not None:
@@ -460,19 +548,36 @@ class Router:
         peer = self._by_index.get(index)
         if peer is None:
             raise BadPacket("unknown receiver index")
-        if peer.session is None:
-            raise BadPacket("session not ready (handshake still running)")
         session = peer.session
+        if session is None:
+            raise BadPacket("session not ready (handshake still running)")
         plain = session.open_untrusted(bytes(packet), counter, now)
         if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)
             peer.udp_addr = (addr[0], addr[1])
         if ptype == PacketType.HEARTBEAT:
             session.on_heartbeat(plain, now)
             return
-        for frame in iter_frames_untrusted(plain):
+        origin, dst, hops = parse_route_untrusted(plain)
+        if origin == self.me:
+            raise BadPacket("own frame came back")
+        if dst != self.me:
+            if hops == 0:
+                raise BadPacket("hop limit reached")
+            relay = bytearray(plain)
+            relay[ROUTE.size - 1] = hops - 1
+            if dst == BROADCAST:
+                for child in self.gossip.routes().children(origin):
+                    self._relay(child, relay)
+            else:
+                hop = self.gossip.routes().next_hop.get(dst)
+                if hop is None:
+                    raise BadPacket("no route to relay destination")
+                self._relay(hop, relay)
+                return
+        for frame in iter_frames_untrusted(plain, ROUTE.size):
             if len(frame) < ETH_HEADER:
                 raise BadPacket("runt frame")
-            self.macs.learn(bytes(frame[6:12]), peer.name, now)
+            self.macs.learn(bytes(frame[6:12]), origin, now)
             session.rx_frames += 1
             session.rx_bytes += len(frame)
             if tap_fd >= 0:
@@ -483,17 +588,38 @@ class Router:
                 except OSError:
                     self.drops["tap_write_error"] += 1
 
+    def _relay(self, hop: bytes, plain: bytearray) -> None:
+        peer = self.peers.get(hop)
+        if peer is None or peer.session is None or peer.udp_addr is None:
+            self.drops["relay next hop not connected"] += 1
+            return
+        self.counters["datagrams_relayed"] += 1
+        self._sendto(peer.session.seal(PacketType.DATA, bytes(plain)), peer.udp_addr)
+
+    def _packer(self, hop: bytes, dst: bytes) -> FramePacker:
+        key = (hop, dst)
+        packer = self._packers.get(key)
+        if packer is None:
+            prefix = ROUTE.pack(self.me, dst, MAX_HOPS)
+            packer = self._packers[key] = FramePacker(self._pack_limit, prefix)
+        return packer
+
+    def _drop_packers(self, name: bytes) -> None:
+        for key in [k for k in self._packers if name in k]:
+            del self._packers[key]
+
     async def _tap_loop(self) -> None:
         assert self._tap is not None
         fd = self._tap.fd
         buf = bytearray(MAX_DATAGRAM)
         view = memoryview(buf)
         macs = self.macs
-        peers = self.peers
-        dirty: set[Peer] = set()
+        me = self.me
+        dirty: set[tuple[bytes, bytes]] = set()
         while True:
             await trio.lowlevel.wait_readable(fd)
             now = trio.current_time()
+            routes = self.gossip.routes()
             for _ in range(DRAIN_BATCH):
                 try:
                     n = os.readv(fd, [buf])
@@ -504,38 +630,45 @@ class Router:
                     continue
                 frame = view[:n]
                 macs.learn(bytes(frame[6:12]), LOCAL, now)
-                dst = frame[0:6]
-                if is_multicast(dst):
-                    targets: list[Peer] = list(peers.values())
+                dst_mac = frame[0:6]
+                owner = None if is_multicast(dst_mac) else macs.lookup(bytes(dst_mac), now)
+                if owner == LOCAL:
+                    continue  # the bridge delivers it; nothing for the mesh
+                if owner is None:
+                    pairs = [(child, BROADCAST) for child in routes.children(me)]
                 else:
-                    owner = macs.lookup(bytes(dst), now)
-                    if owner == LOCAL:
-                        continue  # the bridge delivers it; nothing for the mesh
-                    p = peers.get(owner) if owner is not None else None
-                    targets = [p] if p is not None else list(peers.values())
-                for peer in targets:
-                    packer = peer.packer
-                    if packer is None or peer.session is None:
+                    hop = routes.next_hop.get(owner)
+                    if hop is None:
+                        self.drops["no route to peer"] += 1
                         continue
+                    pairs = [(hop, owner)]
+                for key in pairs:
+                    packer = self._packer(*key)
                     if not packer.fits(n):
-                        self._flush_packer(peer)
+                        self._flush_packer(key)
                         if not packer.fits(n):
                             self.drops["frame_too_large"] += 1
                             continue
                     packer.add(frame)
-                    peer.session.tx_frames += 1
-                    peer.session.tx_bytes += n
-                    dirty.add(peer)
-            for peer in dirty:
-                self._flush_packer(peer)
+                    dirty.add(key)
+            for key in dirty:
+                self._flush_packer(key)
             dirty.clear()
             await trio.lowlevel.checkpoint()
 
-    def _flush_packer(self, peer: Peer) -> None:
-        packer, session, addr = peer.packer, peer.session, peer.udp_addr
-        if packer is None or session is None or addr is None or not len(packer):
+    def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
+        packer = self._packers.get(key)
+        peer = self.peers.get(key[0])
+        if packer is None or not len(packer):
             return
-        self._sendto(session.seal(PacketType.DATA, packer.take()), addr)
+        if peer is None or peer.session is None or peer.udp_addr is None:
+            self.drops["next hop not connected"] += packer.frames
+            packer.take()
+            return
+        session = peer.session
+        session.tx_frames += packer.frames
+        session.tx_bytes += len(packer)
+        self._sendto(session.seal(PacketType.DATA, packer.take()), peer.udp_addr)
 
     # -- introspection --------------------------------------------------
 
@@ -548,7 +681,7 @@ class Router:
             assert s is not None
             conns.append(
                 {
-                    "peer": peer.name,
+                    "peer": format_name(peer.name),
                     "nickname": res.peer.nickname,
                     "address": format_address(*peer.remote),
                     "udp_address": format_address(*peer.udp_addr) if peer.udp_addr else None,
@@ -569,7 +702,7 @@ class Router:
         for peer in list(self._pending):
             conns.append(
                 {
-                    "peer": peer.name or None,
+                    "peer": None,
                     "address": format_address(*peer.remote),
                     "direction": "outbound" if peer.initiator else "inbound",
                     "state": "handshake",
@@ -582,12 +715,36 @@ class Router:
                 {
                     "address": t.address,
                     "state": t.state,
+                    "discovered": t.discovered,
                     "peer": t.peer,
                     "attempts": t.attempts,
                     "last_error": t.last_error,
                     "next_try_in": round(max(0.0, t.next_try - now), 1)
                     if t.state == "waiting"
                     else None,
+                }
+            )
+        routes = self.gossip.routes()
+        peers = []
+        for name, rec in sorted(self.gossip.records.items()):
+            hop = routes.next_hop.get(name)
+            peers.append(
+                {
+                    "peer": format_name(name),
+                    "nickname": rec.nickname,
+                    "uid": rec.uid,
+                    "version": rec.version,
+                    "reachable": name == self.me or hop is not None,
+                    "via": None if hop is None or hop == name else format_name(hop),
+                    "connections": [
+                        {
+                            "peer": format_name(c.peer),
+                            "address": c.address,
+                            "established": c.established,
+                            "outbound": c.outbound,
+                        }
+                        for c in rec.connections
+                    ],
                 }
             )
         return {
@@ -604,7 +761,12 @@ class Router:
             "uptime": round(now - self.started_at, 1),
             "connections": conns,
             "targets": targets,
+            "peers": peers,
             "macs": len(self.macs),
             "drops": dict(self.drops),
             "counters": dict(self.counters),
+            "gossip": {
+                "bytes_sent": self.gossip.bytes_sent,
+                "bytes_received": self.gossip.bytes_received,
+            },
         }

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 INITIAL_DELAY = 0.5
-MAX_DELAY = 30.0
+MAX_DELAY = 15.0
 GROWTH = 1.5
 
 
@@ -60,6 +60,7 @@ class Target:
     last_error: str | None = None
     next_try: float = 0.0
     delay: float = 0.0
+    discovered: bool = False  # learnt from gossip rather than given by the operator
 
 
 class Targets:
@@ -75,10 +76,22 @@ class Targets:
         t = self._targets.get(addr)
         if t is None:
             t = self._targets[addr] = Target(addr, next_try=now)
-        elif t.state == "waiting":
+        elif t.discovered:
+            t.discovered = False  # the operator asked for it: keep it for good
+        if t.state == "waiting":
             t.next_try = now  # asked again: try now
             t.delay = 0.0
         return t
+
+    def sync_discovered(self, wanted: set[str], now: float) -> None:
+        """Make the discovered targets ``wanted`` (addresses of peers we lack a
+        direct connection to), keeping the backoff of those already there."""
+        for addr in wanted:
+            if addr not in self._targets:
+                self._targets[addr] = Target(addr, next_try=now, discovered=True)
+        for addr, t in list(self._targets.items()):
+            if t.discovered and addr not in wanted and t.state != "connecting":
+                del self._targets[addr]
 
     def remove(self, text: str) -> Target | None:
         return self._targets.pop(self.canonical(text), None)

@@ -72,6 +72,26 @@ def test_established_needs_udp_both_ways() -> None:
     assert not a.established(10.0)  # silence: no longer established
 
 
+def test_packer_keeps_route_prefix() -> None:
+    p = FramePacker(100, prefix=b"RRRR")
+    p.add(b"abc")
+    assert len(p) == 5
+    assert p.take() == b"RRRR\x00\x03abc"
+    assert len(p) == 0
+    p.add(b"z")
+    assert p.take() == b"RRRR\x00\x01z"
+
+
+def test_route_header_and_frames_from_offset() -> None:
+    from meshrouter.dataplane import ROUTE, parse_route_untrusted
+
+    plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x02hi"
+    assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7)
+    assert [bytes(f) for f in iter_frames_untrusted(plain, ROUTE.size)] == [b"hi"]
+    with pytest.raises(BadPacket):
+        parse_route_untrusted(b"short")
+
+
 def test_packer_limit() -> None:
     p = FramePacker(100)
     assert p.fits(98)
@@ -113,16 +133,16 @@ def test_mac_table_learn_lookup_expire() -> None:
     m1, m2 = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
     assert t.learn(m1, LOCAL, 0.0)
     assert not t.learn(m1, LOCAL, 1.0)
-    assert t.learn(m2, "peerB", 1.0)
+    assert t.learn(m2, b"peerB", 1.0)
     assert t.lookup(m1, 5.0) == LOCAL
-    assert t.lookup(m2, 5.0) == "peerB"
+    assert t.lookup(m2, 5.0) == b"peerB"
     assert t.learn(m2, LOCAL, 6.0)  # moved
     assert t.lookup(m2, 6.0) == LOCAL
     assert t.lookup(m1, 20.0) is None
-    t.learn(m1, "peerC", 20.0)
-    assert t.forget_owner("peerC") == 1
+    t.learn(m1, b"peerC", 20.0)
+    assert t.forget_owner(b"peerC") == 1
     assert t.lookup(b"\x02" * 6, 0.0) is None
-    t.learn(m1, "x", 0.0)
+    t.learn(m1, b"x", 0.0)
     assert t.expire(100.0) == 2
     assert len(t) == 0
     assert is_multicast(b"\xff" * 6)
