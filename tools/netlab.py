@@ -146,6 +146,26 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         return self.mesh(i, "launch", "--password-file", str(self.password_file), *extra, *peers)
 
+    def block(self, i: int, *others: int, udp_only: bool = False) -> None:
+        """Drop traffic between host i and the given hosts (nftables in host i)."""
+        proto = " udp dport 6783" if udp_only else ""
+        proto_out = " udp dport 6783" if udp_only else ""
+        rules = [
+            "add table inet meshblock",
+            "add chain inet meshblock in { type filter hook input priority 0; }",
+            "add chain inet meshblock out { type filter hook output priority 0; }",
+        ]
+        for o in others:
+            rules.append(f"add rule inet meshblock in ip saddr {self.addr(o)}{proto} drop")
+            rules.append(f"add rule inet meshblock out ip daddr {self.addr(o)}{proto_out} drop")
+        self.run(i, "nft", "; ".join(rules))
+
+    def unblock(self, i: int) -> None:
+        self.run(i, "nft", "delete table inet meshblock", check=False)
+
+    def router_pid(self, i: int) -> int:
+        return int((self.state_dir(i) / "router.pid").read_text())
+
     def wait_for(
         self, what: str, fn: object, timeout: float = 20.0, interval: float = 0.2
     ) -> object:

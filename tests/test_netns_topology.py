@@ -1,0 +1,165 @@
+"""A true mesh in namespaces: discovery, relaying, loss and rejoin, partition and heal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tools.netlab import Lab
+
+pytestmark = pytest.mark.netns
+
+LabFactory = Callable[..., Lab]
+
+
+def status(lab: Lab, i: int) -> dict[str, Any]:
+    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def established_peers(lab: Lab, i: int) -> set[str]:
+    return {c["nickname"] for c in status(lab, i)["connections"] if c["state"] == "established"}
+
+
+def full_mesh(lab: Lab, hosts: list[int]) -> bool:
+    for i in hosts:
+        want = {lab.host(j) for j in hosts if j != i}
+        if established_peers(lab, i) != want:
+            return False
+    return True
+
+
+def route_to(lab: Lab, i: int, j: int) -> str:
+    """'direct', 'via NICK' or 'unreachable', as host i sees host j."""
+    st = status(lab, i)
+    nick = {p["peer"]: p["nickname"] for p in st["peers"]}
+    for p in st["peers"]:
+        if p["nickname"] == lab.host(j):
+            if p["via"]:
+                return f"via {nick.get(p['via'], p['via'])}"
+            return "direct" if p["reachable"] else "unreachable"
+    return "unknown"
+
+
+def attach_all(lab: Lab, hosts: list[int]) -> dict[int, str]:
+    cs = {}
+    for i in hosts:
+        cs[i] = lab.container(f"c{i}")
+        lab.mesh(i, "attach", f"10.32.0.{i}/12", cs[i])
+    return cs
+
+
+def ping_ok(lab: Lab, src: str, dst_ip: str, count: int = 3) -> bool:
+    r = lab.in_ns(src, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dst_ip, check=False)
+    return " 0% packet loss" in r.stdout
+
+
+def star(lab: Lab, n: int) -> None:
+    """Host 1 first; every other host is told only about host 1."""
+    lab.launch(1)
+    for i in range(2, n + 1):
+        lab.launch(i, lab.addr(1))
+
+
+def test_star_launch_becomes_full_mesh_and_traffic_flows(lab_factory: LabFactory) -> None:
+    lab = lab_factory(4)
+    star(lab, 4)
+    lab.wait_for("full mesh", lambda: full_mesh(lab, [1, 2, 3, 4]), timeout=30)
+    st = status(lab, 3)
+    assert {p["nickname"] for p in st["peers"]} == {lab.host(i) for i in range(1, 5)}
+    discovered = [t for t in st["targets"] if t["discovered"]]
+    assert discovered == [] or all(t["state"] != "connected" for t in discovered)
+    cs = attach_all(lab, [2, 3, 4])
+    assert ping_ok(lab, cs[2], "10.32.0.3")
+    assert ping_ok(lab, cs[4], "10.32.0.2")
+    text = lab.mesh(2, "status", "peers").stdout
+    for i in range(1, 5):
+        assert lab.host(i) in text
+
+
+@pytest.mark.parametrize("udp_only", [False, True], ids=["tcp+udp-blocked", "udp-blocked"])
+def test_blocked_pair_is_relayed_and_returns_direct(
+    lab_factory: LabFactory, udp_only: bool
+) -> None:
+    lab = lab_factory(3)
+    lab.block(2, 3, udp_only=udp_only)  # h2 and h3 cannot talk directly
+    star(lab, 3)
+    cs = attach_all(lab, [2, 3])
+    lab.wait_for(
+        "h2 reaches h3 via h1", lambda: route_to(lab, 2, 3) == f"via {lab.host(1)}", timeout=30
+    )
+    assert route_to(lab, 3, 2) == f"via {lab.host(1)}"
+    before = status(lab, 1)["counters"].get("datagrams_relayed", 0)
+    assert ping_ok(lab, cs[2], "10.32.0.3", count=5)
+    relayed = status(lab, 1)["counters"].get("datagrams_relayed", 0) - before
+    assert relayed >= 10  # 5 requests and 5 replies went through h1
+    lab.unblock(2)
+    lab.wait_for(
+        "direct path back",
+        lambda: route_to(lab, 2, 3) == "direct" and route_to(lab, 3, 2) == "direct",
+        timeout=40,
+    )
+    before = status(lab, 1)["counters"].get("datagrams_relayed", 0)
+    assert ping_ok(lab, cs[2], "10.32.0.3", count=5)
+    assert status(lab, 1)["counters"].get("datagrams_relayed", 0) == before
+
+
+def test_lost_peer_is_noticed_and_rejoins(lab_factory: LabFactory) -> None:
+    lab = lab_factory(3)
+    star(lab, 3)
+    lab.wait_for("full mesh", lambda: full_mesh(lab, [1, 2, 3]), timeout=30)
+    cs = attach_all(lab, [1, 2])
+    os.kill(lab.router_pid(3), signal.SIGKILL)
+    t0 = time.monotonic()
+    lab.wait_for(
+        "h3 gone from h1 and h2",
+        lambda: (
+            lab.host(3) not in established_peers(lab, 1)
+            and lab.host(3) not in established_peers(lab, 2)
+        ),
+        timeout=15,
+    )
+    lost_after = time.monotonic() - t0
+    assert ping_ok(lab, cs[1], "10.32.0.2")
+    # h3 comes back without operator action on h1 or h2.
+    lab.mesh(3, "launch", "--password-file", str(lab.password_file))
+    lab.wait_for("rejoined", lambda: full_mesh(lab, [1, 2, 3]), timeout=30)
+    print(f"peer loss noticed after {lost_after:.1f}s")
+
+
+def test_partition_heals(lab_factory: LabFactory) -> None:
+    lab = lab_factory(3)
+    star(lab, 3)
+    lab.wait_for("full mesh", lambda: full_mesh(lab, [1, 2, 3]), timeout=30)
+    cs = attach_all(lab, [1, 3])
+    lab.block(1, 2, 3)  # h1 cut off from everyone
+    lab.wait_for(
+        "partitioned",
+        lambda: established_peers(lab, 1) == set() and established_peers(lab, 2) == {lab.host(3)},
+        timeout=20,
+    )
+    assert not ping_ok(lab, cs[1], "10.32.0.3", count=1)
+    lab.unblock(1)
+    lab.wait_for("healed", lambda: full_mesh(lab, [1, 2, 3]), timeout=40)
+    assert ping_ok(lab, cs[1], "10.32.0.3")
+
+
+def test_seven_hosts_converge(lab_factory: LabFactory) -> None:
+    n = 7
+    lab = lab_factory(n)
+    t0 = time.monotonic()
+    star(lab, n)
+    lab.wait_for(
+        "7-host full mesh", lambda: full_mesh(lab, list(range(1, n + 1))), timeout=60, interval=0.5
+    )
+    took = time.monotonic() - t0
+    gossip = [status(lab, i)["gossip"]["bytes_sent"] for i in range(1, n + 1)]
+    print(
+        f"{n} hosts converged in {took:.1f}s (launch included); "
+        f"gossip sent per peer: {min(gossip)}-{max(gossip)} bytes"
+    )
