@@ -25,6 +25,7 @@ from meshrouter.state import atomic_write, load_json
 from .containers import Container, ContainerError, resolve
 
 CONTAINER_IFACE = "ethwe"
+GSO_MAX_SIZE = 62000
 
 
 class AttachError(Exception):
@@ -160,6 +161,19 @@ def attach(
         try:
             in_ns(c, "ip", "link", "set", "dev", "lo", "up")
             in_ns(c, "ip", "addr", "add", str(iface), "dev", CONTAINER_IFACE)
+            # TSO superframes small enough that one sealed message fits one UDP
+            # GSO send (65507 bytes): the router never splits a send in two.
+            in_ns(
+                c,
+                "ip",
+                "link",
+                "set",
+                "dev",
+                CONTAINER_IFACE,
+                "gso_max_size",
+                str(GSO_MAX_SIZE),
+                check=False,
+            )
             in_ns(c, "ip", "link", "set", "dev", CONTAINER_IFACE, "up")
             ip("link", "set", "dev", host, "master", bridge)
             ip("link", "set", "dev", host, "up")

@@ -82,6 +82,8 @@ def _router_args(a: argparse.Namespace) -> list[str]:
     ]
     if a.nickname:
         args += ["--nickname", a.nickname]
+    if a.no_offload:
+        args.append("--no-offload")
     if a.password_file:
         args += ["--password-file", os.path.abspath(a.password_file)]
     return args + list(a.peers)
@@ -105,6 +107,7 @@ def cmd_router(a: argparse.Namespace) -> int:
             ipalloc_range=a.ipalloc_range,
             mtu=a.mtu,
             log_level=a.log_level,
+            offload=not a.no_offload,
         )
     )
 
@@ -438,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        )
+        sp.add_argument(
+            "--no-offload",
+            action="store_true",
+            help="turn off TAP segmentation/checksum offload and UDP GSO/GRO "
+            "(slower; for kernels or paths that mishandle them)",
         )
         sp.add_argument(
             "peers", nargs="*", metavar="PEER", help="peers to connect to: HOST or HOST:PORT"

@@ -34,6 +34,7 @@ class DaemonOptions:
     ipalloc_range: str = "10.32.0.0/12"
     mtu: int = CONTAINER_MTU
     log_level: str = "info"
+    offload: bool = True
 
 
 def setup_logging(level: str) -> None:
@@ -84,6 +85,7 @@ def run(opts: DaemonOptions) -> int:
             peers=peers,
             ipalloc_range=opts.ipalloc_range,
             mtu=opts.mtu,
+            offload=opts.offload,
         )
         router = Router(config)
     except (ValueError, MeshError, OSError) as exc:

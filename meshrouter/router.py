@@ -28,7 +28,6 @@ import errno
 import logging
 import os
 import random
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +44,18 @@ from .control import (
     MessageType,
     State,
 )
-from .crypto import MAX_TAG_BYTES, SUITES
+from .crypto import SUITES
 from .dataplane import (
+    AD_SIZE,
     BROADCAST,
-    HEADER,
+    FRAME_LEN,
     MAX_HOPS,
     ROUTE,
+    VNET_HDR_LEN,
     DataSession,
     FramePacker,
     PacketType,
+    gather_untrusted,
     iter_frames_untrusted,
     parse_header_untrusted,
     parse_route_untrusted,
@@ -63,16 +65,19 @@ from .handshake import Identity, format_name
 from .mactable import LOCAL, MacTable, is_multicast
 from .netdev import Tap
 from .targets import Targets, format_address
-from .topology import ConnInfo, Gossip
+from .topology import ConnInfo, Gossip, Routes
+from .udp import UdpSocket
 
 log = logging.getLogger("meshrouter")
 
-MAX_DATAGRAM = 65535
-DRAIN_BATCH = 256  # reads per wakeup before yielding to other tasks
+RECV_BUFFER = 1 << 17  # GRO hands over up to 64 KiB of coalesced datagrams
+FRAME_BUFFER = 70_000  # a 64 KiB TSO superframe, its virtio header and our prefix
+DRAIN_BATCH = 64  # reads per wakeup before flushing and yielding to other tasks
 CONNECT_TIMEOUT = 5.0
 FULL_GOSSIP_INTERVAL = 30.0
-SO_SNDBUFFORCE = 32  # Linux; not exported by the socket module
-SO_RCVBUFFORCE = 33
+PROBE_INTERVAL = 60.0  # re-probe the path MTU for growth this often
+ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
+PREFIX = ROUTE.size + FRAME_LEN.size  # route header and frame length before a lone frame
 
 
 @dataclass
@@ -89,6 +94,7 @@ class RouterConfig:
     mtu: int = CONTAINER_MTU
     use_tap: bool = True
     gc_after: float = 60.0
+    offload: bool = True  # TAP TSO/checksum offload and UDP GSO/GRO
 
 
 @dataclass(eq=False)
@@ -107,6 +113,7 @@ class Peer:
     listen_addr: str = ""  # where the peer accepts connections, host:port
     established: bool = False
     connected_at: float = 0.0
+    next_probe: float = 0.0
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -142,13 +149,11 @@ class Router:
         self._wake_maker = trio.Event()
         self.stop_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._udp: socket.socket | None = None
+        self._udp: UdpSocket | None = None
         self._tap: Tap | None = None
         # Packers per (next hop, destination peer or BROADCAST).
         self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
-        # Bytes one datagram's plaintext may hold: underlay MTU 1500 less
-        # IPv6 40 + UDP 8 + header + tag.
-        self._pack_limit = 1500 - 48 - HEADER.size - MAX_TAG_BYTES
+        self._send_buf = bytearray(FRAME_BUFFER + 64 * 32)  # sealed datagrams, laid out for GSO
         self._next_full_gossip = 0.0
 
     # -- lifecycle ------------------------------------------------------
@@ -157,16 +162,10 @@ class Router:
         cfg = self.config
         self.started_at = trio.current_time()
         self._next_full_gossip = self.started_at + FULL_GOSSIP_INTERVAL
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
-            with contextlib.suppress(PermissionError):  # not root: keep the default
-                udp.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-        udp.bind((cfg.listen_host, cfg.port))
-        udp.setblocking(False)
+        udp = UdpSocket(cfg.listen_host, cfg.port, gso=cfg.offload, gro=cfg.offload)
         self._udp = udp
         if cfg.use_tap:
-            self._tap = Tap(cfg.tap_name, cfg.bridge, cfg.mtu)
+            self._tap = Tap(cfg.tap_name, cfg.bridge, cfg.mtu, offload=cfg.offload)
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.listen_host)
             async with trio.open_nursery() as nursery:
@@ -502,61 +501,118 @@ class Router:
             self._wake_maker.set()
 
     def _send_heartbeat(self, peer: Peer, now: float) -> None:
-        if peer.session is not None and peer.udp_addr is not None:
-            self._sendto(peer.session.heartbeat(now), peer.udp_addr)
-
-    def _sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
+        session = peer.session
+        if session is None or peer.udp_addr is None:
+            return
+        probe = now >= peer.next_probe or not session.pmtu_confirmed
+        if now >= peer.next_probe:
+            peer.next_probe = now + PROBE_INTERVAL
         assert self._udp is not None
-        try:
-            self._udp.sendto(packet, addr)
-        except BlockingIOError:
-            self.drops["udp_send_would_block"] += 1
-        except OSError as exc:
-            self.drops["udp_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
+        for dgram in session.heartbeats(now, probe=probe):
+            try:
+                self._udp.sock.sendto(dgram, peer.udp_addr)
+            except OSError as exc:
+                self.drops["heartbeat send " + errno.errorcode.get(exc.errno or 0, "error")] += 1
+
+    def _send_message(self, peer: Peer, plaintext: bytes) -> None:
+        """Seal one DATA message for ``peer`` and send its datagrams (GSO when several)."""
+        session, addr, udp = peer.session, peer.udp_addr, self._udp
+        assert session is not None
+        assert addr is not None
+        assert udp is not None
+        total, size = session.seal_into(PacketType.DATA, plaintext, self._send_buf)
+        err = udp.send(self._send_buf, total, size, addr)
+        if err == errno.EMSGSIZE:
+            session.path_too_small()
+            log.warning(
+                "path MTU to %s shrank: back to %d-byte datagrams, probing again",
+                peer.label,
+                session.datagram_size,
+            )
 
     # -- data plane -----------------------------------------------------
 
     async def _udp_loop(self) -> None:
-        sock = self._udp
-        assert sock is not None
-        buf = bytearray(MAX_DATAGRAM)
+        udp = self._udp
+        assert udp is not None
+        buf = bytearray(RECV_BUFFER)
         view = memoryview(buf)
         tap_fd = self._tap.fd if self._tap is not None else -1
         drops = self.drops
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            await trio.lowlevel.wait_readable(udp.sock)
             now = trio.current_time()
             for _ in range(DRAIN_BATCH):
                 try:
-                    n, addr = sock.recvfrom_into(buf)
+                    n, seg, addr = udp.recv(buf)
                 except BlockingIOError:
                     break
                 except OSError:
                     drops["udp_recv_error"] += 1
                     continue
-                try:
-                    self._receive_datagram(view[:n], addr, now, tap_fd)
-                except BadPacket as exc:
-                    drops[str(exc)] += 1
+                off = 0
+                while off < n:
+                    try:
+                        off = self._receive_run(buf, view, off, n, seg, addr, now, tap_fd)
+                    except BadPacket as exc:
+                        drops[str(exc)] += 1
+                        off += seg
+                    except Exception as exc:  # a bug: count it, keep forwarding
+                        self._internal_error("udp receive", exc)
+                        off += seg
             await trio.lowlevel.checkpoint()
 
-    def _receive_datagram(
-        self, packet: memoryview, addr: tuple[str, int], now: float, tap_fd: int
-    ) -> None:
-        """Handle one datagram.  Raises only BadPacket (the caller counts it)."""
-        ptype, index, counter = parse_header_untrusted(packet)
+    def _receive_run(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        off: int,
+        n: int,
+        seg: int,
+        addr: tuple[str, int],
+        now: float,
+        tap_fd: int,
+    ) -> int:
+        """Handle the datagram at ``off`` of a (maybe GRO-coalesced) read, and the
+        rest of its message with it when all of it is there.  Returns where the
+        next datagram starts.  Raises only BadPacket (the caller counts it)."""
+        end = min(off + seg, n)
+        ptype, index, counter, segno, nseg = parse_header_untrusted(view[off:end])
         peer = self._by_index.get(index)
         if peer is None:
             raise BadPacket("unknown receiver index")
         session = peer.session
         if session is None:
             raise BadPacket("session not ready (handshake still running)")
-        plain = session.open_untrusted(bytes(packet), counter, now)
+        length = end - off
+        # Segments of this message that follow it in this read (GRO coalesces a
+        # whole GSO send): take them in one go when their headers agree.
+        count = min(nseg - segno, -(-(n - off) // seg))
+        bodies = (
+            gather_untrusted(buf, off, min(off + count * seg, n), count, seg, segno)
+            if count > 1
+            else None
+        )
+        if bodies is not None:
+            end = min(off + count * seg, n)
+            plain = session.receive_run_untrusted(
+                view[off : off + AD_SIZE], counter, segno, count, nseg, bodies, now
+            )
+        else:
+            plain = session.receive_untrusted(view[off:end], counter, segno, nseg, now)
+        if plain is None:
+            return end  # more segments to come
         if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)
             peer.udp_addr = (addr[0], addr[1])
         if ptype == PacketType.HEARTBEAT:
-            session.on_heartbeat(plain, now)
-            return
+            session.on_heartbeat(plain, length, now)
+        else:
+            self._deliver(peer, session, plain, now, tap_fd)
+        return end
+
+    def _deliver(
+        self, peer: Peer, session: DataSession, plain: bytes, now: float, tap_fd: int
+    ) -> None:
         origin, dst, hops = parse_route_untrusted(plain)
         if origin == self.me:
             raise BadPacket("own frame came back")
@@ -575,11 +631,11 @@ class Router:
                 self._relay(hop, relay)
                 return
         for frame in iter_frames_untrusted(plain, ROUTE.size):
-            if len(frame) < ETH_HEADER:
+            if len(frame) < ETH_AT + ETH_HEADER:
                 raise BadPacket("runt frame")
-            self.macs.learn(bytes(frame[6:12]), origin, now)
+            self.macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), origin, now)
             session.rx_frames += 1
-            session.rx_bytes += len(frame)
+            session.rx_bytes += len(frame) - ETH_AT
             if tap_fd >= 0:
                 try:
                     os.write(tap_fd, frame)
@@ -588,20 +644,26 @@ class Router:
                 except OSError:
                     self.drops["tap_write_error"] += 1
 
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        key = f"internal error in {where}: {type(exc).__name__}"
+        if not self.counters[key]:
+            log.exception("%s (logged once; counted in 'mesh status --json')", key)
+        self.counters[key] += 1
+
     def _relay(self, hop: bytes, plain: bytearray) -> None:
         peer = self.peers.get(hop)
         if peer is None or peer.session is None or peer.udp_addr is None:
             self.drops["relay next hop not connected"] += 1
             return
-        self.counters["datagrams_relayed"] += 1
-        self._sendto(peer.session.seal(PacketType.DATA, bytes(plain)), peer.udp_addr)
+        self.counters["messages_relayed"] += 1
+        self._send_message(peer, bytes(plain))
 
     def _packer(self, hop: bytes, dst: bytes) -> FramePacker:
         key = (hop, dst)
         packer = self._packers.get(key)
         if packer is None:
             prefix = ROUTE.pack(self.me, dst, MAX_HOPS)
-            packer = self._packers[key] = FramePacker(self._pack_limit, prefix)
+            packer = self._packers[key] = FramePacker(0, prefix)
         return packer
 
     def _drop_packers(self, name: bytes) -> None:
@@ -611,10 +673,11 @@ class Router:
     async def _tap_loop(self) -> None:
         assert self._tap is not None
         fd = self._tap.fd
-        buf = bytearray(MAX_DATAGRAM)
+        # Frames are read at offset PREFIX so that a large frame, which goes
+        # alone, already has its route header and length in front of it.
+        buf = bytearray(FRAME_BUFFER)
         view = memoryview(buf)
-        macs = self.macs
-        me = self.me
+        into = [view[PREFIX:]]
         dirty: set[tuple[bytes, bytes]] = set()
         while True:
             await trio.lowlevel.wait_readable(fd)
@@ -622,53 +685,76 @@ class Router:
             routes = self.gossip.routes()
             for _ in range(DRAIN_BATCH):
                 try:
-                    n = os.readv(fd, [buf])
+                    n = os.readv(fd, into)
                 except BlockingIOError:
                     break
-                if n < ETH_HEADER:
+                if n < ETH_AT + ETH_HEADER:
                     self.drops["tap_runt"] += 1
                     continue
-                frame = view[:n]
-                macs.learn(bytes(frame[6:12]), LOCAL, now)
-                dst_mac = frame[0:6]
-                owner = None if is_multicast(dst_mac) else macs.lookup(bytes(dst_mac), now)
-                if owner == LOCAL:
-                    continue  # the bridge delivers it; nothing for the mesh
-                if owner is None:
-                    pairs = [(child, BROADCAST) for child in routes.children(me)]
-                else:
-                    hop = routes.next_hop.get(owner)
-                    if hop is None:
-                        self.drops["no route to peer"] += 1
-                        continue
-                    pairs = [(hop, owner)]
-                for key in pairs:
-                    packer = self._packer(*key)
-                    if not packer.fits(n):
-                        self._flush_packer(key)
-                        if not packer.fits(n):
-                            self.drops["frame_too_large"] += 1
-                            continue
-                    packer.add(frame)
-                    dirty.add(key)
+                try:
+                    self._route_frame(buf, view, n, now, routes, dirty)
+                except Exception as exc:  # a bug: count it, keep forwarding
+                    self._internal_error("tap read", exc)
             for key in dirty:
                 self._flush_packer(key)
             dirty.clear()
             await trio.lowlevel.checkpoint()
 
+    def _route_frame(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        n: int,
+        now: float,
+        routes: Routes,
+        dirty: set[tuple[bytes, bytes]],
+    ) -> None:
+        """Send the frame just read from the TAP (at ``buf[PREFIX:PREFIX+n]``)
+        towards where its destination MAC lives."""
+        macs, me = self.macs, self.me
+        frame = view[PREFIX : PREFIX + n]
+        macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), LOCAL, now)
+        dst_mac = frame[ETH_AT : ETH_AT + 6]
+        owner = None if is_multicast(dst_mac) else macs.lookup(bytes(dst_mac), now)
+        if owner == LOCAL:
+            return  # the bridge delivers it; nothing for the mesh
+        if owner is None:
+            pairs = [(child, BROADCAST) for child in routes.children(me)]
+        else:
+            hop = routes.next_hop.get(owner)
+            if hop is None:
+                self.drops["no route to peer"] += 1
+                return
+            pairs = [(hop, owner)]
+        for key in pairs:
+            peer = self.peers.get(key[0])
+            session = peer.session if peer is not None else None
+            if peer is None or session is None:
+                continue
+            session.tx_frames += 1
+            session.tx_bytes += n - ETH_AT
+            packer = self._packer(*key)
+            packer.limit = session.message_budget
+            if not packer.fits(n):
+                self._flush_packer(key)
+            if packer.fits(n):
+                packer.add(frame)
+                dirty.add(key)
+            else:  # a large frame goes alone, in one message GSO sends as segments
+                ROUTE.pack_into(buf, 0, me, key[1], MAX_HOPS)
+                FRAME_LEN.pack_into(buf, ROUTE.size, n)
+                self._send_message(peer, bytes(view[: PREFIX + n]))
+
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)
-        peer = self.peers.get(key[0])
         if packer is None or not len(packer):
             return
+        peer = self.peers.get(key[0])
         if peer is None or peer.session is None or peer.udp_addr is None:
             self.drops["next hop not connected"] += packer.frames
             packer.take()
             return
-        session = peer.session
-        session.tx_frames += packer.frames
-        session.tx_bytes += len(packer)
-        self._sendto(session.seal(PacketType.DATA, packer.take()), peer.udp_addr)
+        self._send_message(peer, packer.take())
 
     # -- introspection --------------------------------------------------
 
@@ -691,6 +777,11 @@ class Router:
                     "cipher": SUITES[res.keys.suite].name,
                     "protocol_version": res.keys.version,
                     "uptime": round(now - peer.connected_at, 1),
+                    "datagram_size": s.datagram_size,
+                    "pmtu_confirmed": s.pmtu_confirmed,
+                    "tx_messages": s.tx_messages,
+                    "rx_messages": s.rx_messages,
+                    "reassembly_drops": s.reassembly_drops,
                     "tx_packets": s.tx_packets,
                     "rx_packets": s.rx_packets,
                     "tx_frames": s.tx_frames,
@@ -763,7 +854,13 @@ class Router:
             "targets": targets,
             "peers": peers,
             "macs": len(self.macs),
-            "drops": dict(self.drops),
+            "drops": dict(self.drops) | (dict(self._udp.errors) if self._udp else {}),
+            "offload": {
+                "tap": bool(self._tap and self._tap.offload),
+                "udp_gso": bool(self._udp and self._udp.gso),
+                "udp_gro": bool(self._udp and self._udp.gro),
+                "gso_sends": self._udp.gso_sends if self._udp else 0,
+            },
             "counters": dict(self.counters),
             "gossip": {
                 "bytes_sent": self.gossip.bytes_sent,

@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 from meshrouter.crypto import Suite
 from meshrouter.dataplane import (
     HEADER,
+    PROBE_SIZES,
+    SAFE_DATAGRAM,
     DataSession,
     FramePacker,
     PacketType,
+    gather_untrusted,
     iter_frames_untrusted,
     parse_header_untrusted,
 )
@@ -26,10 +29,18 @@ def pair() -> tuple[DataSession, DataSession]:
     return a, b
 
 
-def deliver(dst: DataSession, pkt: bytes, now: float) -> tuple[int, bytes]:
-    ptype, index, counter = parse_header_untrusted(pkt)
-    assert index == dst.local_index
-    return ptype, dst.open_untrusted(pkt, counter, now)
+def deliver(dst: DataSession, pkts: list[bytes], now: float) -> list[tuple[int, bytes]]:
+    """Feed datagrams one by one; return the whole messages that came out."""
+    out = []
+    for pkt in pkts:
+        ptype, index, counter, seg, nseg = parse_header_untrusted(pkt)
+        assert index == dst.local_index
+        plain = dst.receive_untrusted(pkt, counter, seg, nseg, now)
+        if plain is not None:
+            if ptype == PacketType.HEARTBEAT:
+                dst.on_heartbeat(plain, len(pkt), now)
+            out.append((ptype, plain))
+    return out
 
 
 def test_data_roundtrip_and_replay_dropped() -> None:
@@ -37,55 +48,124 @@ def test_data_roundtrip_and_replay_dropped() -> None:
     packer = FramePacker(1400)
     packer.add(b"\xff" * 60)
     packer.add(b"\x01" * 100)
-    pkt = a.seal(PacketType.DATA, packer.take())
-    ptype, plain = deliver(b, pkt, 1.0)
+    pkts = a.seal(PacketType.DATA, packer.take())
+    assert len(pkts) == 1
+    ((ptype, plain),) = deliver(b, pkts, 1.0)
     assert ptype == PacketType.DATA
     assert [bytes(f) for f in iter_frames_untrusted(plain)] == [b"\xff" * 60, b"\x01" * 100]
     with pytest.raises(BadPacket, match="replayed"):
-        deliver(b, pkt, 1.0)
+        deliver(b, pkts, 1.0)
 
 
 def test_forged_packet_dropped() -> None:
     a, b = pair()
-    pkt = bytearray(a.seal(PacketType.DATA, b"\x00\x05hello"))
-    pkt[HEADER.size + 2] ^= 0x40
+    (pkt,) = a.seal(PacketType.DATA, b"\x00\x00\x00\x05hello")
+    bad = bytearray(pkt)
+    bad[HEADER.size + 2] ^= 0x40
     with pytest.raises(BadPacket, match="authentication"):
-        deliver(b, bytes(pkt), 1.0)
-    # A forged packet does not advance the replay window.
-    good = a.seal(PacketType.DATA, b"\x00\x05hello")
-    assert deliver(b, good, 1.0)[0] == PacketType.DATA
+        deliver(b, [bytes(bad)], 1.0)
+    # A forged packet does not advance the replay window: the real one still passes.
+    assert deliver(b, [pkt], 1.0)[0][0] == PacketType.DATA
+
+
+@pytest.mark.parametrize("size", [SAFE_DATAGRAM, 1472])
+def test_large_message_is_segmented_and_reassembled_in_any_order(size: int) -> None:
+    a, b = pair()
+    a.datagram_size = size
+    msg = bytes(range(256)) * 250  # 64000 bytes
+    pkts = a.seal(PacketType.DATA, msg)
+    assert len(pkts) == -(-(len(msg) + 32) // (size - HEADER.size))
+    assert all(len(p) == size for p in pkts[:-1])
+    assert len(pkts[-1]) <= size
+    shuffled = pkts[1::2] + pkts[0::2]
+    ((_, plain),) = deliver(b, shuffled, 1.0)
+    assert plain == msg
+    # Duplicated segments do no harm; a message missing one never comes out.
+    (p0, *rest) = a.seal(PacketType.DATA, msg)
+    assert deliver(b, rest + rest[:3], 2.0) == []
+    assert deliver(b, [p0], 2.0)[0][1] == msg
+    assert deliver(b, a.seal(PacketType.DATA, msg)[1:], 3.0) == []
+
+
+def test_partial_messages_are_bounded() -> None:
+    a, b = pair()
+    for _ in range(20):
+        deliver(b, a.seal(PacketType.DATA, bytes(5000))[1:], 1.0)
+    assert b.reassembly_drops == 20 - 8
+    assert len(b._partial) == 8
+
+
+def test_seal_into_layout_matches_gather() -> None:
+    a, b = pair()
+    a.datagram_size = 1472
+    msg = bytes(range(256)) * 200
+    out = bytearray(10)  # grows as needed
+    total, size = a.seal_into(PacketType.DATA, msg, out)
+    nseg = -(-total // size)
+    first = parse_header_untrusted(out[:size])
+    bodies = gather_untrusted(out, 0, total, nseg, size)
+    assert bodies is not None
+    plain = b.open_untrusted(out[:13], first[2], bodies, nseg, 1.0)
+    assert plain == msg
+    # A run that skips a segment is refused, so the caller goes datagram by datagram.
+    broken = bytearray(out[:size]) + out[2 * size : total]
+    assert gather_untrusted(broken, 0, len(broken), nseg - 1, size) is None
 
 
 def test_established_needs_udp_both_ways() -> None:
     a, b = pair()
     assert not a.established(0.0)
-    deliver(b, a.heartbeat(0.0), 0.0)  # b hears a; a's flag said "not heard you"
+    deliver(b, a.heartbeats(0.0, probe=False), 0.0)  # b hears a; a said "not heard you"
     assert b.hears_peer(0.0)
     assert not b.established(0.0)
-    ptype, plain = deliver(a, b.heartbeat(0.1), 0.1)  # b says "heard you"
-    assert ptype == PacketType.HEARTBEAT
-    a.on_heartbeat(plain, 0.1)
+    deliver(a, b.heartbeats(0.1, probe=False), 0.1)  # b says "heard you"
     assert a.established(0.1)
-    _ptype, plain = deliver(b, a.heartbeat(0.2), 0.2)
-    b.on_heartbeat(plain, 0.2)
+    deliver(b, a.heartbeats(0.2, probe=False), 0.2)
     assert b.established(0.2)
     assert not a.established(10.0)  # silence: no longer established
+
+
+def test_path_mtu_probing_finds_the_largest_size_that_gets_through() -> None:
+    a, b = pair()
+    assert a.datagram_size == SAFE_DATAGRAM
+    limit = 1400  # the path drops datagrams larger than this
+
+    def path(pkts: list[bytes]) -> list[bytes]:
+        return [p for p in pkts if len(p) <= limit]
+
+    probes = a.heartbeats(0.0, probe=True)
+    assert sorted({len(p) for p in probes} - {min(len(p) for p in probes)}) == sorted(PROBE_SIZES)
+    deliver(b, path(probes), 0.0)
+    deliver(a, b.heartbeats(0.5, probe=False), 0.5)
+    assert a.pmtu_confirmed
+    assert a.datagram_size == 1400
+    # Once confirmed, only larger sizes are probed.
+    assert max(len(p) for p in a.heartbeats(1.0, probe=True)) == 1472
+    assert min(len(p) for p in a.heartbeats(1.0, probe=True)[1:]) > 1400
+    # The kernel says the path shrank: back to the safe size until probes confirm again.
+    a.path_too_small()
+    assert a.datagram_size == SAFE_DATAGRAM
+    assert not a.pmtu_confirmed
+    # Sizes heard long ago are not reported back.
+    assert b.heartbeats(100.0, probe=False)
+    deliver(a, b.heartbeats(100.0, probe=False), 100.0)
+    assert not a.pmtu_confirmed
 
 
 def test_packer_keeps_route_prefix() -> None:
     p = FramePacker(100, prefix=b"RRRR")
     p.add(b"abc")
-    assert len(p) == 5
-    assert p.take() == b"RRRR\x00\x03abc"
+    assert len(p) == 7
+    assert p.take() == b"RRRR\x00\x00\x00\x03abc"
     assert len(p) == 0
     p.add(b"z")
-    assert p.take() == b"RRRR\x00\x01z"
+    assert p.take() == b"RRRR\x00\x00\x00\x01z"
 
 
 def test_route_header_and_frames_from_offset() -> None:
     from meshrouter.dataplane import ROUTE, parse_route_untrusted
 
-    plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x02hi"
+    plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x00\x00\x02hi"
     assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7)
     assert [bytes(f) for f in iter_frames_untrusted(plain, ROUTE.size)] == [b"hi"]
     with pytest.raises(BadPacket):
@@ -94,12 +174,12 @@ def test_route_header_and_frames_from_offset() -> None:
 
 def test_packer_limit() -> None:
     p = FramePacker(100)
-    assert p.fits(98)
-    assert not p.fits(99)
+    assert p.fits(96)
+    assert not p.fits(97)
     p.add(b"x" * 50)
     assert not p.fits(50)
     assert p.frames == 1
-    assert len(p.take()) == 52
+    assert len(p.take()) == 54
     assert len(p) == 0
 
 
@@ -118,14 +198,20 @@ def test_frame_iterator_raises_only_bad_packet(data: bytes) -> None:
         pass
 
 
-@given(st.binary(min_size=13, max_size=200))
-def test_open_garbage_raises_only_bad_packet(data: bytes) -> None:
+@given(st.lists(st.binary(min_size=15, max_size=200), max_size=10))
+def test_receive_garbage_raises_only_bad_packet(datagrams: list[bytes]) -> None:
     _, b = pair()
-    try:
-        _, _, counter = parse_header_untrusted(data)
-        b.open_untrusted(data, counter, 0.0)
-    except BadPacket:
-        pass
+    for data in datagrams:
+        with contextlib.suppress(BadPacket):
+            _, _, counter, seg, nseg = parse_header_untrusted(data)
+            b.receive_untrusted(data, counter, seg, nseg, 0.0)
+
+
+@given(st.binary(max_size=3000), st.integers(2, 6), st.integers(16, 700))
+def test_gather_never_raises(data: bytes, count: int, size: int) -> None:
+    buf = bytearray(data)
+    if count * size >= len(buf) > (count - 1) * size:
+        gather_untrusted(buf, 0, len(buf), count, size)
 
 
 def test_mac_table_learn_lookup_expire() -> None:

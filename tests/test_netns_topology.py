@@ -94,9 +94,9 @@ def test_blocked_pair_is_relayed_and_returns_direct(
         "h2 reaches h3 via h1", lambda: route_to(lab, 2, 3) == f"via {lab.host(1)}", timeout=30
     )
     assert route_to(lab, 3, 2) == f"via {lab.host(1)}"
-    before = status(lab, 1)["counters"].get("datagrams_relayed", 0)
+    before = status(lab, 1)["counters"].get("messages_relayed", 0)
     assert ping_ok(lab, cs[2], "10.32.0.3", count=5)
-    relayed = status(lab, 1)["counters"].get("datagrams_relayed", 0) - before
+    relayed = status(lab, 1)["counters"].get("messages_relayed", 0) - before
     assert relayed >= 10  # 5 requests and 5 replies went through h1
     lab.unblock(2)
     lab.wait_for(
@@ -104,9 +104,9 @@ def test_blocked_pair_is_relayed_and_returns_direct(
         lambda: route_to(lab, 2, 3) == "direct" and route_to(lab, 3, 2) == "direct",
         timeout=40,
     )
-    before = status(lab, 1)["counters"].get("datagrams_relayed", 0)
+    before = status(lab, 1)["counters"].get("messages_relayed", 0)
     assert ping_ok(lab, cs[2], "10.32.0.3", count=5)
-    assert status(lab, 1)["counters"].get("datagrams_relayed", 0) == before
+    assert status(lab, 1)["counters"].get("messages_relayed", 0) == before
 
 
 def test_lost_peer_is_noticed_and_rejoins(lab_factory: LabFactory) -> None:
