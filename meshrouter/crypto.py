@@ -21,6 +21,12 @@ from enum import IntEnum
 import nacl.bindings as sodium
 import nacl.exceptions
 
+try:  # libsodium itself, through PyNaCl's cffi handle: no per-call checks or copies
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without it: the public API still works
+    _ffi = _lib = None
+
 from .constants import REKEY_AFTER_MESSAGES
 from .errors import BadPacket, LocalProtocolError
 
@@ -41,6 +47,7 @@ class SuiteInfo:
     tag_bytes: int
     encrypt: AeadFn
     decrypt: AeadFn
+    raw: str  # libsodium's name for it, for the direct path
 
 
 SUITES: dict[Suite, SuiteInfo] = {
@@ -52,6 +59,7 @@ SUITES: dict[Suite, SuiteInfo] = {
         sodium.crypto_aead_aegis128l_ABYTES,
         sodium.crypto_aead_aegis128l_encrypt,
         sodium.crypto_aead_aegis128l_decrypt,
+        "crypto_aead_aegis128l",
     ),
     Suite.XCHACHA20POLY1305: SuiteInfo(
         Suite.XCHACHA20POLY1305,
@@ -61,6 +69,7 @@ SUITES: dict[Suite, SuiteInfo] = {
         sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES,
         sodium.crypto_aead_xchacha20poly1305_ietf_encrypt,
         sodium.crypto_aead_xchacha20poly1305_ietf_decrypt,
+        "crypto_aead_xchacha20poly1305_ietf",
     ),
 }
 
@@ -96,13 +105,16 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 class Sealer:
     """Encrypts one direction of one plane: counter nonces from zero, never reused."""
 
-    __slots__ = ("_encrypt", "_key", "_pad", "counter", "info")
+    __slots__ = ("_clen", "_encrypt", "_key", "_nonce", "_pad", "_raw", "counter", "info")
 
     def __init__(self, suite: Suite, key: bytes) -> None:
         self.info = SUITES[suite]
         self._key = key[: self.info.key_bytes]
         self._encrypt = self.info.encrypt
         self._pad = bytes(self.info.nonce_bytes - 8)
+        self._nonce = bytearray(self.info.nonce_bytes)
+        self._raw = getattr(_lib, self.info.raw + "_encrypt", None) if _lib else None
+        self._clen = _ffi.new("unsigned long long *") if _ffi else None
         self.counter = 0
 
     def next_counter(self) -> int:
@@ -116,17 +128,50 @@ class Sealer:
         nonce = counter.to_bytes(8, "little") + self._pad
         return self._encrypt(plaintext, ad, nonce, self._key)
 
+    def seal_into(
+        self,
+        counter: int,
+        ad: bytes,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray,
+        offset: int,
+    ) -> int:
+        """Encrypt straight into ``out[offset:]`` (which must have room for the
+        plaintext and the tag).  Returns the ciphertext length."""
+        size = len(plaintext) + self.info.tag_bytes
+        if self._raw is None:  # pragma: no cover - see the import above
+            out[offset : offset + size] = self.seal(counter, ad, bytes(plaintext))
+            return size
+        self._nonce[:8] = counter.to_bytes(8, "little")
+        rc = self._raw(
+            _ffi.from_buffer(out, require_writable=True) + offset,
+            self._clen,
+            _ffi.from_buffer(plaintext),
+            len(plaintext),
+            ad,
+            len(ad),
+            _ffi.NULL,
+            _ffi.from_buffer(self._nonce),
+            self._key,
+        )
+        if rc != 0:  # pragma: no cover - libsodium does not fail to encrypt
+            raise LocalProtocolError("encryption failed")
+        return size
+
 
 class Opener:
     """Decrypts one direction of one plane.  Raises only ``BadPacket``."""
 
-    __slots__ = ("_decrypt", "_key", "_pad", "info")
+    __slots__ = ("_decrypt", "_key", "_mlen", "_nonce", "_pad", "_raw", "info")
 
     def __init__(self, suite: Suite, key: bytes) -> None:
         self.info = SUITES[suite]
         self._key = key[: self.info.key_bytes]
         self._decrypt = self.info.decrypt
         self._pad = bytes(self.info.nonce_bytes - 8)
+        self._nonce = bytearray(self.info.nonce_bytes)
+        self._raw = getattr(_lib, self.info.raw + "_decrypt", None) if _lib else None
+        self._mlen = _ffi.new("unsigned long long *") if _ffi else None
 
     def open_untrusted(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
         if len(ciphertext) < self.info.tag_bytes or not 0 <= counter < 1 << 64:
@@ -136,3 +181,36 @@ class Opener:
             return self._decrypt(ciphertext, ad, nonce, self._key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
             raise BadPacket("authentication failed") from exc
+
+    def open_into_untrusted(
+        self,
+        counter: int,
+        ad: bytes | memoryview,
+        ciphertext: bytes | bytearray | memoryview,
+        out: bytearray,
+    ) -> memoryview:
+        """Decrypt into ``out`` (room for the plaintext is the caller's business);
+        returns a view of the plaintext.  Raises only ``BadPacket``."""
+        size = len(ciphertext) - self.info.tag_bytes
+        if size < 0 or not 0 <= counter < 1 << 64:
+            raise BadPacket("ciphertext too short")
+        if self._raw is None:  # pragma: no cover - see the import above
+            plain = self.open_untrusted(counter, bytes(ad), bytes(ciphertext))
+            return memoryview(plain)
+        if len(out) < size:
+            out.extend(bytes(size - len(out)))
+        self._nonce[:8] = counter.to_bytes(8, "little")
+        rc = self._raw(
+            _ffi.from_buffer(out, require_writable=True),
+            self._mlen,
+            _ffi.NULL,
+            _ffi.from_buffer(ciphertext),
+            len(ciphertext),
+            _ffi.from_buffer(ad),
+            len(ad),
+            _ffi.from_buffer(self._nonce),
+            self._key,
+        )
+        if rc != 0:
+            raise BadPacket("authentication failed")
+        return memoryview(out)[:size]

@@ -35,6 +35,7 @@ class DaemonOptions:
     mtu: int = CONTAINER_MTU
     log_level: str = "info"
     offload: bool = True
+    busy_poll_us: int = 0
 
 
 def setup_logging(level: str) -> None:
@@ -86,6 +87,7 @@ def run(opts: DaemonOptions) -> int:
             ipalloc_range=opts.ipalloc_range,
             mtu=opts.mtu,
             offload=opts.offload,
+            busy_poll=opts.busy_poll_us / 1e6,
         )
         router = Router(config)
     except (ValueError, MeshError, OSError) as exc:

@@ -65,7 +65,7 @@ PROBE_MEMORY = 10.0  # seconds a heard probe size is reported back
 _SEGMENT_NUMBERS = np.arange(MAX_SEGMENTS, dtype=np.uint8)
 
 
-def lay_out(out: bytearray, header: bytes, ct: bytes, room: int) -> int:
+def lay_out(out: bytearray, header: bytes, ct: bytes | memoryview, room: int) -> int:
     """Write ``ct`` into ``out`` as datagrams of ``header`` (segment byte set per
     datagram) followed by up to ``room`` bytes of ciphertext.  Returns the total.
 
@@ -139,7 +139,7 @@ def parse_header_untrusted(packet: bytes | memoryview) -> tuple[int, int, int, i
     return ptype, index, counter, seg, nseg
 
 
-def parse_route_untrusted(plain: bytes) -> tuple[bytes, bytes, int]:
+def parse_route_untrusted(plain: bytes | memoryview) -> tuple[bytes, bytes, int]:
     """``(origin, destination, hops_left)`` of a DATA plaintext.  Raises only BadPacket."""
     if len(plain) < ROUTE.size:
         raise BadPacket("DATA shorter than its route header")
@@ -147,7 +147,7 @@ def parse_route_untrusted(plain: bytes) -> tuple[bytes, bytes, int]:
     return origin, dst, hops
 
 
-def iter_frames_untrusted(plain: bytes, start: int = 0) -> Iterator[memoryview]:
+def iter_frames_untrusted(plain: bytes | memoryview, start: int = 0) -> Iterator[memoryview]:
     """Yield each ``virtio_net_hdr || frame`` of a DATA plaintext from ``start``.
 
     Raises only BadPacket.
@@ -203,6 +203,8 @@ class DataSession:
         self._opener = Opener(suite, recv_key)
         self._replay = ReplayWindow()
         self._partial: dict[int, _Partial] = {}
+        self._scratch = bytearray()  # ciphertext of a message that needs laying out
+        self._plain = bytearray()  # the last plaintext opened (returned as a view)
         self.local_index = local_index
         self.peer_index = peer_index
         self.udp_timeout = udp_timeout
@@ -247,8 +249,17 @@ class DataSession:
         if nseg > MAX_SEGMENTS:
             raise ValueError(f"message of {len(plaintext)} bytes needs {nseg} segments")
         header = HEADER.pack(ptype, self.peer_index, counter, 0, nseg)
-        ct = self._sealer.seal(counter, header[:AD_SIZE], plaintext)
-        total = lay_out(out, header, ct, room)
+        if nseg == 1:  # most messages: encrypt in place behind the header, nothing to lay out
+            total = HEADER.size + ct_len
+            if len(out) < total:
+                out.extend(bytes(total - len(out)))
+            out[: HEADER.size] = header
+            self._sealer.seal_into(counter, header[:AD_SIZE], plaintext, out, HEADER.size)
+        else:
+            if len(self._scratch) < ct_len:
+                self._scratch = bytearray(ct_len)
+            self._sealer.seal_into(counter, header[:AD_SIZE], plaintext, self._scratch, 0)
+            total = lay_out(out, header, memoryview(self._scratch)[:ct_len], room)
         self.tx_packets += nseg
         self.tx_messages += 1
         return total, room + HEADER.size
@@ -263,7 +274,7 @@ class DataSession:
 
     def receive_untrusted(
         self, datagram: bytes | memoryview, counter: int, seg: int, nseg: int, now: float
-    ) -> bytes | None:
+    ) -> memoryview | None:
         """Take one datagram (header already parsed).  Returns the plaintext once the
         message is whole and authentic, else None.  Raises only BadPacket."""
         if nseg == 1:
@@ -281,7 +292,7 @@ class DataSession:
         nseg: int,
         bodies: bytes,
         now: float,
-    ) -> bytes | None:
+    ) -> memoryview | None:
         """Take segments first..first+count-1 of a message (their bodies joined).
         Returns the plaintext once the message is whole and authentic, else None.
         Raises only BadPacket."""
@@ -306,11 +317,17 @@ class DataSession:
 
     def open_untrusted(
         self, ad: bytes | memoryview, counter: int, ct: bytes | memoryview, nseg: int, now: float
-    ) -> bytes:
-        """Authenticate and decrypt a whole message.  Raises only BadPacket."""
+    ) -> memoryview:
+        """Authenticate and decrypt a whole message.  Raises only BadPacket.
+
+        The plaintext is a view of a buffer this session reuses: valid until
+        the next message is opened."""
         if not self._replay.would_accept(counter):
             raise BadPacket("replayed or too old")
-        plain = self._opener.open_untrusted(counter, bytes(ad), bytes(ct))
+        if len(self._plain) < len(ct):
+            # A new buffer, not a resized one: views of the old stay valid.
+            self._plain = bytearray(max(len(ct), 2048))
+        plain = self._opener.open_into_untrusted(counter, ad, ct, self._plain)
         if not self._replay.accept(counter):  # pragma: no cover - checked above
             raise BadPacket("replayed")
         self._partial.pop(counter, None)
@@ -336,7 +353,7 @@ class DataSession:
                 out += self.seal(PacketType.HEARTBEAT, _HB.pack(flags | PROBE, 0) + pad, size)
         return out
 
-    def on_heartbeat(self, plain: bytes, datagram_len: int, now: float) -> None:
+    def on_heartbeat(self, plain: bytes | memoryview, datagram_len: int, now: float) -> None:
         if len(plain) < _HB.size:
             return
         flags, peer_heard = _HB.unpack_from(plain)

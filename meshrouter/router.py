@@ -24,7 +24,6 @@ broadcast tree of their origin, so each peer gets each flooded frame once.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -35,7 +34,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .constants import CONTAINER_MTU, ETH_HEADER, HEARTBEAT_INTERVAL, PORT
+from .constants import CONTAINER_MTU, HEARTBEAT_INTERVAL, PORT
 from .control import (
     ConnectionClosed,
     ControlConnection,
@@ -45,39 +44,20 @@ from .control import (
     State,
 )
 from .crypto import SUITES
-from .dataplane import (
-    AD_SIZE,
-    BROADCAST,
-    FRAME_LEN,
-    MAX_HOPS,
-    ROUTE,
-    VNET_HDR_LEN,
-    DataSession,
-    FramePacker,
-    PacketType,
-    gather_untrusted,
-    iter_frames_untrusted,
-    parse_header_untrusted,
-    parse_route_untrusted,
-)
+from .dataplane import DataSession
 from .errors import BadPacket
+from .forwarder import Forwarder
 from .handshake import Identity, format_name
-from .mactable import LOCAL, MacTable, is_multicast
+from .mactable import MacTable
 from .netdev import Tap
 from .targets import Targets, format_address
-from .topology import ConnInfo, Gossip, Routes
+from .topology import ConnInfo, Gossip
 from .udp import UdpSocket
 
 log = logging.getLogger("meshrouter")
 
-RECV_BUFFER = 1 << 17  # GRO hands over up to 64 KiB of coalesced datagrams
-FRAME_BUFFER = 70_000  # a 64 KiB TSO superframe, its virtio header and our prefix
-DRAIN_BATCH = 64  # reads per wakeup before flushing and yielding to other tasks
 CONNECT_TIMEOUT = 5.0
 FULL_GOSSIP_INTERVAL = 30.0
-PROBE_INTERVAL = 60.0  # re-probe the path MTU for growth this often
-ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
-PREFIX = ROUTE.size + FRAME_LEN.size  # route header and frame length before a lone frame
 
 
 @dataclass
@@ -95,6 +75,7 @@ class RouterConfig:
     use_tap: bool = True
     gc_after: float = 60.0
     offload: bool = True  # TAP TSO/checksum offload and UDP GSO/GRO
+    busy_poll: float = 0.0  # seconds the forwarder keeps polling after traffic
 
 
 @dataclass(eq=False)
@@ -114,6 +95,7 @@ class Peer:
     established: bool = False
     connected_at: float = 0.0
     next_probe: float = 0.0
+    next_heartbeat: float = 0.0
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -151,9 +133,8 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self._udp: UdpSocket | None = None
         self._tap: Tap | None = None
-        # Packers per (next hop, destination peer or BROADCAST).
-        self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
-        self._send_buf = bytearray(FRAME_BUFFER + 64 * 32)  # sealed datagrams, laid out for GSO
+        self.forwarder: Forwarder | None = None
+        self.routes = self.gossip.routes()
         self._next_full_gossip = 0.0
 
     # -- lifecycle ------------------------------------------------------
@@ -166,14 +147,24 @@ class Router:
         self._udp = udp
         if cfg.use_tap:
             self._tap = Tap(cfg.tap_name, cfg.bridge, cfg.mtu, offload=cfg.offload)
+        clock = trio.lowlevel.current_clock()
+        self.forwarder = Forwarder(
+            me=self.me,
+            tap_fd=self._tap.fd if self._tap is not None else -1,
+            udp=udp,
+            peers=self.peers,
+            by_index=self._by_index,
+            routes=lambda: self.routes,
+            macs=self.macs,
+            now=clock.current_time,
+            busy_poll=cfg.busy_poll,
+        )
         try:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.listen_host)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
-                nursery.start_soon(self._udp_loop)
-                if self._tap is not None:
-                    nursery.start_soon(self._tap_loop)
+                await nursery.start(self._forwarder_task)
                 nursery.start_soon(self._maker_loop)
                 nursery.start_soon(self._tick_loop)
                 log.info(
@@ -186,6 +177,7 @@ class Router:
                 )
                 task_status.started()
         finally:
+            self.forwarder.close()
             udp.close()
             if self._tap is not None:
                 self._tap.close()
@@ -354,6 +346,7 @@ class Router:
             self._log_closed(peer, f"bad gossip: {exc}", "error")
             return
         if fwd is not None:
+            self._topology_changed()
             self._gossip_to_all(fwd, but=peer)
 
     def _log_closed(self, peer: Peer, reason: str, cause: str) -> None:
@@ -410,7 +403,8 @@ class Router:
         )
         self._send_gossip(peer, self.gossip.full())
         self._update_own_record()
-        self._send_heartbeat(peer, trio.current_time())
+        if self.forwarder is not None:
+            self.forwarder.kick()  # first UDP heartbeat now, not at the next tick
 
     def _adopt_target(self, loser: Peer, winner: Peer) -> None:
         if loser.target is not None and winner.target is None:
@@ -420,7 +414,6 @@ class Router:
     def _detach(self, peer: Peer) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
-            self._drop_packers(peer.name)
             self._update_own_record()
         if self._by_index.get(peer.recv_index) is peer:
             del self._by_index[peer.recv_index]
@@ -433,6 +426,7 @@ class Router:
         ]
         update = self.gossip.set_connections(conns)
         if update is not None:
+            self._topology_changed()
             self._gossip_to_all(update)
 
     def _gossip_to_all(self, payload: bytes, but: Peer | None = None) -> None:
@@ -454,7 +448,6 @@ class Router:
             now = trio.current_time()
             changed = False
             for peer in list(self.peers.values()):
-                self._send_heartbeat(peer, now)
                 assert peer.session is not None
                 est = peer.session.established(now)
                 if est != peer.established:
@@ -474,18 +467,19 @@ class Router:
                         )
             if changed:
                 self._update_own_record()
-            for name in self.gossip.gc(now):
+            gone = self.gossip.gc(now)
+            for name in gone:
                 log.info(
                     "peer %s forgotten: unreachable for %.0fs",
                     format_name(name),
                     self.gossip.gc_after,
                 )
-                self._drop_packers(name)
+            if gone:
+                self._topology_changed()
             if now >= self._next_full_gossip:
                 self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
                 self._gossip_to_all(self.gossip.full())
             self._sync_discovered(now)
-            self.macs.expire(now)
             await trio.sleep(HEARTBEAT_INTERVAL / 2)
 
     def _sync_discovered(self, now: float) -> None:
@@ -500,261 +494,31 @@ class Router:
         if len(self.targets) != before:
             self._wake_maker.set()
 
-    def _send_heartbeat(self, peer: Peer, now: float) -> None:
-        session = peer.session
-        if session is None or peer.udp_addr is None:
-            return
-        probe = now >= peer.next_probe or not session.pmtu_confirmed
-        if now >= peer.next_probe:
-            peer.next_probe = now + PROBE_INTERVAL
-        assert self._udp is not None
-        for dgram in session.heartbeats(now, probe=probe):
-            try:
-                self._udp.sock.sendto(dgram, peer.udp_addr)
-            except OSError as exc:
-                self.drops["heartbeat send " + errno.errorcode.get(exc.errno or 0, "error")] += 1
-
-    def _send_message(self, peer: Peer, plaintext: bytes) -> None:
-        """Seal one DATA message for ``peer`` and send its datagrams (GSO when several)."""
-        session, addr, udp = peer.session, peer.udp_addr, self._udp
-        assert session is not None
-        assert addr is not None
-        assert udp is not None
-        total, size = session.seal_into(PacketType.DATA, plaintext, self._send_buf)
-        err = udp.send(self._send_buf, total, size, addr)
-        if err == errno.EMSGSIZE:
-            session.path_too_small()
-            log.warning(
-                "path MTU to %s shrank: back to %d-byte datagrams, probing again",
-                peer.label,
-                session.datagram_size,
-            )
-
     # -- data plane -----------------------------------------------------
 
-    async def _udp_loop(self) -> None:
-        udp = self._udp
-        assert udp is not None
-        buf = bytearray(RECV_BUFFER)
-        view = memoryview(buf)
-        tap_fd = self._tap.fd if self._tap is not None else -1
-        drops = self.drops
-        while True:
-            await trio.lowlevel.wait_readable(udp.sock)
-            now = trio.current_time()
-            for _ in range(DRAIN_BATCH):
-                try:
-                    n, seg, addr = udp.recv(buf)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    drops["udp_recv_error"] += 1
-                    continue
-                off = 0
-                while off < n:
-                    try:
-                        off = self._receive_run(buf, view, off, n, seg, addr, now, tap_fd)
-                    except BadPacket as exc:
-                        drops[str(exc)] += 1
-                        off += seg
-                    except Exception as exc:  # a bug: count it, keep forwarding
-                        self._internal_error("udp receive", exc)
-                        off += seg
-            await trio.lowlevel.checkpoint()
-
-    def _receive_run(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        off: int,
-        n: int,
-        seg: int,
-        addr: tuple[str, int],
-        now: float,
-        tap_fd: int,
-    ) -> int:
-        """Handle the datagram at ``off`` of a (maybe GRO-coalesced) read, and the
-        rest of its message with it when all of it is there.  Returns where the
-        next datagram starts.  Raises only BadPacket (the caller counts it)."""
-        end = min(off + seg, n)
-        ptype, index, counter, segno, nseg = parse_header_untrusted(view[off:end])
-        peer = self._by_index.get(index)
-        if peer is None:
-            raise BadPacket("unknown receiver index")
-        session = peer.session
-        if session is None:
-            raise BadPacket("session not ready (handshake still running)")
-        length = end - off
-        # Segments of this message that follow it in this read (GRO coalesces a
-        # whole GSO send): take them in one go when their headers agree.
-        count = min(nseg - segno, -(-(n - off) // seg))
-        bodies = (
-            gather_untrusted(buf, off, min(off + count * seg, n), count, seg, segno)
-            if count > 1
-            else None
-        )
-        if bodies is not None:
-            end = min(off + count * seg, n)
-            plain = session.receive_run_untrusted(
-                view[off : off + AD_SIZE], counter, segno, count, nseg, bodies, now
-            )
-        else:
-            plain = session.receive_untrusted(view[off:end], counter, segno, nseg, now)
-        if plain is None:
-            return end  # more segments to come
-        if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)
-            peer.udp_addr = (addr[0], addr[1])
-        if ptype == PacketType.HEARTBEAT:
-            session.on_heartbeat(plain, length, now)
-        else:
-            self._deliver(peer, session, plain, now, tap_fd)
-        return end
-
-    def _deliver(
-        self, peer: Peer, session: DataSession, plain: bytes, now: float, tap_fd: int
+    async def _forwarder_task(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        origin, dst, hops = parse_route_untrusted(plain)
-        if origin == self.me:
-            raise BadPacket("own frame came back")
-        if dst != self.me:
-            if hops == 0:
-                raise BadPacket("hop limit reached")
-            relay = bytearray(plain)
-            relay[ROUTE.size - 1] = hops - 1
-            if dst == BROADCAST:
-                for child in self.gossip.routes().children(origin):
-                    self._relay(child, relay)
-            else:
-                hop = self.gossip.routes().next_hop.get(dst)
-                if hop is None:
-                    raise BadPacket("no route to relay destination")
-                self._relay(hop, relay)
-                return
-        for frame in iter_frames_untrusted(plain, ROUTE.size):
-            if len(frame) < ETH_AT + ETH_HEADER:
-                raise BadPacket("runt frame")
-            self.macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), origin, now)
-            session.rx_frames += 1
-            session.rx_bytes += len(frame) - ETH_AT
-            if tap_fd >= 0:
-                try:
-                    os.write(tap_fd, frame)
-                except BlockingIOError:
-                    self.drops["tap_write_would_block"] += 1
-                except OSError:
-                    self.drops["tap_write_error"] += 1
+        """Run the forwarder thread for as long as this task lives."""
+        fwd = self.forwarder
+        assert fwd is not None
 
-    def _internal_error(self, where: str, exc: Exception) -> None:
-        key = f"internal error in {where}: {type(exc).__name__}"
-        if not self.counters[key]:
-            log.exception("%s (logged once; counted in 'mesh status --json')", key)
-        self.counters[key] += 1
+        async def stop_on_cancel() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                fwd.stop()
 
-    def _relay(self, hop: bytes, plain: bytearray) -> None:
-        peer = self.peers.get(hop)
-        if peer is None or peer.session is None or peer.udp_addr is None:
-            self.drops["relay next hop not connected"] += 1
-            return
-        self.counters["messages_relayed"] += 1
-        self._send_message(peer, bytes(plain))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_cancel)
+            task_status.started()
+            # Not cancellable by design: it returns once stop_on_cancel says stop.
+            await trio.to_thread.run_sync(fwd.run)
+            nursery.cancel_scope.cancel()
 
-    def _packer(self, hop: bytes, dst: bytes) -> FramePacker:
-        key = (hop, dst)
-        packer = self._packers.get(key)
-        if packer is None:
-            prefix = ROUTE.pack(self.me, dst, MAX_HOPS)
-            packer = self._packers[key] = FramePacker(0, prefix)
-        return packer
-
-    def _drop_packers(self, name: bytes) -> None:
-        for key in [k for k in self._packers if name in k]:
-            del self._packers[key]
-
-    async def _tap_loop(self) -> None:
-        assert self._tap is not None
-        fd = self._tap.fd
-        # Frames are read at offset PREFIX so that a large frame, which goes
-        # alone, already has its route header and length in front of it.
-        buf = bytearray(FRAME_BUFFER)
-        view = memoryview(buf)
-        into = [view[PREFIX:]]
-        dirty: set[tuple[bytes, bytes]] = set()
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            now = trio.current_time()
-            routes = self.gossip.routes()
-            for _ in range(DRAIN_BATCH):
-                try:
-                    n = os.readv(fd, into)
-                except BlockingIOError:
-                    break
-                if n < ETH_AT + ETH_HEADER:
-                    self.drops["tap_runt"] += 1
-                    continue
-                try:
-                    self._route_frame(buf, view, n, now, routes, dirty)
-                except Exception as exc:  # a bug: count it, keep forwarding
-                    self._internal_error("tap read", exc)
-            for key in dirty:
-                self._flush_packer(key)
-            dirty.clear()
-            await trio.lowlevel.checkpoint()
-
-    def _route_frame(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        n: int,
-        now: float,
-        routes: Routes,
-        dirty: set[tuple[bytes, bytes]],
-    ) -> None:
-        """Send the frame just read from the TAP (at ``buf[PREFIX:PREFIX+n]``)
-        towards where its destination MAC lives."""
-        macs, me = self.macs, self.me
-        frame = view[PREFIX : PREFIX + n]
-        macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), LOCAL, now)
-        dst_mac = frame[ETH_AT : ETH_AT + 6]
-        owner = None if is_multicast(dst_mac) else macs.lookup(bytes(dst_mac), now)
-        if owner == LOCAL:
-            return  # the bridge delivers it; nothing for the mesh
-        if owner is None:
-            pairs = [(child, BROADCAST) for child in routes.children(me)]
-        else:
-            hop = routes.next_hop.get(owner)
-            if hop is None:
-                self.drops["no route to peer"] += 1
-                return
-            pairs = [(hop, owner)]
-        for key in pairs:
-            peer = self.peers.get(key[0])
-            session = peer.session if peer is not None else None
-            if peer is None or session is None:
-                continue
-            session.tx_frames += 1
-            session.tx_bytes += n - ETH_AT
-            packer = self._packer(*key)
-            packer.limit = session.message_budget
-            if not packer.fits(n):
-                self._flush_packer(key)
-            if packer.fits(n):
-                packer.add(frame)
-                dirty.add(key)
-            else:  # a large frame goes alone, in one message GSO sends as segments
-                ROUTE.pack_into(buf, 0, me, key[1], MAX_HOPS)
-                FRAME_LEN.pack_into(buf, ROUTE.size, n)
-                self._send_message(peer, bytes(view[: PREFIX + n]))
-
-    def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
-        packer = self._packers.get(key)
-        if packer is None or not len(packer):
-            return
-        peer = self.peers.get(key[0])
-        if peer is None or peer.session is None or peer.udp_addr is None:
-            self.drops["next hop not connected"] += packer.frames
-            packer.take()
-            return
-        self._send_message(peer, packer.take())
+    def _topology_changed(self) -> None:
+        """Publish fresh routes for the forwarder (it only ever reads ``self.routes``)."""
+        self.routes = self.gossip.routes()
 
     # -- introspection --------------------------------------------------
 
@@ -815,7 +579,7 @@ class Router:
                     else None,
                 }
             )
-        routes = self.gossip.routes()
+        routes = self.routes
         peers = []
         for name, rec in sorted(self.gossip.records.items()):
             hop = routes.next_hop.get(name)
@@ -854,14 +618,20 @@ class Router:
             "targets": targets,
             "peers": peers,
             "macs": len(self.macs),
-            "drops": dict(self.drops) | (dict(self._udp.errors) if self._udp else {}),
+            "drops": dict(
+                self.drops
+                + (self.forwarder.drops if self.forwarder else Counter())
+                + (self._udp.errors if self._udp else Counter())
+            ),
             "offload": {
                 "tap": bool(self._tap and self._tap.offload),
                 "udp_gso": bool(self._udp and self._udp.gso),
                 "udp_gro": bool(self._udp and self._udp.gro),
                 "gso_sends": self._udp.gso_sends if self._udp else 0,
             },
-            "counters": dict(self.counters),
+            "counters": dict(
+                self.counters + (self.forwarder.counters if self.forwarder else Counter())
+            ),
             "gossip": {
                 "bytes_sent": self.gossip.bytes_sent,
                 "bytes_received": self.gossip.bytes_received,

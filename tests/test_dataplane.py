@@ -39,7 +39,7 @@ def deliver(dst: DataSession, pkts: list[bytes], now: float) -> list[tuple[int, 
         if plain is not None:
             if ptype == PacketType.HEARTBEAT:
                 dst.on_heartbeat(plain, len(pkt), now)
-            out.append((ptype, plain))
+            out.append((ptype, bytes(plain)))  # the view is only valid until the next message
     return out
 
 

@@ -1,0 +1,51 @@
+"""Per-frame cost of the forwarder, without namespaces: two real Forwarders whose
+"TAP" is a SOCK_SEQPACKET socketpair (frame boundaries kept, like a TAP) and
+whose UDP sockets talk over loopback.  Measures the sending side (TAP read,
+route, seal, send) and the receiving side (receive, open, TAP write) per frame,
+for small and large frames.
+
+    python3 -m bench.micro
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from tools.fwdpair import frame, pair
+
+
+def measure(size: int, rounds: int, gap: float) -> tuple[float, float]:
+    """Median microseconds per frame: (send side, receive side)."""
+    tx, rx = [], []
+    with pair() as (fa, fb, ta_app, tb_app):
+        buf_a, buf_b = bytearray(70_000), bytearray(1 << 17)
+        f = frame(size)
+        for _ in range(rounds):
+            if gap:
+                time.sleep(gap)
+            ta_app.send(f)
+            t0 = time.perf_counter()
+            fa._drain_tap(buf_a, time.monotonic())
+            t1 = time.perf_counter()
+            fb._drain_udp(buf_b, time.monotonic())
+            t2 = time.perf_counter()
+            tb_app.recv(70_000)
+            tx.append((t1 - t0) * 1e6)
+            rx.append((t2 - t1) * 1e6)
+    return statistics.median(tx), statistics.median(rx)
+
+
+def main() -> None:
+    print("per-frame forwarder cost, median microseconds (send side / receive side)")
+    for size, label in ((64, "64 B"), (1400, "1400 B"), (62000, "62 KB TSO")):
+        hot = measure(size, 2000 if size < 10000 else 300, 0.0)
+        cold = measure(size, 40, 0.02)
+        print(
+            f"  {label:10s} back to back: {hot[0]:6.1f} / {hot[1]:6.1f}   "
+            f"after 20 ms idle: {cold[0]:6.1f} / {cold[1]:6.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

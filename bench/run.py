@@ -1,0 +1,432 @@
+"""Throughput and latency of meshrouter beside its peers, on one topology, in one run.
+
+Two hosts in network namespaces joined by a veth underlay (198.18.0.0/24), a
+container on each host's bridge, and the same traffic through each path:
+
+* underlay: host to host, no tunnel (the ceiling);
+* vxlan:    the kernel's VXLAN on a bridge (unencrypted, like Weave's fast datapath);
+* tinc:     tinc 1.0 in switch mode (userspace, encrypted L2, the Debian package);
+* mesh:     meshrouter (userspace, encrypted L2).
+
+For each: iperf3 single TCP stream and 4 streams, UDP at a fixed rate (loss,
+jitter), 64-byte UDP (frames per second), ping RTT, and CPU (the machine's
+busy share and the tunnel processes' own). Prints a table and the ratios
+mesh/tinc and mesh/vxlan, writes JSON and a PNG bar chart.
+
+    bash bench/run.sh            # full run (about 2 minutes)
+    bash bench/run.sh --quick    # shorter tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools.netlab import Lab, sh
+
+PREFIX = "mbench"
+
+
+@dataclass
+class Result:
+    path: str
+    tcp1_gbps: float = 0.0
+    tcp4_gbps: float = 0.0
+    udp_loss_pct: float = 0.0
+    udp_jitter_ms: float = 0.0
+    udp_rate_mbps: float = 0.0
+    small_pps: float = 0.0
+    rtt_ms: float = 0.0
+    cpu_machine_pct: float = 0.0  # of both cores, during the single-stream test
+    cpu_tunnel_pct: float = 0.0  # the tunnel's own processes (100 = one core)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- setting up each path ------------------------------------------------------------
+
+
+def container_on_bridge(lab: Lab, host: int, name: str, bridge: str, cidr: str, mtu: int) -> str:
+    ns = lab.container(name)
+    veth = f"v{name[-6:]}"
+    lab.run(
+        host,
+        "ip",
+        "link",
+        "add",
+        "name",
+        veth,
+        "mtu",
+        str(mtu),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        str(mtu),
+        "netns",
+        ns,
+    )
+    lab.run(host, "ip", "link", "set", "dev", veth, "master", bridge, "up")
+    lab.in_ns(ns, "ip", "addr", "add", cidr, "dev", "eth0")
+    lab.in_ns(ns, "ip", "link", "set", "dev", "eth0", "up")
+    return ns
+
+
+def bridge(lab: Lab, host: int, name: str) -> None:
+    lab.run(host, "ip", "link", "add", "name", name, "type", "bridge")
+    lab.run(host, "ip", "link", "set", "dev", name, "up")
+
+
+def setup_vxlan(lab: Lab) -> tuple[str, str, str]:
+    for i, j in ((1, 2), (2, 1)):
+        bridge(lab, i, "vxbr")
+        lab.run(
+            i,
+            "ip",
+            "link",
+            "add",
+            "name",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            lab.addr(i),
+            "remote",
+            lab.addr(j),
+            "dev",
+            "eth0",
+        )
+        lab.run(i, "ip", "link", "set", "dev", "vx0", "master", "vxbr", "up")
+    a = container_on_bridge(lab, 1, "vx1", "vxbr", "10.40.0.1/24", 1450)
+    b = container_on_bridge(lab, 2, "vx2", "vxbr", "10.40.0.2/24", 1450)
+    return a, b, "10.40.0.2"
+
+
+def setup_tinc(lab: Lab) -> tuple[str, str, str, list[subprocess.Popen[bytes]]]:
+    confs = {}
+    for i in (1, 2):
+        d = lab.tmp / f"tinc{i}"
+        (d / "hosts").mkdir(parents=True)
+        (d / "tinc.conf").write_text(
+            f"Name = h{i}\nMode = switch\nAddressFamily = ipv4\nInterface = tinc0\n"
+            f"BindToAddress = {lab.addr(i)}\n" + ("ConnectTo = h1\n" if i == 2 else "")
+        )
+        (d / "hosts" / f"h{i}").write_text(f"Address = {lab.addr(i)}\nPort = 655\n")
+        up = d / "tinc-up"
+        up.write_text(
+            "#!/bin/sh\nip link set dev $INTERFACE master tbr\nip link set dev $INTERFACE up\n"
+        )
+        up.chmod(0o755)
+        subprocess.run(
+            ["tincd", "-c", str(d), "-K2048"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=True,
+        )
+        confs[i] = d
+    for i, j in ((1, 2), (2, 1)):  # exchange host files (with public keys)
+        shutil.copy(confs[j] / "hosts" / f"h{j}", confs[i] / "hosts" / f"h{j}")
+    procs = []
+    for i in (1, 2):
+        bridge(lab, i, "tbr")
+        procs.append(
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.host(i),
+                    "tincd",
+                    "-c",
+                    str(confs[i]),
+                    "-D",
+                    "--pidfile",
+                    str(confs[i] / "pid"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    a = container_on_bridge(lab, 1, "tc1", "tbr", "10.41.0.1/24", 1400)
+    b = container_on_bridge(lab, 2, "tc2", "tbr", "10.41.0.2/24", 1400)
+    return a, b, "10.41.0.2", procs
+
+
+def setup_mesh(lab: Lab) -> tuple[str, str, str]:
+    lab.launch(1)
+    lab.launch(2, lab.addr(1))
+    a, b = lab.container("mc1"), lab.container("mc2")
+    lab.mesh(1, "attach", "10.32.0.1/12", a)
+    lab.mesh(2, "attach", "10.32.0.2/12", b)
+    return a, b, "10.32.0.2"
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
+def iperf(
+    lab: Lab, client: str, server: str, server_ip: str, *args: str, secs: int
+) -> dict[str, Any]:
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):
+            if "5201" in lab.in_ns(server, "ss", "-ltn", check=False).stdout:
+                break
+            time.sleep(0.05)
+        r = lab.in_ns(
+            client,
+            "iperf3",
+            "-c",
+            server_ip,
+            "-p",
+            "5201",
+            "-t",
+            str(secs),
+            "-J",
+            *args,
+            check=False,
+            timeout=secs + 30,
+        )
+    finally:
+        try:
+            srv.wait(5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+    try:
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+    except ValueError:
+        return {"error": r.stderr.strip() or r.stdout[-300:]}
+
+
+def measure(
+    lab: Lab, name: str, client: str, server: str, ip: str, pids: list[int], secs: int
+) -> Result:
+    res = Result(name)
+    ping = lab.in_ns(client, "ping", "-c", "30", "-i", "0.02", "-q", ip, check=False).stdout
+    try:
+        res.rtt_ms = float(ping.rsplit("=", 1)[1].split("/")[1])
+    except (IndexError, ValueError):
+        res.notes.append("ping failed")
+    busy0, all0 = machine_ticks()
+    t0 = cpu_ticks(pids)
+    start = time.monotonic()
+    j = iperf(lab, client, server, ip, secs=secs)
+    wall = time.monotonic() - start
+    busy1, all1 = machine_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    res.cpu_machine_pct = 100 * (busy1 - busy0) / max(1, all1 - all0)
+    res.cpu_tunnel_pct = 100 * (cpu_ticks(pids) - t0) / hz / wall if pids else 0.0
+    res.tcp1_gbps = j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
+    if "error" in j:
+        res.notes.append(f"tcp1: {j['error']}")
+    j = iperf(lab, client, server, ip, "-P", "4", secs=secs)
+    res.tcp4_gbps = j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
+    j = iperf(lab, client, server, ip, "-u", "-b", "500M", "-l", "1200", secs=secs)
+    s = j.get("end", {}).get("sum", {})
+    res.udp_loss_pct = float(s.get("lost_percent", 0.0))
+    res.udp_jitter_ms = float(s.get("jitter_ms", 0.0))
+    res.udp_rate_mbps = float(s.get("bits_per_second", 0.0)) / 1e6
+    j = iperf(lab, client, server, ip, "-u", "-b", "0", "-l", "64", secs=max(2, secs // 2))
+    s = j.get("end", {}).get("sum", {})
+    received = float(s.get("packets", 0)) - float(s.get("lost_packets", 0))
+    res.small_pps = received / max(1e-9, float(s.get("seconds", 0) or 1))
+    return res
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def table(results: list[Result]) -> str:
+    head = [
+        "path",
+        "TCP x1 Gbit/s",
+        "TCP x4 Gbit/s",
+        "UDP 500M loss %",
+        "jitter ms",
+        "64B UDP kpps",
+        "RTT ms",
+        "CPU machine %",
+        "CPU tunnel %",
+    ]
+    rows = [
+        [
+            r.path,
+            f"{r.tcp1_gbps:.2f}",
+            f"{r.tcp4_gbps:.2f}",
+            f"{r.udp_loss_pct:.2f}",
+            f"{r.udp_jitter_ms:.3f}",
+            f"{r.small_pps / 1000:.1f}",
+            f"{r.rtt_ms:.3f}",
+            f"{r.cpu_machine_pct:.0f}",
+            f"{r.cpu_tunnel_pct:.0f}" if r.cpu_tunnel_pct else "-",
+        ]
+        for r in results
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = [
+        "  ".join(
+            x.rjust(w) if k else x.ljust(w)
+            for k, (x, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [head, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def ratios(by: dict[str, Result]) -> dict[str, float]:
+    m, out = by.get("mesh"), {}
+    if m is None:
+        return out
+    for other in ("tinc", "vxlan", "underlay"):
+        o = by.get(other)
+        if o and o.tcp1_gbps:
+            out[f"mesh/{other} TCP x1"] = m.tcp1_gbps / o.tcp1_gbps
+        if o and o.tcp4_gbps:
+            out[f"mesh/{other} TCP x4"] = m.tcp4_gbps / o.tcp4_gbps
+        if o and o.rtt_ms and other == "tinc":
+            out["mesh/tinc RTT"] = m.rtt_ms / o.rtt_ms
+        if o and o.small_pps and other == "tinc":
+            out["mesh/tinc 64B pps"] = m.small_pps / o.small_pps
+    return out
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.path for r in results]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = range(len(names))
+    axes[0].bar([i - 0.2 for i in x], [r.tcp1_gbps for r in results], 0.4, label="1 stream")
+    axes[0].bar([i + 0.2 for i in x], [r.tcp4_gbps for r in results], 0.4, label="4 streams")
+    axes[0].set_xticks(list(x), names)
+    axes[0].set_ylabel("Gbit/s")
+    axes[0].set_title("TCP throughput, container to container")
+    axes[0].legend()
+    axes[1].bar(list(x), [r.rtt_ms for r in results], 0.5, color="tab:green")
+    axes[1].set_xticks(list(x), names)
+    axes[1].set_ylabel("ms")
+    axes[1].set_title("ping RTT")
+    fig.suptitle("meshrouter vs. underlay, kernel VXLAN, tinc 1.0 (2 cores, namespaces)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3-second tests instead of 8")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON and PNG go")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=["underlay", "vxlan", "tinc", "mesh"],
+        choices=["underlay", "vxlan", "tinc", "mesh"],
+    )
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (it builds namespaces)", file=sys.stderr)
+        return 1
+    secs = 3 if args.quick else 8
+    args.out.mkdir(parents=True, exist_ok=True)
+    lab = Lab(PREFIX, 2)
+    lab.create()
+    results: list[Result] = []
+    try:
+        paths: dict[str, tuple[str, str, str, list[int]]] = {}
+        if "underlay" in args.only:
+            paths["underlay"] = (lab.host(1), lab.host(2), lab.addr(2), [])
+        if "vxlan" in args.only:
+            paths["vxlan"] = (*setup_vxlan(lab), [])
+        if "tinc" in args.only:
+            if shutil.which("tincd"):
+                a, b, ip, procs = setup_tinc(lab)
+                paths["tinc"] = (a, b, ip, [p.pid for p in procs])
+            else:
+                print("bench: tincd not installed (apt-get install tinc); skipping tinc")
+        if "mesh" in args.only:
+            a, b, ip = setup_mesh(lab)
+            paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
+        for name, (a, _b, ip, _) in paths.items():
+            lab.wait_for(
+                f"{name} path up",
+                lambda a=a, ip=ip: (
+                    lab.in_ns(  # type: ignore[misc]
+                        a, "ping", "-c", "1", "-W", "1", ip, check=False
+                    ).returncode
+                    == 0
+                ),
+                timeout=30,
+            )
+        for name, (a, b, ip, pids) in paths.items():
+            if name == "tinc":  # tincd runs under 'ip netns exec': find the daemons
+                pids = [
+                    int(p)
+                    for i in (1, 2)
+                    for p in sh("ip", "netns", "pids", lab.host(i)).stdout.split()
+                    if "tincd" in Path(f"/proc/{p}/comm").read_text()
+                ]
+            print(f"measuring {name} ...", flush=True)
+            results.append(measure(lab, name, a, b, ip, pids, secs))
+    finally:
+        lab.close()
+    by = {r.path: r for r in results}
+    rat = ratios(by)
+    print()
+    print(table(results))
+    print()
+    for k, v in rat.items():
+        print(f"{k:22s} {v:6.2f}x")
+    for r in results:
+        for note in r.notes:
+            print(f"note: {r.path}: {note}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    info = {
+        "when": stamp,
+        "cores": os.cpu_count(),
+        "seconds_per_test": secs,
+        "results": [asdict(r) for r in results],
+        "ratios": rat,
+    }
+    (args.out / "bench.json").write_text(json.dumps(info, indent=2))
+    chart(results, args.out / "bench.png")
+    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmark meshrouter against the bare underlay, kernel VXLAN and tinc 1.0, on one machine.
+# Usage (as root): bash bench/run.sh [--quick] [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+need=()
+command -v tincd >/dev/null 2>&1 || need+=(tinc)
+if [ "${#need[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore matplotlib
+exec python3 -m bench.run "$@"
