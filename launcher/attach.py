@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
@@ -30,6 +30,10 @@ GSO_MAX_SIZE = 62000
 
 class AttachError(Exception):
     """A one-line reason for the operator; nothing was left half-made."""
+
+
+class IpamRefused(Exception):
+    """The router's IPAM said no (taken, no space, not ready): its reason."""
 
 
 @dataclass
@@ -114,10 +118,28 @@ class Registry:
         return out
 
 
+class AddressSource(Protocol):
+    """Where addresses come from: the router's IPAM (allocate, claim, release)."""
+
+    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
+    def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
+    def release(self, container: str) -> None: ...
+
+
 def attach(
-    registry: Registry, name: str, cidr_text: str, *, bridge: str, mesh_range: str, mtu: int
+    registry: Registry,
+    name: str,
+    cidr_text: str | None,
+    *,
+    bridge: str,
+    mesh_range: str,
+    mtu: int,
+    ipam: AddressSource,
+    subnet: str | None = None,
 ) -> Attachment:
-    iface = parse_cidr(cidr_text, mesh_range)
+    """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
+    (inside ``subnet``) when it is None."""
+    iface = parse_cidr(cidr_text, mesh_range) if cidr_text is not None else None
     try:
         c = resolve(name)
     except ContainerError as exc:
@@ -126,7 +148,11 @@ def attach(
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
     with registry.locked() as records:
         for rec in records.values():
-            if ipaddress.ip_interface(rec.cidr).ip == iface.ip and rec.ident != c.ident:
+            if (
+                iface is not None
+                and ipaddress.ip_interface(rec.cidr).ip == iface.ip
+                and (rec.ident != c.ident)
+            ):
                 raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
         if in_ns(c, "ip", "link", "show", "dev", CONTAINER_IFACE, check=False).returncode == 0:
             have = records.get(c.ident)
@@ -135,6 +161,17 @@ def attach(
                 f"{name} is already attached{what} ({CONTAINER_IFACE} exists): "
                 f"'mesh detach {name}' first"
             )
+        # The address, mesh-wide: allocated, or claimed from whoever owns it.
+        try:
+            if iface is None:
+                got = ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, subnet))
+            else:
+                got = iface
+                ipam.claim(str(iface), c.ident, c.ns_path)
+        except IpamRefused as exc:
+            raise AttachError(str(exc)) from None
+        except ValueError:
+            raise AttachError("the router handed out a malformed address") from None
         host = veth_name(c.ident)
         if link_exists(host):  # left over from a container that went away
             ip("link", "del", "dev", host, check=False)
@@ -157,10 +194,11 @@ def attach(
                 c.ns_ref,
             )
         except NetdevError as exc:
+            ipam.release(c.ident)
             raise AttachError(f"cannot create veth pair for {name}: {exc}") from None
         try:
             in_ns(c, "ip", "link", "set", "dev", "lo", "up")
-            in_ns(c, "ip", "addr", "add", str(iface), "dev", CONTAINER_IFACE)
+            in_ns(c, "ip", "addr", "add", str(got), "dev", CONTAINER_IFACE)
             # TSO superframes small enough that one sealed message fits one UDP
             # GSO send (65507 bytes): the router never splits a send in two.
             in_ns(
@@ -180,17 +218,19 @@ def attach(
             shown = in_ns(c, "ip", "-j", "link", "show", "dev", CONTAINER_IFACE).stdout
             mac = str(json.loads(shown)[0].get("address", ""))
             # Tell the mesh where this address lives now (gratuitous ARP).
-            in_ns(c, sys.executable, "-m", "launcher.garp", CONTAINER_IFACE, str(iface.ip))
+            in_ns(c, sys.executable, "-m", "launcher.garp", CONTAINER_IFACE, str(got.ip))
         except NetdevError as exc:
             ip("link", "del", "dev", host, check=False)
+            ipam.release(c.ident)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
-        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(iface), mac)
+        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(got), mac)
         records[c.ident] = rec
         return rec
 
 
-def detach(registry: Registry, name: str) -> Attachment | None:
-    """Undo an attach.  Returns the record, or None if the container was not attached."""
+def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | None:
+    """Undo an attach and release its address.  Returns the record, or None if
+    the container was not attached."""
     with registry.locked() as records:
         rec = next((r for r in records.values() if r.container == name or r.ident == name), None)
         try:
@@ -212,6 +252,7 @@ def detach(registry: Registry, name: str) -> Attachment | None:
         # Deleting either end of a veth pair removes both.
         ip("link", "del", "dev", rec.host_veth, check=False)
         del records[rec.ident]
+        ipam.release(rec.ident)
         return rec
 
 

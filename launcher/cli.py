@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
@@ -85,6 +86,8 @@ def _router_args(a: argparse.Namespace) -> list[str]:
         args += ["--nickname", a.nickname]
     if a.no_offload:
         args.append("--no-offload")
+    if a.ipalloc_init:
+        args += ["--ipalloc-init", str(a.ipalloc_init)]
     args += ["--busy-poll-us", str(a.busy_poll_us)]
     if a.password_file:
         args += ["--password-file", os.path.abspath(a.password_file)]
@@ -111,6 +114,7 @@ def cmd_router(a: argparse.Namespace) -> int:
             log_level=a.log_level,
             offload=not a.no_offload,
             busy_poll_us=a.busy_poll_us,
+            ipalloc_init=a.ipalloc_init,
         )
     )
 
@@ -125,10 +129,18 @@ def cmd_launch(a: argparse.Namespace) -> int:
         raise CliError("no mesh password: pass --password-file FILE (the same file on every host)")
     if a.password_file is not None and not os.path.isfile(a.password_file):
         raise CliError(f"password file {a.password_file} does not exist")
+    _check_ranges(a)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(
         state_dir / "launch.json",
-        json.dumps({"bridge": a.bridge, "ipalloc_range": a.ipalloc_range, "mtu": a.mtu}).encode(),
+        json.dumps(
+            {
+                "bridge": a.bridge,
+                "ipalloc_range": a.ipalloc_range,
+                "mtu": a.mtu,
+                "default_subnet": a.ipalloc_default_subnet,
+            }
+        ).encode(),
     )
     log_path = state_dir / "router.log"
     if docker_engine_available() and not a.local:
@@ -159,6 +171,24 @@ def cmd_launch(a: argparse.Namespace) -> int:
             return 0
         time.sleep(0.1)
     raise CliError(f"router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {log_path}")
+
+
+def _check_ranges(a: argparse.Namespace) -> None:
+    try:
+        net = ipaddress.IPv4Network(a.ipalloc_range)
+    except ValueError as exc:
+        raise CliError(
+            f"--ipalloc-range {a.ipalloc_range!r} is not a network like 10.32.0.0/12 ({exc})"
+        ) from None
+    if net.prefixlen > 30:
+        raise CliError(f"--ipalloc-range {net} is too small: use a prefix of /30 or shorter")
+    if a.ipalloc_default_subnet:
+        try:
+            sub = ipaddress.IPv4Network(a.ipalloc_default_subnet)
+        except ValueError as exc:
+            raise CliError(f"--ipalloc-default-subnet: {exc}") from None
+        if not sub.subnet_of(net):
+            raise CliError(f"--ipalloc-default-subnet {sub} is not inside --ipalloc-range {net}")
 
 
 def _launch_docker(a: argparse.Namespace) -> subprocess.Popen[bytes]:
@@ -263,16 +293,58 @@ def _attach_settings(a: argparse.Namespace) -> tuple[str, str, int]:
     return cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"])
 
 
-def cmd_attach(a: argparse.Namespace) -> int:
-    if len(a.args) == 1:
-        raise CliError(
-            f"give an address: 'mesh attach 10.32.0.5/12 {a.args[0]}' "
-            "(automatic allocation is not available yet)"
+class RouterIpam:
+    """attach's AddressSource: the running router's IPAM over the local API."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        try:
+            return api.call(_sock(self.state_dir), request)
+        except RuntimeError as exc:
+            raise attach_mod.IpamRefused(str(exc)) from None
+        except OSError:
+            raise attach_mod.IpamRefused(
+                "no router is running to hand out addresses: start one with 'mesh launch'"
+            ) from None
+
+    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+        return str(
+            self._call(
+                {"op": "allocate", "container": container, "ns_path": ns_path, "subnet": subnet}
+            )
         )
-    if len(a.args) != 2:
-        raise CliError("usage: mesh attach CIDR CONTAINER")
-    cidr, container = a.args
+
+    def claim(self, cidr: str, container: str, ns_path: str) -> str:
+        return str(
+            self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
+        )
+
+    def release(self, container: str) -> None:
+        try:
+            self._call({"op": "release", "container": container})
+        except attach_mod.IpamRefused as exc:
+            print(f"mesh: warning: address of {container} not released: {exc}", file=sys.stderr)
+
+
+def cmd_attach(a: argparse.Namespace) -> int:
+    if len(a.args) not in (1, 2):
+        raise CliError("usage: mesh attach [CIDR | net:SUBNET] CONTAINER")
+    container = a.args[-1]
+    cidr: str | None = None
+    subnet: str | None = None
     bridge, mesh_range, mtu = _attach_settings(a)
+    if len(a.args) == 2:
+        spec = a.args[0]
+        if spec.startswith("net:"):
+            subnet = spec[4:]
+            if subnet == "default":
+                subnet = _launch_config(a.state_dir).get("default_subnet") or None
+        else:
+            cidr = spec
+    else:
+        subnet = _launch_config(a.state_dir).get("default_subnet") or None
     try:
         rec = attach_mod.attach(
             attach_mod.Registry(a.state_dir),
@@ -281,6 +353,8 @@ def cmd_attach(a: argparse.Namespace) -> int:
             bridge=bridge,
             mesh_range=mesh_range,
             mtu=mtu,
+            ipam=RouterIpam(a.state_dir),
+            subnet=subnet,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
@@ -290,12 +364,19 @@ def cmd_attach(a: argparse.Namespace) -> int:
 
 def cmd_detach(a: argparse.Namespace) -> int:
     try:
-        rec = attach_mod.detach(attach_mod.Registry(a.state_dir), a.container)
+        rec = attach_mod.detach(
+            attach_mod.Registry(a.state_dir), a.container, RouterIpam(a.state_dir)
+        )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
     if rec is None:
         raise CliError(f"{a.container} is not attached to the mesh")
     print(f"{a.container} detached{' (' + rec.cidr + ')' if rec.cidr else ''}")
+    return 0
+
+
+def cmd_rmpeer(a: argparse.Namespace) -> int:
+    print(_router_call(a.state_dir, {"op": "rmpeer", "peer": a.peer}))
     return 0
 
 
@@ -366,6 +447,30 @@ def cmd_status(a: argparse.Namespace) -> int:
             )
             rows.append([p["peer"], p["nickname"], reach, links or "-"])
         _table(["PEER", "NICKNAME", "ROUTE", "CONNECTIONS"], rows)
+    if what == "ipam":
+        ip = st["ipam"]
+        print(
+            f"range {ip['range']}: "
+            + (
+                "ring agreed"
+                if ip["ready"]
+                else f"waiting for {ip['quorum']} of {ip['init_count']} initial peers"
+            )
+        )
+        rows = [
+            [
+                s_["peer"],
+                s_["nickname"],
+                str(s_["owned"]),
+                "-" if s_["used"] is None else str(s_["used"]),
+                "-" if s_["free"] is None else str(s_["free"]),
+            ]
+            for s_ in ip["shares"]
+        ]
+        _table(["PEER", "NICKNAME", "OWNED", "USED", "FREE"], rows)
+        for al in ip["allocations"]:
+            print(f"  {al['address']:15s} {al['container'].split('/', 1)[-1]}")
+        return 0
     if what in ("all", "targets"):
         if what == "all":
             print()
@@ -446,6 +551,20 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level", default="info", choices=["debug", "info", "warning", "error"]
         )
         sp.add_argument(
+            "--ipalloc-init",
+            type=int,
+            default=0,
+            metavar="N",
+            help="how many peers the mesh starts with; addresses are handed out once "
+            "N/2+1 of them are connected (default: the PEERs given + 1)",
+        )
+        sp.add_argument(
+            "--ipalloc-default-subnet",
+            metavar="CIDR",
+            help="subnet of the range that 'mesh attach CONTAINER' allocates from "
+            "(default: the whole range)",
+        )
+        sp.add_argument(
             "--busy-poll-us",
             type=int,
             default=DEFAULT_BUSY_POLL_US,
@@ -506,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         "container when a Docker engine is present) an interface 'ethwe' on the "
         "mesh with address CIDR (e.g. 10.32.0.5/12).",
     )
-    sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR] CONTAINER"
+    sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET] CONTAINER"
     sp.add_argument("args", nargs="+", metavar="[CIDR] CONTAINER", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_attach)
 
@@ -517,9 +636,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "status", parents=[common], help="show the router, its connections and targets"
     )
-    sp.add_argument("what", nargs="?", choices=["peers", "connections", "targets"])
+    sp.add_argument("what", nargs="?", choices=["peers", "connections", "targets", "ipam"])
     sp.add_argument("--json", action="store_true", help="print everything as JSON")
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser(
+        "rmpeer",
+        parents=[common],
+        help="reclaim the address share of a dead peer",
+        description="Take over the IP address share of PEER (name or nickname), which must "
+        "be gone for good: its addresses become this host's to give out.",
+    )
+    sp.add_argument("peer", metavar="PEER")
+    sp.set_defaults(func=cmd_rmpeer)
 
     sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
     sp.set_defaults(func=cmd_ps)

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from .ipamservice import IpamError
 from .router import Router
 
 log = logging.getLogger("meshrouter.api")
@@ -44,6 +45,27 @@ async def handle_request(router: Router, request: Any, on_change: Any) -> Any:
             result = forgotten
         on_change()
         return result
+    if op in ("allocate", "claim", "release"):
+        container = request.get("container")
+        if not isinstance(container, str) or not container:
+            raise ValueError(f'"{op}" needs a "container" string')
+        ns_path = str(request.get("ns_path") or "")
+        try:
+            if op == "allocate":
+                subnet = request.get("subnet")
+                return await router.allocate(container, ns_path, str(subnet) if subnet else None)
+            if op == "claim":
+                return await router.claim(str(request.get("cidr")), container, ns_path)
+            return router.release(container)
+        except IpamError as exc:
+            raise ValueError(str(exc)) from None
+    if op == "ipam":
+        return router.status()["ipam"]
+    if op == "rmpeer":
+        try:
+            return router.rmpeer(str(request.get("peer")))
+        except IpamError as exc:
+            raise ValueError(str(exc)) from None
     if op == "stop":
         router.stop_requested.set()
         return "stopping"
@@ -93,7 +115,7 @@ async def serve(
             await trio.Path(path).unlink(missing_ok=True)
 
 
-def call(path: Path, request: dict[str, Any], timeout: float = 10.0) -> Any:
+def call(path: Path, request: dict[str, Any], timeout: float = 45.0) -> Any:
     """Blocking client used by the launcher.  Raises OSError or RuntimeError."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

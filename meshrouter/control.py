@@ -34,6 +34,7 @@ class MessageType(IntEnum):
     HEARTBEAT = 1
     CLOSE = 2
     GOSSIP = 3
+    IPAM = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ class DaemonOptions:
     log_level: str = "info"
     offload: bool = True
     busy_poll_us: int = 0
+    ipalloc_init: int = 0
 
 
 def setup_logging(level: str) -> None:
@@ -87,6 +88,8 @@ def run(opts: DaemonOptions) -> int:
             ipalloc_range=opts.ipalloc_range,
             mtu=opts.mtu,
             offload=opts.offload,
+            state_dir=opts.state_dir,
+            ipalloc_init=opts.ipalloc_init,
             busy_poll=opts.busy_poll_us / 1e6,
         )
         router = Router(config)

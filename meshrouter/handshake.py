@@ -76,6 +76,7 @@ class Identity:
     version_min: int = PROTOCOL_MIN_VERSION
     version_max: int = PROTOCOL_MAX_VERSION
     suites: int = suites_mask()
+    ipalloc_range: str = ""  # every peer of a mesh must use the same one
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +101,16 @@ def encode_reject(reason: str) -> bytes:
     return bytes([FrameType.REJECT]) + reason.encode()[:190]
 
 
+EXT_IPALLOC_RANGE = 1  # HELLO extension: type(1) len(1) value, after the nickname
+
+
 def encode_hello(hello: Hello) -> bytes:
     ident = hello.identity
     nick = ident.nickname.encode()[:MAX_NICKNAME]
+    ext = b""
+    if ident.ipalloc_range:
+        raw = ident.ipalloc_range.encode()[:255]
+        ext = bytes([EXT_IPALLOC_RANGE, len(raw)]) + raw
     return (
         bytes([FrameType.HELLO])
         + _HELLO.pack(
@@ -118,6 +126,7 @@ def encode_hello(hello: Hello) -> bytes:
             len(nick),
         )
         + nick
+        + ext
     )
 
 
@@ -139,8 +148,22 @@ def decode_hello_untrusted(body: bytes) -> Hello:
         nick = nick_raw.decode()
     except UnicodeDecodeError as exc:
         raise BadPacket("nickname is not UTF-8") from exc
-    # Bytes after the nickname are reserved for extensions and ignored.
-    return Hello(Identity(name, nick, uid, udp_port, vmin, vmax, suites), recv_index, eph)
+    # After the nickname: extensions, type(1) len(1) value; unknown ones are skipped.
+    ipalloc_range = ""
+    pos = 1 + _HELLO.size + nick_len
+    while pos + 2 <= len(body):
+        etype, elen = body[pos], body[pos + 1]
+        value = body[pos + 2 : pos + 2 + elen]
+        if len(value) != elen:
+            raise BadPacket("truncated HELLO extension")
+        if etype == EXT_IPALLOC_RANGE:
+            try:
+                ipalloc_range = value.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise BadPacket("IP range is not ASCII") from exc
+        pos += 2 + elen
+    ident = Identity(name, nick, uid, udp_port, vmin, vmax, suites, ipalloc_range)
+    return Hello(ident, recv_index, eph)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +272,11 @@ class Handshake:
             )
         if peer.uid == me.uid:
             raise self._reject("connection to self")
+        if me.ipalloc_range and peer.ipalloc_range and me.ipalloc_range != peer.ipalloc_range:
+            raise self._reject(
+                f"different IP allocation range: one side uses {me.ipalloc_range}, the other "
+                f"{peer.ipalloc_range} (every peer needs the same --ipalloc-range)"
+            )
         if self.initiator:
             suite = choose_suite(me.suites, peer.suites)
         else:

@@ -29,6 +29,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -48,6 +49,7 @@ from .dataplane import DataSession
 from .errors import BadPacket
 from .forwarder import Forwarder
 from .handshake import Identity, format_name
+from .ipamservice import IpamError, IpamService
 from .mactable import MacTable
 from .netdev import Tap
 from .targets import Targets, format_address
@@ -74,6 +76,8 @@ class RouterConfig:
     mtu: int = CONTAINER_MTU
     use_tap: bool = True
     gc_after: float = 60.0
+    state_dir: Path | None = None  # where IPAM state is kept (None: in memory only)
+    ipalloc_init: int = 0  # initial peer count for the first ring (0: PEERs given + 1)
     offload: bool = True  # TAP TSO/checksum offload and UDP GSO/GRO
     busy_poll: float = 0.0  # seconds the forwarder keeps polling after traffic
 
@@ -115,7 +119,11 @@ class Router:
         self.me = config.name
         self.name = format_name(config.name)
         self.identity = Identity(
-            name=config.name, nickname=config.nickname, uid=self.uid, udp_port=config.port
+            name=config.name,
+            nickname=config.nickname,
+            uid=self.uid,
+            udp_port=config.port,
+            ipalloc_range=config.ipalloc_range,
         )
         self.gossip = Gossip(config.name, self.uid, config.nickname, gc_after=config.gc_after)
         self.peers: dict[bytes, Peer] = {}  # by peer name, handshake complete
@@ -136,6 +144,15 @@ class Router:
         self.forwarder: Forwarder | None = None
         self.routes = self.gossip.routes()
         self._next_full_gossip = 0.0
+        self.ipam = IpamService(
+            config.name,
+            config.ipalloc_range,
+            config.ipalloc_init or len(config.peers) + 1,
+            config.state_dir,
+        )
+        self.ipam.send = self._send_ipam
+        self.ipam.broadcast = self._broadcast_ipam
+        self.ipam.neighbours = lambda: list(self.peers)
 
     # -- lifecycle ------------------------------------------------------
 
@@ -177,6 +194,7 @@ class Router:
                 )
                 task_status.started()
         finally:
+            self.ipam.close()
             self.forwarder.close()
             udp.close()
             if self._tap is not None:
@@ -335,6 +353,14 @@ class Router:
                 self._on_message(peer, ev)
 
     def _on_message(self, peer: Peer, ev: MessageReceived) -> None:
+        if ev.type == MessageType.IPAM:
+            try:
+                self.ipam.on_message(peer.name, ev.payload)
+            except BadPacket as exc:
+                self.counters["ipam_errors"] += 1
+                peer.conn.close(f"bad IPAM message: {exc}")
+                self._log_closed(peer, f"bad IPAM message: {exc}", "error")
+            return
         if ev.type != MessageType.GOSSIP:
             self.counters["control_messages_unknown"] += 1
             return
@@ -402,6 +428,9 @@ class Router:
             keys.version,
         )
         self._send_gossip(peer, self.gossip.full())
+        ring = self.ipam.ring_payload()
+        if ring is not None:
+            self._send_control(peer, MessageType.IPAM, ring)
         self._update_own_record()
         if self.forwarder is not None:
             self.forwarder.kick()  # first UDP heartbeat now, not at the next tick
@@ -435,11 +464,55 @@ class Router:
                 self._send_gossip(p, payload)
 
     def _send_gossip(self, peer: Peer, payload: bytes) -> None:
+        if self._send_control(peer, MessageType.GOSSIP, payload):
+            self.counters["gossip_bytes_sent"] += len(payload)
+
+    def _send_control(self, peer: Peer, mtype: MessageType, payload: bytes) -> bool:
         if peer.conn.state is not State.OPEN:
-            return
-        peer.conn.send_message(MessageType.GOSSIP, payload)
-        self.counters["gossip_bytes_sent"] += len(payload)
+            return False
+        peer.conn.send_message(mtype, payload)
         self._spawn(self._flush_quietly, peer)
+        return True
+
+    def _send_ipam(self, name: bytes, payload: bytes) -> bool:
+        peer = self.peers.get(name)
+        return peer is not None and self._send_control(peer, MessageType.IPAM, payload)
+
+    def _broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
+        for name, peer in list(self.peers.items()):
+            if name != but:
+                self._send_control(peer, MessageType.IPAM, payload)
+
+    # -- IPAM for the API -------------------------------------------------
+
+    def _ident(self, container: str) -> str:
+        return f"{self.name}/{container}"
+
+    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+        return await self.ipam.allocate(self._ident(container), ns_path, subnet)
+
+    async def claim(self, cidr: str, container: str, ns_path: str) -> str:
+        return await self.ipam.claim(cidr, self._ident(container), ns_path)
+
+    def release(self, container: str) -> list[str]:
+        return self.ipam.release(self._ident(container))
+
+    def rmpeer(self, who: str) -> str:
+        match = [
+            n for n, r in self.gossip.records.items() if who in (format_name(n), r.nickname)
+        ] or [t.owner for t in self.ipam.core.tokens.values() if format_name(t.owner) == who]
+        if not match:
+            raise IpamError(
+                f"no peer named {who!r} (see 'mesh status peers' or 'mesh status ipam')"
+            )
+        name = match[0]
+        if name == self.me:
+            raise IpamError("that is this peer")
+        if name in self.peers:
+            raise IpamError(f"peer {who} is connected: stop it ('mesh stop') before rmpeer")
+        n = self.ipam.rmpeer(name)
+        log.info("rmpeer %s: took over %d range(s) of its address share", who, n)
+        return f"{n} range(s) of {format_name(name)} reclaimed"
 
     # -- periodic work --------------------------------------------------
 
@@ -476,9 +549,13 @@ class Router:
                 )
             if gone:
                 self._topology_changed()
+            self.ipam.tick(now, self.gossip.reachable())
             if now >= self._next_full_gossip:
                 self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
                 self._gossip_to_all(self.gossip.full())
+                ring = self.ipam.ring_payload()
+                if ring is not None:
+                    self._broadcast_ipam(ring, None)
             self._sync_discovered(now)
             await trio.sleep(HEARTBEAT_INTERVAL / 2)
 
@@ -631,6 +708,9 @@ class Router:
             },
             "counters": dict(
                 self.counters + (self.forwarder.counters if self.forwarder else Counter())
+            ),
+            "ipam": self.ipam.status(
+                lambda n: r.nickname if (r := self.gossip.records.get(n)) else "?"
             ),
             "gossip": {
                 "bytes_sent": self.gossip.bytes_sent,

@@ -120,6 +120,25 @@ def test_suite_fallback_and_no_common_suite() -> None:
     assert "no cipher suite in common" in q.closed_reasons("a")[0]
 
 
+def test_different_ip_range_refused_on_both_sides() -> None:
+    p = ConnectionPair(
+        ident_a=identity(1, ipalloc_range="10.32.0.0/12"),
+        ident_b=identity(2, ipalloc_range="10.40.0.0/16"),
+    )
+    p.pump()
+    for side in "ab":
+        (reason,) = p.closed_reasons(side)
+        assert "different IP allocation range" in reason
+        assert "10.40.0.0/16" in reason
+    same = ConnectionPair(
+        ident_a=identity(1, ipalloc_range="10.32.0.0/12"),
+        ident_b=identity(2, ipalloc_range="10.32.0.0/12"),
+    )
+    same.pump()
+    assert same.a.result is not None
+    assert same.a.result.peer.ipalloc_range == "10.32.0.0/12"
+
+
 def test_connection_to_self_refused() -> None:
     p = ConnectionPair(ident_b=identity(1))
     p.pump()

@@ -159,7 +159,7 @@ def test_payload_never_crosses_underlay_in_clear(lab_factory: LabFactory) -> Non
     from scapy.all import UDP, rdpcap
 
     ours = [p for p in rdpcap(str(pcap)) if UDP in p and p[UDP].dport == 6783]
-    assert len(ours) >= 25
+    assert len(ours) >= 10  # 5 pings each way, the UDP burst (packed), heartbeats
     assert {bytes(p[UDP].payload)[0] for p in ours} <= {1, 2}  # DATA and HEARTBEAT only
 
 
@@ -169,7 +169,9 @@ def test_wrong_password_is_refused_and_carries_no_traffic(lab_factory: LabFactor
     bad = lab.tmp / "bad-password"
     bad.write_text("not-the-mesh-password\n")
     bad.chmod(0o600)
-    lab.mesh(3, "launch", "--password-file", str(bad), lab.addr(1))
+    # h3 will never join, so it cannot reach a quorum for addresses: it is told
+    # it starts alone (--ipalloc-init 1) to attach its container anyway.
+    lab.mesh(3, "launch", "--password-file", str(bad), "--ipalloc-init", "1", lab.addr(1))
     c1, c3 = lab.container("c1"), lab.container("c3")
     lab.mesh(1, "attach", "10.32.0.1/12", c1)
     lab.mesh(3, "attach", "10.32.0.3/12", c3)
@@ -177,7 +179,8 @@ def test_wrong_password_is_refused_and_carries_no_traffic(lab_factory: LabFactor
         "refusal logged on both sides",
         lambda: "wrong password" in log_of(lab, 1) and "wrong password" in log_of(lab, 3),
     )
-    assert status(lab, 1)["connections"] == []
+    # h3 keeps retrying, so a connection may be mid-handshake; none completes.
+    assert all(c["state"] == "handshake" for c in status(lab, 1)["connections"])
     assert status(lab, 3)["counters"].get("handshake_failures", 0) >= 1
     targets = status(lab, 3)["targets"]
     assert "wrong password" in (targets[0]["last_error"] or "")
@@ -265,7 +268,6 @@ def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
     assert "invalid address" in refused("banana", c1)
     assert "ip netns add" in refused("10.32.0.5/12", "no-such-container")
     assert "network or broadcast" in refused("10.32.0.0/12", c1)
-    assert "give an address" in refused(c1)
 
     assert lab.mesh(1, "attach", "10.32.0.5/12", c1).returncode == 0
     before = host_links(lab, 1)
@@ -285,6 +287,11 @@ def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
     assert "not attached" in err.stderr
     # The address is free again.
     assert lab.mesh(1, "attach", "10.32.0.5/12", c2).returncode == 0
+    # Without a CIDR, IPAM picks a free address of the range.
+    got = lab.mesh(1, "attach", c1).stdout.strip()
+    assert got.endswith("/12")
+    assert got != "10.32.0.5/12"
+    assert got.startswith("10.3") or got.startswith("10.4")
 
 
 def test_garbage_on_6783_does_not_hurt_established_peers(lab_factory: LabFactory) -> None:

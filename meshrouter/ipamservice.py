@@ -1,0 +1,308 @@
+"""The trio side of IPAM: owns the sans-IO core and its store, talks to peers,
+and serves the API's allocate/claim/release with waiting where the mesh must
+act first (the ring being made, a donation, a claim at another owner)."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .errors import BadPacket
+from .handshake import format_name
+from .ipam import (
+    CLAIM,
+    CLAIM_NOT_OWNER,
+    CLAIM_OK,
+    CLAIM_REPLY,
+    DONATE,
+    RELEASE,
+    RING,
+    Ipam,
+    NoSpace,
+    NotReady,
+    decode_untrusted,
+    encode_claim,
+    encode_claim_reply,
+    encode_donate,
+    encode_ring,
+)
+from .ipamstore import IpamStore
+
+log = logging.getLogger("meshrouter.ipam")
+
+WAIT = 30.0  # how long an API call waits for the mesh
+CLAIM_TIMEOUT = 10.0
+RECLAIM_INTERVAL = 5.0
+
+Send = Callable[[bytes, bytes], bool]  # (peer name, payload) -> sent?
+
+
+class IpamError(Exception):
+    """A one-line reason for the operator."""
+
+
+class IpamService:
+    def __init__(self, me: bytes, cidr: str, init_count: int, state_dir: Path | None) -> None:
+        self.me = me
+        self.core = Ipam(me, cidr, init_count=init_count)
+        self.store = IpamStore(state_dir / "ipam.db") if state_dir is not None else None
+        self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
+        if self.store is not None:
+            self.remote = self.store.load(self.core)
+        self.changed = trio.Event()
+        self._requests = itertools.count(1)
+        self._replies: dict[int, tuple[trio.Event, list[tuple[int, str]]]] = {}
+        self._next_reclaim = 0.0
+        self.send: Send = lambda peer, payload: False
+        self.broadcast: Callable[[bytes, bytes | None], None] = lambda payload, but: None
+        self.neighbours: Callable[[], list[bytes]] = list
+
+    # -- persistence and change --------------------------------------------
+
+    def _commit(self) -> None:
+        if self.store is not None and self.store.saved_version != self.core.version:
+            self.store.save(self.core, self.remote)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- from the mesh -----------------------------------------------------------
+
+    def ring_payload(self) -> bytes | None:
+        return encode_ring(self.core.tokens) if self.core.ready else None
+
+    def on_message(self, sender: bytes, payload: bytes) -> None:
+        """Handle an IPAM control message.  Raises only BadPacket."""
+        kind, value = decode_untrusted(payload)
+        if kind == RING:
+            assert isinstance(value, dict)
+            if self.core.merge(value):
+                self._check_misplaced()
+                self._commit()
+                self.broadcast(encode_ring(self.core.tokens), sender)
+        elif kind == DONATE:
+            start, prefix = value
+            subnet = ipaddress.IPv4Network((start, prefix)) if prefix else None
+            ring = self.core.donate(sender, subnet)
+            if ring is not None:
+                log.info("gave part of our address share to %s", format_name(sender))
+                self._commit()
+                self.broadcast(ring, None)
+        elif kind == CLAIM:
+            request, addr, ident = value
+            status = self.core.claim(addr, ident)
+            msg = ""
+            if status != CLAIM_OK:
+                holder = self.core.allocs.get(addr)
+                msg = f"in use by {holder.ident}" if holder else "not ours to give"
+            self._commit()
+            self.send(sender, encode_claim_reply(request, status, msg))
+        elif kind == CLAIM_REPLY:
+            request, status, msg = value
+            waiter = self._replies.get(request)
+            if waiter is not None:
+                waiter[1].append((status, msg))
+                waiter[0].set()
+        elif kind == RELEASE:
+            _, addr, ident = value
+            held = self.core.allocs.get(addr)
+            if held is not None and held.ident == ident:
+                self.core.release_addr(addr)
+                self._commit()
+        else:  # pragma: no cover - decode_untrusted knows no other kinds
+            raise BadPacket("unknown IPAM message")
+
+    def _check_misplaced(self) -> None:
+        for a in self.core.misplaced():
+            log.error(
+                "address %s held by %s is in space now owned by %s: two rings were made "
+                "(a partitioned start?); detach and attach it again",
+                ipaddress.IPv4Address(a.addr),
+                a.ident,
+                self.core.owner_of(a.addr),
+            )
+
+    def tick(self, now: float, reachable: set[bytes]) -> None:
+        ring = self.core.maybe_init(reachable, now)
+        if ring is not None:
+            log.info(
+                "made the address ring for %s among %d peer(s)", self.core.network, len(reachable)
+            )
+            self._commit()
+            self.broadcast(ring, None)
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_INTERVAL
+            self._reclaim_dead()
+
+    def _reclaim_dead(self) -> None:
+        """Release addresses whose container namespace is gone."""
+        dead = {
+            a.ident
+            for a in self.core.allocs.values()
+            if a.ns_path and not os.path.exists(a.ns_path)
+        }
+        for ident in dead:
+            log.info("container %s is gone: releasing its address", ident)
+            self._release(ident)
+        if dead:
+            self._commit()
+
+    # -- the API --------------------------------------------------------------------
+
+    async def _wait_change(self, deadline: float, what: str) -> None:
+        with trio.move_on_at(deadline) as cs:
+            await self.changed.wait()
+        if cs.cancelled_caught:
+            raise IpamError(what)
+
+    async def allocate(self, ident: str, ns_path: str, subnet: str | None) -> str:
+        net = self._subnet(subnet)
+        deadline = trio.current_time() + WAIT
+        asked: set[bytes] = set()
+        while True:
+            try:
+                addr = self.core.allocate(ident, net, ns_path)
+            except NotReady:
+                await self._wait_change(deadline, self._not_ready_reason())
+                continue
+            except NoSpace:
+                donor = self._pick_donor(net, asked)
+                if donor is None:
+                    raise IpamError(
+                        f"no free address in {net or self.core.network} anywhere reachable"
+                    ) from None
+                asked.add(donor)
+                self.send(donor, encode_donate(net))
+                await self._wait_change(
+                    min(deadline, trio.current_time() + 5), "no peer gave us address space in time"
+                )
+                continue
+            self._commit()
+            prefix = (net or self.core.network).prefixlen
+            return f"{ipaddress.IPv4Address(addr)}/{prefix}"
+
+    def _subnet(self, subnet: str | None) -> ipaddress.IPv4Network | None:
+        if subnet is None:
+            return None
+        try:
+            net = ipaddress.IPv4Network(subnet)
+        except ValueError as exc:
+            raise IpamError(f"invalid subnet {subnet!r}: {exc}") from None
+        if not net.subnet_of(self.core.network):
+            raise IpamError(f"subnet {net} is not inside the mesh range {self.core.network}")
+        return net
+
+    def _not_ready_reason(self) -> str:
+        return (
+            f"the mesh has not agreed on address ownership yet: it needs "
+            f"{self.core.quorum} of {self.core.init_count} initial peers connected "
+            "(see 'mesh status peers'; --ipalloc-init sets how many)"
+        )
+
+    def _pick_donor(self, net: ipaddress.IPv4Network | None, asked: set[bytes]) -> bytes | None:
+        lo, hi = self.core._bounds(net)
+        space: dict[bytes, int] = {}
+        for s, e, owner in self.core.intervals():
+            n = min(e, hi) - max(s, lo)
+            if n > 0 and owner != self.me:
+                space[owner] = space.get(owner, 0) + n
+        candidates = [p for p in self.neighbours() if p in space and p not in asked]
+        return max(candidates, key=lambda p: space[p], default=None)
+
+    async def claim(self, cidr: str, ident: str, ns_path: str) -> str:
+        iface = ipaddress.IPv4Interface(cidr)
+        addr = int(iface.ip)
+        deadline = trio.current_time() + WAIT
+        while not self.core.ready:
+            await self._wait_change(deadline, self._not_ready_reason())
+        owner = self.core.owner_of(addr)
+        if owner is None:
+            raise IpamError(f"{iface.ip} is outside the mesh range {self.core.network}")
+        if owner == self.me:
+            status = self.core.claim(addr, ident, ns_path)
+            if status != CLAIM_OK:
+                holder = self.core.allocs.get(addr)
+                who = f" by {holder.ident.split('/', 1)[-1]}" if holder else ""
+                raise IpamError(f"{iface.ip} is already in use{who}")
+            self._commit()
+            return str(iface)
+        request = next(self._requests)
+        event, answer = trio.Event(), list[tuple[int, str]]()
+        self._replies[request] = (event, answer)
+        try:
+            if not self.send(owner, encode_claim(request, addr, ident)):
+                raise IpamError(
+                    f"{iface.ip} belongs to peer {format_name(owner)}, which is not connected: "
+                    "use an address of this host's share, or none"
+                )
+            with trio.move_on_after(CLAIM_TIMEOUT):
+                await event.wait()
+        finally:
+            del self._replies[request]
+        if not answer:
+            raise IpamError(f"peer {format_name(owner)} did not answer the claim of {iface.ip}")
+        status, msg = answer[0]
+        if status == CLAIM_NOT_OWNER:
+            raise IpamError(f"{iface.ip}: ownership moved while claiming; try again")
+        if status != CLAIM_OK:
+            raise IpamError(f"{iface.ip} is already in use ({msg})")
+        self.remote.setdefault(ident, []).append((owner, addr))
+        self._commit()
+        return str(iface)
+
+    def release(self, ident: str) -> list[str]:
+        gone = self._release(ident)
+        self._commit()
+        return gone
+
+    def _release(self, ident: str) -> list[str]:
+        gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
+        for owner, addr in self.remote.pop(ident, []):
+            self.send(owner, encode_claim(0, addr, ident, RELEASE))
+            gone.append(str(ipaddress.IPv4Address(addr)))
+        return gone
+
+    def rmpeer(self, peer: bytes) -> int:
+        n, ring = self.core.rmpeer(peer)
+        if ring is not None:
+            self._commit()
+            self.broadcast(ring, None)
+        return n
+
+    def status(self, nick: Callable[[bytes], str]) -> dict[str, Any]:
+        shares = []
+        for share in self.core.status():
+            owner = share["owner"]
+            assert isinstance(owner, bytes)
+            owned = share["owned"]
+            assert isinstance(owned, int)
+            shares.append(
+                {
+                    "peer": format_name(owner),
+                    "nickname": nick(owner),
+                    "owned": owned,
+                    "used": share["used"],
+                    "free": owned - share["used"] if isinstance(share["used"], int) else None,
+                }
+            )
+        return {
+            "range": str(self.core.network),
+            "ready": self.core.ready,
+            "init_count": self.core.init_count,
+            "quorum": self.core.quorum,
+            "shares": shares,
+            "allocations": [
+                {"address": str(ipaddress.IPv4Address(a.addr)), "container": a.ident}
+                for a in sorted(self.core.allocs.values(), key=lambda a: a.addr)
+            ],
+        }
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
