@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def _router_args(a: argparse.Namespace) -> list[str]:
         args.append("--no-offload")
     if a.ipalloc_init:
         args += ["--ipalloc-init", str(a.ipalloc_init)]
+    args += ["--metrics-addr", a.metrics_addr, "--log-format", a.log_format]
+    args += ["--conn-limit", str(a.conn_limit)]
     args += ["--busy-poll-us", str(a.busy_poll_us)]
     if a.password_file:
         args += ["--password-file", os.path.abspath(a.password_file)]
@@ -115,6 +118,9 @@ def cmd_router(a: argparse.Namespace) -> int:
             offload=not a.no_offload,
             busy_poll_us=a.busy_poll_us,
             ipalloc_init=a.ipalloc_init,
+            metrics_addr=a.metrics_addr,
+            log_format=a.log_format,
+            conn_limit=a.conn_limit,
         )
     )
 
@@ -375,6 +381,16 @@ def cmd_detach(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    st = _router_call(a.state_dir, {"op": "status"})
+    st["attached"] = [
+        asdict(r)
+        for r in sorted(attach_mod.Registry(a.state_dir).read().values(), key=lambda r: r.container)
+    ]
+    print(json.dumps(st, indent=2))
+    return 0
+
+
 def cmd_rmpeer(a: argparse.Namespace) -> int:
     print(_router_call(a.state_dir, {"op": "rmpeer", "peer": a.peer}))
     return 0
@@ -490,9 +506,12 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns; the header in bold on a terminal, plain when piped."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+    bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for k, row in enumerate([header, *rows]):
+        line = "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+        print(f"\033[1m{line}\033[0m" if bold and k == 0 else line)
 
 
 # -- argument parsing -----------------------------------------------------------
@@ -549,6 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        )
+        sp.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1:6782",
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics "
+            "(default: 127.0.0.1:6782; empty to turn off)",
+        )
+        sp.add_argument(
+            "--log-format", default="text", choices=["text", "json"], help="log line format"
+        )
+        sp.add_argument(
+            "--conn-limit",
+            type=int,
+            default=100,
+            metavar="N",
+            help="most control connections at once, handshakes included (default: 100)",
         )
         sp.add_argument(
             "--ipalloc-init",
@@ -639,6 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("what", nargs="?", choices=["peers", "connections", "targets", "ipam"])
     sp.add_argument("--json", action="store_true", help="print everything as JSON")
     sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser(
+        "report",
+        parents=[common],
+        help="everything the router knows, as JSON",
+        description="Print status, connections, peers, targets, IPAM, counters, drops "
+        "and this host's attached containers as one JSON document.",
+    )
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser(
         "rmpeer",

@@ -20,5 +20,8 @@ UDP_TIMEOUT = 5.0  # no UDP heard for this long: connection not established
 HANDSHAKE_TIMEOUT = 10.0
 
 MAX_CONTROL_MESSAGE = 1 << 20  # bytes; larger control frames are refused
-# A session stops being used well before its 64-bit counters could wrap.
-REKEY_AFTER_MESSAGES = 1 << 60
+# A session stops being used well before its 64-bit counters could wrap: the
+# router closes a connection whose session has sent REKEY_AFTER_MESSAGES (the
+# reconnect makes fresh keys); sealing refuses outright at the hard limit.
+REKEY_AFTER_MESSAGES = 1 << 48
+NONCE_HARD_LIMIT = 1 << 60

@@ -23,6 +23,7 @@ from .constants import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
     MAX_CONTROL_MESSAGE,
+    REKEY_AFTER_MESSAGES,
 )
 from .crypto import Opener, Sealer
 from .errors import BadPacket, HandshakeRefused, LocalProtocolError, RemoteProtocolError
@@ -189,6 +190,9 @@ class ControlConnection:
             self._closed(f"peer closed: {reason}", "remote")
             return
         self._events.append(MessageReceived(mtype, payload))
+
+    def needs_rekey(self, limit: int = REKEY_AFTER_MESSAGES) -> bool:
+        return self._sealer is not None and self._sealer.counter >= limit
 
     # -- local actions --------------------------------------------------
 

@@ -27,7 +27,7 @@ try:  # libsodium itself, through PyNaCl's cffi handle: no per-call checks or co
 except ImportError:  # pragma: no cover - a PyNaCl without it: the public API still works
     _ffi = _lib = None
 
-from .constants import REKEY_AFTER_MESSAGES
+from .constants import NONCE_HARD_LIMIT
 from .errors import BadPacket, LocalProtocolError
 
 AeadFn = Callable[[bytes, bytes | None, bytes, bytes], bytes]
@@ -119,7 +119,7 @@ class Sealer:
 
     def next_counter(self) -> int:
         n = self.counter
-        if n >= REKEY_AFTER_MESSAGES:
+        if n >= NONCE_HARD_LIMIT:
             raise LocalProtocolError("session exhausted its nonces; reconnect to rekey")
         self.counter = n + 1
         return n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from . import api
+from . import api, metrics
 from .constants import CONTAINER_MTU, PORT
 from .errors import MeshError
 from .handshake import derive_psk
@@ -37,14 +38,35 @@ class DaemonOptions:
     offload: bool = True
     busy_poll_us: int = 0
     ipalloc_init: int = 0
+    metrics_addr: str = "127.0.0.1:6782"
+    log_format: str = "text"
+    conn_limit: int = 100
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
 
 
 async def _main(router: Router, opts: DaemonOptions) -> None:
@@ -55,6 +77,13 @@ async def _main(router: Router, opts: DaemonOptions) -> None:
         await nursery.start(router.run)
         persist()
         await nursery.start(api.serve, router, opts.state_dir / "router.sock", persist)
+        if opts.metrics_addr:
+            host, _, port = opts.metrics_addr.rpartition(":")
+            try:
+                await nursery.start(metrics.serve, router.status, host.strip("[]"), int(port))
+                log.info("metrics on http://%s/metrics", opts.metrics_addr)
+            except OSError as exc:
+                log.warning("no metrics: cannot listen on %s: %s", opts.metrics_addr, exc)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
             async def on_signal() -> None:
@@ -70,7 +99,7 @@ async def _main(router: Router, opts: DaemonOptions) -> None:
 
 
 def run(opts: DaemonOptions) -> int:
-    setup_logging(opts.log_level)
+    setup_logging(opts.log_level, opts.log_format)
     try:
         opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         psk = derive_psk(read_password(opts.password_file))

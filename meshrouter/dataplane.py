@@ -40,7 +40,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .constants import UDP_TIMEOUT
+from .constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from .crypto import Opener, Sealer, Suite
 from .errors import BadPacket
 from .replay import ReplayWindow
@@ -223,6 +223,13 @@ class DataSession:
     @property
     def tag_bytes(self) -> int:
         return self._sealer.info.tag_bytes
+
+    @property
+    def messages_sealed(self) -> int:
+        return self._sealer.counter
+
+    def needs_rekey(self, limit: int = REKEY_AFTER_MESSAGES) -> bool:
+        return self._sealer.counter >= limit
 
     @property
     def message_budget(self) -> int:

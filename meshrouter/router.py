@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ from .udp import UdpSocket
 log = logging.getLogger("meshrouter")
 
 CONNECT_TIMEOUT = 5.0
+LOG_REPEAT_INTERVAL = 60.0  # the same complaint about the same address: once a minute
 FULL_GOSSIP_INTERVAL = 30.0
 
 
@@ -80,6 +82,7 @@ class RouterConfig:
     ipalloc_init: int = 0  # initial peer count for the first ring (0: PEERs given + 1)
     offload: bool = True  # TAP TSO/checksum offload and UDP GSO/GRO
     busy_poll: float = 0.0  # seconds the forwarder keeps polling after traffic
+    conn_limit: int = 100  # control connections, pending ones included
 
 
 @dataclass(eq=False)
@@ -144,6 +147,7 @@ class Router:
         self.forwarder: Forwarder | None = None
         self.routes = self.gossip.routes()
         self._next_full_gossip = 0.0
+        self._log_seen: dict[tuple[str, str], list[float]] = {}
         self.ipam = IpamService(
             config.name,
             config.ipalloc_range,
@@ -226,8 +230,44 @@ class Router:
 
     # -- control connections --------------------------------------------
 
+    def _connection_count(self) -> int:
+        return len(self.peers) + len(self._pending)
+
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        if self._connection_count() >= self.config.conn_limit:
+            self.counters["connections_refused_limit"] += 1
+            try:
+                where = format_address(*stream.socket.getpeername()[:2])
+            except OSError:
+                where = "?"
+            self._log_limited(
+                logging.WARNING,
+                where,
+                "limit",
+                "connection from %s refused: at the connection limit (%d, --conn-limit)",
+                where,
+                self.config.conn_limit,
+            )
+            await stream.aclose()
+            return
         await self._run_connection(stream, initiator=False, target=None)
+
+    def _log_limited(self, level: int, where: str, kind: str, msg: str, *args: object) -> None:
+        """Log, but the same kind of complaint about the same address at most
+        once per LOG_REPEAT_INTERVAL; says how many were held back."""
+        now = trio.current_time()
+        key = (where.rsplit(":", 1)[0], kind)
+        seen = self._log_seen.get(key)
+        if seen is not None and now - seen[0] < LOG_REPEAT_INTERVAL:
+            seen[1] += 1
+            return
+        held = int(seen[1]) if seen else 0
+        if held:
+            msg += f" ({held} more like it in the last {LOG_REPEAT_INTERVAL:.0f}s not logged)"
+        self._log_seen[key] = [now, 0]
+        if len(self._log_seen) > 1000:  # bounded: forget the oldest
+            del self._log_seen[next(iter(self._log_seen))]
+        log.log(level, msg, *args)
 
     async def _run_connection(
         self, stream: trio.SocketStream, *, initiator: bool, target: str | None
@@ -243,6 +283,9 @@ class Router:
         while True:
             now = trio.current_time()
             for t in self.targets.due(now):
+                if self._connection_count() >= self.config.conn_limit:
+                    self._target_failed(t.address, "at the connection limit (--conn-limit)")
+                    continue
                 self._spawn(self._dial, t.address)
             self._wake_maker = trio.Event()
             with trio.move_on_at(self.targets.next_deadline()):
@@ -379,8 +422,17 @@ class Router:
         where = format_address(*peer.remote)
         if peer.conn.result is None and cause == "error":
             self.counters["handshake_failures"] += 1
-            log.warning("connection %s at %s refused: %s", peer.label, where, reason)
+            self._log_limited(
+                logging.WARNING,
+                where,
+                reason,
+                "connection %s at %s refused: %s",
+                peer.label,
+                where,
+                reason,
+            )
         else:
+            self.counters["connections_closed"] += 1
             log.info("connection %s at %s closed: %s", peer.label, where, reason)
 
     async def _on_handshake(self, peer: Peer, ev: HandshakeComplete) -> None:
@@ -522,11 +574,20 @@ class Router:
             changed = False
             for peer in list(self.peers.values()):
                 assert peer.session is not None
+                if peer.session.needs_rekey() or peer.conn.needs_rekey():
+                    # Fresh keys come with a fresh connection; the target (ours
+                    # or the peer's) reconnects within a second.
+                    self.counters["rekeys"] += 1
+                    self._spawn(
+                        self._close_peer, peer, "rekeying: the session's nonces are used up"
+                    )
+                    continue
                 est = peer.session.established(now)
                 if est != peer.established:
                     peer.established = est
                     changed = True
                     if est:
+                        self.counters["connections_established"] += 1
                         log.info(
                             "connection %s at %s established: UDP flows both ways",
                             peer.label,
@@ -681,6 +742,8 @@ class Router:
             )
         return {
             "version": __version__,
+            "tasks": _count_tasks(),
+            "threads": threading.active_count(),
             "name": self.name,
             "nickname": self.config.nickname,
             "uid": self.uid,
@@ -717,3 +780,13 @@ class Router:
                 "bytes_received": self.gossip.bytes_received,
             },
         }
+
+
+def _count_tasks() -> int:
+    """Live trio tasks (the soak test watches this for leaks)."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    root = trio.lowlevel.current_root_task()
+    return walk(root) if root is not None else 0

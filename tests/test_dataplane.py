@@ -234,3 +234,19 @@ def test_mac_table_learn_lookup_expire() -> None:
     assert is_multicast(b"\xff" * 6)
     assert is_multicast(b"\x01\x00\x5e\x00\x00\x01")
     assert not is_multicast(m1)
+
+
+def test_sessions_ask_for_rekeying_before_counters_could_wrap() -> None:
+    from meshrouter.constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES
+    from meshrouter.errors import LocalProtocolError
+
+    a, _ = pair()
+    assert not a.needs_rekey()
+    a.seal(PacketType.DATA, b"x")
+    assert a.messages_sealed == 1
+    assert a.needs_rekey(limit=1)
+    assert REKEY_AFTER_MESSAGES < NONCE_HARD_LIMIT < 1 << 64
+    a._sealer.counter = NONCE_HARD_LIMIT
+    assert a.needs_rekey()
+    with pytest.raises(LocalProtocolError, match="rekey"):
+        a.seal(PacketType.DATA, b"x")
