@@ -119,6 +119,7 @@ def run(opts: DaemonOptions) -> int:
             offload=opts.offload,
             state_dir=opts.state_dir,
             ipalloc_init=opts.ipalloc_init,
+            conn_limit=opts.conn_limit,
             busy_poll=opts.busy_poll_us / 1e6,
         )
         router = Router(config)
