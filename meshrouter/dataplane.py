@@ -239,7 +239,11 @@ class DataSession:
     # -- sending --------------------------------------------------------
 
     def seal_into(
-        self, ptype: PacketType, plaintext: bytes, out: bytearray, datagram_size: int = 0
+        self,
+        ptype: PacketType,
+        plaintext: bytes | memoryview,
+        out: bytearray,
+        datagram_size: int = 0,
     ) -> tuple[int, int]:
         """Seal one message and lay its datagrams out in ``out`` (resized as needed).
 

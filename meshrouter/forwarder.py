@@ -304,7 +304,7 @@ class Forwarder:
 
     # -- sending ---------------------------------------------------------
 
-    def _send_message(self, peer: Peer, plaintext: bytes) -> None:
+    def _send_message(self, peer: Peer, plaintext: bytes | memoryview) -> None:
         """Seal one DATA message for ``peer`` and send its datagrams (GSO when several)."""
         session, addr = peer.session, peer.udp_addr
         assert session is not None
@@ -391,7 +391,7 @@ class Forwarder:
             else:  # a large frame goes alone, in one message GSO sends as segments
                 ROUTE.pack_into(buf, 0, me, key[1], MAX_HOPS)
                 FRAME_LEN.pack_into(buf, ROUTE.size, n)
-                self._send_message(peer, bytes(view[: PREFIX + n]))
+                self._send_message(peer, view[: PREFIX + n])  # sealed straight from the buffer
 
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)
