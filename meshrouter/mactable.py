@@ -62,8 +62,5 @@ class MacTable:
             del self._entries[mac]
         return len(old)
 
-    def entries(self) -> dict[bytes, bytes]:
-        return {mac: e.owner for mac, e in self._entries.items()}
-
     def __len__(self) -> int:
         return len(self._entries)

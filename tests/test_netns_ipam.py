@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from tools.netlab import REPO, Lab
+from tools.netlab import REPO, Lab, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def status(lab: Lab, i: int) -> dict[str, Any]:
-    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
 
 
 def full_mesh(lab: Lab, n: int) -> bool:

@@ -12,20 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tools.netlab import Lab, sh
+from tools.netlab import Lab, established, sh, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def status(lab: Lab, i: int) -> dict:  # type: ignore[type-arg]
-    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
-
-
-def established(lab: Lab, i: int, n: int = 1) -> bool:
-    conns = status(lab, i)["connections"]
-    return sum(c["state"] == "established" for c in conns) >= n
 
 
 def two_host_mesh(lab: Lab) -> tuple[str, str]:

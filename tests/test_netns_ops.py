@@ -10,23 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tools.netlab import Lab
+from tools.netlab import Lab, established, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def status(lab: Lab, i: int) -> dict[str, Any]:
-    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
-
-
-def established(lab: Lab, i: int, n: int = 1) -> bool:
-    return sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n
 
 
 def pair_of_hosts(lab: Lab, *extra: str) -> tuple[str, str]:

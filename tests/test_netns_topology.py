@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from tools.netlab import Lab
+from tools.netlab import Lab, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def status(lab: Lab, i: int) -> dict[str, Any]:
-    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
 
 
 def established_peers(lab: Lab, i: int) -> set[str]:

@@ -14,6 +14,7 @@ process inside them and deletes them, and is safe to call twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
@@ -213,3 +215,13 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def status(lab: Lab, i: int) -> dict[str, Any]:
+    """``mesh status --json`` of host i."""
+    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def established(lab: Lab, i: int, n: int = 1) -> bool:
+    """True when host i has at least ``n`` established connections."""
+    return sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n
