@@ -14,23 +14,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
-import nacl.bindings as sodium
+import nacl.bindings as sodium  # importing it runs sodium_init(): CPU feature detection
 import nacl.exceptions
 
-try:  # libsodium itself, through PyNaCl's cffi handle: no per-call checks or copies
-    from nacl._sodium import ffi as _ffi
-    from nacl._sodium import lib as _lib
-except ImportError:  # pragma: no cover - a PyNaCl without it: the public API still works
-    _ffi = _lib = None
+# libsodium itself, through PyNaCl's cffi handle: the data plane calls it with
+# pointers into buffers it reuses, so a seal or an open is one C call with no
+# per-call checks, copies or allocations.
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from .constants import NONCE_HARD_LIMIT
 from .errors import BadPacket, LocalProtocolError
 
 AeadFn = Callable[[bytes, bytes | None, bytes, bytes], bytes]
+
+
+class Ptr(Protocol):
+    """A cffi pointer into a buffer (see ``buffer_ptr``); ``ptr + n`` is n bytes on."""
+
+    def __add__(self, offset: int, /) -> Ptr: ...
+
+
+NULL: Ptr = _ffi.NULL
+_COUNTER = struct.Struct("<Q")  # the counter is the first 8 bytes of the nonce
+
+
+def buffer_ptr(buf: bytearray) -> Ptr:
+    """A C pointer to ``buf``'s memory, for the ``*_ptr`` methods.  It pins the
+    buffer: a bytearray with a live pointer refuses to be resized."""
+    ptr: Ptr = _ffi.from_buffer(buf, require_writable=True)
+    return ptr
+
+
+def readonly_ptr(buf: bytes | bytearray | memoryview) -> Ptr:
+    ptr: Ptr = _ffi.from_buffer(buf)
+    return ptr
 
 
 class Suite(IntEnum):
@@ -105,7 +129,7 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 class Sealer:
     """Encrypts one direction of one plane: counter nonces from zero, never reused."""
 
-    __slots__ = ("_clen", "_encrypt", "_key", "_nonce", "_pad", "_raw", "counter", "info")
+    __slots__ = ("_encrypt", "_key", "_nonce", "_nonce_ptr", "_pad", "_raw", "counter", "info")
 
     def __init__(self, suite: Suite, key: bytes) -> None:
         self.info = SUITES[suite]
@@ -113,8 +137,8 @@ class Sealer:
         self._encrypt = self.info.encrypt
         self._pad = bytes(self.info.nonce_bytes - 8)
         self._nonce = bytearray(self.info.nonce_bytes)
-        self._raw = getattr(_lib, self.info.raw + "_encrypt", None) if _lib else None
-        self._clen = _ffi.new("unsigned long long *") if _ffi else None
+        self._nonce_ptr = buffer_ptr(self._nonce)
+        self._raw = getattr(_lib, self.info.raw + "_encrypt")
         self.counter = 0
 
     def next_counter(self) -> int:
@@ -128,6 +152,14 @@ class Sealer:
         nonce = counter.to_bytes(8, "little") + self._pad
         return self._encrypt(plaintext, ad, nonce, self._key)
 
+    def seal_ptr(
+        self, counter: int, out: Ptr, plaintext: Ptr, size: int, ad: Ptr, ad_size: int
+    ) -> None:
+        """Encrypt ``size`` bytes at ``plaintext`` to ``out`` (room for them and
+        the tag).  ``out`` may equal ``plaintext``; ``ad`` must not overlap ``out``."""
+        _COUNTER.pack_into(self._nonce, 0, counter)
+        self._raw(out, NULL, plaintext, size, ad, ad_size, NULL, self._nonce_ptr, self._key)
+
     def seal_into(
         self,
         counter: int,
@@ -139,30 +171,23 @@ class Sealer:
         """Encrypt straight into ``out[offset:]`` (which must have room for the
         plaintext and the tag).  Returns the ciphertext length."""
         size = len(plaintext) + self.info.tag_bytes
-        if self._raw is None:  # pragma: no cover - see the import above
-            out[offset : offset + size] = self.seal(counter, ad, bytes(plaintext))
-            return size
-        self._nonce[:8] = counter.to_bytes(8, "little")
-        rc = self._raw(
-            _ffi.from_buffer(out, require_writable=True) + offset,
-            self._clen,
-            _ffi.from_buffer(plaintext),
+        if len(out) < offset + size:
+            raise ValueError("no room for the ciphertext")
+        self.seal_ptr(
+            counter,
+            buffer_ptr(out) + offset,
+            readonly_ptr(plaintext),
             len(plaintext),
-            ad,
+            readonly_ptr(ad),
             len(ad),
-            _ffi.NULL,
-            _ffi.from_buffer(self._nonce),
-            self._key,
         )
-        if rc != 0:  # pragma: no cover - libsodium does not fail to encrypt
-            raise LocalProtocolError("encryption failed")
         return size
 
 
 class Opener:
     """Decrypts one direction of one plane.  Raises only ``BadPacket``."""
 
-    __slots__ = ("_decrypt", "_key", "_mlen", "_nonce", "_pad", "_raw", "info")
+    __slots__ = ("_decrypt", "_key", "_nonce", "_nonce_ptr", "_pad", "_raw", "info")
 
     def __init__(self, suite: Suite, key: bytes) -> None:
         self.info = SUITES[suite]
@@ -170,8 +195,8 @@ class Opener:
         self._decrypt = self.info.decrypt
         self._pad = bytes(self.info.nonce_bytes - 8)
         self._nonce = bytearray(self.info.nonce_bytes)
-        self._raw = getattr(_lib, self.info.raw + "_decrypt", None) if _lib else None
-        self._mlen = _ffi.new("unsigned long long *") if _ffi else None
+        self._nonce_ptr = buffer_ptr(self._nonce)
+        self._raw = getattr(_lib, self.info.raw + "_decrypt")
 
     def open_untrusted(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
         if len(ciphertext) < self.info.tag_bytes or not 0 <= counter < 1 << 64:
@@ -182,6 +207,16 @@ class Opener:
         except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
             raise BadPacket("authentication failed") from exc
 
+    def open_ptr(
+        self, counter: int, out: Ptr, ciphertext: Ptr, size: int, ad: Ptr, ad_size: int
+    ) -> bool:
+        """Decrypt ``size`` bytes of ciphertext (tag included, ``size`` at least
+        the tag) to ``out``.  False if it is not authentic.  ``0 <= counter < 2**64``."""
+        _COUNTER.pack_into(self._nonce, 0, counter)
+        nonce, key = self._nonce_ptr, self._key
+        rc: int = self._raw(out, NULL, NULL, ciphertext, size, ad, ad_size, nonce, key)
+        return rc == 0
+
     def open_into_untrusted(
         self,
         counter: int,
@@ -189,28 +224,21 @@ class Opener:
         ciphertext: bytes | bytearray | memoryview,
         out: bytearray,
     ) -> memoryview:
-        """Decrypt into ``out`` (room for the plaintext is the caller's business);
-        returns a view of the plaintext.  Raises only ``BadPacket``."""
+        """Decrypt into ``out`` (grown if too small); returns a view of the
+        plaintext.  Raises only ``BadPacket``."""
         size = len(ciphertext) - self.info.tag_bytes
         if size < 0 or not 0 <= counter < 1 << 64:
             raise BadPacket("ciphertext too short")
-        if self._raw is None:  # pragma: no cover - see the import above
-            plain = self.open_untrusted(counter, bytes(ad), bytes(ciphertext))
-            return memoryview(plain)
         if len(out) < size:
             out.extend(bytes(size - len(out)))
-        self._nonce[:8] = counter.to_bytes(8, "little")
-        rc = self._raw(
-            _ffi.from_buffer(out, require_writable=True),
-            self._mlen,
-            _ffi.NULL,
-            _ffi.from_buffer(ciphertext),
+        ok = self.open_ptr(
+            counter,
+            buffer_ptr(out),
+            readonly_ptr(ciphertext),
             len(ciphertext),
-            _ffi.from_buffer(ad),
+            readonly_ptr(ad),
             len(ad),
-            _ffi.from_buffer(self._nonce),
-            self._key,
         )
-        if rc != 0:
+        if not ok:
             raise BadPacket("authentication failed")
         return memoryview(out)[:size]

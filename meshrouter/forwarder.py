@@ -26,29 +26,36 @@ import errno
 import logging
 import os
 import select
+import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from . import libc
 from .constants import ETH_HEADER, HEARTBEAT_INTERVAL
+from .crypto import buffer_ptr
 from .dataplane import (
     AD_SIZE,
     BROADCAST,
     FRAME_LEN,
+    HEADER,
     MAX_HOPS,
     ROUTE,
+    SEND_BUFFER,
     VNET_HDR_LEN,
     DataSession,
     FramePacker,
     PacketType,
-    gather_untrusted,
+    SendBuffer,
+    compact_untrusted,
     iter_frames_untrusted,
     parse_header_untrusted,
-    parse_route_untrusted,
 )
 from .errors import BadPacket
-from .mactable import LOCAL, MacTable, is_multicast
-from .udp import UdpSocket
+from .mactable import LOCAL, MacTable
+from .udp import SOL_UDP, UDP_GRO, UdpSocket
 
 if TYPE_CHECKING:
     from .router import Peer
@@ -58,6 +65,7 @@ log = logging.getLogger("meshrouter")
 
 RECV_BUFFER = 1 << 17  # GRO hands over up to 64 KiB of coalesced datagrams
 FRAME_BUFFER = 70_000  # a 64 KiB TSO superframe, its virtio header and our prefix
+PLAIN_BUFFER = SEND_BUFFER  # the largest message's plaintext fits
 DRAIN_BATCH = 64  # reads of one fd before looking at the others
 PROBE_INTERVAL = 60.0  # re-probe the path MTU for growth this often
 # Frames read in one drain share messages of up to this many datagrams: one
@@ -67,6 +75,9 @@ PACK_DATAGRAMS = 16
 MAC_EXPIRY_INTERVAL = 10.0
 ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
 PREFIX = ROUTE.size + FRAME_LEN.size  # route header and frame length before a lone frame
+ROUTE_AND_LEN = struct.Struct(ROUTE.format + FRAME_LEN.format[1:])
+SRC_AT = ETH_AT + 6  # source MAC in what the TAP gives us
+MIN_FRAME = ETH_AT + ETH_HEADER
 STOP = b"s"
 KICK = b"k"
 
@@ -97,7 +108,26 @@ class Forwarder:
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
-        self._send_buf = bytearray(FRAME_BUFFER + 64 * 32)  # sealed datagrams, laid out for GSO
+        self._wrote_tap = False  # a UDP read led to TAP writes (see _drain_udp)
+        # Buffers reused for every frame, with their C pointers made once.
+        self._out = SendBuffer()  # sealed datagrams, laid out for GSO
+        self._frame = bytearray(FRAME_BUFFER)  # what the TAP gives, at PREFIX
+        self._frame_ptr = buffer_ptr(self._frame)
+        self._tap_into = self._frame_ptr + PREFIX
+        self._frame_view = memoryview(self._frame)
+        self._recv = bytearray(RECV_BUFFER)  # what UDP gives
+        self._recv_ptr = buffer_ptr(self._recv)
+        self._recv_arr = np.frombuffer(self._recv, np.uint8)
+        self._recv_view = memoryview(self._recv)
+        self._rm = libc.RecvMsg(self._recv)  # recvmsg's arguments, made once
+        self._src_raw = b""  # port and address of the last authentic sender, raw
+        self._src: tuple[str, int] = ("", 0)  # ... and as a tuple
+        self._ct = bytearray(PLAIN_BUFFER)  # a message's ciphertext, put back together
+        self._ct_ptr = buffer_ptr(self._ct)
+        self._ct_arr = np.frombuffer(self._ct, np.uint8)
+        self._plain = bytearray(PLAIN_BUFFER)  # the plaintext of the message just opened
+        self._plain_ptr = buffer_ptr(self._plain)
+        self._plain_view = memoryview(self._plain)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
@@ -124,8 +154,6 @@ class Forwarder:
         ep.register(udp_fd, select.EPOLLIN)
         if self.tap_fd >= 0:
             ep.register(self.tap_fd, select.EPOLLIN)
-        recv_buf = bytearray(RECV_BUFFER)
-        frame_buf = bytearray(FRAME_BUFFER)
         next_heartbeats = next_expiry = 0.0
         busy_until = 0.0
         spin = self.busy_poll
@@ -145,9 +173,9 @@ class Forwarder:
                     busy_until = now + spin
                 for fd, _ in events:
                     if fd == udp_fd:
-                        self._drain_udp(recv_buf, now)
+                        self._drain_udp(now)
                     elif fd == self.tap_fd:
-                        self._drain_tap(frame_buf, now)
+                        self._drain_tap(now)
                     else:
                         try:
                             if STOP in os.read(self._wake_r, 4096):
@@ -189,45 +217,44 @@ class Forwarder:
 
     # -- receiving -------------------------------------------------------
 
-    def _drain_udp(self, buf: bytearray, now: float) -> None:
-        view = memoryview(buf)
-        udp = self.udp
+    def _drain_udp(self, now: float) -> None:
+        fd, rm, recvmsg = self.udp.fileno(), self._rm, libc.recvmsg
+        msg = rm.msg
         for _ in range(DRAIN_BATCH):
-            try:
-                n, seg, addr = udp.recv(buf)
-            except BlockingIOError:
+            msg.msg_namelen = libc.NAME_SIZE
+            msg.msg_controllen = libc.CONTROL_SIZE
+            n = recvmsg(fd, msg, 0)
+            if n < 0:
+                if libc.errno() not in (errno.EAGAIN, errno.EINTR):
+                    self.drops["udp_recv_error"] += 1
                 return
-            except OSError:
-                self.drops["udp_recv_error"] += 1
-                continue
+            seg = (rm.control_int(SOL_UDP, UDP_GRO) or n) if msg.msg_controllen else n
             if n == 0:
                 self.drops["empty datagram"] += 1
             off = 0
+            self._wrote_tap = False
             while off < n:
                 try:
-                    off = self._receive_run(buf, view, off, n, seg, addr, now)
+                    off = self._receive_run(off, n, seg, now)
                 except BadPacket as exc:
                     self.drops[str(exc)] += 1
                     off += seg
                 except Exception as exc:  # a bug: count it, keep forwarding
                     self._internal_error("udp receive", exc)
                     off += seg
+            if self._wrote_tap:
+                # What we just wrote was handled by the kernel inside write():
+                # a reply (a pong, an ACK) may already wait on the TAP.  Send it
+                # now rather than after the read that finds UDP empty and a
+                # trip through epoll.
+                self._drain_tap(now)
 
-    def _receive_run(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        off: int,
-        n: int,
-        seg: int,
-        addr: tuple[str, int],
-        now: float,
-    ) -> int:
+    def _receive_run(self, off: int, n: int, seg: int, now: float) -> int:
         """Handle the datagram at ``off`` of a (maybe GRO-coalesced) read, and the
         rest of its message with it when all of it is there.  Returns where the
         next datagram starts.  Raises only BadPacket (the caller counts it)."""
-        end = min(off + seg, n)
-        ptype, index, counter, segno, nseg = parse_header_untrusted(view[off:end])
+        end = off + seg if off + seg < n else n
+        ptype, index, counter, segno, nseg = parse_header_untrusted(self._recv, off, end)
         peer = self.by_index.get(index)
         if peer is None:
             raise BadPacket("unknown receiver index")
@@ -235,25 +262,57 @@ class Forwarder:
         if session is None:
             raise BadPacket("session not ready (handshake still running)")
         length = end - off
-        # Segments of this message that follow it in this read (GRO coalesces a
-        # whole GSO send): take them in one go when their numbers run on.
-        count = min(nseg - segno, -(-(n - off) // seg))
-        bodies = (
-            gather_untrusted(buf, off, min(off + count * seg, n), count, seg, segno)
-            if count > 1
-            else None
-        )
-        if bodies is not None:
-            end = min(off + count * seg, n)
-            plain = session.receive_run_untrusted(
-                view[off : off + AD_SIZE], counter, segno, count, nseg, bodies, now
+        if nseg == 1:  # most messages: opened where they lie
+            size = session.open_at_untrusted(
+                self._recv_ptr + off,
+                counter,
+                self._recv_ptr + off + HEADER.size,
+                length - HEADER.size,
+                1,
+                now,
+                self._plain_ptr,
             )
+            plain = self._plain_view[:size]
         else:
-            plain = session.receive_untrusted(view[off:end], counter, segno, nseg, now)
-        if plain is None:
-            return end  # more segments to come
-        if peer.udp_addr != addr:  # authenticated: follow the peer's address (NAT)
-            peer.udp_addr = (addr[0], addr[1])
+            # Segments of this message that follow it in this read (GRO coalesces
+            # a whole GSO send): put back together with one copy, when in order.
+            count = min(nseg - segno, -(-(n - off) // seg))
+            stop = off + count * seg if off + count * seg < n else n
+            copied = -1
+            if count > 1:
+                copied = compact_untrusted(
+                    self._recv_arr, off, stop, count, seg, segno, counter, self._ct_arr
+                )
+            if copied >= 0 and count == nseg:  # the whole message
+                end = stop
+                size = session.open_at_untrusted(
+                    self._recv_ptr + off, counter, self._ct_ptr, copied, nseg, now, self._plain_ptr
+                )
+                plain = self._plain_view[:size]
+            else:  # part of it: the session keeps the parts until it is whole
+                view = self._recv_view
+                if copied >= 0:
+                    end = stop
+                    got = session.receive_run_untrusted(
+                        view[off : off + AD_SIZE],
+                        counter,
+                        segno,
+                        count,
+                        nseg,
+                        bytes(self._ct[:copied]),
+                        now,
+                    )
+                else:
+                    got = session.receive_untrusted(view[off:end], counter, segno, nseg, now)
+                if got is None:
+                    return end  # more segments to come
+                plain = got
+        # Authentic: follow the peer's address if it moved (NAT).
+        if self._rm.name[2:8] != self._src_raw:
+            self._src_raw = bytes(self._rm.name[2:8])
+            self._src = self._rm.address()
+        if peer.udp_addr != self._src:
+            peer.udp_addr = self._src
         if ptype == PacketType.HEARTBEAT:
             session.on_heartbeat(plain, length, now)
         else:
@@ -261,7 +320,10 @@ class Forwarder:
         return end
 
     def _deliver(self, session: DataSession, plain: memoryview, now: float) -> None:
-        origin, dst, hops = parse_route_untrusted(plain)
+        end = len(plain)
+        if end < PREFIX:
+            raise BadPacket("DATA shorter than its route header")
+        origin, dst, hops, size = ROUTE_AND_LEN.unpack_from(plain)
         if origin == self.me:
             raise BadPacket("own frame came back")
         if dst != self.me:
@@ -279,14 +341,18 @@ class Forwarder:
                     raise BadPacket("no route to relay destination")
                 self._relay(hop, relay)
                 return
-        tap_fd = self.tap_fd
-        for frame in iter_frames_untrusted(plain, ROUTE.size):
-            if len(frame) < ETH_AT + ETH_HEADER:
+        # One frame (the common case) or several, each len(4) || virtio_net_hdr || frame.
+        lone = PREFIX + size == end
+        frames = (plain[PREFIX:],) if lone else iter_frames_untrusted(plain, ROUTE.size)
+        tap_fd, learn = self.tap_fd, self.macs.learn
+        for frame in frames:
+            if len(frame) < MIN_FRAME:
                 raise BadPacket("runt frame")
-            self.macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), origin, now)
+            learn(frame[SRC_AT : SRC_AT + 6].tobytes(), origin, now)
             session.rx_frames += 1
             session.rx_bytes += len(frame) - ETH_AT
             if tap_fd >= 0:
+                self._wrote_tap = True
                 try:
                     os.write(tap_fd, frame)
                 except BlockingIOError:
@@ -300,106 +366,108 @@ class Forwarder:
             self.drops["relay next hop not connected"] += 1
             return
         self.counters["messages_relayed"] += 1
-        self._send_message(peer, bytes(plain))
+        self._send(peer, peer.session.seal_into(PacketType.DATA, plain, self._out))
 
     # -- sending ---------------------------------------------------------
 
-    def _send_message(self, peer: Peer, plaintext: bytes | memoryview) -> None:
-        """Seal one DATA message for ``peer`` and send its datagrams (GSO when several)."""
-        session, addr = peer.session, peer.udp_addr
-        assert session is not None
+    def _send(self, peer: Peer, sealed: tuple[int, int]) -> None:
+        """Send the datagrams just sealed into ``self._out`` (GSO when several)."""
+        addr = peer.udp_addr
         assert addr is not None
-        total, size = session.seal_into(PacketType.DATA, plaintext, self._send_buf)
-        if self.udp.send(self._send_buf, total, size, addr) == errno.EMSGSIZE:
-            session.path_too_small()
+        total, size = sealed
+        if total <= size:  # one datagram, the common case: no detour
+            try:
+                self.udp.sock.sendto(self._out.view[:total], addr)
+            except OSError:
+                pass  # udp.send tries again, and counts and classifies the failure
+            else:
+                self.udp.plain_sends += 1
+                return
+        if self.udp.send(self._out.data, total, size, addr) == errno.EMSGSIZE:
+            assert peer.session is not None
+            peer.session.path_too_small()
             log.warning(
                 "path MTU to %s shrank: back to %d-byte datagrams, probing again",
                 peer.label,
-                session.datagram_size,
+                peer.session.datagram_size,
             )
 
-    def _drain_tap(self, buf: bytearray, now: float) -> None:
-        # Frames are read at offset PREFIX so that a large frame, which goes
-        # alone, already has room for its route header and length in front.
-        view = memoryview(buf)
-        into = [view[PREFIX:]]
+    def _drain_tap(self, now: float) -> None:
+        """Read frames until the TAP is empty, and send each towards where its
+        destination MAC lives.
+
+        The first frame of a drain goes at once, sealed straight from the read
+        buffer: a lone frame (a ping, a request) is not held back by the read
+        that finds the TAP empty.  Later small frames of the same drain share
+        messages per destination; large ones (TSO superframes) always go alone.
+        Frames are read at offset PREFIX, leaving room for the route header and
+        frame length in front.
+        """
+        fd, into, read = self.tap_fd, self._tap_into, libc.read
+        buf, macs, me, peers = self._frame, self.macs, self.me, self.peers
         routes = self.routes()
         dirty: set[tuple[bytes, bytes]] = set()
+        first = True
+        at = PREFIX + ETH_AT
         for _ in range(DRAIN_BATCH):
-            try:
-                n = os.readv(self.tap_fd, into)
-            except BlockingIOError:
-                break
-            if n < ETH_AT + ETH_HEADER:
+            n = read(fd, into, FRAME_BUFFER - PREFIX)
+            if n < MIN_FRAME:
+                if n < 0:
+                    if libc.errno() not in (errno.EAGAIN, errno.EINTR):
+                        self.drops["tap_read_error"] += 1
+                    break
                 self.drops["tap_runt"] += 1
                 continue
             try:
-                self._route_frame(buf, view, n, now, routes, dirty)
+                macs.learn(bytes(buf[at + 6 : at + 12]), LOCAL, now)
+                owner = None if buf[at] & 1 else macs.lookup(bytes(buf[at : at + 6]), now)
+                if owner == LOCAL:
+                    continue  # the bridge delivers it; nothing for the mesh
+                if owner is None:  # broadcast, multicast or unknown: our broadcast tree
+                    keys = [(child, BROADCAST) for child in routes.children(me)]
+                else:
+                    hop = routes.next_hop.get(owner)
+                    if hop is None:
+                        self.drops["no route to peer"] += 1
+                        continue
+                    keys = [(hop, owner)]
+                for key in keys:
+                    peer = peers.get(key[0])
+                    session = peer.session if peer is not None else None
+                    if peer is None or session is None or peer.udp_addr is None:
+                        continue
+                    session.tx_frames += 1
+                    session.tx_bytes += n - ETH_AT
+                    packer = self._packers.get(key)
+                    if packer is None:
+                        prefix = ROUTE.pack(me, key[1], MAX_HOPS)
+                        packer = self._packers[key] = FramePacker(0, prefix)
+                    if not first:
+                        packer.limit = session.message_budget * PACK_DATAGRAMS
+                        if packer.fits(n):
+                            packer.add(self._frame_view[PREFIX : PREFIX + n])
+                            dirty.add(key)
+                            continue
+                    if packer.frames:
+                        self._flush_packer(key)  # what came before goes first
+                    ROUTE_AND_LEN.pack_into(buf, 0, me, key[1], MAX_HOPS, n)
+                    sealed = session.seal_at(
+                        PacketType.DATA, self._frame_ptr, PREFIX + n, self._out
+                    )
+                    self._send(peer, sealed)
             except Exception as exc:  # a bug: count it, keep forwarding
                 self._internal_error("tap read", exc)
+            first = False
         for key in dirty:
             self._flush_packer(key)
 
-    def _packer(self, hop: bytes, dst: bytes) -> FramePacker:
-        key = (hop, dst)
-        packer = self._packers.get(key)
-        if packer is None:
-            prefix = ROUTE.pack(self.me, dst, MAX_HOPS)
-            packer = self._packers[key] = FramePacker(0, prefix)
-        return packer
-
-    def _route_frame(
-        self,
-        buf: bytearray,
-        view: memoryview,
-        n: int,
-        now: float,
-        routes: Routes,
-        dirty: set[tuple[bytes, bytes]],
-    ) -> None:
-        """Send the frame just read from the TAP (at ``buf[PREFIX:PREFIX+n]``)
-        towards where its destination MAC lives."""
-        macs, me = self.macs, self.me
-        frame = view[PREFIX : PREFIX + n]
-        macs.learn(bytes(frame[ETH_AT + 6 : ETH_AT + 12]), LOCAL, now)
-        dst_mac = frame[ETH_AT : ETH_AT + 6]
-        owner = None if is_multicast(dst_mac) else macs.lookup(bytes(dst_mac), now)
-        if owner == LOCAL:
-            return  # the bridge delivers it; nothing for the mesh
-        if owner is None:
-            pairs = [(child, BROADCAST) for child in routes.children(me)]
-        else:
-            hop = routes.next_hop.get(owner)
-            if hop is None:
-                self.drops["no route to peer"] += 1
-                return
-            pairs = [(hop, owner)]
-        for key in pairs:
-            peer = self.peers.get(key[0])
-            session = peer.session if peer is not None else None
-            if peer is None or session is None:
-                continue
-            session.tx_frames += 1
-            session.tx_bytes += n - ETH_AT
-            packer = self._packer(*key)
-            packer.limit = session.message_budget * PACK_DATAGRAMS
-            if not packer.fits(n):
-                self._flush_packer(key)
-            if packer.fits(n):
-                packer.add(frame)
-                dirty.add(key)
-            else:  # a large frame goes alone, in one message GSO sends as segments
-                ROUTE.pack_into(buf, 0, me, key[1], MAX_HOPS)
-                FRAME_LEN.pack_into(buf, ROUTE.size, n)
-                self._send_message(peer, view[: PREFIX + n])  # sealed straight from the buffer
-
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)
-        if packer is None or not len(packer):
+        if packer is None or not packer.frames:
             return
         peer = self.peers.get(key[0])
         if peer is None or peer.session is None or peer.udp_addr is None:
             self.drops["next hop not connected"] += packer.frames
             del self._packers[key]  # the peer is gone
             return
-        self._send_message(peer, packer.take())
+        self._send(peer, peer.session.seal_into(PacketType.DATA, packer.take(), self._out))

@@ -2,8 +2,9 @@
 
 Both are Linux features that may be missing (old kernel, odd path): a failed
 GSO send falls back to one ``sendto`` per datagram for good, and without GRO
-every datagram is read on its own.  The receive side hands back the segment
-size so the caller can walk coalesced datagrams.
+every datagram is read on its own.  The forwarder reads with libc's recvmsg
+(see ``libc.RecvMsg``) and takes the segment size from the UDP_GRO control
+message to walk coalesced datagrams.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import errno
 import socket
 import struct
-import sys
 from collections import Counter
 
 SOL_UDP = 17
@@ -88,19 +88,3 @@ class UdpSocket:
             self.errors["send " + errno.errorcode.get(code, "error")] += 1
             return code
         return 0
-
-    def recv(self, buf: bytearray) -> tuple[int, int, tuple[str, int]]:
-        """Read once: ``(nbytes, segment_size, addr)``; segment_size is nbytes if
-        nothing was coalesced.  Raises BlockingIOError when empty."""
-        if not self.gro:
-            n, addr = self.sock.recvfrom_into(buf)
-            return n, n, addr
-        n, anc, _flags, addr = self.sock.recvmsg_into([buf], _CMSG_SPACE)
-        seg = n
-        for level, kind, data in anc:
-            if level == SOL_UDP and kind == UDP_GRO and len(data) in (2, 4):
-                seg = int.from_bytes(data, sys.byteorder)
-        return n, seg or n, addr
-
-
-_CMSG_SPACE = socket.CMSG_SPACE(4)

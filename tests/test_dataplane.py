@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +15,8 @@ from meshrouter.dataplane import (
     DataSession,
     FramePacker,
     PacketType,
-    gather_untrusted,
+    SendBuffer,
+    compact_untrusted,
     iter_frames_untrusted,
     parse_header_untrusted,
 )
@@ -95,21 +97,29 @@ def test_partial_messages_are_bounded() -> None:
     assert len(b._partial) == 8
 
 
-def test_seal_into_layout_matches_gather() -> None:
+def test_seal_layout_and_compact_roundtrip() -> None:
     a, b = pair()
     a.datagram_size = 1472
     msg = bytes(range(256)) * 200
-    out = bytearray(10)  # grows as needed
+    out = SendBuffer()
     total, size = a.seal_into(PacketType.DATA, msg, out)
     nseg = -(-total // size)
-    first = parse_header_untrusted(out[:size])
-    bodies = gather_untrusted(out, 0, total, nseg, size)
-    assert bodies is not None
-    plain = b.open_untrusted(out[:13], first[2], bodies, nseg, 1.0)
+    assert nseg == -(-(len(msg) + a.tag_bytes) // (size - HEADER.size))
+    _, _, counter, _, _ = parse_header_untrusted(out.data, 0, size)
+    ct = np.zeros(len(out.data), np.uint8)
+    copied = compact_untrusted(out.arr, 0, total, nseg, size, 0, counter, ct)
+    assert copied == len(msg) + a.tag_bytes
+    whole = ct[:copied].tobytes()
+    plain = b.open_untrusted(out.data[:13], counter, whole, nseg, 1.0)
     assert plain == msg
     # A run that skips a segment is refused, so the caller goes datagram by datagram.
-    broken = bytearray(out[:size]) + out[2 * size : total]
-    assert gather_untrusted(broken, 0, len(broken), nseg - 1, size) is None
+    broken = np.frombuffer(bytes(out.data[:size]) + bytes(out.data[2 * size : total]), np.uint8)
+    assert compact_untrusted(broken, 0, len(broken), nseg - 1, size, 0, counter, ct) == -1
+    # So is a run whose last datagram belongs to another message.
+    assert compact_untrusted(out.arr, 0, total, nseg, size, 0, counter + 1, ct) == -1
+    # A run from the middle of the message: segments 3.. to the end.
+    tail = compact_untrusted(out.arr, 3 * size, total, nseg - 3, size, 3, counter, ct)
+    assert ct[:tail].tobytes() == whole[3 * (size - HEADER.size) :]
 
 
 def test_established_needs_udp_both_ways() -> None:
@@ -207,11 +217,21 @@ def test_receive_garbage_raises_only_bad_packet(datagrams: list[bytes]) -> None:
             b.receive_untrusted(data, counter, seg, nseg, 0.0)
 
 
-@given(st.binary(max_size=3000), st.integers(2, 6), st.integers(16, 700))
-def test_gather_never_raises(data: bytes, count: int, size: int) -> None:
-    buf = bytearray(data)
-    if count * size >= len(buf) > (count - 1) * size:
-        gather_untrusted(buf, 0, len(buf), count, size)
+@given(
+    st.binary(max_size=3000),
+    st.integers(1, 6),
+    st.integers(16, 700),
+    st.integers(0, 3000),
+    st.integers(0, 70),
+)
+def test_compact_never_raises_or_overruns(
+    data: bytes, count: int, size: int, off: int, first: int
+) -> None:
+    src = np.frombuffer(data, np.uint8)
+    dst = np.zeros(2000, np.uint8)
+    end = min(len(data), off + count * size)
+    copied = compact_untrusted(src, off, end, count, size, first, 0, dst)
+    assert -1 <= copied <= len(dst)
 
 
 def test_mac_table_learn_lookup_expire() -> None:
