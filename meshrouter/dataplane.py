@@ -40,9 +40,9 @@ from enum import IntEnum
 
 import numpy as np
 
-from .constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
+from .constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from .crypto import Opener, Ptr, Sealer, Suite, buffer_ptr, readonly_ptr
-from .errors import BadPacket
+from .errors import BadPacket, LocalProtocolError
 from .replay import ReplayWindow
 
 HEADER = _HEAD = struct.Struct("!BIQBB")
@@ -293,7 +293,10 @@ class DataSession:
         UDP GSO send with segment size ``datagram_size``.
         """
         sealer = self._sealer
-        counter = sealer.next_counter()
+        counter = sealer.counter  # Sealer.next_counter(), without a call
+        if counter >= NONCE_HARD_LIMIT:
+            raise LocalProtocolError("session exhausted its nonces; reconnect to rekey")
+        sealer.counter = counter + 1
         room = (datagram_size or self.datagram_size) - HEADER.size
         ct_len = size + self._tag
         if ct_len <= room:  # most messages: sealed straight behind the header

@@ -73,6 +73,8 @@ PROBE_INTERVAL = 60.0  # re-probe the path MTU for growth this often
 # lost datagram costs at most this many datagrams' worth of frames.
 PACK_DATAGRAMS = 16
 MAC_EXPIRY_INTERVAL = 10.0
+LANE_RELEARN = 1.0  # a lane refreshes its source MAC in the table this often
+MAX_LANES = 4096
 ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
 PREFIX = ROUTE.size + FRAME_LEN.size  # route header and frame length before a lone frame
 ROUTE_AND_LEN = struct.Struct(ROUTE.format + FRAME_LEN.format[1:])
@@ -80,6 +82,45 @@ SRC_AT = ETH_AT + 6  # source MAC in what the TAP gives us
 MIN_FRAME = ETH_AT + ETH_HEADER
 STOP = b"s"
 KICK = b"k"
+
+
+class _Lane:
+    """Where frames to one destination MAC go, while nothing that decided it
+    changes: the routes (a new object after any topology change), the MAC
+    table (its version), the session towards the next hop, the source MAC.
+    Such a frame skips MAC learning and lookup, routing and packing: the
+    per-frame Python on this path is what a small frame's latency is made of."""
+
+    __slots__ = (
+        "alone_above",
+        "dst",
+        "learned_at",
+        "macs_version",
+        "peer",
+        "routes",
+        "session",
+        "src",
+    )
+
+    def __init__(
+        self,
+        peer: Peer,
+        session: DataSession,
+        dst: bytes,
+        src: bytes,
+        routes: Routes,
+        macs_version: int,
+        alone_above: int,
+        learned_at: float,
+    ) -> None:
+        self.peer = peer
+        self.session = session
+        self.dst = dst  # the peer the destination MAC lives at
+        self.src = src
+        self.routes = routes
+        self.macs_version = macs_version
+        self.alone_above = alone_above  # larger frames are never packed
+        self.learned_at = learned_at
 
 
 class Forwarder:
@@ -108,6 +149,7 @@ class Forwarder:
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
+        self._lanes: dict[bytes, _Lane] = {}  # by destination MAC
         self._wrote_tap = False  # a UDP read led to TAP writes (see _drain_udp)
         # Buffers reused for every frame, with their C pointers made once.
         self._out = SendBuffer()  # sealed datagrams, laid out for GSO
@@ -406,6 +448,7 @@ class Forwarder:
         fd, into, read = self.tap_fd, self._tap_into, libc.read
         buf, macs, me, peers = self._frame, self.macs, self.me, self.peers
         routes = self.routes()
+        lanes = self._lanes
         dirty: set[tuple[bytes, bytes]] = set()
         first = True
         at = PREFIX + ETH_AT
@@ -417,6 +460,32 @@ class Forwarder:
                         self.drops["tap_read_error"] += 1
                     break
                 self.drops["tap_runt"] += 1
+                continue
+            # The lane: a frame that would go straight out to a destination
+            # the last such frame went to, with nothing changed since.
+            lane = lanes.get(bytes(buf[at : at + 6])) if lanes and not dirty else None
+            if (
+                lane is not None
+                and (first or n > lane.alone_above)
+                and lane.routes is routes
+                and lane.macs_version == macs.version
+                and lane.session is lane.peer.session
+                and buf[at + 6 : at + 12] == lane.src
+            ):
+                try:
+                    if now - lane.learned_at > LANE_RELEARN:
+                        macs.learn(lane.src, LOCAL, now)  # keep our MAC fresh
+                        lane.learned_at = now
+                    lane.session.tx_frames += 1
+                    lane.session.tx_bytes += n - ETH_AT
+                    ROUTE_AND_LEN.pack_into(buf, 0, me, lane.dst, MAX_HOPS, n)
+                    sealed = lane.session.seal_at(
+                        PacketType.DATA, self._frame_ptr, PREFIX + n, self._out
+                    )
+                    self._send(lane.peer, sealed)
+                except Exception as exc:  # a bug: count it, keep forwarding
+                    self._internal_error("tap read", exc)
+                first = False
                 continue
             try:
                 macs.learn(bytes(buf[at + 6 : at + 12]), LOCAL, now)
@@ -450,6 +519,8 @@ class Forwarder:
                             continue
                     if packer.frames:
                         self._flush_packer(key)  # what came before goes first
+                    if owner is not None:
+                        self._open_lane(peer, session, owner, routes, now)
                     ROUTE_AND_LEN.pack_into(buf, 0, me, key[1], MAX_HOPS, n)
                     sealed = session.seal_at(
                         PacketType.DATA, self._frame_ptr, PREFIX + n, self._out
@@ -460,6 +531,24 @@ class Forwarder:
             first = False
         for key in dirty:
             self._flush_packer(key)
+
+    def _open_lane(
+        self, peer: Peer, session: DataSession, dst: bytes, routes: Routes, now: float
+    ) -> None:
+        """Remember where the frame in the read buffer went, for the next one."""
+        if len(self._lanes) >= MAX_LANES:
+            self._lanes.clear()
+        at = PREFIX + ETH_AT
+        self._lanes[bytes(self._frame[at : at + 6])] = _Lane(
+            peer,
+            session,
+            dst,
+            bytes(self._frame[at + 6 : at + 12]),
+            routes,
+            self.macs.version,
+            session.message_budget * PACK_DATAGRAMS - PREFIX,
+            now,
+        )
 
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)

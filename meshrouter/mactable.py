@@ -25,11 +25,15 @@ class _Entry:
 
 
 class MacTable:
-    __slots__ = ("_entries", "max_age")
+    """``version`` changes whenever a MAC appears, moves or goes, so a caller
+    may cache a lookup for as long as the version it saw stays the same."""
+
+    __slots__ = ("_entries", "max_age", "version")
 
     def __init__(self, max_age: float = 300.0) -> None:
         self.max_age = max_age
         self._entries: dict[bytes, _Entry] = {}
+        self.version = 0
 
     def learn(self, mac: bytes, owner: bytes, now: float) -> bool:
         """Record that ``mac`` was seen at ``owner``; True if that is news."""
@@ -38,6 +42,7 @@ class MacTable:
             entry.seen = now
             return False
         self._entries[mac] = _Entry(owner, now)
+        self.version += 1
         return True
 
     def lookup(self, mac: bytes, now: float) -> bytes | None:
@@ -47,19 +52,16 @@ class MacTable:
             return None
         if now - entry.seen > self.max_age:
             del self._entries[mac]
+            self.version += 1
             return None
         return entry.owner
-
-    def forget_owner(self, owner: bytes) -> int:
-        gone = [mac for mac, e in self._entries.items() if e.owner == owner]
-        for mac in gone:
-            del self._entries[mac]
-        return len(gone)
 
     def expire(self, now: float) -> int:
         old = [mac for mac, e in self._entries.items() if now - e.seen > self.max_age]
         for mac in old:
             del self._entries[mac]
+        if old:
+            self.version += 1
         return len(old)
 
     def __len__(self) -> int:

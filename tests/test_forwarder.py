@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from meshrouter.crypto import Suite
+from meshrouter.dataplane import DataSession
 from tools.fwdpair import frame, pair
 
 VNET = 10
@@ -57,3 +59,30 @@ def test_garbage_and_replays_are_counted_not_fatal() -> None:
         fb._drain_udp(time.monotonic())
         assert fb.drops["replayed or too old"] == 1
         assert len([tb.recv(70_000)]) == 1
+
+
+def test_lane_follows_mac_moves_and_new_sessions() -> None:
+    """Frames to a known MAC take the lane (no lookup) only while nothing that
+    decided their way has changed."""
+    with pair() as (fa, fb, ta, tb):
+        f = frame(64)
+        assert roundtrip(fa, fb, ta, tb, [f]) == [f]
+        assert fa._lanes  # the way to 0a:... is remembered
+        session = fa.peers[fb.me].session
+        sent = session.tx_messages
+        assert roundtrip(fa, fb, ta, tb, [f]) == [f]
+        assert session.tx_messages == sent + 1
+        # The destination MAC moves behind our own bridge: nothing for the mesh.
+        fa.macs.learn(b"\x0a" * 6, b"", time.monotonic())
+        assert roundtrip(fa, fb, ta, tb, [f]) == []
+        assert session.tx_messages == sent + 1
+        # It comes back to the peer, which reconnected: the new session is used.
+        fa.macs.learn(b"\x0a" * 6, fb.me, time.monotonic())
+        keys = {"send_key": b"1" * 32, "recv_key": b"2" * 32}
+        fresh = DataSession(suite=Suite.AEGIS128L, local_index=5, peer_index=9, **keys)
+        fresh.datagram_size = 1472
+        fa.peers[fb.me].session = fresh
+        ta.send(f)
+        fa._drain_tap(time.monotonic())
+        assert fresh.tx_messages == 1
+        assert session.tx_messages == sent + 1
