@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.netlab import Lab, established, sh, status
+from tools.netlab import Lab, established, sh, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -31,40 +31,6 @@ def two_host_mesh(lab: Lab) -> tuple[str, str]:
 
 def log_of(lab: Lab, i: int) -> str:
     return (lab.state_dir(i) / "router.log").read_text()
-
-
-SERVER = """
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5001)); s.listen(1); print("ready", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while (b := c.recv(65536)):
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-CLIENT = """
-import os, socket, sys, hashlib
-data = os.urandom(int(sys.argv[2]))
-s = socket.create_connection((sys.argv[1], 5001), timeout=30); s.sendall(data); s.close()
-print(len(data), hashlib.sha256(data).hexdigest())
-"""
-
-
-def tcp_transfer(lab: Lab, src: str, dst: str, dst_ip: str, size: int) -> tuple[str, str]:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", dst, sys.executable, "-c", SERVER],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        sent = lab.in_ns(src, sys.executable, "-c", CLIENT, dst_ip, str(size), timeout=60).stdout
-        got, _ = server.communicate(timeout=60)
-    finally:
-        server.kill()
-    return sent.strip(), got.strip()
 
 
 def test_two_hosts_ping_and_tcp_transfer_intact(lab_factory: LabFactory) -> None:

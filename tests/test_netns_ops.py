@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.netlab import Lab, established, status
+from tools.netlab import Lab, established, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -33,59 +33,6 @@ def pair_of_hosts(lab: Lab, *extra: str) -> tuple[str, str]:
 def ping_ok(lab: Lab, src: str, ip: str, count: int = 3) -> bool:
     r = lab.in_ns(src, "ping", "-c", str(count), "-i", "0.2", "-W", "2", ip, check=False)
     return " 0% packet loss" in r.stdout
-
-
-SERVER = """
-import hashlib, socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5001)); s.listen(1); print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
-while (b := c.recv(65536)):
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-CLIENT = """
-import hashlib, os, socket, sys, time
-data = os.urandom(int(sys.argv[2]))
-s = socket.create_connection((sys.argv[1], 5001), timeout=60)
-step = len(data) // 50
-for i in range(0, len(data), step):  # paced: the transfer lasts a few seconds
-    s.sendall(data[i : i + step]); time.sleep(float(sys.argv[3]))
-s.close()
-print(len(data), hashlib.sha256(data).hexdigest())
-"""
-
-
-def transfer(
-    lab: Lab,
-    src: str,
-    dst: str,
-    ip: str,
-    size: int,
-    pace: float,
-    during: Callable[[], None] | None = None,
-) -> tuple[str, str]:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", dst, sys.executable, "-c", SERVER],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        client = subprocess.Popen(
-            ["ip", "netns", "exec", src, sys.executable, "-c", CLIENT, ip, str(size), str(pace)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if during is not None:
-            during()
-        sent, _ = client.communicate(timeout=120)
-        got, _ = server.communicate(timeout=120)
-    finally:
-        server.kill()
-    return sent.strip(), got.strip()
 
 
 def test_metrics_report_and_json_logs(lab_factory: LabFactory) -> None:
@@ -188,7 +135,7 @@ def test_tcp_through_a_lossy_underlay_arrives_intact(lab_factory: LabFactory) ->
         "add table inet loss; add chain inet loss in { type filter hook input "
         "priority 0; }; add rule inet loss in udp dport 6783 numgen random mod 100 < 5 drop",
     )
-    sent, got = transfer(lab, c1, c2, "10.32.0.2", 4 << 20, 0.0)
+    sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 4 << 20)
     assert sent == got
     assert sent.startswith(str(4 << 20))
     counters = lab.run(2, "nft", "list table inet loss").stdout
@@ -208,7 +155,7 @@ def test_router_killed_mid_transfer_recovers(lab_factory: LabFactory) -> None:
 
     # 8 MiB paced over ~5 s; router 2 dies after 1 s and comes back: TCP in the
     # containers retransmits across the gap and the data arrives intact.
-    sent, got = transfer(lab, c1, c2, "10.32.0.2", 8 << 20, 0.1, during=crash_and_restart)
+    sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 8 << 20, 0.1, during=crash_and_restart)
     assert sent == got
     lab.wait_for("reconnected", lambda: established(lab, 1) and established(lab, 2), timeout=30)
     assert ping_ok(lab, c1, "10.32.0.2")

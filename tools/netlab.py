@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,61 @@ def status(lab: Lab, i: int) -> dict[str, Any]:
 def established(lab: Lab, i: int, n: int = 1) -> bool:
     """True when host i has at least ``n`` established connections."""
     return sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n
+
+
+_TCP_SERVER = """
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
+while (b := c.recv(65536)):
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_TCP_CLIENT = """
+import hashlib, os, socket, sys, time
+data = os.urandom(int(sys.argv[2]))
+pace = float(sys.argv[3])
+s = socket.create_connection((sys.argv[1], 5001), timeout=60)
+step = len(data) // 50 if pace else len(data)
+for i in range(0, len(data), step):  # paced: the transfer lasts a while
+    s.sendall(data[i : i + step]); time.sleep(pace)
+s.close()
+print(len(data), hashlib.sha256(data).hexdigest())
+"""
+
+
+def tcp_transfer(
+    lab: Lab,
+    src: str,
+    dst: str,
+    ip: str,
+    size: int,
+    pace: float = 0.0,
+    during: Callable[[], None] | None = None,
+) -> tuple[str, str]:
+    """Send ``size`` random bytes over TCP from namespace ``src`` to ``ip`` in
+    ``dst`` (in 50 steps ``pace`` seconds apart if pace > 0), calling
+    ``during`` meanwhile.  Returns what each end saw: "LENGTH SHA256"."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", dst, sys.executable, "-c", _TCP_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        args = [ip, str(size), str(pace)]
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", src, sys.executable, "-c", _TCP_CLIENT, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if during is not None:
+            during()
+        sent, _ = client.communicate(timeout=120)
+        got, _ = server.communicate(timeout=120)
+    finally:
+        server.kill()
+    return sent.strip(), got.strip()
