@@ -470,6 +470,7 @@ class Forwarder:
                 and lane.routes is routes
                 and lane.macs_version == macs.version
                 and lane.session is lane.peer.session
+                and lane.peer.udp_addr is not None
                 and buf[at + 6 : at + 12] == lane.src
             ):
                 try:

@@ -86,3 +86,10 @@ def test_lane_follows_mac_moves_and_new_sessions() -> None:
         fa._drain_tap(time.monotonic())
         assert fresh.tx_messages == 1
         assert session.tx_messages == sent + 1
+        # The peer's UDP address is gone (it is reconnecting): nothing is sent,
+        # and nothing counts as an internal error.
+        fa.peers[fb.me].udp_addr = None
+        ta.send(f)
+        fa._drain_tap(time.monotonic())
+        assert fresh.tx_messages == 1
+        assert not any(k.startswith("internal error") for k in fa.counters)
