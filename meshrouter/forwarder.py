@@ -29,7 +29,7 @@ import select
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -84,6 +84,13 @@ STOP = b"s"
 KICK = b"k"
 
 
+class HasRoutes(Protocol):
+    """What the forwarder routes by: the router, whose ``routes`` is replaced
+    whole (never changed in place) after every topology change."""
+
+    routes: Routes
+
+
 class _Lane:
     """Where frames to one destination MAC go, while nothing that decided it
     changes: the routes (a new object after any topology change), the MAC
@@ -132,7 +139,7 @@ class Forwarder:
         udp: UdpSocket,
         peers: dict[bytes, Peer],
         by_index: dict[int, Peer],
-        routes: Callable[[], Routes],
+        topology: HasRoutes,
         macs: MacTable,
         now: Callable[[], float],
         busy_poll: float = 0.0,
@@ -140,9 +147,10 @@ class Forwarder:
         self.me = me
         self.tap_fd = tap_fd
         self.udp = udp
+        self._udp_fd = udp.fileno()
         self.peers = peers
         self.by_index = by_index
-        self.routes = routes
+        self.topology = topology
         self.macs = macs
         self.now = now
         self.busy_poll = busy_poll
@@ -191,7 +199,7 @@ class Forwarder:
     def run(self) -> None:
         """Forward until ``stop()``.  Blocking: run it in a thread."""
         ep = select.epoll()
-        udp_fd = self.udp.fileno()
+        udp_fd = self._udp_fd
         ep.register(self._wake_r, select.EPOLLIN)
         ep.register(udp_fd, select.EPOLLIN)
         if self.tap_fd >= 0:
@@ -260,7 +268,7 @@ class Forwarder:
     # -- receiving -------------------------------------------------------
 
     def _drain_udp(self, now: float) -> None:
-        fd, rm, recvmsg = self.udp.fileno(), self._rm, libc.recvmsg
+        fd, rm, recvmsg = self._udp_fd, self._rm, libc.recvmsg
         msg = rm.msg
         for _ in range(DRAIN_BATCH):
             msg.msg_namelen = libc.NAME_SIZE
@@ -373,7 +381,7 @@ class Forwarder:
                 raise BadPacket("hop limit reached")
             relay = bytearray(plain)
             relay[ROUTE.size - 1] = hops - 1
-            routes = self.routes()
+            routes = self.topology.routes
             if dst == BROADCAST:
                 for child in routes.children(origin):
                     self._relay(child, relay)
@@ -447,7 +455,7 @@ class Forwarder:
         """
         fd, into, read = self.tap_fd, self._tap_into, libc.read
         buf, macs, me, peers = self._frame, self.macs, self.me, self.peers
-        routes = self.routes()
+        routes = self.topology.routes
         lanes = self._lanes
         dirty: set[tuple[bytes, bytes]] = set()
         first = True

@@ -175,7 +175,7 @@ class Router:
             udp=udp,
             peers=self.peers,
             by_index=self._by_index,
-            routes=lambda: self.routes,
+            topology=self,
             macs=self.macs,
             now=clock.current_time,
             busy_poll=cfg.busy_poll,

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 from meshrouter.crypto import Suite
 from meshrouter.dataplane import DataSession
@@ -61,7 +62,7 @@ def pair(
         udp=ua,
         peers={b_name: pa},  # type: ignore[dict-item]
         by_index={5: pa},
-        routes=lambda: ra,
+        topology=SimpleNamespace(routes=ra),
         macs=MacTable(),
         now=time.monotonic,
     )  # type: ignore[dict-item]
@@ -71,7 +72,7 @@ def pair(
         udp=ub,
         peers={a_name: pb},  # type: ignore[dict-item]
         by_index={9: pb},
-        routes=lambda: rb,
+        topology=SimpleNamespace(routes=rb),
         macs=MacTable(),
         now=time.monotonic,
     )  # type: ignore[dict-item]
