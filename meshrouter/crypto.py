@@ -160,29 +160,6 @@ class Sealer:
         _COUNTER.pack_into(self._nonce, 0, counter)
         self._raw(out, NULL, plaintext, size, ad, ad_size, NULL, self._nonce_ptr, self._key)
 
-    def seal_into(
-        self,
-        counter: int,
-        ad: bytes,
-        plaintext: bytes | bytearray | memoryview,
-        out: bytearray,
-        offset: int,
-    ) -> int:
-        """Encrypt straight into ``out[offset:]`` (which must have room for the
-        plaintext and the tag).  Returns the ciphertext length."""
-        size = len(plaintext) + self.info.tag_bytes
-        if len(out) < offset + size:
-            raise ValueError("no room for the ciphertext")
-        self.seal_ptr(
-            counter,
-            buffer_ptr(out) + offset,
-            readonly_ptr(plaintext),
-            len(plaintext),
-            readonly_ptr(ad),
-            len(ad),
-        )
-        return size
-
 
 class Opener:
     """Decrypts one direction of one plane.  Raises only ``BadPacket``."""
@@ -216,29 +193,3 @@ class Opener:
         nonce, key = self._nonce_ptr, self._key
         rc: int = self._raw(out, NULL, NULL, ciphertext, size, ad, ad_size, nonce, key)
         return rc == 0
-
-    def open_into_untrusted(
-        self,
-        counter: int,
-        ad: bytes | memoryview,
-        ciphertext: bytes | bytearray | memoryview,
-        out: bytearray,
-    ) -> memoryview:
-        """Decrypt into ``out`` (grown if too small); returns a view of the
-        plaintext.  Raises only ``BadPacket``."""
-        size = len(ciphertext) - self.info.tag_bytes
-        if size < 0 or not 0 <= counter < 1 << 64:
-            raise BadPacket("ciphertext too short")
-        if len(out) < size:
-            out.extend(bytes(size - len(out)))
-        ok = self.open_ptr(
-            counter,
-            buffer_ptr(out),
-            readonly_ptr(ciphertext),
-            len(ciphertext),
-            readonly_ptr(ad),
-            len(ad),
-        )
-        if not ok:
-            raise BadPacket("authentication failed")
-        return memoryview(out)[:size]

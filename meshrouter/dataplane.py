@@ -45,10 +45,11 @@ from .crypto import Opener, Ptr, Sealer, Suite, buffer_ptr, readonly_ptr
 from .errors import BadPacket, LocalProtocolError
 from .replay import ReplayWindow
 
-HEADER = _HEAD = struct.Struct("!BIQBB")
+HEADER = struct.Struct("!BIQBB")
 AD_SIZE = 13  # type, index, counter
 FRAME_LEN = struct.Struct("!I")
 ROUTE = struct.Struct("!6s6sB")  # origin, destination, hops left
+ROUTE_AND_LEN = struct.Struct("!6s6sBI")  # ... and the first frame's length
 VNET_HDR_LEN = 10
 BROADCAST = b"\xff" * 6
 MAX_HOPS = 16
@@ -177,12 +178,13 @@ def parse_header_untrusted(
     return ptype, index, counter, seg, nseg
 
 
-def parse_route_untrusted(plain: bytes | memoryview) -> tuple[bytes, bytes, int]:
-    """``(origin, destination, hops_left)`` of a DATA plaintext.  Raises only BadPacket."""
-    if len(plain) < ROUTE.size:
+def parse_route_untrusted(plain: bytes | memoryview) -> tuple[bytes, bytes, int, int]:
+    """``(origin, destination, hops_left, first_frame_length)`` of a DATA
+    plaintext (the frame length is not checked here).  Raises only BadPacket."""
+    if len(plain) < ROUTE_AND_LEN.size:
         raise BadPacket("DATA shorter than its route header")
-    origin, dst, hops = ROUTE.unpack_from(plain)
-    return origin, dst, hops
+    origin, dst, hops, size = ROUTE_AND_LEN.unpack_from(plain)
+    return origin, dst, hops, size
 
 
 def iter_frames_untrusted(plain: bytes | memoryview, start: int = 0) -> Iterator[memoryview]:
@@ -300,7 +302,7 @@ class DataSession:
         room = (datagram_size or self.datagram_size) - HEADER.size
         ct_len = size + self._tag
         if ct_len <= room:  # most messages: sealed straight behind the header
-            _HEAD.pack_into(out.data, 0, ptype, self.peer_index, counter, 0, 1)
+            HEADER.pack_into(out.data, 0, ptype, self.peer_index, counter, 0, 1)
             sealer.seal_ptr(counter, out.ptr + HEADER.size, plaintext, size, out.ptr, AD_SIZE)
             self.tx_packets += 1
             self.tx_messages += 1
@@ -308,7 +310,7 @@ class DataSession:
         nseg = -(-ct_len // room)
         if nseg > MAX_SEGMENTS:
             raise ValueError(f"message of {size} bytes needs {nseg} segments")
-        header = _HEAD.pack(ptype, self.peer_index, counter, 0, nseg)
+        header = HEADER.pack(ptype, self.peer_index, counter, 0, nseg)
         self._sealer.seal_ptr(counter, out.ct_ptr, plaintext, size, readonly_ptr(header), AD_SIZE)
         total = out.lay_out(header, ct_len, room)
         self.tx_packets += nseg

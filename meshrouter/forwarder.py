@@ -26,7 +26,6 @@ import errno
 import logging
 import os
 import select
-import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -39,10 +38,10 @@ from .crypto import buffer_ptr
 from .dataplane import (
     AD_SIZE,
     BROADCAST,
-    FRAME_LEN,
     HEADER,
     MAX_HOPS,
     ROUTE,
+    ROUTE_AND_LEN,
     SEND_BUFFER,
     VNET_HDR_LEN,
     DataSession,
@@ -52,6 +51,7 @@ from .dataplane import (
     compact_untrusted,
     iter_frames_untrusted,
     parse_header_untrusted,
+    parse_route_untrusted,
 )
 from .errors import BadPacket
 from .mactable import LOCAL, MacTable
@@ -76,8 +76,7 @@ MAC_EXPIRY_INTERVAL = 10.0
 LANE_RELEARN = 1.0  # a lane refreshes its source MAC in the table this often
 MAX_LANES = 4096
 ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
-PREFIX = ROUTE.size + FRAME_LEN.size  # route header and frame length before a lone frame
-ROUTE_AND_LEN = struct.Struct(ROUTE.format + FRAME_LEN.format[1:])
+PREFIX = ROUTE_AND_LEN.size  # route header and frame length before a lone frame
 SRC_AT = ETH_AT + 6  # source MAC in what the TAP gives us
 MIN_FRAME = ETH_AT + ETH_HEADER
 STOP = b"s"
@@ -370,10 +369,8 @@ class Forwarder:
         return end
 
     def _deliver(self, session: DataSession, plain: memoryview, now: float) -> None:
+        origin, dst, hops, size = parse_route_untrusted(plain)
         end = len(plain)
-        if end < PREFIX:
-            raise BadPacket("DATA shorter than its route header")
-        origin, dst, hops, size = ROUTE_AND_LEN.unpack_from(plain)
         if origin == self.me:
             raise BadPacket("own frame came back")
         if dst != self.me:

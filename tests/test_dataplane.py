@@ -176,7 +176,7 @@ def test_route_header_and_frames_from_offset() -> None:
     from meshrouter.dataplane import ROUTE, parse_route_untrusted
 
     plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x00\x00\x02hi"
-    assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7)
+    assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7, 2)
     assert [bytes(f) for f in iter_frames_untrusted(plain, ROUTE.size)] == [b"hi"]
     with pytest.raises(BadPacket):
         parse_route_untrusted(b"short")
