@@ -36,6 +36,7 @@ class MessageType(IntEnum):
     CLOSE = 2
     GOSSIP = 3
     IPAM = 4
+    IPAM_RELAYED = 5  # route header (origin, destination, hops left) || an IPAM message
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,15 @@ def parse_header_untrusted(
     return ptype, index, counter, seg, nseg
 
 
+def parse_route_header_untrusted(data: bytes | memoryview) -> tuple[bytes, bytes, int]:
+    """``(origin, destination, hops_left)`` of anything relayed with a route
+    header (DATA, relayed IPAM messages).  Raises only BadPacket."""
+    if len(data) < ROUTE.size:
+        raise BadPacket("shorter than a route header")
+    origin, dst, hops = ROUTE.unpack_from(data)
+    return origin, dst, hops
+
+
 def parse_route_untrusted(plain: bytes | memoryview) -> tuple[bytes, bytes, int, int]:
     """``(origin, destination, hops_left, first_frame_length)`` of a DATA
     plaintext (the frame length is not checked here).  Raises only BadPacket."""

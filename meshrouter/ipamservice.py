@@ -238,7 +238,7 @@ class IpamService:
         try:
             if not self.send(owner, encode_claim(request, addr, ident)):
                 raise IpamError(
-                    f"{iface.ip} belongs to peer {format_name(owner)}, which is not connected: "
+                    f"{iface.ip} belongs to peer {format_name(owner)}, which cannot be reached: "
                     "use an address of this host's share, or none"
                 )
             with trio.move_on_after(CLAIM_TIMEOUT):

@@ -46,7 +46,7 @@ from .control import (
     State,
 )
 from .crypto import SUITES
-from .dataplane import DataSession
+from .dataplane import MAX_HOPS, ROUTE, DataSession, parse_route_header_untrusted
 from .errors import BadPacket
 from .forwarder import Forwarder
 from .handshake import Identity, format_name
@@ -404,6 +404,9 @@ class Router:
                 peer.conn.close(f"bad IPAM message: {exc}")
                 self._log_closed(peer, f"bad IPAM message: {exc}", "error")
             return
+        if ev.type == MessageType.IPAM_RELAYED:
+            self._on_relayed_ipam(peer, ev.payload)
+            return
         if ev.type != MessageType.GOSSIP:
             self.counters["control_messages_unknown"] += 1
             return
@@ -527,8 +530,52 @@ class Router:
         return True
 
     def _send_ipam(self, name: bytes, payload: bytes) -> bool:
+        """Send an IPAM message to peer ``name``: directly, or relayed through
+        the mesh (like a data frame) when there is no connection to it."""
         peer = self.peers.get(name)
-        return peer is not None and self._send_control(peer, MessageType.IPAM, payload)
+        if peer is not None and self._send_control(peer, MessageType.IPAM, payload):
+            return True
+        return self._relay_ipam(ROUTE.pack(self.me, name, MAX_HOPS) + payload)
+
+    def _relay_ipam(self, message: bytes) -> bool:
+        """Pass a relayed IPAM message (route header first) one hop on."""
+        _origin, dst, _hops = ROUTE.unpack_from(message)
+        hop = self.routes.next_hop.get(dst)
+        peer = self.peers.get(hop) if hop is not None else None
+        return peer is not None and self._send_control(peer, MessageType.IPAM_RELAYED, message)
+
+    def _on_relayed_ipam(self, peer: Peer, payload: bytes) -> None:
+        try:
+            origin, dst, hops = parse_route_header_untrusted(payload)
+        except BadPacket:
+            self.counters["ipam_errors"] += 1
+            return
+        if dst != self.me:
+            if (
+                hops == 0
+                or origin == self.me
+                or not self._relay_ipam(
+                    payload[: ROUTE.size - 1] + bytes([hops - 1]) + payload[ROUTE.size :]
+                )
+            ):
+                self.counters["ipam_relay_dropped"] += 1
+            else:
+                self.counters["ipam_relayed"] += 1
+            return
+        try:
+            self.ipam.on_message(origin, payload[ROUTE.size :])
+        except BadPacket as exc:
+            # The relaying peer is not to blame: count it, keep the connection.
+            self.counters["ipam_errors"] += 1
+            origin_name = format_name(origin)
+            self._log_limited(
+                logging.WARNING,
+                origin_name,
+                "bad relayed IPAM",
+                "bad IPAM message relayed from %s: %s",
+                origin_name,
+                exc,
+            )
 
     def _broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
         for name, peer in list(self.peers.items()):

@@ -173,13 +173,16 @@ def test_packer_keeps_route_prefix() -> None:
 
 
 def test_route_header_and_frames_from_offset() -> None:
-    from meshrouter.dataplane import ROUTE, parse_route_untrusted
+    from meshrouter.dataplane import ROUTE, parse_route_header_untrusted, parse_route_untrusted
 
     plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x00\x00\x02hi"
     assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7, 2)
     assert [bytes(f) for f in iter_frames_untrusted(plain, ROUTE.size)] == [b"hi"]
     with pytest.raises(BadPacket):
         parse_route_untrusted(b"short")
+    assert parse_route_header_untrusted(plain[:13]) == (b"A" * 6, b"B" * 6, 7)
+    with pytest.raises(BadPacket):
+        parse_route_header_untrusted(plain[:12])
 
 
 def test_packer_limit() -> None:

@@ -142,6 +142,28 @@ def test_rmpeer_reclaims_a_dead_peers_share(lab_factory: LabFactory) -> None:
     assert lab.host(3) not in text
 
 
+def test_claims_reach_an_owner_without_a_direct_connection(lab_factory: LabFactory) -> None:
+    """h2 and h3 cannot talk to each other: h3's claim of an address in h2's
+    share, and h2's reply, are relayed through h1."""
+    lab = lab_factory(3)
+    three_hosts(lab)
+    c2, c3 = lab.container("r2"), lab.container("r3")
+    addr = lab.mesh(2, "attach", c2).stdout.strip()  # from h2's own share
+    lab.mesh(2, "detach", c2)
+    lab.block(2, 3)
+    lab.wait_for(
+        "h2-h3 gone",
+        lambda: lab.host(3) not in {c["nickname"] for c in status(lab, 2)["connections"]},
+        timeout=30,
+    )
+    before = status(lab, 1)["counters"].get("ipam_relayed", 0)
+    assert lab.mesh(3, "attach", addr, c3).stdout.strip() == addr
+    assert status(lab, 1)["counters"].get("ipam_relayed", 0) >= before + 2  # claim and reply
+    # h2, the owner, now counts it as h3's.
+    held = {a["address"]: a["container"] for a in status(lab, 2)["ipam"]["allocations"]}
+    assert held[addr.split("/")[0]].endswith("/" + c3)
+
+
 def test_peer_with_another_range_is_refused(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
     lab.launch(1)

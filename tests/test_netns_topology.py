@@ -40,6 +40,19 @@ def route_to(lab: Lab, i: int, j: int) -> str:
     return "unknown"
 
 
+def sees_link(lab: Lab, i: int, a: int, b: int) -> bool:
+    """True when host i's view has hosts a and b established to each other."""
+    st = status(lab, i)
+    nick = {p["peer"]: p["nickname"] for p in st["peers"]}
+    links = {
+        (p["nickname"], nick.get(c["peer"]))
+        for p in st["peers"]
+        for c in p["connections"]
+        if c["established"]
+    }
+    return (lab.host(a), lab.host(b)) in links and (lab.host(b), lab.host(a)) in links
+
+
 def attach_all(lab: Lab, hosts: list[int]) -> dict[int, str]:
     cs = {}
     for i in hosts:
@@ -98,6 +111,9 @@ def test_blocked_pair_is_relayed_and_returns_direct(
         lambda: route_to(lab, 2, 3) == "direct" and route_to(lab, 3, 2) == "direct",
         timeout=40,
     )
+    # ... and h1 has heard of it too: until then it would still relay h2's
+    # broadcasts (an ARP refresh) down its own, older broadcast tree.
+    lab.wait_for("h1 sees h2-h3", lambda: sees_link(lab, 1, 2, 3), timeout=40)
     before = status(lab, 1)["counters"].get("messages_relayed", 0)
     assert ping_ok(lab, cs[2], "10.32.0.3", count=5)
     assert status(lab, 1)["counters"].get("messages_relayed", 0) == before
