@@ -54,28 +54,22 @@ def pair(
     pa = _Peer(b_name, sa, ub.sock.getsockname())
     pb = _Peer(a_name, sb, ua.sock.getsockname())
     graph = {a_name: {b_name}, b_name: {a_name}}
-    ra = Routes({b_name: b_name}, graph, {}, a_name)
-    rb = Routes({a_name: a_name}, graph, {}, b_name)
-    fa = Forwarder(
-        me=a_name,
-        tap_fd=ta.fileno(),
-        udp=ua,
-        peers={b_name: pa},  # type: ignore[dict-item]
-        by_index={5: pa},
-        topology=SimpleNamespace(routes=ra),
-        macs=MacTable(),
-        now=time.monotonic,
-    )  # type: ignore[dict-item]
-    fb = Forwarder(
-        me=b_name,
-        tap_fd=tb.fileno(),
-        udp=ub,
-        peers={a_name: pb},  # type: ignore[dict-item]
-        by_index={9: pb},
-        topology=SimpleNamespace(routes=rb),
-        macs=MacTable(),
-        now=time.monotonic,
-    )  # type: ignore[dict-item]
+
+    def forwarder(me: bytes, tap: socket.socket, udp: UdpSocket, peer: _Peer) -> Forwarder:
+        assert peer.session is not None
+        return Forwarder(
+            me=me,
+            tap_fd=tap.fileno(),
+            udp=udp,
+            peers={peer.name: peer},  # type: ignore[dict-item]
+            by_index={peer.session.local_index: peer},  # type: ignore[dict-item]
+            topology=SimpleNamespace(routes=Routes({peer.name: peer.name}, graph, {}, me)),
+            macs=MacTable(),
+            now=time.monotonic,
+        )
+
+    fa = forwarder(a_name, ta, ua, pa)
+    fb = forwarder(b_name, tb, ub, pb)
     fa.macs.learn(b"\x0a" * 6, b_name, time.monotonic())
     try:
         yield fa, fb, ta_app, tb_app
