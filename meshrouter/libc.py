@@ -38,7 +38,7 @@ _C = _ffi.dlopen(None)
 # read(fd, buf, count): up to ``count`` bytes into ``buf``; -1 on error (see
 # ``errno()``).  The C function itself: no Python frame per call.
 read: Callable[[int, Ptr, int], int] = _C.read
-# recvmsg(fd, RecvMsg.msg, flags), after RecvMsg.reset(); -1 on error.
+# recvmsg(fd, RecvMsg.msg, flags), with the lengths reset as RecvMsg says; -1 on error.
 recvmsg: Callable[[int, Any, int], int] = _C.recvmsg
 
 NAME_SIZE = 16  # struct sockaddr_in
@@ -64,16 +64,21 @@ class RecvMsg:
     def __init__(self, buf: bytearray) -> None:
         self.name = bytearray(NAME_SIZE)
         self.control = bytearray(CONTROL_SIZE)
+        # The struct holds bare pointers: keep the cdata objects that own the
+        # iovec and pin the three buffers (pinned bytearrays cannot be resized).
+        data = _ffi.from_buffer(buf, require_writable=True)
+        name = _ffi.from_buffer(self.name, require_writable=True)
+        control = _ffi.from_buffer(self.control, require_writable=True)
         iov = _ffi.new("struct iovec *")
-        iov.iov_base = _ffi.from_buffer(buf, require_writable=True)
+        iov.iov_base = data
         iov.iov_len = len(buf)
         msg = _ffi.new("struct msghdr *")
-        msg.msg_name = _ffi.from_buffer(self.name, require_writable=True)
+        msg.msg_name = name
         msg.msg_iov = iov
         msg.msg_iovlen = 1
-        msg.msg_control = _ffi.from_buffer(self.control, require_writable=True)
+        msg.msg_control = control
         self.msg = msg
-        self._keep = (iov, msg.msg_name, msg.msg_control)  # what the pointers point into
+        self._keep = (iov, data, name, control)
 
     def control_int(self, level: int, kind: int) -> int:
         """The int carried by the first control message if it is (level, kind), else 0."""

@@ -405,7 +405,7 @@ class Router:
                 self._log_closed(peer, f"bad IPAM message: {exc}", "error")
             return
         if ev.type == MessageType.IPAM_RELAYED:
-            self._on_relayed_ipam(peer, ev.payload)
+            self._on_relayed_ipam(ev.payload)
             return
         if ev.type != MessageType.GOSSIP:
             self.counters["control_messages_unknown"] += 1
@@ -544,7 +544,7 @@ class Router:
         peer = self.peers.get(hop) if hop is not None else None
         return peer is not None and self._send_control(peer, MessageType.IPAM_RELAYED, message)
 
-    def _on_relayed_ipam(self, peer: Peer, payload: bytes) -> None:
+    def _on_relayed_ipam(self, payload: bytes) -> None:
         try:
             origin, dst, hops = parse_route_header_untrusted(payload)
         except BadPacket:
