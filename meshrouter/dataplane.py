@@ -40,9 +40,9 @@ from enum import IntEnum
 
 import numpy as np
 
-from .constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES, UDP_TIMEOUT
+from .constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from .crypto import Opener, Ptr, Sealer, Suite, buffer_ptr, readonly_ptr
-from .errors import BadPacket, LocalProtocolError
+from .errors import BadPacket
 from .replay import ReplayWindow
 
 HEADER = struct.Struct("!BIQBB")
@@ -304,10 +304,7 @@ class DataSession:
         UDP GSO send with segment size ``datagram_size``.
         """
         sealer = self._sealer
-        counter = sealer.counter  # Sealer.next_counter(), without a call
-        if counter >= NONCE_HARD_LIMIT:
-            raise LocalProtocolError("session exhausted its nonces; reconnect to rekey")
-        sealer.counter = counter + 1
+        counter = sealer.next_counter()
         room = (datagram_size or self.datagram_size) - HEADER.size
         ct_len = size + self._tag
         if ct_len <= room:  # most messages: sealed straight behind the header
@@ -320,7 +317,7 @@ class DataSession:
         if nseg > MAX_SEGMENTS:
             raise ValueError(f"message of {size} bytes needs {nseg} segments")
         header = HEADER.pack(ptype, self.peer_index, counter, 0, nseg)
-        self._sealer.seal_ptr(counter, out.ct_ptr, plaintext, size, readonly_ptr(header), AD_SIZE)
+        sealer.seal_ptr(counter, out.ct_ptr, plaintext, size, readonly_ptr(header), AD_SIZE)
         total = out.lay_out(header, ct_len, room)
         self.tx_packets += nseg
         self.tx_messages += 1
