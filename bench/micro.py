@@ -12,24 +12,24 @@ from __future__ import annotations
 import statistics
 import time
 
-from tools.fwdpair import frame, pair
+from meshrouter.testing.fwdpair import frame, pair
 
 
 def measure(size: int, rounds: int, gap: float) -> tuple[float, float]:
     """Median microseconds per frame: (send side, receive side)."""
     tx, rx = [], []
-    with pair() as (fa, fb, ta_app, tb_app):
+    with pair() as (a, b):
         f = frame(size)
         for _ in range(rounds):
             if gap:
                 time.sleep(gap)
-            ta_app.send(f)
+            a.tap.send(f)
             t0 = time.perf_counter()
-            fa._drain_tap(time.monotonic())
+            a.fwd.drain_tap(time.monotonic())
             t1 = time.perf_counter()
-            fb._drain_udp(time.monotonic())
+            b.fwd.drain_udp(time.monotonic())
             t2 = time.perf_counter()
-            tb_app.recv(70_000)
+            b.tap.recv(70_000)
             tx.append((t1 - t0) * 1e6)
             rx.append((t2 - t1) * 1e6)
     return statistics.median(tx), statistics.median(rx)

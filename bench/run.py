@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.netlab import Lab, sh
+from meshrouter.testing.netlab import Lab, sh
 
 PREFIX = "mbench"
 PING_ROUNDS = 5

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +15,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from meshrouter import __version__, api
-from meshrouter.constants import CONTAINER_MTU, PORT
+from meshrouter import __version__, apiclient, config
+from meshrouter.config import RouterOptions
 from meshrouter.netdev import delete_link, link_exists
-from meshrouter.state import atomic_write, current_netns_name, default_state_dir, load_json
+from meshrouter.state import atomic_write, default_state_dir, load_json
+from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
+from . import views
 from .containers import docker_engine_available
 
-DEFAULT_RANGE = "10.32.0.0/12"
 LAUNCH_TIMEOUT = 30.0
-DEFAULT_BUSY_POLL_US = 0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
 
 
@@ -36,27 +36,29 @@ class CliError(Exception):
 # -- helpers ----------------------------------------------------------------
 
 
-def _sock(state_dir: Path) -> Path:
-    return state_dir / "router.sock"
-
-
 def _router_call(state_dir: Path, request: dict[str, Any]) -> Any:
+    path = apiclient.socket_path(state_dir)
     try:
-        return api.call(_sock(state_dir), request)
+        return apiclient.call(path, request)
     except (FileNotFoundError, ConnectionRefusedError):
         raise CliError(
             f"no router is running (state dir {state_dir}): start one with 'mesh launch'"
         ) from None
-    except (TimeoutError, OSError) as exc:
-        raise CliError(f"cannot reach the router at {_sock(state_dir)}: {exc}") from None
-    except RuntimeError as exc:
+    except OSError as exc:
+        raise CliError(f"cannot reach the router at {path}: {exc}") from None
+    except apiclient.ApiError as exc:
         raise CliError(str(exc)) from None
+
+
+def _status(state_dir: Path) -> RouterStatus:
+    st: RouterStatus = _router_call(state_dir, {"op": "status"})
+    return st
 
 
 def _router_running(state_dir: Path) -> bool:
     try:
-        api.call(_sock(state_dir), {"op": "status"}, timeout=2)
-    except (OSError, RuntimeError, ValueError):
+        apiclient.call(apiclient.socket_path(state_dir), {"op": "status"}, timeout=2)
+    except (OSError, apiclient.ApiError):
         return False
     return True
 
@@ -66,63 +68,24 @@ def _launch_config(state_dir: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _options(a: argparse.Namespace) -> RouterOptions:
+    opts = config.from_namespace(a)
+    if opts.password_file:
+        opts = dataclasses.replace(opts, password_file=os.path.abspath(opts.password_file))
+    return opts
+
+
 def _router_args(a: argparse.Namespace) -> list[str]:
-    args = [
-        "--state-dir",
-        str(a.state_dir),
-        "--bridge",
-        a.bridge,
-        "--port",
-        str(a.port),
-        "--ipalloc-range",
-        a.ipalloc_range,
-        "--mtu",
-        str(a.mtu),
-        "--log-level",
-        a.log_level,
-        "--listen",
-        a.listen,
-    ]
-    if a.nickname:
-        args += ["--nickname", a.nickname]
-    if a.no_offload:
-        args.append("--no-offload")
-    if a.ipalloc_init:
-        args += ["--ipalloc-init", str(a.ipalloc_init)]
-    args += ["--metrics-addr", a.metrics_addr, "--log-format", a.log_format]
-    args += ["--conn-limit", str(a.conn_limit)]
-    args += ["--busy-poll-us", str(a.busy_poll_us)]
-    if a.password_file:
-        args += ["--password-file", os.path.abspath(a.password_file)]
-    return args + list(a.peers)
+    return ["--state-dir", str(a.state_dir), *config.to_argv(_options(a))]
 
 
 # -- commands ---------------------------------------------------------------
 
 
 def cmd_router(a: argparse.Namespace) -> int:
-    from meshrouter.daemon import DaemonOptions, run
+    from meshrouter.daemon import run  # the router's own imports: only for this command
 
-    return run(
-        DaemonOptions(
-            state_dir=a.state_dir,
-            password_file=a.password_file,
-            peers=list(a.peers),
-            nickname=a.nickname or current_netns_name() or socket.gethostname(),
-            bridge=a.bridge,
-            port=a.port,
-            listen=a.listen,
-            ipalloc_range=a.ipalloc_range,
-            mtu=a.mtu,
-            log_level=a.log_level,
-            offload=not a.no_offload,
-            busy_poll_us=a.busy_poll_us,
-            ipalloc_init=a.ipalloc_init,
-            metrics_addr=a.metrics_addr,
-            log_format=a.log_format,
-            conn_limit=a.conn_limit,
-        )
-    )
+    return run(_options(a), a.state_dir)
 
 
 def cmd_launch(a: argparse.Namespace) -> int:
@@ -168,7 +131,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
             raise CliError(f"router exited during start-up: {tail}")
         if _router_running(state_dir):
             n = attach_mod.reattach_all(attach_mod.Registry(state_dir), a.bridge)
-            status = _router_call(state_dir, {"op": "status"})
+            status = _status(state_dir)
             extra = f", {n} container(s) re-attached" if n else ""
             print(
                 f"router {status['name']} ({status['nickname']}) running on port {a.port}, "
@@ -291,7 +254,7 @@ def cmd_forget(a: argparse.Namespace) -> int:
 
 def _attach_settings(a: argparse.Namespace) -> tuple[str, str, int]:
     if _router_running(a.state_dir):
-        st = _router_call(a.state_dir, {"op": "status"})
+        st = _status(a.state_dir)
         return st["bridge"], st["ipalloc_range"], int(st["mtu"])
     cfg = _launch_config(a.state_dir)
     if not cfg:
@@ -307,8 +270,8 @@ class RouterIpam:
 
     def _call(self, request: dict[str, Any]) -> Any:
         try:
-            return api.call(_sock(self.state_dir), request)
-        except RuntimeError as exc:
+            return apiclient.call(apiclient.socket_path(self.state_dir), request)
+        except apiclient.ApiError as exc:
             raise attach_mod.IpamRefused(str(exc)) from None
         except OSError:
             raise attach_mod.IpamRefused(
@@ -382,7 +345,7 @@ def cmd_detach(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    st = _router_call(a.state_dir, {"op": "status"})
+    st: dict[str, Any] = dict(_status(a.state_dir))
     st["attached"] = [
         asdict(r)
         for r in sorted(attach_mod.Registry(a.state_dir).read().values(), key=lambda r: r.container)
@@ -402,116 +365,17 @@ def cmd_ps(a: argparse.Namespace) -> int:
         [r.container, r.kind, r.mac, r.cidr, "up" if link_exists(r.host_veth) else "gone"]
         for r in sorted(records.values(), key=lambda r: r.container)
     ]
-    _table(["CONTAINER", "KIND", "MAC", "ADDRESS", "LINK"], rows)
+    views.table(["CONTAINER", "KIND", "MAC", "ADDRESS", "LINK"], rows)
     return 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    st = _router_call(a.state_dir, {"op": "status"})
-    what = a.what or "all"
+    st = _status(a.state_dir)
     if a.json:
         print(json.dumps(st, indent=2))
-        return 0
-    conns = st["connections"]
-    if what == "all":
-        est = sum(1 for c in conns if c["state"] == "established")
-        ciphers = sorted({c["cipher"] for c in conns if c.get("cipher")})
-        print(f"        Version: {st['version']}")
-        print(f"           Peer: {st['name']} ({st['nickname']})")
-        print(f"     Encryption: enabled{' (' + ', '.join(ciphers) + ')' if ciphers else ''}")
-        print(f"           Port: {st['port']} (TCP control, UDP data)")
-        print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
-        print(f"       IP range: {st['ipalloc_range']}")
-        print(f"    Connections: {len(conns)} ({est} established)")
-        reachable = sum(1 for p in st["peers"] if p["reachable"])
-        print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
-        print(f"        Targets: {len(st['targets'])}")
-        print(f"  MACs learned : {st['macs']}")
-        if st["drops"]:
-            print("   Dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(st["drops"].items())))
-        print()
-    if what in ("all", "connections"):
-        rows = [
-            [
-                "->" if c["direction"] == "outbound" else "<-",
-                c["address"],
-                c.get("peer") or "-",
-                c.get("nickname") or "-",
-                c["state"],
-                c.get("cipher", "-") if c["encrypted"] else "not encrypted",
-            ]
-            for c in conns
-        ]
-        _table(["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION"], rows)
-    if what in ("all", "peers"):
-        if what == "all":
-            print()
-        rows = []
-        for p in st["peers"]:
-            links = ", ".join(
-                ("->" if c["outbound"] else "<-") + c["peer"] + ("" if c["established"] else "?")
-                for c in p["connections"]
-            )
-            reach = (
-                "self"
-                if p["peer"] == st["name"]
-                else (
-                    ("via " + p["via"])
-                    if p["via"]
-                    else ("direct" if p["reachable"] else "unreachable")
-                )
-            )
-            rows.append([p["peer"], p["nickname"], reach, links or "-"])
-        _table(["PEER", "NICKNAME", "ROUTE", "CONNECTIONS"], rows)
-    if what == "ipam":
-        ip = st["ipam"]
-        print(
-            f"range {ip['range']}: "
-            + (
-                "ring agreed"
-                if ip["ready"]
-                else f"waiting for {ip['quorum']} of {ip['init_count']} initial peers"
-            )
-        )
-        rows = [
-            [
-                s_["peer"],
-                s_["nickname"],
-                str(s_["owned"]),
-                "-" if s_["used"] is None else str(s_["used"]),
-                "-" if s_["free"] is None else str(s_["free"]),
-            ]
-            for s_ in ip["shares"]
-        ]
-        _table(["PEER", "NICKNAME", "OWNED", "USED", "FREE"], rows)
-        for al in ip["allocations"]:
-            print(f"  {al['address']:15s} {al['container'].split('/', 1)[-1]}")
-        return 0
-    if what in ("all", "targets"):
-        if what == "all":
-            print()
-        rows = [
-            [
-                t["address"] + (" (discovered)" if t.get("discovered") else ""),
-                t["state"],
-                t["peer"] or "-",
-                str(t["attempts"]),
-                t["last_error"] or "-",
-                f"{t['next_try_in']}s" if t["next_try_in"] is not None else "-",
-            ]
-            for t in st["targets"]
-        ]
-        _table(["TARGET", "STATE", "PEER", "TRIES", "LAST ERROR", "NEXT TRY"], rows)
+    else:
+        views.status(st, a.what or "all")
     return 0
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns; the header in bold on a terminal, plain when piped."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    for k, row in enumerate([header, *rows]):
-        line = "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
-        print(f"\033[1m{line}\033[0m" if bold and k == 0 else line)
 
 
 # -- argument parsing -----------------------------------------------------------
@@ -537,87 +401,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def router_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--password-file",
-            metavar="FILE",
-            help="file holding the mesh password, the same on every host (or set MESH_PASSWORD)",
-        )
-        sp.add_argument("--bridge", default="mesh", help="bridge name (default: mesh)")
-        sp.add_argument(
-            "--port", type=int, default=PORT, help=f"TCP and UDP port (default: {PORT})"
-        )
-        sp.add_argument(
-            "--listen",
-            default="0.0.0.0",
-            metavar="ADDR",
-            help="address to listen on (default: all)",
-        )
-        sp.add_argument("--nickname", help="human name of this peer (default: netns or host name)")
-        sp.add_argument(
-            "--ipalloc-range",
-            default=DEFAULT_RANGE,
-            metavar="CIDR",
-            help=f"address range of the mesh (default: {DEFAULT_RANGE})",
-        )
-        sp.add_argument(
-            "--mtu",
-            type=int,
-            default=CONTAINER_MTU,
-            help=f"container MTU (default: {CONTAINER_MTU}, what the tunnel carries)",
-        )
-        sp.add_argument(
-            "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-        )
-        sp.add_argument(
-            "--metrics-addr",
-            default="127.0.0.1:6782",
-            metavar="HOST:PORT",
-            help="serve Prometheus metrics at http://HOST:PORT/metrics "
-            "(default: 127.0.0.1:6782; empty to turn off)",
-        )
-        sp.add_argument(
-            "--log-format", default="text", choices=["text", "json"], help="log line format"
-        )
-        sp.add_argument(
-            "--conn-limit",
-            type=int,
-            default=100,
-            metavar="N",
-            help="most control connections at once, handshakes included (default: 100)",
-        )
-        sp.add_argument(
-            "--ipalloc-init",
-            type=int,
-            default=0,
-            metavar="N",
-            help="how many peers the mesh starts with; addresses are handed out once "
-            "N/2+1 of them are connected (default: the PEERs given + 1)",
-        )
-        sp.add_argument(
-            "--ipalloc-default-subnet",
-            metavar="CIDR",
-            help="subnet of the range that 'mesh attach CONTAINER' allocates from "
-            "(default: the whole range)",
-        )
-        sp.add_argument(
-            "--busy-poll-us",
-            type=int,
-            default=DEFAULT_BUSY_POLL_US,
-            metavar="US",
-            help="after forwarding, keep polling this many microseconds before sleeping "
-            f"(lower latency, some CPU; 0 turns it off; default: {DEFAULT_BUSY_POLL_US})",
-        )
-        sp.add_argument(
-            "--no-offload",
-            action="store_true",
-            help="turn off TAP segmentation/checksum offload and UDP GSO/GRO "
-            "(slower; for kernels or paths that mishandle them)",
-        )
-        sp.add_argument(
-            "peers", nargs="*", metavar="PEER", help="peers to connect to: HOST or HOST:PORT"
-        )
-
     sp = sub.add_parser(
         "launch",
         parents=[common],
@@ -625,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create the bridge and TAP, start the router in the "
         "background and return once it listens.",
     )
-    router_opts(sp)
+    config.add_arguments(sp)
     sp.add_argument(
         "--local",
         action="store_true",
@@ -640,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the router in the foreground (for the container "
         "image and service managers). Stops on SIGTERM/SIGINT.",
     )
-    router_opts(sp)
+    config.add_arguments(sp)
     sp.set_defaults(func=cmd_router)
 
     sp = sub.add_parser("connect", parents=[common], help="add connection targets at run time")

@@ -1,9 +1,11 @@
 """meshrouter: a userspace encrypted mesh router for containers.
 
-The protocol cores (``handshake``, ``control``, ``crypto``, ``replay``,
-``dataplane``, ``mactable``, ``framing``) are sans-IO: they take bytes and a
-``now`` timestamp and return bytes, events and deadlines.  The trio shells
-(``router``, ``tap``, ``api``) own sockets, the TAP fd and timers.
+docs/architecture.md maps the package: the sans-IO cores (``handshake``,
+``control``, ``wire``, ``session``, ``topology``, ``ipam``, ``mesh`` and
+others) take bytes and a ``now`` and return bytes, events, actions and
+deadlines; the forwarder thread (``send``, ``receive``, ``forwarder``) moves
+frames; the trio shell (``router``, ``api``, ``daemon``) owns sockets and
+timers; ``link`` is the one thing the two threads share.
 """
 
 __version__ = "0.1.0"

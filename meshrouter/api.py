@@ -1,9 +1,20 @@
-"""The router's local-only API: one JSON request and one JSON reply per
+"""The router's local-only API server: one JSON request and one JSON reply per
 connection, over a unix socket in the state directory (mode 0600).
 
-Requests: ``{"op": "status"}``, ``{"op": "connect", "peer": ADDR}``,
-``{"op": "forget", "peer": ADDR}``, ``{"op": "stop"}``.
+Requests (``op`` and its fields)::
+
+    status                              -> RouterStatus
+    connect  peer=ADDR                  -> the canonical address
+    forget   peer=ADDR                  -> the canonical address
+    allocate container ns_path [subnet] -> "ADDR/PREFIX"
+    claim    container ns_path cidr     -> "ADDR/PREFIX"
+    release  container                  -> [released addresses]
+    ipam                                -> IpamStatus
+    rmpeer   peer=NAME                  -> a sentence
+    stop                                -> "stopping"
+
 Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+The client is ``apiclient``.
 """
 
 from __future__ import annotations
@@ -13,20 +24,37 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from .ipamservice import IpamError
-from .router import Router
+from .errors import IpamError
+from .status import RouterStatus
 
 log = logging.getLogger("meshrouter.api")
 
 MAX_REQUEST = 64 * 1024
+REQUEST_TIMEOUT = 5.0
 
 
-async def handle_request(router: Router, request: Any, on_change: Any) -> Any:
+class RouterApi(Protocol):
+    """What the API asks of the router (``router.Router``)."""
+
+    stop_requested: trio.Event
+
+    def status(self) -> RouterStatus: ...
+    def connect(self, address: str) -> str: ...
+    def forget(self, address: str) -> str | None: ...
+    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
+    async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
+    def release(self, container: str) -> list[str]: ...
+    def rmpeer(self, who: str) -> str: ...
+
+
+async def handle_request(router: RouterApi, request: Any, on_change: Callable[[], None]) -> Any:
+    """The result of one request.  Raises ValueError with a one-line reason."""
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         raise ValueError('request must be a JSON object with an "op" string')
     op = request["op"]
@@ -39,7 +67,7 @@ async def handle_request(router: Router, request: Any, on_change: Any) -> Any:
         if op == "connect":
             result = router.connect(peer)
         else:
-            forgotten = await router.forget(peer)
+            forgotten = router.forget(peer)
             if forgotten is None:
                 raise ValueError(f"{peer} is not a connection target (see 'mesh status targets')")
             result = forgotten
@@ -72,10 +100,30 @@ async def handle_request(router: Router, request: Any, on_change: Any) -> Any:
     raise ValueError(f"unknown op {op!r}")
 
 
+async def handle_stream(
+    router: RouterApi, stream: trio.abc.Stream, on_change: Callable[[], None]
+) -> None:
+    """Read one request (a line of JSON, bounded in size and time), answer it."""
+    async with stream:
+        buf = b""
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\n" not in buf and len(buf) < MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        try:
+            reply = {"ok": True, "result": await handle_request(router, json.loads(buf), on_change)}
+        except ValueError as exc:  # json.JSONDecodeError is one
+            reply = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
 async def serve(
-    router: Router,
+    router: RouterApi,
     path: Path,
-    on_change: Any,
+    on_change: Callable[[], None],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -90,44 +138,10 @@ async def serve(
     listener = trio.SocketListener(sock)
 
     async def handler(stream: trio.SocketStream) -> None:
-        async with stream:
-            buf = b""
-            with trio.move_on_after(5):
-                while b"\n" not in buf and len(buf) < MAX_REQUEST:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-            try:
-                reply = {
-                    "ok": True,
-                    "result": await handle_request(router, json.loads(buf), on_change),
-                }
-            except (ValueError, json.JSONDecodeError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+        await handle_stream(router, stream, on_change)
 
     try:
         await trio.serve_listeners(handler, [listener], task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await trio.Path(path).unlink(missing_ok=True)
-
-
-def call(path: Path, request: dict[str, Any], timeout: float = 45.0) -> Any:
-    """Blocking client used by the launcher.  Raises OSError or RuntimeError."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data)
-    if not reply.get("ok"):
-        raise RuntimeError(reply.get("error", "router returned an error"))
-    return reply["result"]

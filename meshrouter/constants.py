@@ -6,13 +6,16 @@ PROTOCOL_MAX_VERSION = 1
 
 MAGIC = b"meshrtr\x00"
 
-# Underlay overhead budget for a data datagram, worst case (IPv6 underlay):
-# IPv6 40 + UDP 8 + our header 13 + AEAD tag 32 + frame length 2.
-# A 1500-byte underlay leaves 1405 bytes for an Ethernet frame, i.e. an L3 MTU
-# of 1391 in the container.  We use Weave's figure, 1376, which leaves slack.
-DEFAULT_UNDERLAY_MTU = 1500
+# What a frame carries through the tunnel when it goes alone in one datagram:
+# IPv4 20 (IPv6 40) + UDP 8 + datagram header 15 + AEAD tag (16 or 32 for
+# AEGIS-128L) + route header 13 + frame length 4 + virtio_net_hdr 10.  On a
+# 1500-byte IPv4 underlay with AEGIS-128L that is 102 bytes, leaving 1398 for
+# the Ethernet frame: an L3 MTU of 1384 in the container.  We use Weave's
+# figure, 1376.  A larger frame (an IPv6 underlay, a smaller path MTU) is cut
+# into two datagrams by the data plane itself: the underlay never fragments.
 CONTAINER_MTU = 1376
 ETH_HEADER = 14
+VNET_HDR_LEN = 10  # the virtio_net_hdr in front of every frame the TAP gives or takes
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between control and UDP heartbeats
 HEARTBEAT_TIMEOUT = 6.0  # no control message for this long: connection closed

@@ -99,7 +99,6 @@ SUITES: dict[Suite, SuiteInfo] = {
 
 # Our preference, best first.
 PREFERENCE: tuple[Suite, ...] = (Suite.AEGIS128L, Suite.XCHACHA20POLY1305)
-MAX_TAG_BYTES = max(s.tag_bytes for s in SUITES.values())
 
 
 def suites_mask(suites: tuple[Suite, ...] = PREFERENCE) -> int:

@@ -5,42 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from . import api, metrics
-from .constants import CONTAINER_MTU, PORT
+from .apiclient import socket_path
+from .config import RouterOptions
 from .errors import MeshError
 from .handshake import derive_psk
 from .netdev import ensure_bridge
-from .router import Router, RouterConfig
-from .state import load_targets, peer_name, read_password, save_targets
+from .router import Router
+from .state import current_netns_name, load_targets, peer_name, read_password, save_targets
 
 log = logging.getLogger("meshrouter")
-
-
-@dataclass
-class DaemonOptions:
-    state_dir: Path
-    password_file: str | None
-    peers: list[str]
-    nickname: str
-    bridge: str = "mesh"
-    tap: str = "meshtap"
-    port: int = PORT
-    listen: str = "0.0.0.0"
-    ipalloc_range: str = "10.32.0.0/12"
-    mtu: int = CONTAINER_MTU
-    log_level: str = "info"
-    offload: bool = True
-    busy_poll_us: int = 0
-    ipalloc_init: int = 0
-    metrics_addr: str = "127.0.0.1:6782"
-    log_format: str = "text"
-    conn_limit: int = 100
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,14 +49,14 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper()))
 
 
-async def _main(router: Router, opts: DaemonOptions) -> None:
+async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
     def persist() -> None:
-        save_targets(opts.state_dir, [t.address for t in router.targets])
+        save_targets(state_dir, router.target_addresses())
 
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
         persist()
-        await nursery.start(api.serve, router, opts.state_dir / "router.sock", persist)
+        await nursery.start(api.serve, router, socket_path(state_dir), persist)
         if opts.metrics_addr:
             host, _, port = opts.metrics_addr.rpartition(":")
             try:
@@ -98,40 +78,27 @@ async def _main(router: Router, opts: DaemonOptions) -> None:
             nursery.cancel_scope.cancel()
 
 
-def run(opts: DaemonOptions) -> int:
+def run(opts: RouterOptions, state_dir: Path) -> int:
+    """Run the router in the foreground until SIGTERM/SIGINT or 'mesh stop'."""
     setup_logging(opts.log_level, opts.log_format)
     try:
-        opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         psk = derive_psk(read_password(opts.password_file))
         ensure_bridge(opts.bridge, opts.mtu)
-        peers = list(dict.fromkeys(load_targets(opts.state_dir) + opts.peers))
-        config = RouterConfig(
-            name=peer_name(opts.state_dir),
-            nickname=opts.nickname,
+        router = Router(
+            opts,
+            name=peer_name(state_dir),
             psk=psk,
-            bridge=opts.bridge,
-            tap_name=opts.tap,
-            listen_host=opts.listen,
-            port=opts.port,
-            peers=peers,
-            ipalloc_range=opts.ipalloc_range,
-            mtu=opts.mtu,
-            offload=opts.offload,
-            state_dir=opts.state_dir,
-            ipalloc_init=opts.ipalloc_init,
-            conn_limit=opts.conn_limit,
-            busy_poll=opts.busy_poll_us / 1e6,
+            nickname=opts.nickname or current_netns_name() or socket.gethostname(),
+            state_dir=state_dir,
+            peers=list(dict.fromkeys(load_targets(state_dir) + opts.peers)),
         )
-        router = Router(config)
     except (ValueError, MeshError, OSError) as exc:
         log.error("cannot start router: %s", exc)
         return 1
     try:
-        trio.run(_main, router, opts)
-    except OSError as exc:
-        log.error("router failed: %s", exc)
-        return 1
-    except MeshError as exc:
+        trio.run(_main, router, opts, state_dir)
+    except (OSError, MeshError) as exc:
         log.error("router failed: %s", exc)
         return 1
     return 0

@@ -38,3 +38,7 @@ class HandshakeRefused(RemoteProtocolError):
         # (version or suite mismatch); False when telling would help an
         # attacker or the peer already knows (authentication failure).
         self.tell_peer = tell_peer
+
+
+class IpamError(MeshError):
+    """An address request that cannot be met; the message is one line for the operator."""

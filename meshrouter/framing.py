@@ -28,10 +28,6 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
     def next_frame_untrusted(self) -> tuple[bytes, bytes] | None:
         """Return ``(length_header, body)`` of the next whole frame, or None.
 

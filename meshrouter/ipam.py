@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadPacket
+from .errors import BadPacket, MeshError
 
 RING, DONATE, CLAIM, CLAIM_REPLY, RELEASE = 1, 2, 3, 4, 5
 CLAIM_OK, CLAIM_TAKEN, CLAIM_NOT_OWNER = 0, 1, 2
@@ -56,11 +56,11 @@ class Token:
         return (self.version, self.owner)
 
 
-class NoSpace(Exception):
+class NoSpace(MeshError):
     """This peer has no free address (in the subnet asked for): ask for a donation."""
 
 
-class NotReady(Exception):
+class NotReady(MeshError):
     """The ring does not exist yet: the mesh has not agreed on who owns what."""
 
 
@@ -225,7 +225,7 @@ class Ipam:
 
     def donate(self, to: bytes, subnet: ipaddress.IPv4Network | None) -> bytes | None:
         """Give ``to`` the upper half of our largest free stretch; returns the RING."""
-        lo, hi = self._bounds(subnet)
+        lo, hi = self.bounds(subnet)
         best: tuple[int, int] | None = None
         for s, e in self.mine():
             s, e = max(s, lo), min(e, hi)
@@ -254,7 +254,7 @@ class Ipam:
 
     # -- addresses ----------------------------------------------------------
 
-    def _bounds(self, subnet: ipaddress.IPv4Network | None) -> tuple[int, int]:
+    def bounds(self, subnet: ipaddress.IPv4Network | None) -> tuple[int, int]:
         if subnet is None:
             return self.start, self.end
         return int(subnet.network_address), int(subnet.broadcast_address) + 1
@@ -279,7 +279,7 @@ class Ipam:
         for a in self.allocs.values():
             if a.ident == ident and (subnet is None or ipaddress.IPv4Address(a.addr) in subnet):
                 return a.addr  # asked again (a retry): the same answer
-        lo, hi = self._bounds(subnet)
+        lo, hi = self.bounds(subnet)
         for s, e in self.mine():
             for addr in range(max(s, lo), min(e, hi)):
                 if self._usable(addr, subnet):

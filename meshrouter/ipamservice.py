@@ -1,6 +1,7 @@
-"""The trio side of IPAM: owns the sans-IO core and its store, talks to peers,
-and serves the API's allocate/claim/release with waiting where the mesh must
-act first (the ring being made, a donation, a claim at another owner)."""
+"""The trio side of IPAM: owns the sans-IO core and its store, talks to peers
+through an ``IpamTransport`` (the mesh core, by way of the router shell), and
+serves the API's allocate/claim/release with waiting where the mesh must act
+first (the ring being made, a donation, a claim at another owner)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import trio
 
-from .errors import BadPacket
-from .handshake import format_name
+from .errors import BadPacket, IpamError
 from .ipam import (
     CLAIM,
     CLAIM_NOT_OWNER,
@@ -34,6 +34,8 @@ from .ipam import (
     encode_ring,
 )
 from .ipamstore import IpamStore
+from .names import format_name
+from .status import IpamStatus, ShareStatus
 
 log = logging.getLogger("meshrouter.ipam")
 
@@ -41,16 +43,31 @@ WAIT = 30.0  # how long an API call waits for the mesh
 CLAIM_TIMEOUT = 10.0
 RECLAIM_INTERVAL = 5.0
 
-Send = Callable[[bytes, bytes], bool]  # (peer name, payload) -> sent?
 
+class IpamTransport(Protocol):
+    """How IPAM reaches other peers."""
 
-class IpamError(Exception):
-    """A one-line reason for the operator."""
+    def send_ipam(self, name: bytes, payload: bytes) -> bool:
+        """To one peer, directly or relayed; False if it cannot be reached."""
+
+    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
+        """To every neighbour but ``but``."""
+
+    def neighbours(self) -> list[bytes]:
+        """Peers with a direct connection."""
 
 
 class IpamService:
-    def __init__(self, me: bytes, cidr: str, init_count: int, state_dir: Path | None) -> None:
+    def __init__(
+        self,
+        me: bytes,
+        cidr: str,
+        init_count: int,
+        state_dir: Path | None,
+        transport: IpamTransport,
+    ) -> None:
         self.me = me
+        self.transport = transport
         self.core = Ipam(me, cidr, init_count=init_count)
         self.store = IpamStore(state_dir / "ipam.db") if state_dir is not None else None
         self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
@@ -60,9 +77,6 @@ class IpamService:
         self._requests = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[tuple[int, str]]]] = {}
         self._next_reclaim = 0.0
-        self.send: Send = lambda peer, payload: False
-        self.broadcast: Callable[[bytes, bytes | None], None] = lambda payload, but: None
-        self.neighbours: Callable[[], list[bytes]] = list
 
     # -- persistence and change --------------------------------------------
 
@@ -73,6 +87,9 @@ class IpamService:
         self.changed = trio.Event()
 
     # -- from the mesh -----------------------------------------------------------
+
+    def owners(self) -> set[bytes]:
+        return {t.owner for t in self.core.tokens.values()}
 
     def ring_payload(self) -> bytes | None:
         return encode_ring(self.core.tokens) if self.core.ready else None
@@ -85,7 +102,7 @@ class IpamService:
             if self.core.merge(value):
                 self._check_misplaced()
                 self._commit()
-                self.broadcast(encode_ring(self.core.tokens), sender)
+                self.transport.broadcast_ipam(encode_ring(self.core.tokens), sender)
         elif kind == DONATE:
             start, prefix = value
             subnet = ipaddress.IPv4Network((start, prefix)) if prefix else None
@@ -93,7 +110,7 @@ class IpamService:
             if ring is not None:
                 log.info("gave part of our address share to %s", format_name(sender))
                 self._commit()
-                self.broadcast(ring, None)
+                self.transport.broadcast_ipam(ring, None)
         elif kind == CLAIM:
             request, addr, ident = value
             status = self.core.claim(addr, ident)
@@ -102,7 +119,7 @@ class IpamService:
                 holder = self.core.allocs.get(addr)
                 msg = f"in use by {holder.ident}" if holder else "not ours to give"
             self._commit()
-            self.send(sender, encode_claim_reply(request, status, msg))
+            self.transport.send_ipam(sender, encode_claim_reply(request, status, msg))
         elif kind == CLAIM_REPLY:
             request, status, msg = value
             waiter = self._replies.get(request)
@@ -135,7 +152,7 @@ class IpamService:
                 "made the address ring for %s among %d peer(s)", self.core.network, len(reachable)
             )
             self._commit()
-            self.broadcast(ring, None)
+            self.transport.broadcast_ipam(ring, None)
         if now >= self._next_reclaim:
             self._next_reclaim = now + RECLAIM_INTERVAL
             self._reclaim_dead()
@@ -178,7 +195,7 @@ class IpamService:
                         f"no free address in {net or self.core.network} anywhere reachable"
                     ) from None
                 asked.add(donor)
-                self.send(donor, encode_donate(net))
+                self.transport.send_ipam(donor, encode_donate(net))
                 await self._wait_change(
                     min(deadline, trio.current_time() + 5), "no peer gave us address space in time"
                 )
@@ -206,13 +223,13 @@ class IpamService:
         )
 
     def _pick_donor(self, net: ipaddress.IPv4Network | None, asked: set[bytes]) -> bytes | None:
-        lo, hi = self.core._bounds(net)
+        lo, hi = self.core.bounds(net)
         space: dict[bytes, int] = {}
         for s, e, owner in self.core.intervals():
             n = min(e, hi) - max(s, lo)
             if n > 0 and owner != self.me:
                 space[owner] = space.get(owner, 0) + n
-        candidates = [p for p in self.neighbours() if p in space and p not in asked]
+        candidates = [p for p in self.transport.neighbours() if p in space and p not in asked]
         return max(candidates, key=lambda p: space[p], default=None)
 
     async def claim(self, cidr: str, ident: str, ns_path: str) -> str:
@@ -236,7 +253,7 @@ class IpamService:
         event, answer = trio.Event(), list[tuple[int, str]]()
         self._replies[request] = (event, answer)
         try:
-            if not self.send(owner, encode_claim(request, addr, ident)):
+            if not self.transport.send_ipam(owner, encode_claim(request, addr, ident)):
                 raise IpamError(
                     f"{iface.ip} belongs to peer {format_name(owner)}, which cannot be reached: "
                     "use an address of this host's share, or none"
@@ -264,7 +281,7 @@ class IpamService:
     def _release(self, ident: str) -> list[str]:
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         for owner, addr in self.remote.pop(ident, []):
-            self.send(owner, encode_claim(0, addr, ident, RELEASE))
+            self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
             gone.append(str(ipaddress.IPv4Address(addr)))
         return gone
 
@@ -272,23 +289,24 @@ class IpamService:
         n, ring = self.core.rmpeer(peer)
         if ring is not None:
             self._commit()
-            self.broadcast(ring, None)
+            self.transport.broadcast_ipam(ring, None)
         return n
 
-    def status(self, nick: Callable[[bytes], str]) -> dict[str, Any]:
-        shares = []
+    def status(self, nick: Callable[[bytes], str]) -> IpamStatus:
+        shares: list[ShareStatus] = []
         for share in self.core.status():
             owner = share["owner"]
             assert isinstance(owner, bytes)
-            owned = share["owned"]
+            owned, used = share["owned"], share["used"]
             assert isinstance(owned, int)
+            assert used is None or isinstance(used, int)
             shares.append(
                 {
                     "peer": format_name(owner),
                     "nickname": nick(owner),
                     "owned": owned,
-                    "used": share["used"],
-                    "free": owned - share["used"] if isinstance(share["used"], int) else None,
+                    "used": used,
+                    "free": None if used is None else owned - used,
                 }
             )
         return {

@@ -1,7 +1,7 @@
 """Prometheus metrics in the text exposition format, served on a local port.
 
 No client library: the format is a few lines of text, and the router already
-counts everything in ``Router.status()``.  Names (all prefixed ``mesh_``):
+counts everything in its status (``status.RouterStatus``).  Names (all prefixed ``mesh_``):
 
 ===================================  =======  =============================================
 name                                 type     meaning
@@ -30,9 +30,11 @@ treats that as a counter reset.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
 
 import trio
+
+from .status import ConnectionStatus, ConnState, RouterStatus
 
 
 def _esc(value: object) -> str:
@@ -45,7 +47,7 @@ def _labels(**labels: object) -> str:
     return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items()) + "}"
 
 
-def render(st: dict[str, Any]) -> str:
+def render(st: RouterStatus) -> str:
     lines: list[str] = []
 
     def metric(
@@ -62,14 +64,10 @@ def render(st: dict[str, Any]) -> str:
         "This router.",
         [({"peer": st["name"], "nickname": st["nickname"], "version": st["version"]}, 1)],
     )
-    states: dict[str, int] = {"established": 0, "pending": 0, "handshake": 0}
+    states = {s.value: 0 for s in (ConnState.ESTABLISHED, ConnState.PENDING, ConnState.HANDSHAKE)}
     for c in st["connections"]:
-        key = (
-            "established"
-            if c["state"] == "established"
-            else ("handshake" if c["state"] == "handshake" else "pending")
-        )
-        states[key] += 1
+        if c["state"] in states:
+            states[c["state"]] += 1
     metric(
         "mesh_connections",
         "gauge",
@@ -86,15 +84,29 @@ def render(st: dict[str, Any]) -> str:
         [({}, sum(1 for p in st["peers"] if p["reachable"]))],
     )
     conns = [c for c in st["connections"] if c.get("peer")]
-    for name, key, help_ in (
-        ("mesh_frames_total", "frames", "Ethernet frames through the mesh."),
-        ("mesh_bytes_total", "bytes", "Bytes of Ethernet frames through the mesh."),
-        ("mesh_datagrams_total", "packets", "UDP datagrams of the data plane."),
-    ):
+    per_direction: list[tuple[str, str, Callable[[ConnectionStatus], tuple[int, int]]]] = [
+        (
+            "mesh_frames_total",
+            "Ethernet frames through the mesh.",
+            lambda c: (c["tx_frames"], c["rx_frames"]),
+        ),
+        (
+            "mesh_bytes_total",
+            "Bytes of Ethernet frames through the mesh.",
+            lambda c: (c["tx_bytes"], c["rx_bytes"]),
+        ),
+        (
+            "mesh_datagrams_total",
+            "UDP datagrams of the data plane.",
+            lambda c: (c["tx_packets"], c["rx_packets"]),
+        ),
+    ]
+    for name, help_, values in per_direction:
         samples: list[tuple[dict[str, object], float]] = []
         for c in conns:
-            for d in ("tx", "rx"):
-                samples.append(({"peer": c["nickname"], "direction": d}, c[f"{d}_{key}"]))
+            tx, rx = values(c)
+            samples.append(({"peer": c["nickname"], "direction": "tx"}, tx))
+            samples.append(({"peer": c["nickname"], "direction": "rx"}, rx))
         metric(name, "counter", help_, samples)
     metric(
         "mesh_path_mtu_bytes",
@@ -136,7 +148,7 @@ def render(st: dict[str, Any]) -> str:
 
 
 async def serve(
-    status: Any,
+    status: Callable[[], RouterStatus],
     host: str,
     port: int,
     *,

@@ -9,6 +9,7 @@ import subprocess
 
 import pytun
 
+from .constants import VNET_HDR_LEN
 from .errors import MeshError
 
 # linux/if_tun.h
@@ -18,7 +19,6 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
-VNET_HDR_LEN = 10
 
 
 class NetdevError(MeshError):

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .handshake import format_name, parse_name
+from .names import format_name, parse_name
 
 log = logging.getLogger("meshrouter")
 

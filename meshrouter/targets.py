@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .status import TargetState
+
 INITIAL_DELAY = 0.5
 MAX_DELAY = 15.0
 GROWTH = 1.5
@@ -54,7 +56,7 @@ def format_address(host: str, port: int) -> str:
 @dataclass
 class Target:
     address: str  # canonical host:port
-    state: str = "waiting"  # waiting | connecting | connected
+    state: TargetState = TargetState.WAITING
     peer: str | None = None  # peer name once connected
     attempts: int = 0
     last_error: str | None = None
@@ -78,7 +80,7 @@ class Targets:
             t = self._targets[addr] = Target(addr, next_try=now)
         elif t.discovered:
             t.discovered = False  # the operator asked for it: keep it for good
-        if t.state == "waiting":
+        if t.state is TargetState.WAITING:
             t.next_try = now  # asked again: try now
             t.delay = 0.0
         return t
@@ -90,7 +92,7 @@ class Targets:
             if addr not in self._targets:
                 self._targets[addr] = Target(addr, next_try=now, discovered=True)
         for addr, t in list(self._targets.items()):
-            if t.discovered and addr not in wanted and t.state != "connecting":
+            if t.discovered and addr not in wanted and t.state is not TargetState.CONNECTING:
                 del self._targets[addr]
 
     def remove(self, text: str) -> Target | None:
@@ -109,20 +111,20 @@ class Targets:
         """Targets to attempt now; they move to 'connecting'."""
         out = []
         for t in self._targets.values():
-            if t.state == "waiting" and t.next_try <= now:
-                t.state = "connecting"
+            if t.state is TargetState.WAITING and t.next_try <= now:
+                t.state = TargetState.CONNECTING
                 t.attempts += 1
                 out.append(t)
         return out
 
     def next_deadline(self) -> float:
-        waits = [t.next_try for t in self._targets.values() if t.state == "waiting"]
+        waits = [t.next_try for t in self._targets.values() if t.state is TargetState.WAITING]
         return min(waits, default=math.inf)
 
     def connected(self, addr: str, peer: str) -> None:
         t = self._targets.get(addr)
         if t is not None:
-            t.state, t.peer, t.last_error, t.delay = "connected", peer, None, 0.0
+            t.state, t.peer, t.last_error, t.delay = TargetState.CONNECTED, peer, None, 0.0
 
     def failed(self, addr: str, error: str, now: float, jitter: float) -> None:
         """An attempt failed or a connection ended.  ``jitter`` is drawn from [0.5, 1.5)."""
@@ -130,5 +132,5 @@ class Targets:
         if t is None:
             return
         t.delay = INITIAL_DELAY if t.delay == 0.0 else min(t.delay * GROWTH, MAX_DELAY)
-        t.state, t.peer, t.last_error = "waiting", None, error
+        t.state, t.peer, t.last_error = TargetState.WAITING, None, error
         t.next_try = now + t.delay * jitter

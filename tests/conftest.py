@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tools.netlab import Lab
+from meshrouter.testing.netlab import Lab
 
 NETNS_OK = os.geteuid() == 0 and shutil.which("ip") is not None
 

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from meshrouter.crypto import PREFERENCE, Opener, Sealer, Suite, choose_suite, suites_mask
 from meshrouter.errors import BadPacket, LocalProtocolError
-from meshrouter.replay import ReplayWindow
 
 KEY = bytes(range(32))
 
@@ -42,32 +39,3 @@ def test_suite_choice_follows_preference() -> None:
         is Suite.XCHACHA20POLY1305
     )
     assert choose_suite(0, suites_mask()) is None
-
-
-def test_replay_window_basics() -> None:
-    w = ReplayWindow(size=64)
-    assert w.accept(0)
-    assert not w.accept(0)
-    assert w.accept(5)
-    assert w.accept(3)
-    assert not w.accept(3)
-    assert w.accept(100)
-    assert not w.accept(36)  # 64 behind the top: too old
-    assert w.accept(37)
-    assert w.accept(1000)  # jump past the window resets the bitmap
-    assert not w.would_accept(1000)
-    assert w.would_accept(999)
-
-
-@given(st.lists(st.integers(0, 300), max_size=200))
-def test_replay_window_matches_reference(counters: list[int]) -> None:
-    size = 32
-    w = ReplayWindow(size=size)
-    seen: set[int] = set()
-    top = -1
-    for c in counters:
-        expect = c not in seen and c > top - size
-        assert w.accept(c) == expect
-        if expect:
-            seen.add(c)
-            top = max(top, c)

@@ -6,90 +6,99 @@ import time
 
 import pytest
 
-from meshrouter.crypto import Suite
-from meshrouter.dataplane import DataSession
-from tools.fwdpair import frame, pair
-
-VNET = 10
+from meshrouter.testing.fwdpair import SRC_MAC, Side, frame, pair, probed_pair
 
 
-def roundtrip(fa, fb, ta, tb, frames: list[bytes]) -> list[bytes]:  # type: ignore[no-untyped-def]
+def roundtrip(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
     for f in frames:
-        ta.send(f)
-    fa._drain_tap(time.monotonic())
-    fb._drain_udp(time.monotonic())
+        a.tap.send(f)
+    a.fwd.drain_tap(time.monotonic())
+    b.fwd.drain_udp(time.monotonic())
     out = []
     while True:
         try:
-            out.append(tb.recv(70_000))
+            out.append(b.tap.recv(70_000))
         except BlockingIOError:
             return out
 
 
 @pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain-udp"])
 def test_frames_cross_intact_small_large_and_bursts(offload: bool) -> None:
-    with pair(offload) as (fa, fb, ta, tb):
+    with pair(offload) as (a, b):
         small = frame(64)
         large = frame(62000)[:-3] + b"end"
         burst = [frame(1200)[:-2] + i.to_bytes(2, "big") for i in range(40)]
-        assert roundtrip(fa, fb, ta, tb, [small]) == [small]
-        assert roundtrip(fa, fb, ta, tb, [large]) == [large]
-        assert roundtrip(fa, fb, ta, tb, burst) == burst
+        assert roundtrip(a, b, [small]) == [small]
+        assert roundtrip(a, b, [large]) == [large]
+        assert roundtrip(a, b, burst) == burst
         # The burst shared messages: far fewer than one per frame.
-        assert fa.peers[next(iter(fa.peers))].session.tx_messages < 3 + 10
-        assert fb.drops == {}
+        assert a.link.session.tx_messages < 3 + 10
+        assert b.fwd.statistics().drops == {}
         # The receiver learnt the sender's MAC against the sending peer.
-        assert fb.macs.lookup(b"\x0b" * 6, time.monotonic()) == fa.me
+        assert b.fwd.macs.lookup(SRC_MAC, time.monotonic()) == a.name
 
 
 def test_garbage_and_replays_are_counted_not_fatal() -> None:
-    with pair() as (fa, fb, ta, tb):
-        addr = fb.udp.sock.getsockname()
-        raw = fa.udp.sock
+    with pair() as (a, b):
+        addr = b.fwd.udp.sock.getsockname()
+        raw = a.fwd.udp.sock
         for junk in (b"", b"\x01", bytes(40), b"\x01" + bytes(14) + b"x" * 50, b"\x09" * 100):
             raw.sendto(junk, addr)
-        fb._drain_udp(time.monotonic())
-        assert sum(fb.drops.values()) == 5
+        b.fwd.drain_udp(time.monotonic())
+        assert sum(b.fwd.statistics().drops.values()) == 5
         # A real datagram, captured and sent twice: the copy is dropped as a replay.
-        ta.send(frame(64))
-        fa._drain_tap(time.monotonic())
-        pkt, _ = fb.udp.sock.recvfrom(2048)
+        a.tap.send(frame(64))
+        a.fwd.drain_tap(time.monotonic())
+        pkt, _ = b.fwd.udp.sock.recvfrom(2048)
         raw.sendto(pkt, addr)
         raw.sendto(pkt, addr)
-        fb._drain_udp(time.monotonic())
-        assert fb.drops["replayed or too old"] == 1
-        assert len([tb.recv(70_000)]) == 1
+        b.fwd.drain_udp(time.monotonic())
+        assert b.fwd.statistics().drops["replayed or too old"] == 1
+        assert len([b.tap.recv(70_000)]) == 1
 
 
 def test_lane_follows_mac_moves_and_new_sessions() -> None:
     """Frames to a known MAC take the lane (no lookup) only while nothing that
     decided their way has changed."""
-    with pair() as (fa, fb, ta, tb):
+    with pair() as (a, b):
         f = frame(64)
-        assert roundtrip(fa, fb, ta, tb, [f]) == [f]
-        assert fa._lanes  # the way to 0a:... is remembered
-        session = fa.peers[fb.me].session
+        assert roundtrip(a, b, [f]) == [f]
+        assert a.fwd.sender.lanes  # the way to 0a:... is remembered
+        session = a.link.session
         sent = session.tx_messages
-        assert roundtrip(fa, fb, ta, tb, [f]) == [f]
+        assert roundtrip(a, b, [f]) == [f]
         assert session.tx_messages == sent + 1
         # The destination MAC moves behind our own bridge: nothing for the mesh.
-        fa.macs.learn(b"\x0a" * 6, b"", time.monotonic())
-        assert roundtrip(fa, fb, ta, tb, [f]) == []
+        a.fwd.macs.learn(b"\x0a" * 6, b"", time.monotonic())
+        assert roundtrip(a, b, [f]) == []
         assert session.tx_messages == sent + 1
         # It comes back to the peer, which reconnected: the new session is used.
-        fa.macs.learn(b"\x0a" * 6, fb.me, time.monotonic())
-        keys = {"send_key": b"1" * 32, "recv_key": b"2" * 32}
-        fresh = DataSession(suite=Suite.AEGIS128L, local_index=5, peer_index=9, **keys)
-        fresh.datagram_size = 1472
-        fa.peers[fb.me].session = fresh
-        ta.send(f)
-        fa._drain_tap(time.monotonic())
+        a.fwd.macs.learn(b"\x0a" * 6, b.name, time.monotonic())
+        fresh, _ = probed_pair()
+        link = a.replace_link(fresh)
+        a.tap.send(f)
+        a.fwd.drain_tap(time.monotonic())
         assert fresh.tx_messages == 1
         assert session.tx_messages == sent + 1
         # The peer's UDP address is gone (it is reconnecting): nothing is sent,
         # and nothing counts as an internal error.
-        fa.peers[fb.me].udp_addr = None
-        ta.send(f)
-        fa._drain_tap(time.monotonic())
+        link.udp_addr = None
+        a.tap.send(f)
+        a.fwd.drain_tap(time.monotonic())
         assert fresh.tx_messages == 1
-        assert not any(k.startswith("internal error") for k in fa.counters)
+        assert not any(k.startswith("internal error") for k in a.fwd.statistics().counters)
+
+
+def test_a_withdrawn_link_takes_no_frames() -> None:
+    """Once the control plane withdraws a link (the connection closed), the
+    forwarder neither sends on it nor accepts datagrams for its index."""
+    with pair() as (a, b):
+        f = frame(64)
+        assert roundtrip(a, b, [f]) == [f]
+        b.table.withdraw(b.link)
+        assert roundtrip(a, b, [f]) == []
+        assert b.fwd.statistics().drops["unknown receiver index"] == 1
+        a.table.withdraw(a.link)
+        a.tap.send(f)
+        a.fwd.drain_tap(time.monotonic())
+        assert a.fwd.statistics().drops == {}

@@ -1,31 +1,23 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meshrouter.control import (
-    ConnectionClosed,
     ControlConnection,
     HandshakeComplete,
-    MessageReceived,
-    MessageType,
     State,
 )
 from meshrouter.crypto import Suite, suites_mask
-from meshrouter.errors import BadPacket, LocalProtocolError
+from meshrouter.errors import BadPacket
 from meshrouter.handshake import (
     Hello,
     decode_hello_untrusted,
     encode_hello,
-    format_name,
-    parse_name,
 )
-
-from .helpers import ConnectionPair, identity, psk, seeded_key
+from meshrouter.testing.control import ConnectionPair, identity, psk, seeded_key
 
 
 def test_handshake_agrees_on_keys_and_identities() -> None:
@@ -49,21 +41,6 @@ def test_handshake_agrees_on_keys_and_identities() -> None:
         len({ra.keys.control_send, ra.keys.control_recv, ra.keys.data_send, ra.keys.data_recv}) == 4
     )
     assert isinstance(p.events["a"][0], HandshakeComplete)
-
-
-def test_messages_flow_encrypted_both_ways() -> None:
-    p = ConnectionPair()
-    p.pump()
-    p.a.send_message(MessageType.GOSSIP, b"hello from a")
-    wire = p.a.data_to_send()
-    assert b"hello from a" not in wire
-    p.b.receive_data(wire, 0.0)
-    p.b.send_message(MessageType.GOSSIP, b"hi back")
-    p.pump()
-    got_b = [e for e in p.events["b"] if isinstance(e, MessageReceived)]
-    got_a = [e for e in p.events["a"] if isinstance(e, MessageReceived)]
-    assert got_b == [MessageReceived(MessageType.GOSSIP, b"hello from a")]
-    assert got_a == [MessageReceived(MessageType.GOSSIP, b"hi back")]
 
 
 def test_wrong_password_refused_on_both_sides_and_no_session() -> None:
@@ -143,84 +120,6 @@ def test_connection_to_self_refused() -> None:
     p = ConnectionPair(ident_b=identity(1))
     p.pump()
     assert "connection to self" in p.closed_reasons("a")[0]
-
-
-def test_close_reason_reaches_peer() -> None:
-    p = ConnectionPair()
-    p.pump()
-    p.a.close("operator said forget")
-    p.pump()
-    assert p.closed_reasons("b") == ["peer closed: operator said forget"]
-    assert p.closed_reasons("a") == ["operator said forget"]
-
-
-def test_heartbeats_and_timeout() -> None:
-    p = ConnectionPair()
-    p.pump()
-    assert p.a.get_timer() == pytest.approx(1.0)
-    # Heartbeats keep both alive for a long time.
-    for t in range(1, 30):
-        p.now = float(t)
-        p.a.handle_timer(p.now)
-        p.b.handle_timer(p.now)
-        p.pump()
-    assert p.a.state is State.OPEN
-    assert p.a.messages_sent >= 28
-    # b goes silent: a times out with a clear reason.
-    now = 30.0
-    while p.a.state is State.OPEN:
-        now = p.a.get_timer()
-        p.a.handle_timer(now)
-        p.a.data_to_send()
-    assert now == pytest.approx(29.0 + 6.0)
-    ev = [e for e in iter(p.a.next_event, None) if isinstance(e, ConnectionClosed)]
-    assert "no heartbeat" in ev[0].reason
-    assert p.a.get_timer() == math.inf
-
-
-def test_handshake_timeout() -> None:
-    c = ControlConnection(
-        initiator=True,
-        identity=identity(1),
-        psk=psk(b"secret"),
-        ephemeral_private=seeded_key("x"),
-        recv_index=1,
-        now=100.0,
-    )
-    assert c.get_timer() == 110.0
-    c.handle_timer(110.0)
-    assert c.state is State.CLOSED
-    assert c.close_reason == "handshake timed out"
-
-
-def test_send_before_open_is_local_error() -> None:
-    p = ConnectionPair()
-    with pytest.raises(LocalProtocolError):
-        p.a.send_message(MessageType.GOSSIP, b"x")
-
-
-def test_tampered_control_frame_closes_with_protocol_error() -> None:
-    p = ConnectionPair()
-    p.pump()
-    p.a.send_message(MessageType.GOSSIP, b"payload")
-    wire = bytearray(p.a.data_to_send())
-    wire[-1] ^= 1
-    p.b.receive_data(bytes(wire), 0.0)
-    assert p.b.state is State.CLOSED
-    assert "authentication failed" in (p.b.close_reason or "")
-
-
-def test_oversized_frame_refused_before_buffering() -> None:
-    p = ConnectionPair()
-    p.b.receive_data(b"\xff\xff\xff\xff", 0.0)
-    assert p.b.state is State.CLOSED
-    assert "exceeds limit" in (p.b.close_reason or "")
-
-
-def test_name_format_roundtrip() -> None:
-    assert parse_name(format_name(b"\x02\xab\x00\x01\x02\x03")) == b"\x02\xab\x00\x01\x02\x03"
-    with pytest.raises(ValueError, match="aa:bb"):
-        parse_name("nope")
 
 
 @given(st.binary(max_size=200))

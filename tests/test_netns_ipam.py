@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tools.netlab import REPO, Lab, status
+from meshrouter.testing.netlab import REPO, Lab, status
 
 pytestmark = pytest.mark.netns
 

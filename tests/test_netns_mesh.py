@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.netlab import Lab, established, sh, status, tcp_transfer
+from meshrouter.testing.netlab import Lab, established, sh, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tools.netlab import Lab, status
+from meshrouter.testing.netlab import Lab, status
 
 pytestmark = pytest.mark.netns
 

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
 import contextlib
-import random
-from collections import deque
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshrouter.errors import BadPacket
-from meshrouter.routes import bfs_parents, broadcast_children, symmetric_graph, unicast_next_hops
 from meshrouter.topology import (
     ConnInfo,
     Gossip,
@@ -87,66 +84,6 @@ def test_decode_mutated_raises_only_bad_packet(a: list[PeerRecord], pos: int, no
 # -- routes against a brute-force reference ---------------------------------------
 
 
-def random_graph(rng: random.Random, n: int, p: float) -> dict[bytes, set[bytes]]:
-    names = [i.to_bytes(6, "big") for i in range(n)]
-    g: dict[bytes, set[bytes]] = {x: set() for x in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if rng.random() < p:
-                g[a].add(b)
-                g[b].add(a)
-    return g
-
-
-def distances(g: dict[bytes, set[bytes]], src: bytes) -> dict[bytes, int]:
-    dist = {src: 0}
-    q = deque([src])
-    while q:
-        x = q.popleft()
-        for y in g[x]:
-            if y not in dist:
-                dist[y] = dist[x] + 1
-                q.append(y)
-    return dist
-
-
-@settings(max_examples=60)
-@given(st.integers(0, 10_000), st.integers(2, 14), st.floats(0.05, 0.6))
-def test_unicast_next_hop_is_on_a_shortest_path(seed: int, n: int, p: float) -> None:
-    g = random_graph(random.Random(seed), n, p)
-    for me in g:
-        hops = unicast_next_hops(g, me)
-        dist_me = distances(g, me)
-        assert set(hops) == set(dist_me) - {me}
-        for dst, hop in hops.items():
-            assert hop in g[me]
-            assert distances(g, hop)[dst] == dist_me[dst] - 1
-
-
-@settings(max_examples=60)
-@given(st.integers(0, 10_000), st.integers(1, 14), st.floats(0.05, 0.6))
-def test_broadcast_reaches_every_reachable_peer_exactly_once(seed: int, n: int, p: float) -> None:
-    g = random_graph(random.Random(seed), n, p)
-    for origin in g:
-        received: dict[bytes, int] = {origin: 1}
-        q = deque([origin])
-        while q:
-            x = q.popleft()
-            for child in broadcast_children(g, origin, x):
-                assert child in g[x]  # only over real edges
-                received[child] = received.get(child, 0) + 1
-                q.append(child)
-        assert set(received) == set(distances(g, origin))
-        assert set(received.values()) == {1}
-
-
-def test_symmetric_graph_drops_one_sided_edges() -> None:
-    a, b, c = NAMES[:3]
-    g = symmetric_graph({a: {b, c}, b: {a}, c: set()})
-    assert g == {a: {b}, b: {a}, c: set()}
-    assert bfs_parents(g, a) == {a: None, b: a}
-
-
 # -- the gossip core ------------------------------------------------------------------
 
 
@@ -197,51 +134,6 @@ def test_gc_forgets_unreachable_after_grace() -> None:
     assert a.gc(9.9) == []
     assert a.gc(10.0) == [NAMES[1]]
     assert NAMES[1] not in a.records
-
-
-def test_targets_backoff_jitter_cap_and_discovery() -> None:
-    from meshrouter.targets import MAX_DELAY, Targets
-
-    t = Targets(6783)
-    t.add("198.18.0.1", 0.0)
-    (due,) = t.due(0.0)
-    assert due.address == "198.18.0.1:6783"
-    assert t.due(0.0) == []  # connecting: not due again
-    now, delays = 0.0, []
-    for _ in range(12):
-        t.failed(due.address, "refused", now, jitter=1.0)
-        delays.append(due.next_try - now)
-        now = t.next_deadline()
-        assert t.due(now) == [due]
-    assert delays[0] == 0.5
-    assert delays[1] == 0.75
-    assert max(delays) == MAX_DELAY
-    t.failed(due.address, "refused", now, jitter=0.5)
-    assert due.next_try - now == MAX_DELAY * 0.5
-    assert due.last_error == "refused"
-    t.connected(due.address, b"peer")
-    assert due.state == "connected"
-    # Discovered targets come and go with the topology; operator ones stay.
-    t.sync_discovered({"198.18.0.2:6783"}, now)
-    assert {x.address for x in t if x.discovered} == {"198.18.0.2:6783"}
-    t.sync_discovered(set(), now)
-    assert [x.address for x in t] == ["198.18.0.1:6783"]
-    t.sync_discovered({"198.18.0.3:6783"}, now)
-    t.add("198.18.0.3", now)  # the operator adopts it
-    t.sync_discovered(set(), now)
-    assert sorted(x.address for x in t) == ["198.18.0.1:6783", "198.18.0.3:6783"]
-
-
-def test_split_address_errors() -> None:
-    import pytest
-
-    from meshrouter.targets import split_address
-
-    assert split_address("[fd00::1]:7000", 6783) == ("fd00::1", 7000)
-    assert split_address("host", 6783) == ("host", 6783)
-    for bad in ("", "h:0", "h:99999", "h:x", "[fd00::1", "a b"):
-        with pytest.raises(ValueError, match=r"peer address|empty"):
-            split_address(bad, 6783)
 
 
 def test_simulated_mesh_of_120_peers_converges_despite_loss() -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from .netlab import Lab
+from meshrouter.testing.netlab import Lab
 
 PREFIX = "mdemo"
 

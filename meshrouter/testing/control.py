@@ -1,12 +1,12 @@
-"""Test helpers shared by the sans-IO tests (no network)."""
+"""ConnectionPair: two control connections back to back in memory (like h11's helper)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 
-from meshrouter.control import ConnectionClosed, ControlConnection, Event
-from meshrouter.handshake import Identity, derive_psk
+from ..control import ConnectionClosed, ControlConnection, Event
+from ..handshake import Identity, derive_psk
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
 
 
@@ -225,7 +225,7 @@ def status(lab: Lab, i: int) -> dict[str, Any]:
 
 def established(lab: Lab, i: int, n: int = 1) -> bool:
     """True when host i has at least ``n`` established connections."""
-    return sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n
+    return bool(sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n)
 
 
 _TCP_SERVER = """

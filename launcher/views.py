@@ -1,0 +1,145 @@
+"""What ``mesh status`` and ``mesh ps`` print: the words and tables a person reads.
+
+The data comes as ``meshrouter.status`` types; nothing here talks to the router.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from meshrouter.status import ConnectionStatus, ConnState, RouterStatus
+
+STATE_WORDS = {
+    ConnState.HANDSHAKE: "handshake",
+    ConnState.PENDING: "pending (no UDP both ways)",
+    ConnState.ESTABLISHED: "established",
+    ConnState.CLOSED: "closed",
+}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Aligned columns; the header in bold on a terminal, plain when piped."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for k, row in enumerate([header, *rows]):
+        line = "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+        print(f"\033[1m{line}\033[0m" if bold and k == 0 else line)
+
+
+def state_words(c: ConnectionStatus) -> str:
+    try:
+        return STATE_WORDS[ConnState(c["state"])]
+    except ValueError:
+        return c["state"]
+
+
+def summary(st: RouterStatus) -> None:
+    conns = st["connections"]
+    est = sum(1 for c in conns if c["state"] == ConnState.ESTABLISHED)
+    ciphers = sorted({c["cipher"] for c in conns if c.get("cipher")})
+    reachable = sum(1 for p in st["peers"] if p["reachable"])
+    print(f"        Version: {st['version']}")
+    print(f"           Peer: {st['name']} ({st['nickname']})")
+    print(f"     Encryption: enabled{' (' + ', '.join(ciphers) + ')' if ciphers else ''}")
+    print(f"           Port: {st['port']} (TCP control, UDP data)")
+    print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
+    print(f"       IP range: {st['ipalloc_range']}")
+    print(f"    Connections: {len(conns)} ({est} established)")
+    print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
+    print(f"        Targets: {len(st['targets'])}")
+    print(f"  MACs learned : {st['macs']}")
+    if st["drops"]:
+        print("   Dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(st["drops"].items())))
+
+
+def connections(st: RouterStatus) -> None:
+    table(
+        ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION"],
+        [
+            [
+                "->" if c["direction"] == "outbound" else "<-",
+                c["address"],
+                c.get("peer") or "-",
+                c.get("nickname") or "-",
+                state_words(c),
+                c.get("cipher", "-") if c["encrypted"] else "not encrypted",
+            ]
+            for c in st["connections"]
+        ],
+    )
+
+
+def peers(st: RouterStatus) -> None:
+    rows = []
+    for p in st["peers"]:
+        links = ", ".join(
+            ("->" if c["outbound"] else "<-") + c["peer"] + ("" if c["established"] else "?")
+            for c in p["connections"]
+        )
+        if p["peer"] == st["name"]:
+            reach = "self"
+        elif p["via"]:
+            reach = "via " + p["via"]
+        else:
+            reach = "direct" if p["reachable"] else "unreachable"
+        rows.append([p["peer"], p["nickname"], reach, links or "-"])
+    table(["PEER", "NICKNAME", "ROUTE", "CONNECTIONS"], rows)
+
+
+def targets(st: RouterStatus) -> None:
+    table(
+        ["TARGET", "STATE", "PEER", "TRIES", "LAST ERROR", "NEXT TRY"],
+        [
+            [
+                t["address"] + (" (discovered)" if t.get("discovered") else ""),
+                t["state"],
+                t["peer"] or "-",
+                str(t["attempts"]),
+                t["last_error"] or "-",
+                f"{t['next_try_in']}s" if t["next_try_in"] is not None else "-",
+            ]
+            for t in st["targets"]
+        ],
+    )
+
+
+def ipam(st: RouterStatus) -> None:
+    ip = st["ipam"]
+    agreed = (
+        "ring agreed"
+        if ip["ready"]
+        else (f"waiting for {ip['quorum']} of {ip['init_count']} initial peers")
+    )
+    print(f"range {ip['range']}: {agreed}")
+    table(
+        ["PEER", "NICKNAME", "OWNED", "USED", "FREE"],
+        [
+            [
+                s["peer"],
+                s["nickname"],
+                str(s["owned"]),
+                "-" if s["used"] is None else str(s["used"]),
+                "-" if s["free"] is None else str(s["free"]),
+            ]
+            for s in ip["shares"]
+        ],
+    )
+    for al in ip["allocations"]:
+        print(f"  {al['address']:15s} {al['container'].split('/', 1)[-1]}")
+
+
+def status(st: RouterStatus, what: str) -> None:
+    """``mesh status [WHAT]``: all (summary, connections, peers, targets) or one part."""
+    if what == "ipam":
+        ipam(st)
+        return
+    parts = {"connections": connections, "peers": peers, "targets": targets}
+    if what == "all":
+        summary(st)
+        for show in parts.values():
+            print()
+            show(st)
+    else:
+        parts[what](st)

@@ -1,0 +1,145 @@
+"""The router's options, written once: the CLI's flags, the daemon's arguments and the
+router's configuration are all made from the fields of ``RouterOptions``.
+
+Each field's metadata holds its help text and, where needed, ``flag`` (the
+option's name when it is not ``--field-name``), ``metavar``, ``choices``,
+``launch_only`` (read by ``mesh launch`` itself, not passed to the router) and
+``positional``.  A ``bool`` field whose default is True becomes a ``--no-...``
+switch.  This module imports nothing heavy: the client loads it on every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import CONTAINER_MTU, PORT
+
+DEFAULT_RANGE = "10.32.0.0/12"
+DEFAULT_BUSY_POLL_US = 0
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class RouterOptions:
+    password_file: str | None = _opt(
+        None,
+        "file holding the mesh password, the same on every host (or set MESH_PASSWORD)",
+        metavar="FILE",
+    )
+    bridge: str = _opt("mesh", "bridge name (default: %(default)s)")
+    tap: str = _opt(
+        "meshtap", "name of the router's TAP device on the bridge (default: %(default)s)"
+    )
+    port: int = _opt(PORT, "TCP and UDP port (default: %(default)s)")
+    listen: str = _opt("0.0.0.0", "address to listen on (default: all)", metavar="ADDR")
+    nickname: str | None = _opt(None, "human name of this peer (default: netns or host name)")
+    ipalloc_range: str = _opt(
+        DEFAULT_RANGE, "address range of the mesh (default: %(default)s)", metavar="CIDR"
+    )
+    ipalloc_init: int = _opt(
+        0,
+        "how many peers the mesh starts with; addresses are handed out once "
+        "N/2+1 of them are connected (default: the PEERs given + 1)",
+        metavar="N",
+    )
+    ipalloc_default_subnet: str | None = _opt(
+        None,
+        "subnet of the range that 'mesh attach CONTAINER' allocates from "
+        "(default: the whole range)",
+        metavar="CIDR",
+        launch_only=True,
+    )
+    mtu: int = _opt(CONTAINER_MTU, "container MTU (default: %(default)s, what the tunnel carries)")
+    log_level: str = _opt(
+        "info", "log level (default: %(default)s)", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _opt(
+        "text", "log line format (default: %(default)s)", choices=("text", "json")
+    )
+    metrics_addr: str = _opt(
+        "127.0.0.1:6782",
+        "serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(default: %(default)s; empty to turn off)",
+        metavar="HOST:PORT",
+    )
+    conn_limit: int = _opt(
+        100,
+        "most control connections at once, handshakes included (default: %(default)s)",
+        metavar="N",
+    )
+    busy_poll_us: int = _opt(
+        DEFAULT_BUSY_POLL_US,
+        "after forwarding, keep polling this many microseconds before sleeping "
+        "(lower latency, some CPU; 0 turns it off; default: %(default)s)",
+        metavar="US",
+    )
+    offload: bool = _opt(
+        True,
+        "turn off TAP segmentation/checksum offload and UDP GSO/GRO "
+        "(slower; for kernels or paths that mishandle them)",
+    )
+    peers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "peers to connect to: HOST or HOST:PORT",
+            "metavar": "PEER",
+            "positional": True,
+        },
+    )
+
+
+OPTIONS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(RouterOptions)
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    if f.type == "bool" and f.default is True:
+        return "--no-" + f.name.replace("_", "-")
+    return str(f.metadata.get("flag", "--" + f.name.replace("_", "-")))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every router option to ``parser`` (dest = the field's name)."""
+    for f in OPTIONS:
+        meta = f.metadata
+        kw: dict[str, Any] = {"help": meta["help"]}
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs="*", metavar=meta.get("metavar"), **kw)
+            continue
+        if f.type == "bool":
+            kw["action"] = "store_false" if f.default else "store_true"
+        else:
+            kw["type"] = int if f.type == "int" else str
+            kw["default"] = f.default
+            if "metavar" in meta:
+                kw["metavar"] = meta["metavar"]
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+        parser.add_argument(_flag(f), dest=f.name, **kw)
+
+
+def from_namespace(ns: argparse.Namespace) -> RouterOptions:
+    return RouterOptions(**{f.name: getattr(ns, f.name) for f in OPTIONS})
+
+
+def to_argv(opts: RouterOptions) -> list[str]:
+    """The arguments that make ``mesh router`` run with ``opts`` (launch-only options left out)."""
+    argv: list[str] = []
+    positional: list[str] = []
+    for f in OPTIONS:
+        meta, value = f.metadata, getattr(opts, f.name)
+        if meta.get("launch_only"):
+            continue
+        if meta.get("positional"):
+            positional += value
+        elif f.type == "bool":
+            if value != f.default:
+                argv.append(_flag(f))
+        elif value is not None:
+            argv += [_flag(f), str(value)]
+    return argv + positional

@@ -1,0 +1,137 @@
+"""The thread boundary: what the control plane (trio thread) and the forwarder thread share.
+
+Exactly three things cross it, each with one writer:
+
+1. ``Link``: one connection's data path, made whole by the control plane and
+   then published.  After publishing, the control plane writes none of its
+   fields.  The fields marked *forwarder-owned* (``udp_addr``, which follows
+   the peer through NAT, ``next_heartbeat``, ``next_probe``) and everything
+   inside ``session`` (counters, replay window, path MTU, nonce counter) are
+   written by the forwarder thread only; the control plane reads them.
+2. ``LinkTable``: the published links by receiver index and by peer name, and
+   the current ``Routes``.  Only the control plane calls its writers
+   (``publish``, ``withdraw``, ``set_routes``); each is one dict store or
+   delete or one attribute store, atomic under the GIL.  The forwarder sees it
+   through ``LinkView``, which has no writers: it only looks links up and
+   reads ``routes``, an object that is replaced whole after a topology change
+   and never changed in place.
+3. ``PlaneStats``: the forwarder's drop and event counters.  The forwarder
+   writes them; the control plane takes copies with ``snapshot()`` (a dict
+   copy made in C, atomic under the GIL).
+
+Anything else the forwarder touches (the MAC table, its buffers, packers and
+lanes) is its own; the control plane reads only ``len(macs)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+from .session import DataSession
+from .topology import Routes
+
+log = logging.getLogger("meshrouter")
+
+
+class Link:
+    """One connection's data path (see the module's rules)."""
+
+    __slots__ = ("index", "label", "next_heartbeat", "next_probe", "peer", "session", "udp_addr")
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        peer: bytes,
+        label: str,
+        session: DataSession,
+        udp_addr: tuple[str, int],
+    ) -> None:
+        self.index: Final = index  # our receiver index: datagrams to us carry it
+        self.peer: Final = peer  # the peer's name
+        self.label: Final = label  # for log lines
+        self.session: Final = session
+        # Forwarder-owned from publication on.
+        self.udp_addr: tuple[str, int] | None = udp_addr
+        self.next_heartbeat = 0.0
+        self.next_probe = 0.0
+
+
+class LinkView(Protocol):
+    """What the forwarder may see of the ``LinkTable``: lookups only."""
+
+    @property
+    def by_index(self) -> Mapping[int, Link]: ...
+
+    @property
+    def by_name(self) -> Mapping[bytes, Link]: ...
+
+    @property
+    def routes(self) -> Routes: ...
+
+
+class LinkTable:
+    """The published links and routes.  Writers are for the control plane only."""
+
+    __slots__ = ("_by_index", "_by_name", "_routes")
+
+    def __init__(self, routes: Routes | None = None) -> None:
+        self._by_index: dict[int, Link] = {}
+        self._by_name: dict[bytes, Link] = {}
+        self._routes = routes if routes is not None else Routes()
+
+    @property
+    def by_index(self) -> Mapping[int, Link]:
+        return self._by_index
+
+    @property
+    def by_name(self) -> Mapping[bytes, Link]:
+        return self._by_name
+
+    @property
+    def routes(self) -> Routes:
+        return self._routes
+
+    def publish(self, link: Link) -> None:
+        """Make a whole link visible to the forwarder (replacing one to the same peer)."""
+        old = self._by_name.get(link.peer)
+        if old is not None and old is not link:
+            self.withdraw(old)
+        self._by_index[link.index] = link
+        self._by_name[link.peer] = link
+
+    def withdraw(self, link: Link) -> None:
+        if self._by_index.get(link.index) is link:
+            del self._by_index[link.index]
+        if self._by_name.get(link.peer) is link:
+            del self._by_name[link.peer]
+
+    def set_routes(self, routes: Routes) -> None:
+        self._routes = routes
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+class PlaneStats:
+    """The forwarder's counters: written by its thread, copied by the control plane."""
+
+    __slots__ = ("counters", "drops")
+
+    def __init__(self) -> None:
+        self.drops: Counter[str] = Counter()  # input dropped, by reason
+        self.counters: Counter[str] = Counter()  # events (relayed, internal errors)
+
+    def internal_error(self, where: str, exc: Exception) -> None:
+        """A bug on the data path: count it, log the first of its kind, keep forwarding."""
+        key = f"internal error in {where}: {type(exc).__name__}"
+        if not self.counters[key]:
+            log.error("%s (logged once; counted in 'mesh status --json')", key, exc_info=exc)
+        self.counters[key] += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Copies of (drops, counters), safe to take from the other thread."""
+        return dict(self.drops), dict(self.counters)

@@ -1,0 +1,799 @@
+"""The mesh core (sans-IO): peer lifecycle, tie-breaks, targets, discovery, gossip, relaying.
+
+The trio shell (``router``) owns the sockets and the clock; this class makes
+every decision.  The shell feeds it inputs, each with ``now``:
+
+* ``open_connection`` when a TCP connection is accepted or dialled, then the
+  connection's bytes (``receive_data``), end of stream (``receive_eof``) and
+  timers (``get_timer``/``handle_timer``), and ``connection_lost`` when its
+  task has ended;
+* ``dials_due``/``dial_failed`` for the connection maker;
+* ``tick`` twice a second; operator requests (``connect``, ``forget``,
+  ``rmpeer``, ``close_all``).
+
+and carries out what ``take_actions()`` returns: ``Flush`` (a connection has
+bytes to send: ``data_to_send``), ``Close`` (flush, then end the connection's
+task), ``TargetsChanged`` (wake the connection maker), ``LinkUp`` (a link was
+published: let the forwarder send its first heartbeat now).
+
+Each connection is in one ``ConnState``; it moves only along ``TRANSITIONS``
+(h11's ``_state.py`` is the model)::
+
+    HANDSHAKE --handshake done--> PENDING --UDP both ways--> ESTABLISHED
+        |                            ^ |                          |
+        |                            | +-------UDP lost-----------+
+        +--------------------------- close (any state) ---------------> CLOSED
+
+Rules that span connections:
+
+* Duplicate connections (both peers dialled): keep the one dialled by the
+  peer with the larger name; both ends compute the same answer.  The loser
+  hands its target to the winner.  A connection from a restarted peer (new
+  uid) replaces the old one.
+* Only handshaken connections are *peers*; their ``Link`` (the data path) is
+  published in the ``LinkTable`` the forwarder reads, and withdrawn when the
+  connection closes.  Our own gossip record lists them, established or not.
+* IPAM messages to a peer with no direct connection are relayed like data:
+  a route header (origin, destination, hops left) in front, passed hop by hop.
+
+Randomness (receiver indices, the uid, backoff jitter) comes from the ``rng``
+the shell passes in; time only ever comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from .control import (
+    ConnectionClosed,
+    ControlConnection,
+    HandshakeComplete,
+    MessageReceived,
+    MessageType,
+    State,
+)
+from .crypto import SUITES
+from .errors import BadPacket, IpamError, LocalProtocolError
+from .handshake import HandshakeResult, Identity
+from .link import Link, LinkTable
+from .lograte import LogLimiter
+from .names import format_name
+from .session import DataSession
+from .status import (
+    ConnectionStatus,
+    ConnState,
+    MeshStatus,
+    PeerStatus,
+    TargetState,
+    TargetStatus,
+)
+from .targets import Target, Targets, format_address
+from .topology import ConnInfo, Gossip
+from .wire import MAX_HOPS, ROUTE, parse_route_header_untrusted
+
+log = logging.getLogger("meshrouter")
+
+FULL_GOSSIP_INTERVAL = 30.0
+
+
+class Input(Enum):
+    HANDSHAKE_DONE = "handshake done"
+    UDP_UP = "UDP heard both ways"
+    UDP_DOWN = "UDP lost"
+    CLOSE = "close"
+
+
+TRANSITIONS: dict[ConnState, dict[Input, ConnState]] = {
+    ConnState.HANDSHAKE: {
+        Input.HANDSHAKE_DONE: ConnState.PENDING,
+        Input.CLOSE: ConnState.CLOSED,
+    },
+    ConnState.PENDING: {
+        Input.UDP_UP: ConnState.ESTABLISHED,
+        Input.CLOSE: ConnState.CLOSED,
+    },
+    ConnState.ESTABLISHED: {
+        Input.UDP_DOWN: ConnState.PENDING,
+        Input.CLOSE: ConnState.CLOSED,
+    },
+    ConnState.CLOSED: {},
+}
+
+
+# -- what the shell gives and gets ------------------------------------------------
+
+
+class Rng(Protocol):
+    def getrandbits(self, k: int, /) -> int: ...
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
+class IpamEndpoint(Protocol):
+    """What the mesh needs of IPAM (``ipamservice.IpamService``)."""
+
+    def on_message(self, sender: bytes, payload: bytes) -> None:
+        """Handle a message from peer ``sender``.  Raises only BadPacket."""
+
+    def ring_payload(self) -> bytes | None: ...
+
+    def tick(self, now: float, reachable: set[bytes]) -> None: ...
+
+    def rmpeer(self, peer: bytes) -> int: ...
+
+    def owners(self) -> set[bytes]:
+        """Peers that own part of the address range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsChanged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    pass
+
+
+Action = Flush | Close | TargetsChanged | LinkUp
+
+
+@dataclass(eq=False)
+class Conn:
+    """The core's record of one control connection."""
+
+    index: int  # our receiver index: unique among live connections
+    control: ControlConnection
+    remote: tuple[str, int]
+    initiator: bool
+    target: str | None  # the target this connection serves, if any
+    state: ConnState = ConnState.HANDSHAKE
+    name: bytes = b""  # the peer's, once the handshake is done
+    link: Link | None = None
+    listen_addr: str = ""  # where the peer accepts connections, host:port
+    connected_at: float = 0.0
+
+    @property
+    def result(self) -> HandshakeResult | None:
+        return self.control.result
+
+    @property
+    def label(self) -> str:
+        res = self.control.result
+        return "peer" if res is None else f"{format_name(self.name)}({res.peer.nickname})"
+
+    @property
+    def where(self) -> str:
+        return format_address(*self.remote)
+
+
+class Mesh:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        nickname: str,
+        psk: bytes,
+        port: int,
+        ipalloc_range: str,
+        peers: list[str],
+        rng: Rng,
+        ipam: IpamEndpoint,
+        conn_limit: int = 100,
+        gc_after: float = 60.0,
+        now: float = 0.0,
+    ) -> None:
+        self.me = name
+        self.name = format_name(name)
+        self.nickname = nickname
+        self._psk = psk
+        self._rng = rng
+        self.uid = rng.getrandbits(64)
+        self.identity = Identity(
+            name=name, nickname=nickname, uid=self.uid, udp_port=port, ipalloc_range=ipalloc_range
+        )
+        self.ipam = ipam
+        self.conn_limit = conn_limit
+        self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
+        self.targets = Targets(port)
+        for p in peers:
+            self.targets.add(p, now)
+        self.links = LinkTable(self.gossip.routes())
+        self.conns: dict[int, Conn] = {}  # every live connection, by receiver index
+        self.peers: dict[bytes, Conn] = {}  # handshake complete, not closed, by peer name
+        self.counters: Counter[str] = Counter()
+        self._actions: deque[Action] = deque()
+        self._limiter = LogLimiter()
+        self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
+
+    # -- output -----------------------------------------------------------------
+
+    def take_actions(self) -> list[Action]:
+        out = list(self._actions)
+        self._actions.clear()
+        return out
+
+    def data_to_send(self, index: int) -> bytes:
+        conn = self.conns.get(index)
+        return conn.control.data_to_send() if conn is not None else b""
+
+    def get_timer(self, index: int) -> float:
+        return self.conns[index].control.get_timer()
+
+    def is_open(self, index: int) -> bool:
+        conn = self.conns.get(index)
+        return conn is not None and conn.control.state is not State.CLOSED
+
+    def neighbours(self) -> list[bytes]:
+        return list(self.peers)
+
+    def reachable(self) -> set[bytes]:
+        return self.gossip.reachable()
+
+    # -- connections ------------------------------------------------------------
+
+    def open_connection(
+        self,
+        *,
+        initiator: bool,
+        remote: tuple[str, int],
+        now: float,
+        ephemeral: bytes,
+        target: str | None = None,
+    ) -> int | None:
+        """A TCP connection is up.  Returns its index, or None when an inbound
+        one is refused (at ``conn_limit``; the shell just closes it)."""
+        if not initiator and len(self.conns) >= self.conn_limit:
+            self.counters["connections_refused_limit"] += 1
+            where = format_address(*remote)
+            self._log_limited(
+                logging.WARNING,
+                where,
+                "limit",
+                "connection from %s refused: at the connection limit (%d, --conn-limit)",
+                where,
+                self.conn_limit,
+                now=now,
+            )
+            return None
+        index = self._new_index()
+        control = ControlConnection(
+            initiator=initiator,
+            identity=self.identity,
+            psk=self._psk,
+            ephemeral_private=ephemeral,
+            recv_index=index,
+            now=now,
+        )
+        self.conns[index] = Conn(index, control, remote, initiator, target)
+        return index
+
+    def _new_index(self) -> int:
+        while True:
+            index = self._rng.getrandbits(32)
+            if index and index not in self.conns:
+                return index
+
+    def receive_data(self, index: int, data: bytes, now: float) -> None:
+        conn = self.conns[index]
+        conn.control.receive_data(data, now)
+        self._process(conn, now)
+
+    def receive_eof(self, index: int, now: float, detail: str = "") -> None:
+        conn = self.conns[index]
+        if conn.control.state is not State.CLOSED:
+            conn.control.receive_eof(now)
+            self._process(conn, now, detail)
+
+    def handle_timer(self, index: int, now: float) -> None:
+        conn = self.conns[index]
+        conn.control.handle_timer(now)
+        self._process(conn, now)
+
+    def connection_lost(self, index: int, now: float) -> None:
+        """The connection's task has ended: forget it; its target (if it still
+        holds one) is retried with backoff."""
+        conn = self.conns.pop(index, None)
+        if conn is None:
+            return
+        if conn.state is not ConnState.CLOSED:
+            self._closed(conn)
+        survivor = self.peers.get(conn.name) if conn.name else None
+        if survivor is not None:
+            # The peer is still connected another way (the far end closed this
+            # one as a duplicate first): that connection serves the target now.
+            self._hand_target(conn, survivor)
+        if conn.target is not None:
+            self._target_failed(conn.target, conn.control.close_reason or "connection closed", now)
+
+    def close(self, index: int, reason: str, now: float) -> None:
+        conn = self.conns.get(index)
+        if conn is not None:
+            self._close(conn, reason, now)
+
+    def close_all(self, reason: str, now: float) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn, reason, now)
+
+    def _close(self, conn: Conn, reason: str, now: float, cause: str = "local") -> None:
+        """Close ``conn`` with ``reason`` (told to the peer), log it, and have
+        the shell end its task."""
+        if conn.control.state is State.CLOSED:
+            return
+        conn.control.close(reason)
+        self._log_closed(conn, reason, cause, now)
+        self._process(conn, now)
+        self._actions.append(Close(conn.index))
+
+    def _transition(self, conn: Conn, event: Input) -> None:
+        new = TRANSITIONS[conn.state].get(event)
+        if new is None:
+            raise LocalProtocolError(f"connection {conn.label}: {event.value} in {conn.state}")
+        conn.state = new
+
+    def _process(self, conn: Conn, now: float, detail: str = "") -> None:
+        """Act on what the control connection says happened."""
+        while (ev := conn.control.next_event()) is not None:
+            if isinstance(ev, HandshakeComplete):
+                self._on_handshake(conn, ev.result, now)
+            elif isinstance(ev, ConnectionClosed):
+                if ev.cause != "local":
+                    reason = f"{ev.reason} ({detail})" if detail else ev.reason
+                    self._log_closed(conn, reason, ev.cause, now)
+                self._closed(conn)
+            elif isinstance(ev, MessageReceived):
+                self._on_message(conn, ev, now)
+
+    def _closed(self, conn: Conn) -> None:
+        """The connection is closed: it is no peer any more, its link is withdrawn."""
+        if conn.state is ConnState.CLOSED:
+            return
+        self._transition(conn, Input.CLOSE)
+        if conn.link is not None:
+            self.links.withdraw(conn.link)
+        if self.peers.get(conn.name) is conn:
+            del self.peers[conn.name]
+            self._update_own_record()
+
+    def _log_closed(self, conn: Conn, reason: str, cause: str, now: float) -> None:
+        if conn.result is None and cause == "error":
+            self.counters["handshake_failures"] += 1
+            self._log_limited(
+                logging.WARNING,
+                conn.where,
+                reason,
+                "connection %s at %s refused: %s",
+                conn.label,
+                conn.where,
+                reason,
+                now=now,
+            )
+        else:
+            self.counters["connections_closed"] += 1
+            log.info("connection %s at %s closed: %s", conn.label, conn.where, reason)
+
+    def _log_limited(
+        self, level: int, where: str, kind: str, msg: str, *args: object, now: float
+    ) -> None:
+        """The same kind of complaint about the same address at most once per
+        ``LogLimiter.interval``, saying how many were held back."""
+        held = self._limiter.allow((where.rsplit(":", 1)[0], kind), now)
+        if held is None:
+            return
+        if held:
+            msg += f" ({held} more like it in the last {self._limiter.interval:.0f}s not logged)"
+        log.log(level, msg, *args)
+
+    # -- the handshake and its tie-breaks ------------------------------------------
+
+    def _on_handshake(self, conn: Conn, res: HandshakeResult, now: float) -> None:
+        conn.name = res.peer.name
+        old = self.peers.get(conn.name)
+        if old is not None:
+            if old.result is not None and old.result.peer.uid != res.peer.uid:
+                self._close(old, "peer restarted; replaced by new connection", now)
+            else:
+                loser = self._duplicate_loser(old, conn)
+                self._hand_target(loser, old if loser is conn else conn)
+                self._close(loser, "duplicate connection", now)
+                if loser is conn:
+                    return
+        self._transition(conn, Input.HANDSHAKE_DONE)
+        self.peers[conn.name] = conn
+        keys = res.keys
+        conn.link = Link(
+            index=conn.index,
+            peer=conn.name,
+            label=conn.label,
+            session=DataSession(
+                suite=keys.suite,
+                send_key=keys.data_send,
+                recv_key=keys.data_recv,
+                local_index=conn.index,
+                peer_index=res.peer_recv_index,
+            ),
+            udp_addr=(conn.remote[0], res.peer.udp_port),
+        )
+        self.links.publish(conn.link)
+        conn.listen_addr = format_address(conn.remote[0], res.peer.udp_port)
+        conn.connected_at = now
+        waiting = self.targets.get(conn.listen_addr)
+        if conn.target is None and waiting is not None and waiting.state is TargetState.WAITING:
+            conn.target = waiting.address  # the peer came to us first: no need to dial it
+        if conn.target is not None:
+            self.targets.connected(conn.target, format_name(conn.name))
+        log.info(
+            "connection %s at %s: handshake complete, %s, encrypted with %s, "
+            "protocol v%d; waiting for UDP",
+            conn.label,
+            conn.where,
+            "outbound" if conn.initiator else "inbound",
+            SUITES[keys.suite].name,
+            keys.version,
+        )
+        self._send_gossip(conn, self.gossip.full())
+        ring = self.ipam.ring_payload()
+        if ring is not None:
+            self._send(conn, MessageType.IPAM, ring)
+        self._update_own_record()
+        self._actions.append(LinkUp())  # first UDP heartbeat now, not at the next tick
+
+    def _hand_target(self, loser: Conn, winner: Conn) -> None:
+        if loser.target is not None and winner.target is None:
+            winner.target, loser.target = loser.target, None
+            self.targets.connected(winner.target, format_name(winner.name))
+
+    def _duplicate_loser(self, a: Conn, b: Conn) -> Conn:
+        """Of two connections to one peer, the one to close: the survivor is the
+        one dialled by the peer with the larger name (both ends agree)."""
+
+        def dialler(c: Conn) -> bytes:
+            return self.me if c.initiator else c.name
+
+        return b if dialler(a) > dialler(b) else a
+
+    # -- control messages -----------------------------------------------------------
+
+    def _on_message(self, conn: Conn, ev: MessageReceived, now: float) -> None:
+        if ev.type == MessageType.IPAM:
+            try:
+                self.ipam.on_message(conn.name, ev.payload)
+            except BadPacket as exc:
+                self.counters["ipam_errors"] += 1
+                self._close(conn, f"bad IPAM message: {exc}", now, cause="error")
+        elif ev.type == MessageType.IPAM_RELAYED:
+            self._on_relayed_ipam(ev.payload, now)
+        elif ev.type == MessageType.GOSSIP:
+            try:
+                fwd = self.gossip.receive_untrusted(ev.payload)
+            except BadPacket as exc:
+                self.counters["gossip_errors"] += 1
+                self._close(conn, f"bad gossip: {exc}", now, cause="error")
+                return
+            if fwd is not None:
+                self._topology_changed()
+                self._gossip_to_all(fwd, but=conn)
+        else:
+            self.counters["control_messages_unknown"] += 1
+
+    def _send(self, conn: Conn, mtype: MessageType, payload: bytes) -> bool:
+        if conn.control.state is not State.OPEN:
+            return False
+        conn.control.send_message(mtype, payload)
+        self._actions.append(Flush(conn.index))
+        return True
+
+    def _send_gossip(self, conn: Conn, payload: bytes) -> None:
+        if self._send(conn, MessageType.GOSSIP, payload):
+            self.counters["gossip_bytes_sent"] += len(payload)
+
+    def _gossip_to_all(self, payload: bytes, but: Conn | None = None) -> None:
+        for conn in list(self.peers.values()):
+            if conn is not but:
+                self._send_gossip(conn, payload)
+
+    def _update_own_record(self) -> None:
+        conns = [
+            ConnInfo(c.name, c.listen_addr, c.state is ConnState.ESTABLISHED, c.initiator)
+            for c in self.peers.values()
+        ]
+        update = self.gossip.set_connections(conns)
+        if update is not None:
+            self._topology_changed()
+            self._gossip_to_all(update)
+
+    def _topology_changed(self) -> None:
+        """Publish fresh routes for the forwarder (an object replaced whole)."""
+        self.links.set_routes(self.gossip.routes())
+
+    # -- IPAM transport (``ipamservice.IpamTransport``) ------------------------------
+
+    def send_ipam(self, name: bytes, payload: bytes) -> bool:
+        """Send an IPAM message to peer ``name``: directly, or relayed through
+        the mesh (like a data frame) when there is no connection to it."""
+        conn = self.peers.get(name)
+        if conn is not None and self._send(conn, MessageType.IPAM, payload):
+            return True
+        return self._relay_ipam(ROUTE.pack(self.me, name, MAX_HOPS) + payload)
+
+    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
+        for name, conn in list(self.peers.items()):
+            if name != but:
+                self._send(conn, MessageType.IPAM, payload)
+
+    def _relay_ipam(self, message: bytes) -> bool:
+        """Pass a relayed IPAM message (route header first) one hop on."""
+        _origin, dst, _hops = ROUTE.unpack_from(message)
+        hop = self.links.routes.next_hop.get(dst)
+        conn = self.peers.get(hop) if hop is not None else None
+        return conn is not None and self._send(conn, MessageType.IPAM_RELAYED, message)
+
+    def _on_relayed_ipam(self, payload: bytes, now: float) -> None:
+        try:
+            origin, dst, hops = parse_route_header_untrusted(payload)
+        except BadPacket:
+            self.counters["ipam_errors"] += 1
+            return
+        if dst != self.me:
+            onward = payload[: ROUTE.size - 1] + bytes([max(hops - 1, 0)]) + payload[ROUTE.size :]
+            if hops == 0 or origin == self.me or not self._relay_ipam(onward):
+                self.counters["ipam_relay_dropped"] += 1
+            else:
+                self.counters["ipam_relayed"] += 1
+            return
+        try:
+            self.ipam.on_message(origin, payload[ROUTE.size :])
+        except BadPacket as exc:
+            # The relaying peer is not to blame: count it, keep the connection.
+            self.counters["ipam_errors"] += 1
+            who = format_name(origin)
+            self._log_limited(
+                logging.WARNING,
+                who,
+                "bad relayed IPAM",
+                "bad IPAM message relayed from %s: %s",
+                who,
+                exc,
+                now=now,
+            )
+
+    # -- targets and the connection maker -----------------------------------------
+
+    def connect(self, address: str, now: float) -> str:
+        """The operator asks for a connection target.  Raises ValueError on a bad address."""
+        t = self.targets.add(address, now)
+        self._actions.append(TargetsChanged())
+        log.info("target %s added", t.address)
+        return t.address
+
+    def forget(self, address: str, now: float) -> str | None:
+        """Drop an operator's target and its connection; None if it was none."""
+        t = self.targets.remove(address)
+        if t is None or t.discovered:
+            return None
+        log.info("target %s forgotten", t.address)
+        for conn in list(self.conns.values()):
+            if conn.target == t.address:
+                self._close(conn, "peer forgotten by operator", now)
+        return t.address
+
+    def dials_due(self, now: float) -> list[str]:
+        """Addresses to dial now (refused ones wait, at the connection limit)."""
+        out: list[str] = []
+        for t in self.targets.due(now):
+            if len(self.conns) + len(out) >= self.conn_limit:
+                self._target_failed(t.address, "at the connection limit (--conn-limit)", now)
+            else:
+                out.append(t.address)
+        return out
+
+    def next_dial_at(self) -> float:
+        return self.targets.next_deadline()
+
+    def dial_failed(self, address: str, reason: str, now: float) -> None:
+        self._target_failed(address, reason, now)
+
+    def _target_failed(self, address: str, reason: str, now: float) -> None:
+        self.targets.failed(address, reason, now, jitter=self._rng.uniform(0.5, 1.5))
+        t = self.targets.get(address)
+        if t is not None:
+            log.info(
+                "connection to %s failed: %s; retrying in %.1fs", address, reason, t.next_try - now
+            )
+        self._actions.append(TargetsChanged())
+
+    def _sync_discovered(self, now: float) -> None:
+        """Dial every peer the topology knows that we have no connection to."""
+        operator = {t.address for t in self.targets if not t.discovered}
+        wanted: set[str] = set()
+        for name in self.gossip.records:
+            if name != self.me and name not in self.peers:
+                wanted |= self.gossip.addresses_of(name) - operator
+        before = len(self.targets)
+        self.targets.sync_discovered(wanted, now)
+        if len(self.targets) != before:
+            self._actions.append(TargetsChanged())
+
+    # -- periodic work --------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Rekeys, UDP liveness, topology GC, IPAM, anti-entropy, discovery."""
+        changed = False
+        for conn in list(self.peers.values()):
+            assert conn.link is not None
+            session = conn.link.session
+            if session.needs_rekey() or conn.control.needs_rekey():
+                # Fresh keys come with a fresh connection; the target (ours
+                # or the peer's) reconnects within a second.
+                self.counters["rekeys"] += 1
+                self._close(conn, "rekeying: the session's nonces are used up", now)
+                continue
+            est = session.established(now)
+            if est == (conn.state is ConnState.ESTABLISHED):
+                continue
+            changed = True
+            if est:
+                self._transition(conn, Input.UDP_UP)
+                self.counters["connections_established"] += 1
+                log.info(
+                    "connection %s at %s established: UDP flows both ways", conn.label, conn.where
+                )
+            else:
+                self._transition(conn, Input.UDP_DOWN)
+                log.warning(
+                    "connection %s: UDP lost (no heartbeat for %.0fs)",
+                    conn.label,
+                    session.udp_timeout,
+                )
+        if changed:
+            self._update_own_record()
+        gone = self.gossip.gc(now)
+        for name in gone:
+            log.info(
+                "peer %s forgotten: unreachable for %.0fs", format_name(name), self.gossip.gc_after
+            )
+        if gone:
+            self._topology_changed()
+        self.ipam.tick(now, self.gossip.reachable())
+        if now >= self._next_full_gossip:
+            self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
+            self._gossip_to_all(self.gossip.full())
+            ring = self.ipam.ring_payload()
+            if ring is not None:
+                self.broadcast_ipam(ring, None)
+        self._sync_discovered(now)
+
+    # -- operator requests ----------------------------------------------------------
+
+    def rmpeer(self, who: str) -> str:
+        """Take over the address share of a dead peer named ``who`` (name or
+        nickname).  Raises IpamError with the reason."""
+        match = [
+            n for n, r in self.gossip.records.items() if who in (format_name(n), r.nickname)
+        ] or [n for n in self.ipam.owners() if format_name(n) == who]
+        if not match:
+            raise IpamError(
+                f"no peer named {who!r} (see 'mesh status peers' or 'mesh status ipam')"
+            )
+        name = match[0]
+        if name == self.me:
+            raise IpamError("that is this peer")
+        if name in self.peers:
+            raise IpamError(f"peer {who} is connected: stop it ('mesh stop') before rmpeer")
+        n = self.ipam.rmpeer(name)
+        log.info("rmpeer %s: took over %d range(s) of its address share", who, n)
+        return f"{n} range(s) of {format_name(name)} reclaimed"
+
+    # -- introspection --------------------------------------------------------------
+
+    def nickname_of(self, name: bytes) -> str:
+        rec = self.gossip.records.get(name)
+        return rec.nickname if rec is not None else "?"
+
+    def status(self, now: float) -> MeshStatus:
+        return {
+            "name": self.name,
+            "nickname": self.nickname,
+            "uid": self.uid,
+            "connections": list(self._connection_status(now)),
+            "targets": [self._target_status(t, now) for t in self.targets],
+            "peers": self._peer_status(),
+            "counters": dict(self.counters),
+            "gossip": {
+                "bytes_sent": self.gossip.bytes_sent,
+                "bytes_received": self.gossip.bytes_received,
+            },
+        }
+
+    def _connection_status(self, now: float) -> Iterator[ConnectionStatus]:
+        for conn in list(self.peers.values()):
+            res, link = conn.result, conn.link
+            assert res is not None
+            assert link is not None
+            s = link.session
+            yield {
+                "peer": format_name(conn.name),
+                "nickname": res.peer.nickname,
+                "address": conn.where,
+                "udp_address": format_address(*link.udp_addr) if link.udp_addr else None,
+                "direction": "outbound" if conn.initiator else "inbound",
+                "state": conn.state.value,
+                "encrypted": True,
+                "cipher": SUITES[res.keys.suite].name,
+                "protocol_version": res.keys.version,
+                "uptime": round(now - conn.connected_at, 1),
+                "datagram_size": s.datagram_size,
+                "pmtu_confirmed": s.pmtu.confirmed,
+                "tx_messages": s.tx_messages,
+                "rx_messages": s.rx_messages,
+                "reassembly_drops": s.reassembly_drops,
+                "tx_packets": s.tx_packets,
+                "rx_packets": s.rx_packets,
+                "tx_frames": s.tx_frames,
+                "rx_frames": s.rx_frames,
+                "tx_bytes": s.tx_bytes,
+                "rx_bytes": s.rx_bytes,
+            }
+        for conn in list(self.conns.values()):
+            if conn.state is ConnState.HANDSHAKE:
+                yield {
+                    "peer": None,
+                    "address": conn.where,
+                    "direction": "outbound" if conn.initiator else "inbound",
+                    "state": conn.state.value,
+                    "encrypted": False,
+                }
+
+    @staticmethod
+    def _target_status(t: Target, now: float) -> TargetStatus:
+        return {
+            "address": t.address,
+            "state": t.state,
+            "discovered": t.discovered,
+            "peer": t.peer,
+            "attempts": t.attempts,
+            "last_error": t.last_error,
+            "next_try_in": (
+                round(max(0.0, t.next_try - now), 1) if t.state is TargetState.WAITING else None
+            ),
+        }
+
+    def _peer_status(self) -> list[PeerStatus]:
+        routes = self.links.routes
+        out: list[PeerStatus] = []
+        for name, rec in sorted(self.gossip.records.items()):
+            hop = routes.next_hop.get(name)
+            out.append(
+                {
+                    "peer": format_name(name),
+                    "nickname": rec.nickname,
+                    "uid": rec.uid,
+                    "version": rec.version,
+                    "reachable": name == self.me or hop is not None,
+                    "via": None if hop is None or hop == name else format_name(hop),
+                    "connections": [
+                        {
+                            "peer": format_name(c.peer),
+                            "address": c.address,
+                            "established": c.established,
+                            "outbound": c.outbound,
+                        }
+                        for c in rec.connections
+                    ],
+                }
+            )
+        return out

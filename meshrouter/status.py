@@ -1,0 +1,145 @@
+"""The router's status: one typed schema, shared by the router, the API, the metrics and the CLI.
+
+The router builds a ``RouterStatus``; the API sends it as JSON; ``mesh status``
+and ``mesh report`` read it back as the same types.  Machine-readable values
+(``ConnState``, ``TargetState``) are what scripts and the metrics match on;
+the words a person reads are made in ``launcher.views``.  This module imports
+nothing heavy: the client loads it on every command.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypedDict
+
+
+class ConnState(StrEnum):
+    """Where a control connection is in its life (``mesh.TRANSITIONS``)."""
+
+    HANDSHAKE = "handshake"  # TCP up, handshake running
+    PENDING = "pending"  # handshake done, UDP not yet (or no longer) heard both ways
+    ESTABLISHED = "established"  # authenticated UDP flows both ways
+    CLOSED = "closed"
+
+
+class TargetState(StrEnum):
+    WAITING = "waiting"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+class ConnectionStatus(TypedDict, total=False):
+    peer: str | None  # None until the handshake completes
+    nickname: str
+    address: str
+    udp_address: str | None
+    direction: str  # "outbound" | "inbound"
+    state: str  # a ConnState value
+    encrypted: bool
+    cipher: str
+    protocol_version: int
+    uptime: float
+    datagram_size: int
+    pmtu_confirmed: bool
+    tx_messages: int
+    rx_messages: int
+    reassembly_drops: int
+    tx_packets: int
+    rx_packets: int
+    tx_frames: int
+    rx_frames: int
+    tx_bytes: int
+    rx_bytes: int
+
+
+class TargetStatus(TypedDict):
+    address: str
+    state: str  # a TargetState value
+    discovered: bool
+    peer: str | None
+    attempts: int
+    last_error: str | None
+    next_try_in: float | None
+
+
+class LinkInfo(TypedDict):
+    peer: str
+    address: str
+    established: bool
+    outbound: bool
+
+
+class PeerStatus(TypedDict):
+    peer: str
+    nickname: str
+    uid: int
+    version: int
+    reachable: bool
+    via: str | None
+    connections: list[LinkInfo]
+
+
+class ShareStatus(TypedDict):
+    peer: str
+    nickname: str
+    owned: int
+    used: int | None
+    free: int | None
+
+
+class AllocationStatus(TypedDict):
+    address: str
+    container: str
+
+
+class IpamStatus(TypedDict):
+    range: str
+    ready: bool
+    init_count: int
+    quorum: int
+    shares: list[ShareStatus]
+    allocations: list[AllocationStatus]
+
+
+class OffloadStatus(TypedDict):
+    tap: bool
+    udp_gso: bool
+    udp_gro: bool
+    gso_sends: int
+
+
+class GossipStatus(TypedDict):
+    bytes_sent: int
+    bytes_received: int
+
+
+class MeshStatus(TypedDict):
+    """The part the sans-IO mesh core knows."""
+
+    name: str
+    nickname: str
+    uid: int
+    connections: list[ConnectionStatus]
+    targets: list[TargetStatus]
+    peers: list[PeerStatus]
+    counters: dict[str, int]
+    gossip: GossipStatus
+
+
+class RouterStatus(MeshStatus):
+    """Everything ``mesh status --json`` and ``mesh report`` show."""
+
+    version: str
+    tasks: int
+    threads: int
+    port: int
+    bridge: str
+    tap: str | None
+    ipalloc_range: str
+    mtu: int
+    encryption: bool
+    uptime: float
+    macs: int
+    drops: dict[str, int]
+    offload: OffloadStatus
+    ipam: IpamStatus

@@ -1,0 +1,201 @@
+"""In-memory doubles of what the mesh core talks to, and a network of mesh cores.
+
+``MeshNet`` joins ``Mesh`` cores as the router shell would, but in memory:
+``dial(a, b)`` opens a connection pair and ``pump()`` moves control bytes and
+carries out the cores' actions until nothing moves.  No sockets, no trio, no
+root: time is whatever the test says.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..mesh import Close, Flush, LinkUp, Mesh, TargetsChanged
+from ..wire import parse_header_untrusted
+from .control import psk
+
+
+@dataclass
+class FakeIpam:
+    """Records IPAM traffic; raises BadPacket for payloads listed in ``bad``."""
+
+    ring: bytes | None = None
+    received: list[tuple[bytes, bytes]] = field(default_factory=list)
+    bad: set[bytes] = field(default_factory=set)
+    ticks: int = 0
+    removed: list[bytes] = field(default_factory=list)
+    owner_names: set[bytes] = field(default_factory=set)
+
+    def on_message(self, sender: bytes, payload: bytes) -> None:
+        from ..errors import BadPacket
+
+        if payload in self.bad:
+            raise BadPacket("bad test payload")
+        self.received.append((sender, payload))
+
+    def ring_payload(self) -> bytes | None:
+        return self.ring
+
+    def tick(self, now: float, reachable: set[bytes]) -> None:
+        self.ticks += 1
+
+    def rmpeer(self, peer: bytes) -> int:
+        self.removed.append(peer)
+        return 1
+
+    def owners(self) -> set[bytes]:
+        return set(self.owner_names)
+
+
+def name(n: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, 0, n])
+
+
+def address(n: int) -> str:
+    return f"198.18.0.{n}:6783"
+
+
+@dataclass
+class Node:
+    mesh: Mesh
+    ipam: FakeIpam
+    host: str
+
+
+class MeshNet:
+    """Mesh cores joined by in-memory connections."""
+
+    def __init__(self, count: int, *, password: bytes = b"secret", seed: int = 0) -> None:
+        rng = random.Random(seed)
+        self.now = 0.0
+        self.nodes: list[Node] = []
+        for i in range(1, count + 1):
+            ipam = FakeIpam()
+            mesh = self._make(i, password, rng.getrandbits(32), ipam)
+            self.nodes.append(Node(mesh, ipam, f"198.18.0.{i}"))
+        # (mesh index, conn index) <-> (mesh index, conn index)
+        self.wires: dict[tuple[int, int], tuple[int, int]] = {}
+        self.closed: set[tuple[int, int]] = set()
+        self.targets_changed = 0
+        self.links_up = 0
+
+    @staticmethod
+    def _make(i: int, password: bytes, seed: int, ipam: FakeIpam) -> Mesh:
+        return Mesh(
+            name=name(i),
+            nickname=f"host{i}",
+            psk=psk(password),
+            port=6783,
+            ipalloc_range="10.32.0.0/12",
+            peers=[],
+            rng=random.Random(seed),
+            ipam=ipam,
+        )
+
+    def restart(self, i: int, *, password: bytes = b"secret", seed: int = 99) -> None:
+        """Node ``i`` comes back as a new process (same name, new uid).  Its old
+        connections vanish without a word, as when a host dies: the far ends
+        only find out from the new connection or their timers."""
+        ipam = FakeIpam()
+        self.nodes[i - 1] = Node(self._make(i, password, seed, ipam), ipam, self.nodes[i - 1].host)
+        for key in [k for k in self.wires if k[0] == i]:
+            far = self.wires.pop(key)
+            self.wires.pop(far, None)
+
+    def mesh(self, i: int) -> Mesh:
+        return self.nodes[i - 1].mesh
+
+    def dial(self, a: int, b: int, target: str | None = None) -> tuple[int, int]:
+        """A TCP connection from node ``a`` to node ``b``; returns both indices."""
+        ma, mb = self.mesh(a), self.mesh(b)
+        ia = ma.open_connection(
+            initiator=True,
+            remote=(self.nodes[b - 1].host, 6783),
+            now=self.now,
+            ephemeral=bytes([a, b]) * 16,
+            target=target,
+        )
+        ib = mb.open_connection(
+            initiator=False,
+            remote=(self.nodes[a - 1].host, 40000 + a),
+            now=self.now,
+            ephemeral=bytes([b, a]) * 16,
+        )
+        assert ia is not None
+        assert ib is not None
+        self.wires[(a, ia)] = (b, ib)
+        self.wires[(b, ib)] = (a, ia)
+        self.pump()
+        return ia, ib
+
+    def _apply(self, i: int) -> None:
+        for action in self.mesh(i).take_actions():
+            if isinstance(action, Close):
+                self._move(i, action.index)
+                self._hang_up(i, action.index)
+            elif isinstance(action, Flush):
+                pass  # pump moves every connection's bytes anyway
+            elif isinstance(action, TargetsChanged):
+                self.targets_changed += 1
+            elif isinstance(action, LinkUp):
+                self.links_up += 1
+
+    def _move(self, i: int, index: int) -> bool:
+        far = self.wires.get((i, index))
+        data = self.mesh(i).data_to_send(index)
+        if not data or far is None or far in self.closed:
+            return False
+        j, jdx = far
+        if self.mesh(j).is_open(jdx):
+            self.mesh(j).receive_data(jdx, data, self.now)
+        return True
+
+    def _hang_up(self, i: int, index: int) -> None:
+        """The shell ends a closed connection's task: the far end sees EOF."""
+        if (i, index) in self.closed:
+            return
+        self.closed.add((i, index))
+        self.mesh(i).connection_lost(index, self.now)
+        far = self.wires.get((i, index))
+        if far is not None and far not in self.closed:
+            j, jdx = far
+            self.mesh(j).receive_eof(jdx, self.now)
+            self.closed.add(far)
+            self.mesh(j).connection_lost(jdx, self.now)
+
+    def pump(self) -> None:
+        for _ in range(1000):
+            moved = False
+            for i, index in list(self.wires):
+                if (i, index) in self.closed:
+                    continue
+                moved |= self._move(i, index)
+                if not self.mesh(i).is_open(index):
+                    self._move(i, index)
+                    self._hang_up(i, index)
+                    moved = True
+            for i in range(1, len(self.nodes) + 1):
+                self._apply(i)
+            if not moved:
+                return
+        raise AssertionError("the meshes kept talking")
+
+    def exchange_heartbeats(self, a: int, b: int) -> None:
+        """Carry UDP heartbeats between ``a`` and ``b`` through their real sessions
+        (twice each way, so each also hears that the other hears it)."""
+        for _ in range(2):
+            for x, y in ((a, b), (b, a)):
+                tx = self.mesh(x).links.by_name[name(y)].session
+                rx = self.mesh(y).links.by_name[name(x)].session
+                for dgram in tx.heartbeats(self.now, probe=False):
+                    _t, _i, counter, seg, nseg = parse_header_untrusted(dgram)
+                    plain = rx.receive_untrusted(dgram, counter, seg, nseg, self.now)
+                    assert plain is not None
+                    rx.on_heartbeat(plain, len(dgram), self.now)
+
+    def tick(self, dt: float = 0.5) -> None:
+        self.now += dt
+        for node in self.nodes:
+            node.mesh.tick(self.now)
+        self.pump()

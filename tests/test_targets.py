@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from meshrouter.topology import (
+    ConnInfo,
+    PeerRecord,
+    merge,
+)
+
+NAMES = [bytes([2, 0, 0, 0, 0, i]) for i in range(6)]
+
+conn_st = st.builds(
+    ConnInfo,
+    peer=st.sampled_from(NAMES),
+    address=st.sampled_from(["198.18.0.1:6783", "198.18.0.2:6783", ""]),
+    established=st.booleans(),
+    outbound=st.booleans(),
+)
+record_st = st.builds(
+    PeerRecord,
+    name=st.sampled_from(NAMES),
+    uid=st.integers(0, 3),
+    version=st.integers(0, 5),
+    nickname=st.sampled_from(["a", "b", "ü"]),
+    connections=st.lists(conn_st, max_size=3).map(lambda cs: tuple(sorted(cs))),
+)
+records_st = st.lists(record_st, max_size=12)
+
+
+def merged(*batches: list[PeerRecord]) -> dict[bytes, PeerRecord]:
+    out: dict[bytes, PeerRecord] = {}
+    for b in batches:
+        merge(out, b)
+    return out
+
+
+def test_targets_backoff_jitter_cap_and_discovery() -> None:
+    from meshrouter.targets import MAX_DELAY, Targets
+
+    t = Targets(6783)
+    t.add("198.18.0.1", 0.0)
+    (due,) = t.due(0.0)
+    assert due.address == "198.18.0.1:6783"
+    assert t.due(0.0) == []  # connecting: not due again
+    now, delays = 0.0, []
+    for _ in range(12):
+        t.failed(due.address, "refused", now, jitter=1.0)
+        delays.append(due.next_try - now)
+        now = t.next_deadline()
+        assert t.due(now) == [due]
+    assert delays[0] == 0.5
+    assert delays[1] == 0.75
+    assert max(delays) == MAX_DELAY
+    t.failed(due.address, "refused", now, jitter=0.5)
+    assert due.next_try - now == MAX_DELAY * 0.5
+    assert due.last_error == "refused"
+    t.connected(due.address, b"peer")
+    assert due.state == "connected"
+    # Discovered targets come and go with the topology; operator ones stay.
+    t.sync_discovered({"198.18.0.2:6783"}, now)
+    assert {x.address for x in t if x.discovered} == {"198.18.0.2:6783"}
+    t.sync_discovered(set(), now)
+    assert [x.address for x in t] == ["198.18.0.1:6783"]
+    t.sync_discovered({"198.18.0.3:6783"}, now)
+    t.add("198.18.0.3", now)  # the operator adopts it
+    t.sync_discovered(set(), now)
+    assert sorted(x.address for x in t) == ["198.18.0.1:6783", "198.18.0.3:6783"]
+
+
+def test_split_address_errors() -> None:
+    import pytest
+
+    from meshrouter.targets import split_address
+
+    assert split_address("[fd00::1]:7000", 6783) == ("fd00::1", 7000)
+    assert split_address("host", 6783) == ("host", 6783)
+    for bad in ("", "h:0", "h:99999", "h:x", "[fd00::1", "a b"):
+        with pytest.raises(ValueError, match=r"peer address|empty"):
+            split_address(bad, 6783)
