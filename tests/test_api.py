@@ -1,0 +1,105 @@
+"""The API's request handling, over an in-memory stream and a fake router."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+from meshrouter import api
+from meshrouter.errors import IpamError
+from meshrouter.status import RouterStatus
+
+
+class FakeRouter:
+    def __init__(self) -> None:
+        self.stop_requested = trio.Event()
+        self.targets: list[str] = []
+        self.calls: list[tuple[str, ...]] = []
+
+    def status(self) -> RouterStatus:
+        return cast(RouterStatus, {"name": "me", "ipam": {"range": "10.32.0.0/12"}})
+
+    def connect(self, address: str) -> str:
+        self.targets.append(address)
+        return address + ":6783"
+
+    def forget(self, address: str) -> str | None:
+        return address if address in self.targets else None
+
+    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+        self.calls.append(("allocate", container, ns_path, str(subnet)))
+        return "10.32.0.1/12"
+
+    async def claim(self, cidr: str, container: str, ns_path: str) -> str:
+        raise IpamError(f"{cidr} is already in use")
+
+    def release(self, container: str) -> list[str]:
+        return ["10.32.0.1"]
+
+    def rmpeer(self, who: str) -> str:
+        raise IpamError(f"no peer named {who!r}")
+
+
+async def ask(router: FakeRouter, raw: bytes) -> Any:
+    client, server = trio.testing.memory_stream_pair()
+    changes: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(api.handle_stream, router, server, lambda: changes.append(1))
+        await client.send_all(raw)
+        if not raw:
+            await client.send_eof()  # a client that hangs up without asking
+        reply = b""
+        while not reply.endswith(b"\n"):
+            reply += await client.receive_some()
+    return json.loads(reply), len(changes)
+
+
+async def test_status_connect_forget_and_stop() -> None:
+    r = FakeRouter()
+    assert await ask(r, b'{"op": "status"}\n') == ({"ok": True, "result": r.status()}, 0)
+    reply, changed = await ask(r, b'{"op": "connect", "peer": "h2"}\n')
+    assert reply == {"ok": True, "result": "h2:6783"}
+    assert changed == 1  # the targets are persisted
+    reply, _ = await ask(r, b'{"op": "forget", "peer": "h3"}\n')
+    assert reply["ok"] is False
+    assert "not a connection target" in reply["error"]
+    assert (await ask(r, b'{"op": "ipam"}\n'))[0]["result"] == {"range": "10.32.0.0/12"}
+    assert (await ask(r, b'{"op": "stop"}\n'))[0]["result"] == "stopping"
+    assert r.stop_requested.is_set()
+
+
+async def test_ipam_requests_and_their_errors_are_one_line() -> None:
+    r = FakeRouter()
+    reply, _ = await ask(r, b'{"op": "allocate", "container": "c1", "ns_path": "/x"}\n')
+    assert reply == {"ok": True, "result": "10.32.0.1/12"}
+    assert r.calls == [("allocate", "c1", "/x", "None")]
+    reply, _ = await ask(r, b'{"op": "claim", "container": "c1", "cidr": "10.32.0.5/12"}\n')
+    assert reply == {"ok": False, "error": "10.32.0.5/12 is already in use"}
+    reply, _ = await ask(r, b'{"op": "rmpeer", "peer": "ghost"}\n')
+    assert reply == {"ok": False, "error": "no peer named 'ghost'"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"not json\n", "Expecting value"),
+        (b"[1, 2]\n", '"op" string'),
+        (b'{"op": "fly"}\n', "unknown op 'fly'"),
+        (b'{"op": "connect"}\n', '"connect" needs a "peer"'),
+        (b'{"op": "release"}\n', '"release" needs a "container"'),
+        (b"", "Expecting value"),
+    ],
+)
+async def test_bad_requests_get_a_reason(raw: bytes, error: str) -> None:
+    reply, _ = await ask(FakeRouter(), raw)
+    assert reply["ok"] is False
+    assert error in reply["error"]
+
+
+async def test_a_silent_client_is_answered_after_the_timeout(autojump_clock: object) -> None:
+    reply, _ = await ask(FakeRouter(), b'{"op": "sta')
+    assert reply["ok"] is False

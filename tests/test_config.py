@@ -1,0 +1,63 @@
+"""One table of router options: the CLI's flags and the daemon's arguments come from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from meshrouter import config
+from meshrouter.config import RouterOptions
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    return p
+
+
+def test_defaults_come_from_the_dataclass() -> None:
+    assert config.from_namespace(parser().parse_args([])) == RouterOptions()
+
+
+def test_every_option_survives_the_trip_to_the_daemon_and_back() -> None:
+    opts = RouterOptions(
+        password_file="/tmp/pw",
+        bridge="br9",
+        tap="tap9",
+        port=7000,
+        listen="198.18.0.1",
+        nickname="n1",
+        ipalloc_range="10.40.0.0/16",
+        ipalloc_init=3,
+        mtu=1300,
+        log_level="debug",
+        log_format="json",
+        metrics_addr="",
+        conn_limit=7,
+        busy_poll_us=50,
+        offload=False,
+        peers=["198.18.0.2", "198.18.0.3:7000"],
+    )
+    assert config.from_namespace(parser().parse_args(config.to_argv(opts))) == opts
+
+
+def test_launch_only_options_stay_with_the_launcher() -> None:
+    opts = RouterOptions(ipalloc_default_subnet="10.32.1.0/24")
+    assert "--ipalloc-default-subnet" not in config.to_argv(opts)
+    ns = parser().parse_args(["--ipalloc-default-subnet", "10.32.1.0/24"])
+    assert ns.ipalloc_default_subnet == "10.32.1.0/24"
+
+
+def test_true_booleans_become_no_switches() -> None:
+    assert parser().parse_args(["--no-offload"]).offload is False
+    assert config.to_argv(RouterOptions()) == config.to_argv(RouterOptions(offload=True))
+    assert "--no-offload" in config.to_argv(RouterOptions(offload=False))
+
+
+def test_every_field_has_help_and_a_bad_choice_is_refused() -> None:
+    for f in dataclasses.fields(RouterOptions):
+        assert f.metadata["help"], f.name
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--log-level", "loud"])

@@ -1,0 +1,270 @@
+"""The mesh core with no network: cores joined in memory by ``MeshNet``."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshrouter.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
+from meshrouter.control import MessageType
+from meshrouter.errors import IpamError, LocalProtocolError
+from meshrouter.mesh import TRANSITIONS, Close, Input
+from meshrouter.status import ConnState, TargetState
+from meshrouter.testing.fakes import MeshNet, address, name
+from meshrouter.wire import ROUTE
+
+
+def only_conn(net: MeshNet, i: int, j: int):  # type: ignore[no-untyped-def]
+    return net.mesh(i).peers[name(j)]
+
+
+def establish(net: MeshNet, *pairs: tuple[int, int]) -> None:
+    for a, b in pairs:
+        net.dial(a, b)
+    for a, b in pairs:
+        net.exchange_heartbeats(a, b)
+    net.tick()
+
+
+# -- the transition table ----------------------------------------------------------
+
+
+def test_every_state_can_close_and_closed_is_final() -> None:
+    for state, moves in TRANSITIONS.items():
+        if state is ConnState.CLOSED:
+            assert moves == {}
+        else:
+            assert moves[Input.CLOSE] is ConnState.CLOSED
+    # Only a finished handshake leads out of HANDSHAKE, and only UDP moves between
+    # PENDING and ESTABLISHED.
+    assert TRANSITIONS[ConnState.HANDSHAKE][Input.HANDSHAKE_DONE] is ConnState.PENDING
+    assert set(TRANSITIONS[ConnState.PENDING]) == {Input.UDP_UP, Input.CLOSE}
+    assert set(TRANSITIONS[ConnState.ESTABLISHED]) == {Input.UDP_DOWN, Input.CLOSE}
+
+
+def test_an_illegal_move_is_a_local_error() -> None:
+    net = MeshNet(2)
+    net.dial(1, 2)
+    conn = only_conn(net, 1, 2)
+    with pytest.raises(LocalProtocolError, match="handshake done"):
+        net.mesh(1)._transition(conn, Input.HANDSHAKE_DONE)
+
+
+# -- lifecycle ------------------------------------------------------------------------
+
+
+def test_handshake_makes_a_pending_peer_with_a_published_link_and_gossip() -> None:
+    net = MeshNet(2)
+    ia, ib = net.dial(1, 2)
+    m1, m2 = net.mesh(1), net.mesh(2)
+    assert only_conn(net, 1, 2).state is ConnState.PENDING
+    assert only_conn(net, 2, 1).state is ConnState.PENDING
+    assert m1.links.by_index[ia].peer == name(2)
+    assert m2.links.by_name[name(1)].index == ib
+    assert m1.links.by_name[name(2)].session.peer_index == ib
+    assert net.links_up == 2
+    # Each knows the other's record, and lists the connection as not established.
+    assert set(m1.gossip.records) == {name(1), name(2)}
+    assert [c.established for c in m2.gossip.records[name(1)].connections] == [False]
+    assert m1.status(net.now)["connections"][0]["state"] == "pending"
+
+
+def test_udp_both_ways_establishes_and_its_loss_goes_back_to_pending() -> None:
+    net = MeshNet(2)
+    establish(net, (1, 2))
+    m1 = net.mesh(1)
+    assert only_conn(net, 1, 2).state is ConnState.ESTABLISHED
+    assert m1.counters["connections_established"] == 1
+    assert m1.links.routes.next_hop == {name(2): name(2)}
+    assert net.mesh(2).gossip.records[name(1)].connections[0].established
+    for _ in range(int(UDP_TIMEOUT / 0.5) + 1):
+        net.tick()
+    assert only_conn(net, 1, 2).state is ConnState.PENDING
+    assert m1.links.routes.next_hop == {}
+
+
+def test_duplicate_connections_keep_the_one_dialled_by_the_larger_name() -> None:
+    net = MeshNet(2)
+    net.mesh(1).connect(address(2), net.now)
+    [addr] = net.mesh(1).dials_due(net.now)
+    lost, _ = net.dial(1, 2, target=addr)  # dialled by name(1): loses
+    kept, _ = net.dial(2, 1)  # dialled by name(2), the larger
+    for i, j in ((1, 2), (2, 1)):
+        assert len(net.mesh(i).conns) == 1
+        assert net.mesh(i).peers[name(j)].state is ConnState.PENDING
+    assert only_conn(net, 1, 2).index != lost
+    # The target moved to the surviving connection: connected, not retried.
+    t = net.mesh(1).targets.get(addr)
+    assert t is not None
+    assert t.state is TargetState.CONNECTED
+    assert only_conn(net, 1, 2).target == addr
+    assert net.mesh(1).links.by_name[name(2)].index == only_conn(net, 1, 2).index
+    assert len(net.mesh(1).links) == 1
+
+
+def test_a_restarted_peer_replaces_its_old_connection() -> None:
+    net = MeshNet(2)
+    net.dial(1, 2)
+    old = only_conn(net, 2, 1)
+    net.restart(1)  # same name, new uid
+    net.dial(1, 2)
+    new = only_conn(net, 2, 1)
+    assert new is not old
+    assert old.state is ConnState.CLOSED
+    assert old.control.close_reason == "peer restarted; replaced by new connection"
+
+
+def test_wrong_password_makes_no_peer_and_counts_a_handshake_failure() -> None:
+    net = MeshNet(2)
+    net.restart(2, password=b"other")
+    net.dial(1, 2)
+    for i in (1, 2):
+        assert net.mesh(i).peers == {}
+        assert net.mesh(i).conns == {}
+        assert len(net.mesh(i).links) == 0
+    assert net.mesh(1).counters["handshake_failures"] + net.mesh(2).counters[
+        "handshake_failures"
+    ] >= 1
+
+
+def test_rekey_closes_the_connection_when_nonces_run_low() -> None:
+    net = MeshNet(2)
+    net.dial(1, 2)
+    session = net.mesh(1).links.by_name[name(2)].session
+    session._sealer.counter = REKEY_AFTER_MESSAGES
+    net.tick()
+    assert net.mesh(1).counters["rekeys"] == 1
+    assert net.mesh(1).peers == {}
+    assert net.mesh(2).peers == {}
+
+
+def test_conn_limit_refuses_inbound_and_holds_back_dials() -> None:
+    net = MeshNet(3)
+    m1 = net.mesh(1)
+    m1.conn_limit = 1
+    net.dial(2, 1)
+    assert (
+        m1.open_connection(
+            initiator=False, remote=("198.18.0.3", 4000), now=net.now, ephemeral=bytes(32)
+        )
+        is None
+    )
+    assert m1.counters["connections_refused_limit"] == 1
+    m1.connect(address(3), net.now)
+    assert m1.dials_due(net.now) == []
+    t = m1.targets.get(address(3))
+    assert t is not None
+    assert t.last_error == "at the connection limit (--conn-limit)"
+
+
+def test_forget_closes_the_targets_connection() -> None:
+    net = MeshNet(2)
+    addr = net.mesh(1).connect(address(2), net.now)
+    assert net.mesh(1).dials_due(net.now) == [addr]
+    net.dial(1, 2, target=addr)
+    assert net.mesh(1).forget(addr, net.now) == addr
+    net.pump()
+    assert net.mesh(1).peers == {}
+    assert net.mesh(2).peers == {}
+    assert net.mesh(1).forget(addr, net.now) is None
+
+
+def test_dial_failures_back_off_with_jitter() -> None:
+    net = MeshNet(1)
+    m = net.mesh(1)
+    addr = m.connect(address(9), 0.0)
+    assert m.dials_due(0.0) == [addr]
+    m.dial_failed(addr, "connection refused", 0.0)
+    assert 0.25 <= m.next_dial_at() <= 0.75  # 0.5 s x jitter in [0.5, 1.5)
+    assert m.dials_due(0.1) == []
+
+
+def test_discovery_dials_peers_learnt_from_gossip() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    net.tick()
+    due = net.mesh(1).dials_due(net.now)
+    assert due == [address(3)]
+    net.dial(1, 3, target=due[0])
+    net.exchange_heartbeats(1, 3)
+    net.tick()
+    assert set(net.mesh(1).peers) == {name(2), name(3)}
+    assert net.mesh(1).links.routes.next_hop == {name(2): name(2), name(3): name(3)}
+
+
+# -- IPAM over the mesh ---------------------------------------------------------------
+
+
+def test_ipam_reaches_a_peer_without_a_direct_connection_through_a_relay() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    assert net.mesh(1).send_ipam(name(3), b"claim") is True
+    net.pump()
+    assert net.nodes[2].ipam.received == [(name(1), b"claim")]
+    assert net.mesh(2).counters["ipam_relayed"] == 1
+    # Directly connected: no relay.
+    assert net.mesh(1).send_ipam(name(2), b"direct") is True
+    net.pump()
+    assert net.nodes[1].ipam.received == [(name(1), b"direct")]
+    # Unreachable: not sent.
+    assert net.mesh(1).send_ipam(name(9), b"x") is False
+
+
+def test_a_relayed_ipam_message_out_of_hops_is_dropped() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    conn = only_conn(net, 1, 2)
+    conn.control.send_message(MessageType.IPAM_RELAYED, ROUTE.pack(name(1), name(3), 0) + b"x")
+    net.pump()
+    assert net.mesh(2).counters["ipam_relay_dropped"] == 1
+    assert net.nodes[2].ipam.received == []
+
+
+def test_bad_ipam_closes_a_direct_connection_but_not_a_relaying_one() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    net.nodes[2].ipam.bad.add(b"poison")
+    net.mesh(1).send_ipam(name(3), b"poison")  # relayed by 2: 2 is not to blame
+    net.pump()
+    assert net.mesh(3).counters["ipam_errors"] == 1
+    assert name(2) in net.mesh(3).peers
+    net.mesh(2).send_ipam(name(3), b"poison")  # direct: the sender broke the protocol
+    net.pump()
+    assert name(2) not in net.mesh(3).peers
+    assert net.mesh(3).counters["ipam_errors"] == 2
+
+
+def test_a_new_peer_gets_the_ring() -> None:
+    net = MeshNet(2)
+    net.nodes[0].ipam.ring = b"ring!"
+    net.dial(1, 2)
+    assert (name(1), b"ring!") in net.nodes[1].ipam.received
+
+
+# -- rmpeer -----------------------------------------------------------------------------
+
+
+def test_rmpeer_resolves_names_and_refuses_what_it_must() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2))
+    m1 = net.mesh(1)
+    with pytest.raises(IpamError, match="no peer named 'ghost'"):
+        m1.rmpeer("ghost")
+    with pytest.raises(IpamError, match="this peer"):
+        m1.rmpeer("host1")
+    with pytest.raises(IpamError, match="is connected"):
+        m1.rmpeer("host2")
+    # A peer only IPAM remembers (gone from the topology) is found by its name.
+    net.nodes[0].ipam.owner_names.add(name(7))
+    assert m1.rmpeer("02:00:00:00:00:07") == "1 range(s) of 02:00:00:00:00:07 reclaimed"
+    assert net.nodes[0].ipam.removed == [name(7)]
+
+
+def test_close_all_closes_every_connection_with_the_reason() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (1, 3))
+    m1 = net.mesh(1)
+    m1.close_all("router shutting down", net.now)
+    actions = m1.take_actions()
+    assert sorted(a.index for a in actions if isinstance(a, Close)) == sorted(m1.conns)
+    assert m1.peers == {}
+    assert len(m1.links) == 0
