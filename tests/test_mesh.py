@@ -92,6 +92,7 @@ def test_duplicate_connections_keep_the_one_dialled_by_the_larger_name() -> None
         assert len(net.mesh(i).conns) == 1
         assert net.mesh(i).peers[name(j)].state is ConnState.PENDING
     assert only_conn(net, 1, 2).index != lost
+    assert only_conn(net, 2, 1).index == kept
     # The target moved to the surviving connection: connected, not retried.
     t = net.mesh(1).targets.get(addr)
     assert t is not None
@@ -121,9 +122,9 @@ def test_wrong_password_makes_no_peer_and_counts_a_handshake_failure() -> None:
         assert net.mesh(i).peers == {}
         assert net.mesh(i).conns == {}
         assert len(net.mesh(i).links) == 0
-    assert net.mesh(1).counters["handshake_failures"] + net.mesh(2).counters[
-        "handshake_failures"
-    ] >= 1
+    assert (
+        net.mesh(1).counters["handshake_failures"] + net.mesh(2).counters["handshake_failures"] >= 1
+    )
 
 
 def test_rekey_closes_the_connection_when_nonces_run_low() -> None:

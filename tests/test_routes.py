@@ -7,37 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshrouter.routes import bfs_parents, broadcast_children, symmetric_graph, unicast_next_hops
-from meshrouter.topology import (
-    ConnInfo,
-    PeerRecord,
-    merge,
-)
 
 NAMES = [bytes([2, 0, 0, 0, 0, i]) for i in range(6)]
-
-conn_st = st.builds(
-    ConnInfo,
-    peer=st.sampled_from(NAMES),
-    address=st.sampled_from(["198.18.0.1:6783", "198.18.0.2:6783", ""]),
-    established=st.booleans(),
-    outbound=st.booleans(),
-)
-record_st = st.builds(
-    PeerRecord,
-    name=st.sampled_from(NAMES),
-    uid=st.integers(0, 3),
-    version=st.integers(0, 5),
-    nickname=st.sampled_from(["a", "b", "ü"]),
-    connections=st.lists(conn_st, max_size=3).map(lambda cs: tuple(sorted(cs))),
-)
-records_st = st.lists(record_st, max_size=12)
-
-
-def merged(*batches: list[PeerRecord]) -> dict[bytes, PeerRecord]:
-    out: dict[bytes, PeerRecord] = {}
-    for b in batches:
-        merge(out, b)
-    return out
 
 
 @settings(max_examples=60)

@@ -1,39 +1,5 @@
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
-from meshrouter.topology import (
-    ConnInfo,
-    PeerRecord,
-    merge,
-)
-
-NAMES = [bytes([2, 0, 0, 0, 0, i]) for i in range(6)]
-
-conn_st = st.builds(
-    ConnInfo,
-    peer=st.sampled_from(NAMES),
-    address=st.sampled_from(["198.18.0.1:6783", "198.18.0.2:6783", ""]),
-    established=st.booleans(),
-    outbound=st.booleans(),
-)
-record_st = st.builds(
-    PeerRecord,
-    name=st.sampled_from(NAMES),
-    uid=st.integers(0, 3),
-    version=st.integers(0, 5),
-    nickname=st.sampled_from(["a", "b", "ü"]),
-    connections=st.lists(conn_st, max_size=3).map(lambda cs: tuple(sorted(cs))),
-)
-records_st = st.lists(record_st, max_size=12)
-
-
-def merged(*batches: list[PeerRecord]) -> dict[bytes, PeerRecord]:
-    out: dict[bytes, PeerRecord] = {}
-    for b in batches:
-        merge(out, b)
-    return out
-
 
 def test_targets_backoff_jitter_cap_and_discovery() -> None:
     from meshrouter.targets import MAX_DELAY, Targets
