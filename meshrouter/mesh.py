@@ -241,9 +241,6 @@ class Mesh:
     def neighbours(self) -> list[bytes]:
         return list(self.peers)
 
-    def reachable(self) -> set[bytes]:
-        return self.gossip.reachable()
-
     # -- connections ------------------------------------------------------------
 
     def open_connection(
@@ -319,11 +316,6 @@ class Mesh:
             self._hand_target(conn, survivor)
         if conn.target is not None:
             self._target_failed(conn.target, conn.control.close_reason or "connection closed", now)
-
-    def close(self, index: int, reason: str, now: float) -> None:
-        conn = self.conns.get(index)
-        if conn is not None:
-            self._close(conn, reason, now)
 
     def close_all(self, reason: str, now: float) -> None:
         for conn in list(self.conns.values()):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+from typing import Any
 
 from ..control import ConnectionClosed, ControlConnection, Event
 from ..handshake import Identity, derive_psk
@@ -14,15 +16,11 @@ def psk(password: bytes) -> bytes:
     return derive_psk(password)
 
 
-def identity(n: int, **kw: object) -> Identity:
-    fields: dict[str, object] = {
-        "name": bytes([0x02, 0, 0, 0, 0, n]),
-        "nickname": f"host{n}",
-        "uid": 1000 + n,
-        "udp_port": 6783,
-    }
-    fields.update(kw)
-    return Identity(**fields)  # type: ignore[arg-type]
+def identity(n: int, **kw: Any) -> Identity:
+    base = Identity(
+        name=bytes([0x02, 0, 0, 0, 0, n]), nickname=f"host{n}", uid=1000 + n, udp_port=6783
+    )
+    return dataclasses.replace(base, **kw)
 
 
 def seeded_key(label: str) -> bytes:

@@ -24,7 +24,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from ..status import RouterStatus
 
 REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
@@ -170,12 +171,12 @@ class Lab:
         return int((self.state_dir(i) / "router.pid").read_text())
 
     def wait_for(
-        self, what: str, fn: object, timeout: float = 20.0, interval: float = 0.2
+        self, what: str, fn: Callable[[], object], timeout: float = 20.0, interval: float = 0.2
     ) -> object:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
-            last = fn()  # type: ignore[operator]
+            last = fn()
             if last:
                 return last
             time.sleep(interval)
@@ -218,9 +219,10 @@ class Lab:
         self.close()
 
 
-def status(lab: Lab, i: int) -> dict[str, Any]:
+def status(lab: Lab, i: int) -> RouterStatus:
     """``mesh status --json`` of host i."""
-    return json.loads(lab.mesh(i, "status", "--json").stdout)  # type: ignore[no-any-return]
+    st: RouterStatus = json.loads(lab.mesh(i, "status", "--json").stdout)
+    return st
 
 
 def established(lab: Lab, i: int, n: int = 1) -> bool:
