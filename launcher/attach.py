@@ -13,7 +13,6 @@ import hashlib
 import ipaddress
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
 
 from .containers import Container, ContainerError, resolve
+from .garp import send_garp
+from .netns import has_link, ip_batch
 
 CONTAINER_IFACE = "ethwe"
 GSO_MAX_SIZE = 62000
@@ -154,7 +155,7 @@ def attach(
                 and (rec.ident != c.ident)
             ):
                 raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
-        if in_ns(c, "ip", "link", "show", "dev", CONTAINER_IFACE, check=False).returncode == 0:
+        if has_link(CONTAINER_IFACE, c.ns_path):
             have = records.get(c.ident)
             what = f" with {have.cidr}" if have else ""
             raise AttachError(
@@ -197,29 +198,23 @@ def attach(
             ipam.release(c.ident)
             raise AttachError(f"cannot create veth pair for {name}: {exc}") from None
         try:
-            in_ns(c, "ip", "link", "set", "dev", "lo", "up")
-            in_ns(c, "ip", "addr", "add", str(got), "dev", CONTAINER_IFACE)
-            # TSO superframes small enough that one sealed message fits one UDP
-            # GSO send (65507 bytes): the router never splits a send in two.
-            in_ns(
-                c,
-                "ip",
-                "link",
-                "set",
-                "dev",
-                CONTAINER_IFACE,
-                "gso_max_size",
-                str(GSO_MAX_SIZE),
-                check=False,
+            # One process per side.  TSO superframes small enough that one
+            # sealed message fits one UDP GSO send (65507 bytes): the router
+            # never splits a send in two (optional: old kernels lack it).
+            ip_batch(
+                [
+                    "link set dev lo up",
+                    f"addr add {got} dev {CONTAINER_IFACE}",
+                    f"link set dev {CONTAINER_IFACE} gso_max_size {GSO_MAX_SIZE}",
+                    f"link set dev {CONTAINER_IFACE} up",
+                ],
+                ns_path=c.ns_path,
+                optional=frozenset({2}),
             )
-            in_ns(c, "ip", "link", "set", "dev", CONTAINER_IFACE, "up")
-            ip("link", "set", "dev", host, "master", bridge)
-            ip("link", "set", "dev", host, "up")
-            shown = in_ns(c, "ip", "-j", "link", "show", "dev", CONTAINER_IFACE).stdout
-            mac = str(json.loads(shown)[0].get("address", ""))
+            ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
             # Tell the mesh where this address lives now (gratuitous ARP).
-            in_ns(c, sys.executable, "-m", "launcher.garp", CONTAINER_IFACE, str(got.ip))
-        except NetdevError as exc:
+            mac = send_garp(CONTAINER_IFACE, got.ip, ns_path=c.ns_path).hex(":")
+        except (NetdevError, OSError) as exc:
             ip("link", "del", "dev", host, check=False)
             ipam.release(c.ident)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
@@ -240,10 +235,7 @@ def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | N
         if rec is None and c is not None:
             rec = records.get(c.ident)
         if rec is None:
-            if (
-                c is not None
-                and in_ns(c, "ip", "link", "show", CONTAINER_IFACE, check=False).returncode == 0
-            ):
+            if c is not None and has_link(CONTAINER_IFACE, c.ns_path):
                 in_ns(c, "ip", "link", "del", "dev", CONTAINER_IFACE, check=False)
                 return Attachment(name, c.kind, c.ident, c.ns_path, "", "", "")
             if c is None:

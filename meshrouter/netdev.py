@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import struct
 import subprocess
 
@@ -34,7 +35,12 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def link_exists(name: str) -> bool:
-    return ip("link", "show", "dev", name, check=False).returncode == 0
+    """Whether interface ``name`` exists in this thread's network namespace."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:  # no such device, or a name no interface can have
+        return False
+    return True
 
 
 def ensure_bridge(name: str, mtu: int) -> bool:
