@@ -61,7 +61,9 @@ class Link:
 
 
 class LinkView(Protocol):
-    """What the forwarder may see of the ``LinkTable``: lookups only."""
+    """What the forwarder may see of the ``LinkTable``: lookups only.  The two
+    mappings are the same objects for the table's life (changed in place), so
+    the forwarder may hold on to them; ``routes`` must be read anew."""
 
     @property
     def by_index(self) -> Mapping[int, Link]: ...

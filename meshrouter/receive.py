@@ -74,6 +74,7 @@ class Receiver:
         self.tap_fd = tap_fd
         self.udp_fd = udp_fd
         self.links = links
+        self._by_index = links.by_index  # the same mapping for the table's life
         self.macs = macs
         self.stats = stats
         self.sender = sender
@@ -127,7 +128,7 @@ class Receiver:
         next datagram starts.  Raises only BadPacket (the caller counts it)."""
         end = off + seg if off + seg < n else n
         ptype, index, counter, segno, nseg = parse_header_untrusted(self._recv, off, end)  # 2.
-        link = self.links.by_index.get(index)
+        link = self._by_index.get(index)
         if link is None:
             raise BadPacket("unknown receiver index")
         session = link.session
