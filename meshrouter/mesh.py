@@ -362,15 +362,18 @@ class Mesh:
             self._update_own_record()
 
     def _log_closed(self, conn: Conn, reason: str, cause: str, now: float) -> None:
-        if conn.result is None and cause == "error":
-            self.counters["handshake_failures"] += 1
+        if conn.result is None:
+            # Before the handshake anyone can cause this line (connect, close,
+            # again): at most one a minute per address and reason.
+            self.counters["handshake_failures" if cause == "error" else "connections_closed"] += 1
             self._log_limited(
-                logging.WARNING,
+                logging.WARNING if cause == "error" else logging.INFO,
                 conn.where,
                 reason,
-                "connection %s at %s refused: %s",
+                "connection %s at %s %s: %s",
                 conn.label,
                 conn.where,
+                "refused" if cause == "error" else "closed before the handshake",
                 reason,
                 now=now,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from meshrouter.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
@@ -269,3 +271,34 @@ def test_close_all_closes_every_connection_with_the_reason() -> None:
     assert sorted(a.index for a in actions if isinstance(a, Close)) == sorted(m1.conns)
     assert m1.peers == {}
     assert len(m1.links) == 0
+
+
+def test_a_thousand_connects_and_closes_from_one_address_log_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 14, quiet logs: connections closed before their handshake are
+    rate-limited per address like every other complaint about remote input."""
+    net = MeshNet(1)
+    m = net.mesh(1)
+    caplog.set_level(logging.DEBUG, logger="meshrouter")
+    for k in range(1000):
+        index = m.open_connection(
+            initiator=False, remote=("198.18.0.66", 30000 + k), now=net.now, ephemeral=bytes(32)
+        )
+        assert index is not None
+        m.receive_eof(index, net.now)
+        m.connection_lost(index, net.now)
+        net.now += 0.01  # 10 s in all
+    lines = [r for r in caplog.records if "198.18.0.66" in r.getMessage()]
+    assert len(lines) == 1
+    assert "closed before the handshake" in lines[0].getMessage()
+    assert m.counters["connections_closed"] == 1000
+    assert m.conns == {}
+    # A minute later the next one is logged, saying how many were held back.
+    net.now += 61
+    index = m.open_connection(
+        initiator=False, remote=("198.18.0.66", 40000), now=net.now, ephemeral=bytes(32)
+    )
+    assert index is not None
+    m.receive_eof(index, net.now)
+    assert "999 more like it" in caplog.records[-1].getMessage()

@@ -126,6 +126,36 @@ def test_slow_loris_truncated_handshakes_and_connection_limit(lab_factory: LabFa
     assert established(lab, 1)
 
 
+def test_a_thousand_connects_and_closes_write_no_thousand_lines(lab_factory: LabFactory) -> None:
+    """Connections closed before their handshake are logged at most once a
+    minute per address, like every other complaint about remote input."""
+    lab = lab_factory(2)
+    lab.launch(1)
+    flood = (
+        "import socket\n"
+        "n = 0\n"
+        "for _ in range(1000):\n"
+        "    try:\n"
+        "        socket.create_connection(('198.18.0.1', 6783), timeout=3).close()\n"
+        "        n += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(n)\n"
+    )
+    done = lab.run(2, sys.executable, "-c", flood, timeout=120).stdout.strip()
+    assert int(done) >= 900
+    lab.wait_for(
+        "the flood's connections gone",
+        lambda: status(lab, 1)["counters"].get("connections_closed", 0) >= int(done),
+    )
+    lines = [
+        ln
+        for ln in (lab.state_dir(1) / "router.log").read_text().splitlines()
+        if "198.18.0.2" in ln
+    ]
+    assert 1 <= len(lines) <= 3, lines
+
+
 def test_tcp_through_a_lossy_underlay_arrives_intact(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
     c1, c2 = pair_of_hosts(lab)
