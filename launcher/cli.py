@@ -18,7 +18,7 @@ from typing import Any
 from meshrouter import __version__, apiclient, config
 from meshrouter.config import RouterOptions
 from meshrouter.netdev import delete_link, link_exists
-from meshrouter.state import atomic_write, default_state_dir, load_json
+from meshrouter.state import atomic_write, default_state_dir, load_json, take_bridge_made
 from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
@@ -213,7 +213,9 @@ def cmd_stop(a: argparse.Namespace) -> int:
         (state_dir / "router.pid").unlink(missing_ok=True)
     if docker_engine_available() and not a.local:
         subprocess.run(["docker", "rm", "-f", "meshrouter"], capture_output=True, check=False)
-    if delete_link(bridge):
+    if not take_bridge_made(state_dir, bridge):
+        print(f"router stopped; bridge {bridge} kept (it was there before 'mesh launch')")
+    elif delete_link(bridge):
         print(f"router stopped; bridge {bridge} removed")
     else:
         print("router stopped")

@@ -27,12 +27,15 @@ NETNS_DIR = "/run/netns"
 
 @functools.cache
 def docker_engine_available() -> bool:
-    """True when a Docker engine answers (not just a client on PATH)."""
+    """True when a Docker engine answers (not just a client on PATH).
+
+    Asks ``docker version`` for the server's version: podman's ``docker``
+    command answers that too (its ``docker info --format`` does not)."""
     if os.environ.get("MESH_NO_DOCKER") or shutil.which("docker") is None:
         return False
     try:
         proc = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            ["docker", "version", "--format", "{{.Server.Version}}"],
             capture_output=True,
             text=True,
             timeout=5,

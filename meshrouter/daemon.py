@@ -18,7 +18,14 @@ from .errors import MeshError
 from .handshake import derive_psk
 from .netdev import ensure_bridge
 from .router import Router
-from .state import current_netns_name, load_targets, peer_name, read_password, save_targets
+from .state import (
+    current_netns_name,
+    load_targets,
+    mark_bridge_made,
+    peer_name,
+    read_password,
+    save_targets,
+)
 
 log = logging.getLogger("meshrouter")
 
@@ -84,7 +91,8 @@ def run(opts: RouterOptions, state_dir: Path) -> int:
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         psk = derive_psk(read_password(opts.password_file))
-        ensure_bridge(opts.bridge, opts.mtu)
+        if ensure_bridge(opts.bridge, opts.mtu):
+            mark_bridge_made(state_dir, opts.bridge)
         router = Router(
             opts,
             name=peer_name(state_dir),

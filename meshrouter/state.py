@@ -118,3 +118,22 @@ def save_targets(state_dir: Path, targets: list[str]) -> None:
 def load_targets(state_dir: Path) -> list[str]:
     data = load_json(state_dir / "targets.json", [])
     return [t for t in data if isinstance(t, str)] if isinstance(data, list) else []
+
+
+BRIDGE_MADE = "bridge-made"
+
+
+def mark_bridge_made(state_dir: Path, bridge: str) -> None:
+    """Remember that the router made ``bridge``, so that 'mesh stop' may remove it."""
+    atomic_write(state_dir / BRIDGE_MADE, bridge.encode(), 0o644)
+
+
+def take_bridge_made(state_dir: Path, bridge: str) -> bool:
+    """Whether the router made ``bridge`` (and forget it): only then may stop remove it."""
+    path = state_dir / BRIDGE_MADE
+    try:
+        made = path.read_text() == bridge
+    except OSError:
+        return False
+    path.unlink(missing_ok=True)
+    return made

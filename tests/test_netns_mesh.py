@@ -341,8 +341,10 @@ def test_replayed_underlay_datagrams_are_dropped_and_counted(lab_factory: LabFac
 
 FAKE_DOCKER = """#!/bin/sh
 # A stand-in Docker CLI: an engine that knows one running container, "web01".
+# Like podman's docker command, it answers 'version' but not 'info --format'.
 case "$1" in
-  info) echo 99.0.0 ;;
+  version) echo 4.3.1 ;;
+  info) echo "Error: template: info:1:2: executing at <.ServerVersion>" >&2; exit 125 ;;
   inspect)
     for a in "$@"; do last="$a"; done
     if [ "$last" = web01 ] || [ "$last" = 0123abcd ]; then echo "$(cat "$FAKE_DOCKER_PID") 0123abcd"
@@ -403,3 +405,23 @@ def test_attach_docker_container_by_name_and_id(lab_factory: LabFactory) -> None
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_stop_keeps_a_bridge_the_operator_made(lab_factory: LabFactory) -> None:
+    """'mesh stop' removes only what 'mesh launch' made: an existing bridge and
+    what is on it stay."""
+    lab = lab_factory(1)
+    lab.run(1, "ip", "link", "add", "name", "br0", "type", "bridge")
+    lab.run(1, "ip", "link", "add", "name", "opveth0", "type", "veth", "peer", "name", "opveth1")
+    lab.run(1, "ip", "link", "set", "dev", "opveth0", "master", "br0")
+    lab.launch(1, extra=("--bridge", "br0"))
+    assert "meshtap" in lab.run(1, "ip", "-br", "link", "show", "master", "br0").stdout
+    out = lab.mesh(1, "stop").stdout
+    assert "bridge br0 kept" in out
+    on_bridge = lab.run(1, "ip", "-br", "link", "show", "master", "br0").stdout
+    assert "opveth0" in on_bridge
+    assert "meshtap" not in on_bridge
+    # A bridge the router made is still removed by stop.
+    lab.launch(1, extra=("--bridge", "mine0"))
+    assert "bridge mine0 removed" in lab.mesh(1, "stop").stdout
+    assert "mine0" not in lab.run(1, "ip", "-br", "link").stdout
