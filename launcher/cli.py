@@ -483,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
     sp.set_defaults(func=cmd_ps)
 
-    sp = sub.add_parser("stop", parents=[common], help="stop the router and remove the bridge")
+    sp = sub.add_parser(
+        "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"
+    )
     sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_stop)
     return p
