@@ -90,7 +90,11 @@ class Forwarder:
         os.close(self._wake_w)
 
     def statistics(self) -> ForwarderStatistics:
+        """Copies of the data plane's counters, safe to take from another thread:
+        its own drops and the UDP socket's send errors (both written here)."""
         drops, counters = self.stats.snapshot()
+        for reason, n in dict(self.udp.errors).items():  # dict(): one copy made in C
+            drops[reason] = drops.get(reason, 0) + n
         return ForwarderStatistics(len(self.macs), drops, counters)
 
     # -- entries for tests and benchmarks (the forwarder's thread, or none) -

@@ -17,7 +17,8 @@ Exactly three things cross it, each with one writer:
    and never changed in place.
 3. ``PlaneStats``: the forwarder's drop and event counters.  The forwarder
    writes them; the control plane takes copies with ``snapshot()`` (a dict
-   copy made in C, atomic under the GIL).
+   copy made in C, atomic under the GIL).  The UDP socket's send counters are
+   the forwarder's too: ``Forwarder.statistics()`` copies them the same way.
 
 Anything else the forwarder touches (the MAC table, its buffers, packers and
 lanes) is its own; the control plane reads only ``len(macs)``.

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -333,16 +334,13 @@ class Router:
         now = trio.current_time()
         mesh, udp, fwd = self.mesh, self._udp, self.forwarder
         fstats = fwd.statistics() if fwd is not None else None
-        drops = dict(fstats.drops) if fstats is not None else {}
-        for reason, n in (udp.errors if udp is not None else {}).items():
-            drops[reason] = drops.get(reason, 0) + n
         base = mesh.status(now)
-        counters = dict(base["counters"])
-        for key, n in (fstats.counters if fstats is not None else {}).items():
-            counters[key] = counters.get(key, 0) + n
+        counters = Counter(base["counters"])
+        if fstats is not None:
+            counters.update(fstats.counters)
         return {
             **base,
-            "counters": counters,
+            "counters": dict(counters),
             "version": __version__,
             "tasks": _count_tasks(),
             "threads": threading.active_count(),
@@ -354,7 +352,7 @@ class Router:
             "encryption": True,
             "uptime": round(now - self.started_at, 1),
             "macs": fstats.macs if fstats is not None else 0,
-            "drops": drops,
+            "drops": fstats.drops if fstats is not None else {},
             "offload": {
                 "tap": bool(self._tap and self._tap.offload),
                 "udp_gso": bool(udp and udp.gso),
