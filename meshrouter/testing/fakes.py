@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..errors import BadPacket
 from ..mesh import Close, Flush, LinkUp, Mesh, TargetsChanged
 from ..wire import parse_header_untrusted
 from .control import psk
@@ -28,8 +29,6 @@ class FakeIpam:
     owner_names: set[bytes] = field(default_factory=set)
 
     def on_message(self, sender: bytes, payload: bytes) -> None:
-        from ..errors import BadPacket
-
         if payload in self.bad:
             raise BadPacket("bad test payload")
         self.received.append((sender, payload))
