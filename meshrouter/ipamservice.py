@@ -40,7 +40,8 @@ from .status import IpamStatus, ShareStatus
 log = logging.getLogger("meshrouter.ipam")
 
 WAIT = 30.0  # how long an API call waits for the mesh
-CLAIM_TIMEOUT = 10.0
+CLAIM_TIMEOUT = 15.0  # > HEARTBEAT_TIMEOUT: a dead direct link is noticed meanwhile
+CLAIM_RESEND = 2.0
 RECLAIM_INTERVAL = 5.0
 
 
@@ -253,13 +254,22 @@ class IpamService:
         event, answer = trio.Event(), list[tuple[int, str]]()
         self._replies[request] = (event, answer)
         try:
-            if not self.transport.send_ipam(owner, encode_claim(request, addr, ident)):
+            message = encode_claim(request, addr, ident)
+            if not self.transport.send_ipam(owner, message):
                 raise IpamError(
                     f"{iface.ip} belongs to peer {format_name(owner)}, which cannot be reached: "
                     "use an address of this host's share, or none"
                 )
+            # A claim is idempotent for one ident, so it is sent again until
+            # answered: a direct connection that died unnoticed is dropped by
+            # the heartbeat timeout and the next copy goes round it by relay.
             with trio.move_on_after(CLAIM_TIMEOUT):
-                await event.wait()
+                while True:
+                    with trio.move_on_after(CLAIM_RESEND):
+                        await event.wait()
+                    if event.is_set():
+                        break
+                    self.transport.send_ipam(owner, message)
         finally:
             del self._replies[request]
         if not answer:

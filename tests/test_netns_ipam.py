@@ -143,20 +143,17 @@ def test_rmpeer_reclaims_a_dead_peers_share(lab_factory: LabFactory) -> None:
 
 
 def test_claims_reach_an_owner_without_a_direct_connection(lab_factory: LabFactory) -> None:
-    """h2 and h3 cannot talk to each other: h3's claim of an address in h2's
-    share, and h2's reply, are relayed through h1."""
+    """h2 and h3 stop hearing each other just before h3 claims an address in
+    h2's share: the first copies go down the dead connection, which neither
+    side has noticed yet; once the heartbeat timeout drops it, the claim and
+    h2's reply are relayed through h1."""
     lab = lab_factory(3)
     three_hosts(lab)
     c2, c3 = lab.container("r2"), lab.container("r3")
     addr = lab.mesh(2, "attach", c2).stdout.strip()  # from h2's own share
     lab.mesh(2, "detach", c2)
-    lab.block(2, 3)
-    lab.wait_for(
-        "h2-h3 gone",
-        lambda: lab.host(3) not in {c["nickname"] for c in status(lab, 2)["connections"]},
-        timeout=30,
-    )
     before = status(lab, 1)["counters"].get("ipam_relayed", 0)
+    lab.block(2, 3)
     assert lab.mesh(3, "attach", addr, c3).stdout.strip() == addr
     assert status(lab, 1)["counters"].get("ipam_relayed", 0) >= before + 2  # claim and reply
     # h2, the owner, now counts it as h3's.

@@ -1,0 +1,105 @@
+"""IpamService over an in-memory transport: claims at another owner, lost
+messages, no answer.  Trio's MockClock drives the timeouts; no root, no sockets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+
+from meshrouter.errors import IpamError
+from meshrouter.ipamservice import CLAIM_TIMEOUT, IpamService
+
+A = bytes.fromhex("020000000001")
+B = bytes.fromhex("020000000002")
+RANGE = "10.32.0.0/24"
+
+
+@dataclass
+class Wire:
+    """Carries IPAM messages between services; drops the first ``lose`` sends
+    of each peer (a connection that died without anyone noticing yet)."""
+
+    services: dict[bytes, IpamService] = field(default_factory=dict)
+    lose: dict[bytes, int] = field(default_factory=dict)
+    sent: dict[bytes, int] = field(default_factory=dict)
+
+    def endpoint(self, me: bytes) -> Endpoint:
+        return Endpoint(self, me)
+
+
+@dataclass
+class Endpoint:
+    wire: Wire
+    me: bytes
+
+    def send_ipam(self, name: bytes, payload: bytes) -> bool:
+        self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
+        if self.wire.lose.get(self.me, 0) > 0:
+            self.wire.lose[self.me] -= 1
+            return True  # accepted by a dead connection: gone
+        self.wire.services[name].on_message(self.me, payload)
+        return True
+
+    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
+        for name in self.neighbours():
+            if name != but:
+                self.send_ipam(name, payload)
+
+    def neighbours(self) -> list[bytes]:
+        return [n for n in self.wire.services if n != self.me]
+
+
+def pair() -> tuple[Wire, IpamService, IpamService]:
+    """A owns the whole ring (made alone); B has merged it and owns nothing."""
+    wire = Wire()
+    a = IpamService(A, RANGE, 1, None, wire.endpoint(A))
+    wire.services[A] = a
+    a.tick(0.0, {A})
+    a.tick(a.core.settle, {A})  # quorum held for the settle time
+    assert a.core.ready
+    b = IpamService(B, RANGE, 1, None, wire.endpoint(B))
+    wire.services[B] = b
+    a.transport.broadcast_ipam(a.ring_payload() or b"", None)
+    assert b.core.ready
+    assert b.core.owner_of(int.from_bytes(bytes([10, 32, 0, 9]), "big")) == A
+    return wire, a, b
+
+
+async def test_a_claim_at_another_owner_is_recorded_on_both_sides() -> None:
+    _wire, a, b = pair()
+    assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
+    held = {al.addr: al.ident for al in a.core.allocs.values()}
+    assert held == {int.from_bytes(bytes([10, 32, 0, 9]), "big"): "h2/web"}
+    assert b.remote == {"h2/web": [(A, held.popitem()[0])]}
+
+
+async def test_a_lost_claim_is_sent_again_until_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire, a, b = pair()
+    wire.lose[B] = 2  # the first two copies vanish
+    start = trio.current_time()
+    assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
+    assert wire.sent[B] == 3
+    assert trio.current_time() - start < CLAIM_TIMEOUT
+    assert [al.ident for al in a.core.allocs.values()] == ["h2/web"]
+
+
+async def test_a_claim_nobody_answers_fails_with_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire, _a, b = pair()
+    wire.lose[B] = 1000
+    with pytest.raises(IpamError, match=r"did not answer the claim of 10\.32\.0\.9"):
+        await b.claim("10.32.0.9/24", "h2/web", "")
+    assert 5 <= wire.sent[B] <= 10  # resent every few seconds, not in a busy loop
+
+
+async def test_a_claim_of_an_address_in_use_is_refused() -> None:
+    _wire, a, b = pair()
+    await a.claim("10.32.0.9/24", "h1/db", "")
+    with pytest.raises(IpamError, match="already in use"):
+        await b.claim("10.32.0.9/24", "h2/web", "")
