@@ -46,6 +46,8 @@ class Attachment:
     host_veth: str
     cidr: str
     mac: str
+    hostname: str = ""  # the DNS name registered for it ("" when none)
+    resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
 
 
 def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
@@ -137,9 +139,11 @@ def attach(
     mtu: int,
     ipam: AddressSource,
     subnet: str | None = None,
+    dns_address: str | None = None,
 ) -> Attachment:
     """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
-    (inside ``subnet``) when it is None."""
+    (inside ``subnet``) when it is None.  With ``dns_address``, the container
+    gets a route to the mesh's DNS server on its bridge."""
     iface = parse_cidr(cidr_text, mesh_range) if cidr_text is not None else None
     try:
         c = resolve(name)
@@ -207,7 +211,10 @@ def attach(
                     f"addr add {got} dev {CONTAINER_IFACE}",
                     f"link set dev {CONTAINER_IFACE} gso_max_size {GSO_MAX_SIZE}",
                     f"link set dev {CONTAINER_IFACE} up",
-                ],
+                ]
+                + (
+                    [f"route replace {dns_address}/32 dev {CONTAINER_IFACE}"] if dns_address else []
+                ),
                 ns_path=c.ns_path,
                 optional=frozenset({2}),
             )
@@ -218,9 +225,43 @@ def attach(
             ip("link", "del", "dev", host, check=False)
             ipam.release(c.ident)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
-        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(got), mac)
+        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(got), mac, c.hostname)
         records[c.ident] = rec
         return rec
+
+
+RESOLV_MARK = "# written by 'mesh attach'; removed by 'mesh detach'\n"
+NETNS_ETC = Path("/etc/netns")
+
+
+def write_resolv_conf(registry: Registry, rec: Attachment, dns_address: str, domain: str) -> str:
+    """Point a named netns at the mesh's DNS (what 'ip netns exec' bind-mounts
+    over /etc/resolv.conf), unless it has a resolv.conf of its own.  Returns
+    the path written, or ""."""
+    if rec.kind != "netns":
+        return ""
+    path = NETNS_ETC / rec.container / "resolv.conf"
+    if path.exists() and not path.read_text().startswith(RESOLV_MARK):
+        return ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    search = domain.rstrip(".")
+    text = f"{RESOLV_MARK}nameserver {dns_address}\nsearch {search}\noptions ndots:1\n"
+    atomic_write(path, text.encode(), 0o644)
+    with registry.locked() as records:
+        if rec.ident in records:
+            records[rec.ident].resolv_conf = str(path)
+    return str(path)
+
+
+def remove_resolv_conf(rec: Attachment) -> None:
+    if not rec.resolv_conf:
+        return
+    path = Path(rec.resolv_conf)
+    with contextlib.suppress(OSError):
+        if path.read_text().startswith(RESOLV_MARK):
+            path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if nothing else is in it
 
 
 def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | None:
@@ -243,6 +284,7 @@ def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | N
             return None
         # Deleting either end of a veth pair removes both.
         ip("link", "del", "dev", rec.host_veth, check=False)
+        remove_resolv_conf(rec)
         del records[rec.ident]
         ipam.release(rec.ident)
         return rec

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
 from . import views
-from .containers import docker_engine_available
+from .containers import ContainerError, docker_engine_available, resolve
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
@@ -254,14 +255,30 @@ def cmd_forget(a: argparse.Namespace) -> int:
     return 0
 
 
-def _attach_settings(a: argparse.Namespace) -> tuple[str, str, int]:
+@dataclasses.dataclass(frozen=True)
+class AttachSettings:
+    bridge: str
+    mesh_range: str
+    mtu: int
+    dns_address: str | None = None  # None: the router serves no DNS
+    dns_domain: str = ""
+
+
+def _attach_settings(a: argparse.Namespace) -> AttachSettings:
     if _router_running(a.state_dir):
         st = _status(a.state_dir)
-        return st["bridge"], st["ipalloc_range"], int(st["mtu"])
+        dns = st["dns"]
+        return AttachSettings(
+            st["bridge"],
+            st["ipalloc_range"],
+            int(st["mtu"]),
+            dns["address"] if dns["enabled"] else None,
+            dns["domain"],
+        )
     cfg = _launch_config(a.state_dir)
     if not cfg:
         raise CliError("no mesh on this host: run 'mesh launch' first")
-    return cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"])
+    return AttachSettings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
 
 
 class RouterIpam:
@@ -302,10 +319,11 @@ class RouterIpam:
 def cmd_attach(a: argparse.Namespace) -> int:
     if len(a.args) not in (1, 2):
         raise CliError("usage: mesh attach [CIDR | net:SUBNET] CONTAINER")
+    registry = attach_mod.Registry(a.state_dir)
     container = a.args[-1]
     cidr: str | None = None
     subnet: str | None = None
-    bridge, mesh_range, mtu = _attach_settings(a)
+    settings = _attach_settings(a)
     if len(a.args) == 2:
         spec = a.args[0]
         if spec.startswith("net:"):
@@ -318,19 +336,45 @@ def cmd_attach(a: argparse.Namespace) -> int:
         subnet = _launch_config(a.state_dir).get("default_subnet") or None
     try:
         rec = attach_mod.attach(
-            attach_mod.Registry(a.state_dir),
+            registry,
             container,
             cidr,
-            bridge=bridge,
-            mesh_range=mesh_range,
-            mtu=mtu,
+            bridge=settings.bridge,
+            mesh_range=settings.mesh_range,
+            mtu=settings.mtu,
             ipam=RouterIpam(a.state_dir),
             subnet=subnet,
+            dns_address=settings.dns_address,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
+    if settings.dns_address:
+        _register_name(a, registry, rec, settings)
     print(rec.cidr)
     return 0
+
+
+def _register_name(
+    a: argparse.Namespace,
+    registry: attach_mod.Registry,
+    rec: attach_mod.Attachment,
+    settings: AttachSettings,
+) -> None:
+    """The container's name in the mesh's DNS (unless --without-dns), and its
+    resolv.conf (a named netns)."""
+    assert settings.dns_address is not None
+    name = "" if a.without_dns else a.hostname or rec.hostname
+    try:
+        if name:
+            _router_call(
+                a.state_dir,
+                {"op": "dns_add", "container": rec.ident, "names": [name], "addrs": [rec.cidr]},
+            )
+        attach_mod.write_resolv_conf(registry, rec, settings.dns_address, settings.dns_domain)
+    except (CliError, OSError) as exc:
+        print(
+            f"mesh: warning: {rec.container} attached, but not named in DNS: {exc}", file=sys.stderr
+        )
 
 
 def cmd_detach(a: argparse.Namespace) -> int:
@@ -377,6 +421,144 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
     else:
         views.status(st, a.what or "all")
+    return 0
+
+
+# -- DNS ------------------------------------------------------------------------------
+
+
+def _split_dns_args(a: argparse.Namespace) -> tuple[list[str], str | None]:
+    """``ADDR... [CONTAINER]``: the addresses, and the container if the last
+    argument is not an address."""
+    args = list(a.args)
+    container = None
+    if args:
+        try:
+            ipaddress.IPv4Interface(args[-1])
+        except ValueError:
+            container = args.pop()
+    for x in args:
+        try:
+            ipaddress.IPv4Interface(x)
+        except ValueError:
+            raise CliError(f"{x!r} is not an IPv4 address") from None
+    if container is None and not a.hostname:
+        raise CliError(f"name what: mesh {a.command} ADDR... CONTAINER, or ADDR... -h FQDN")
+    return args, container
+
+
+def _dns_key(a: argparse.Namespace, container: str | None) -> tuple[str, str | None, list[str]]:
+    """(the router's key for the entries, the name, the container's addresses)."""
+    if container is None:
+        return f"fqdn:{a.hostname}", a.hostname, []
+    records = attach_mod.Registry(a.state_dir).read()
+    rec = next((r for r in records.values() if container in (r.container, r.ident)), None)
+    if rec is not None:
+        return rec.ident, a.hostname or rec.hostname or rec.container, [rec.cidr]
+    try:
+        c = resolve(container)
+    except ContainerError as exc:
+        raise CliError(str(exc)) from None
+    return c.ident, a.hostname or c.hostname, []
+
+
+def cmd_dns_add(a: argparse.Namespace) -> int:
+    addrs, container = _split_dns_args(a)
+    key, name, attached = _dns_key(a, container)
+    addrs = addrs or attached
+    if not addrs:
+        raise CliError(f"{container} is not attached: give its address(es)")
+    n = _router_call(
+        a.state_dir, {"op": "dns_add", "container": key, "names": [name], "addrs": addrs}
+    )
+    print(f"{name}: {', '.join(addrs)} ({n} new)")
+    return 0
+
+
+def cmd_dns_remove(a: argparse.Namespace) -> int:
+    addrs, container = _split_dns_args(a)
+    key, name, _ = _dns_key(a, container)
+    only = a.hostname if a.hostname and container is not None else None
+    n = 0
+    each: list[str | None] = list(addrs) or [None]
+    for addr in each:
+        n += int(
+            _router_call(
+                a.state_dir,
+                {"op": "dns_remove", "container": key, "name": only, "addr": addr},
+            )
+        )
+    print(f"{n} DNS entr{'y' if n == 1 else 'ies'} of {name or container} removed")
+    return 0
+
+
+def cmd_dns_lookup(a: argparse.Namespace) -> int:
+    found = _router_call(a.state_dir, {"op": "dns_lookup", "name": a.name})
+    if not found:
+        raise CliError(f"no mesh DNS entry for {a.name}")
+    print("\n".join(found))
+    return 0
+
+
+def cmd_dns_args(a: argparse.Namespace) -> int:
+    dns = _router_call(a.state_dir, {"op": "dns"})
+    if not dns["enabled"]:
+        raise CliError("the router serves no DNS (launched with --no-dns)")
+    print(f"--dns={dns['address']} --dns-search={dns['domain'].rstrip('.')}")
+    return 0
+
+
+# -- host access -----------------------------------------------------------------------
+
+
+def cmd_expose(a: argparse.Namespace) -> int:
+    cidrs = a.cidrs or [None]
+    for cidr in cidrs:
+        got = _router_call(
+            a.state_dir,
+            {
+                "op": "expose",
+                "cidr": cidr,
+                "masquerade": not a.without_masquerade,
+                "fqdn": a.hostname,
+            },
+        )
+    print(got)
+    return 0
+
+
+def cmd_hide(a: argparse.Namespace) -> int:
+    gone = _router_call(a.state_dir, {"op": "hide"})
+    print(f"hidden: {gone}" if gone else "the host had no address on the mesh")
+    return 0
+
+
+def cmd_reset(a: argparse.Namespace) -> int:
+    """Stop the router for good: share handed over, bridge, attachments and state gone."""
+    state_dir: Path = a.state_dir
+    cfg = _launch_config(state_dir)
+    bridge = str(cfg.get("bridge", "mesh"))
+    if _router_running(state_dir):
+        print(_router_call(state_dir, {"op": "reset"}))
+        pid = _read_pid(state_dir)
+        if pid is not None:
+            _wait_exit(pid, 10.0)
+    else:
+        print(
+            "mesh: warning: no router running: its address share stays with this peer "
+            "until another peer runs 'mesh rmpeer'",
+            file=sys.stderr,
+        )
+    registry = attach_mod.Registry(state_dir)
+    for rec in registry.read().values():
+        delete_link(rec.host_veth)
+        attach_mod.remove_resolv_conf(rec)
+    if docker_engine_available() and not a.local:
+        subprocess.run(["docker", "rm", "-f", "meshrouter"], capture_output=True, check=False)
+    if take_bridge_made(state_dir, bridge) and delete_link(bridge):
+        print(f"bridge {bridge} removed")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    print(f"state {state_dir} removed")
     return 0
 
 
@@ -448,6 +630,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET] CONTAINER"
     sp.add_argument("args", nargs="+", metavar="[CIDR] CONTAINER", help=argparse.SUPPRESS)
+    sp.add_argument(
+        "--without-dns", action="store_true", help="do not name the container in the mesh's DNS"
+    )
+    sp.add_argument(
+        "-H",
+        "--hostname",
+        metavar="NAME",
+        help="its DNS name (default: the netns or Docker container name; "
+        "NAME.DOMAIN unless NAME has a dot)",
+    )
     sp.set_defaults(func=cmd_attach)
 
     sp = sub.add_parser("detach", parents=[common], help="detach a container from the mesh")
@@ -457,7 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "status", parents=[common], help="show the router, its connections and targets"
     )
-    sp.add_argument("what", nargs="?", choices=["peers", "connections", "targets", "ipam"])
+    sp.add_argument(
+        "what", nargs="?", choices=["peers", "connections", "targets", "ipam", "dns", "expose"]
+    )
     sp.add_argument("--json", action="store_true", help="print everything as JSON")
     sp.set_defaults(func=cmd_status)
 
@@ -482,6 +676,73 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
     sp.set_defaults(func=cmd_ps)
+
+    for cmd, func, what in (
+        ("dns-add", cmd_dns_add, "add"),
+        ("dns-remove", cmd_dns_remove, "remove"),
+    ):
+        sp = sub.add_parser(
+            cmd,
+            parents=[common],
+            help=f"{what} names in the mesh's DNS",
+            description=f"mesh {cmd} [ADDR...] CONTAINER [-h FQDN] | mesh {cmd} ADDR... -h FQDN: "
+            f"{what} the name of CONTAINER (its netns or Docker name, or FQDN) with ADDRs "
+            "(default: its attached address), mesh-wide. Addresses outside the mesh are "
+            "allowed. A NAME without a dot becomes NAME.DOMAIN (--dns-domain).",
+            add_help=False,
+        )
+        sp.add_argument("--help", action="help", help="show this help message and exit")
+        sp.add_argument("args", nargs="*", metavar="ADDR|CONTAINER")
+        sp.add_argument("-h", "--hostname", metavar="FQDN", help="the name")
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser(
+        "dns-lookup", parents=[common], help="addresses of a name in the mesh's DNS"
+    )
+    sp.add_argument("name", metavar="NAME")
+    sp.set_defaults(func=cmd_dns_lookup)
+
+    sp = sub.add_parser(
+        "dns-args",
+        parents=[common],
+        help="print the 'docker run' options that point a container at the mesh's DNS",
+    )
+    sp.set_defaults(func=cmd_dns_args)
+
+    sp = sub.add_parser(
+        "expose",
+        parents=[common],
+        help="give this host an address on the mesh",
+        description="Put an address of the mesh on the bridge (allocated, or each CIDR "
+        "given) so this host reaches every container, and masquerade containers' traffic "
+        "to addresses outside the mesh through this host (an nftables table "
+        "'meshrouter_nat'). Kept across a router restart; undone by 'mesh hide'. "
+        "With DNS on, the address is named after this peer (or -h FQDN).",
+        add_help=False,
+    )
+    sp.add_argument("--help", action="help", help="show this help message and exit")
+    sp.add_argument("cidrs", nargs="*", metavar="CIDR")
+    sp.add_argument(
+        "--without-masquerade", action="store_true", help="do not masquerade for containers"
+    )
+    sp.add_argument("-h", "--hostname", metavar="FQDN", help="the host's name in DNS")
+    sp.set_defaults(func=cmd_expose)
+
+    sp = sub.add_parser(
+        "hide", parents=[common], help="undo 'mesh expose' (addresses and masquerading)"
+    )
+    sp.set_defaults(func=cmd_hide)
+
+    sp = sub.add_parser(
+        "reset",
+        parents=[common],
+        help="leave the mesh for good: hand over the address share, remove everything",
+        description="Stop the router after handing this peer's address share to a "
+        "connected peer (no 'mesh rmpeer' needed later), then remove what 'expose' made, "
+        "the containers' links, the bridge (if launch made it) and the state directory.",
+    )
+    sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_reset)
 
     sp = sub.add_parser(
         "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"

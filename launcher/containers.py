@@ -20,6 +20,7 @@ class Container:
     ns_path: str  # /run/netns/NAME or /proc/PID/ns/net
     ns_ref: str  # what 'ip link set ... netns' takes: NAME or PID
     ident: str  # a stable key: netns name or docker id
+    hostname: str = ""  # its name for DNS: the netns or Docker container name
 
 
 NETNS_DIR = "/run/netns"
@@ -51,19 +52,19 @@ def resolve(name: str) -> Container:
         raise ContainerError(f"{name!r} is not a valid container or namespace name")
     path = os.path.join(NETNS_DIR, name)
     if os.path.exists(path):
-        return Container(name, "netns", path, name, name)
+        return Container(name, "netns", path, name, name, name)
     if docker_engine_available():
         proc = subprocess.run(
-            ["docker", "inspect", "--format", "{{.State.Pid}} {{.Id}}", name],
+            ["docker", "inspect", "--format", "{{.State.Pid}} {{.Id}} {{.Name}}", name],
             capture_output=True,
             text=True,
             check=False,
         )
         if proc.returncode == 0:
-            pid, cid = proc.stdout.split()
+            pid, cid, cname = proc.stdout.split()
             if pid == "0":
                 raise ContainerError(f"container {name} is not running: start it first")
-            return Container(name, "docker", f"/proc/{pid}/ns/net", pid, cid)
+            return Container(name, "docker", f"/proc/{pid}/ns/net", pid, cid, cname.lstrip("/"))
         raise ContainerError(
             f"no container or network namespace named {name!r}: "
             "check 'docker ps' or 'ip netns list'"

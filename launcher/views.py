@@ -50,8 +50,40 @@ def summary(st: RouterStatus) -> None:
     print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
     print(f"        Targets: {len(st['targets'])}")
     print(f"  MACs learned : {st['macs']}")
+    dns = st["dns"]
+    if dns["enabled"]:
+        print(f"            DNS: {dns['domain']} on {dns['address']}, {len(dns['entries'])} names")
+    else:
+        print("            DNS: off")
+    if st["expose"]["addresses"]:
+        print(f"        Exposed: {', '.join(st['expose']['addresses'])}")
     if st["drops"]:
         print("   Dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(st["drops"].items())))
+
+
+def dns(st: RouterStatus) -> None:
+    d = st["dns"]
+    if not d["enabled"]:
+        print("DNS is off (the router was launched with --no-dns)")
+        return
+    upstream = ", ".join(d["upstream"]) or "none"
+    print(f"domain {d['domain']} on {d['address']}, TTL {d['ttl']}s, upstream {upstream}")
+    table(
+        ["NAME", "ADDRESS", "PEER", "CONTAINER"],
+        [
+            [e["name"], e["address"], e["peer"], e["container"].split("/", 1)[-1]]
+            for e in d["entries"]
+        ],
+    )
+
+
+def expose(st: RouterStatus) -> None:
+    e = st["expose"]
+    if not e["addresses"]:
+        print("not exposed ('mesh expose' gives this host an address on the mesh)")
+        return
+    masq = "with" if e["masquerade"] else "without"
+    print(f"exposed as {', '.join(e['addresses'])}, {masq} masquerading")
 
 
 def connections(st: RouterStatus) -> None:
@@ -132,8 +164,8 @@ def ipam(st: RouterStatus) -> None:
 
 def status(st: RouterStatus, what: str) -> None:
     """``mesh status [WHAT]``: all (summary, connections, peers, targets) or one part."""
-    if what == "ipam":
-        ipam(st)
+    if what in ("ipam", "dns", "expose"):
+        {"ipam": ipam, "dns": dns, "expose": expose}[what](st)
         return
     parts = {"connections": connections, "peers": peers, "targets": targets}
     if what == "all":

@@ -11,6 +11,13 @@ Requests (``op`` and its fields)::
     release  container                  -> [released addresses]
     ipam                                -> IpamStatus
     rmpeer   peer=NAME                  -> a sentence
+    dns                                 -> DnsStatus (settings and entries)
+    dns_add  container names addrs      -> how many entries are new
+    dns_remove container [name] [addr]  -> how many entries went
+    dns_lookup name                     -> [addresses]
+    expose   [cidr] masquerade [fqdn]   -> "ADDR/PREFIX, ..."
+    hide                                -> the addresses the host had
+    reset                               -> a sentence; the router then stops
     stop                                -> "stopping"
 
 Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
@@ -31,7 +38,7 @@ from typing import Any, Protocol
 import trio
 
 from .errors import IpamError
-from .status import RouterStatus
+from .status import DnsStatus, RouterStatus
 
 log = logging.getLogger("meshrouter.api")
 
@@ -51,6 +58,13 @@ class RouterApi(Protocol):
     async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
     def release(self, container: str) -> list[str]: ...
     def rmpeer(self, who: str) -> str: ...
+    def dns_status(self) -> DnsStatus: ...
+    def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int: ...
+    def dns_remove(self, container: str, name: str | None, addr: str | None) -> int: ...
+    def dns_lookup(self, name: str) -> list[str]: ...
+    async def expose(self, cidr: str | None, masquerade: bool, fqdn: str | None) -> str: ...
+    def hide(self) -> str: ...
+    async def reset(self) -> str: ...
 
 
 async def handle_request(router: RouterApi, request: Any, on_change: Callable[[], None]) -> Any:
@@ -94,9 +108,54 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
             return router.rmpeer(str(request.get("peer")))
         except IpamError as exc:
             raise ValueError(str(exc)) from None
+    if op.startswith("dns") or op in ("expose", "hide", "reset"):
+        try:
+            return await _dns_and_host(router, op, request)
+        except IpamError as exc:
+            raise ValueError(str(exc)) from None
     if op == "stop":
         router.stop_requested.set()
         return "stopping"
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _strings(request: dict[str, Any], key: str) -> list[str]:
+    value = request.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'"{request["op"]}" needs "{key}", a list of strings')
+    return value
+
+
+def _opt_str(request: dict[str, Any], key: str) -> str | None:
+    value = request.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+async def _dns_and_host(router: RouterApi, op: str, request: dict[str, Any]) -> Any:
+    if op == "dns":
+        return router.dns_status()
+    if op == "dns_lookup":
+        name = _opt_str(request, "name")
+        if name is None:
+            raise ValueError('"dns_lookup" needs a "name" string')
+        return router.dns_lookup(name)
+    if op in ("dns_add", "dns_remove"):
+        container = _opt_str(request, "container")
+        if container is None:
+            raise ValueError(f'"{op}" needs a "container" string')
+        if op == "dns_add":
+            return router.dns_add(container, _strings(request, "names"), _strings(request, "addrs"))
+        return router.dns_remove(container, _opt_str(request, "name"), _opt_str(request, "addr"))
+    if op == "expose":
+        return await router.expose(
+            _opt_str(request, "cidr"),
+            bool(request.get("masquerade", True)),
+            _opt_str(request, "fqdn"),
+        )
+    if op == "hide":
+        return router.hide()
+    if op == "reset":
+        return await router.reset()
     raise ValueError(f"unknown op {op!r}")
 
 

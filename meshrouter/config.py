@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import CONTAINER_MTU, PORT
+from .constants import CONTAINER_MTU, DNS_ADDRESS, PORT
 
 DEFAULT_RANGE = "10.32.0.0/12"
 DEFAULT_BUSY_POLL_US = 0
@@ -83,6 +83,23 @@ class RouterOptions:
         True,
         "turn off TAP segmentation/checksum offload and UDP GSO/GRO "
         "(slower; for kernels or paths that mishandle them)",
+    )
+    dns: bool = _opt(True, "serve no DNS for containers (names of attached containers, mesh-wide)")
+    dns_domain: str = _opt(
+        "mesh.local.", "domain of container names (default: %(default)s)", metavar="DOMAIN"
+    )
+    dns_listen_address: str = _opt(
+        DNS_ADDRESS,
+        "address of the DNS server, put on the bridge; containers get a route to it "
+        "(default: %(default)s, link-local, the same on every host, kept off the mesh)",
+        metavar="ADDR",
+    )
+    dns_ttl: int = _opt(1, "TTL of DNS answers for mesh names, seconds (default: %(default)s)")
+    dns_upstream: str = _opt(
+        "",
+        "resolvers for names outside the mesh, ADDR[:PORT],... "
+        "(default: the nameservers of /etc/resolv.conf)",
+        metavar="LIST",
     )
     peers: list[str] = field(
         default_factory=list,

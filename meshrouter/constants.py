@@ -28,3 +28,5 @@ MAX_CONTROL_MESSAGE = 1 << 20  # bytes; larger control frames are refused
 # reconnect makes fresh keys); sealing refuses outright at the hard limit.
 REKEY_AFTER_MESSAGES = 1 << 48
 NONCE_HARD_LIMIT = 1 << 60
+DNS_ADDRESS = "169.254.53.53"  # the DNS server's address on every host's bridge
+DNS_PORT = 53

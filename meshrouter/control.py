@@ -37,6 +37,7 @@ class MessageType(IntEnum):
     GOSSIP = 3
     IPAM = 4
     IPAM_RELAYED = 5  # route header (origin, destination, hops left) || an IPAM message
+    DNS = 6  # DNS entries (``dnsrecords``), merged and passed on
 
 
 @dataclass(frozen=True, slots=True)

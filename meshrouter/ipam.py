@@ -252,6 +252,18 @@ class Ipam:
         self._reindex()
         return n, encode_ring(self.tokens)
 
+    def hand_over(self, to: bytes) -> bytes | None:
+        """Give every token of ours to ``to`` (this peer leaves the mesh for good)."""
+        n = 0
+        for start, tok in list(self.tokens.items()):
+            if tok.owner == self.me:
+                self.tokens[start] = Token(to, tok.version + 1)
+                n += 1
+        if not n:
+            return None
+        self._reindex()
+        return encode_ring(self.tokens)
+
     # -- addresses ----------------------------------------------------------
 
     def bounds(self, subnet: ipaddress.IPv4Network | None) -> tuple[int, int]:

@@ -78,6 +78,7 @@ class IpamService:
         self._requests = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[tuple[int, str]]]] = {}
         self._next_reclaim = 0.0
+        self.on_release: Callable[[str], None] = lambda ident: None
 
     # -- persistence and change --------------------------------------------
 
@@ -289,11 +290,42 @@ class IpamService:
         return gone
 
     def _release(self, ident: str) -> list[str]:
+        self.on_release(ident)
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         for owner, addr in self.remote.pop(ident, []):
             self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
             gone.append(str(ipaddress.IPv4Address(addr)))
         return gone
+
+    def hand_over(self) -> str:
+        """Leave the mesh for good (``mesh reset``): release our containers'
+        addresses, give our whole share to a neighbour and tell it of the
+        addresses other peers' containers hold in it.  Returns what was done."""
+        mine = format_name(self.me) + "/"
+        idents = {a.ident for a in self.core.allocs.values() if a.ident.startswith(mine)}
+        for ident in idents | set(self.remote):
+            self._release(ident)
+        neighbours = sorted(self.transport.neighbours())
+        if not self.core.mine():
+            self._commit()
+            return "this peer owned no addresses"
+        if not neighbours:
+            self._commit()
+            return (
+                "no peer is connected: this peer's address share stays its own; "
+                f"run 'mesh rmpeer {format_name(self.me)}' on another peer"
+            )
+        to = neighbours[0]
+        kept = list(self.core.allocs.values())
+        ring = self.core.hand_over(to)
+        if ring is not None:
+            self.transport.broadcast_ipam(ring, None)
+        for a in kept:  # now in ``to``'s share: it records them as claims
+            self.transport.send_ipam(to, encode_claim(0, a.addr, a.ident))
+        self.core.allocs.clear()
+        self.core.version += 1
+        self._commit()
+        return f"address share handed to {format_name(to)}"
 
     def rmpeer(self, peer: bytes) -> int:
         n, ring = self.core.rmpeer(peer)

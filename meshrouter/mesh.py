@@ -35,6 +35,10 @@ Rules that span connections:
   connection closes.  Our own gossip record lists them, established or not.
 * IPAM messages to a peer with no direct connection are relayed like data:
   a route header (origin, destination, hops left) in front, passed hop by hop.
+* DNS entries (``dnsrecords.Records``, a CRDT) go whole to a new peer and
+  then as changes: what a merge changed is passed on to the other peers.
+  The entries of a peer the topology forgets, or that is removed with
+  rmpeer, are dropped.
 
 Randomness (receiver indices, the uid, backoff jitter) comes from the ``rng``
 the shell passes in; time only ever comes in as ``now``.
@@ -58,6 +62,7 @@ from .control import (
     State,
 )
 from .crypto import SUITES
+from .dnsrecords import Entry, Records, decode_untrusted, encode_chunks
 from .errors import BadPacket, IpamError, LocalProtocolError
 from .handshake import HandshakeResult, Identity
 from .link import Link, LinkTable
@@ -209,6 +214,7 @@ class Mesh:
         self.ipam = ipam
         self.conn_limit = conn_limit
         self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
+        self.dns = Records(name)
         self.targets = Targets(port)
         for p in peers:
             self.targets.add(p, now)
@@ -444,6 +450,8 @@ class Mesh:
         ring = self.ipam.ring_payload()
         if ring is not None:
             self._send(conn, MessageType.IPAM, ring)
+        for chunk in encode_chunks(self.dns.all()):
+            self._send(conn, MessageType.DNS, chunk)
         self._update_own_record()
         self._actions.append(LinkUp())  # first UDP heartbeat now, not at the next tick
 
@@ -482,6 +490,16 @@ class Mesh:
             if fwd is not None:
                 self._topology_changed()
                 self._gossip_to_all(fwd, but=conn)
+        elif ev.type == MessageType.DNS:
+            try:
+                entries = decode_untrusted(ev.payload)
+            except BadPacket as exc:
+                self.counters["dns_gossip_errors"] += 1
+                self._close(conn, f"bad DNS gossip: {exc}", now, cause="error")
+                return
+            changed, corrections = self.dns.merge(entries, now)
+            self._dns_to_all(changed, but=conn)
+            self._dns_to_all(corrections)
         else:
             self.counters["control_messages_unknown"] += 1
 
@@ -500,6 +518,14 @@ class Mesh:
         for conn in list(self.peers.values()):
             if conn is not but:
                 self._send_gossip(conn, payload)
+
+    def _dns_to_all(self, entries: list[Entry], but: Conn | None = None) -> None:
+        if not entries:
+            return
+        for chunk in encode_chunks(entries):
+            for conn in list(self.peers.values()):
+                if conn is not but:
+                    self._send(conn, MessageType.DNS, chunk)
 
     def _update_own_record(self) -> None:
         conns = [
@@ -586,6 +612,26 @@ class Mesh:
                 self._close(conn, "peer forgotten by operator", now)
         return t.address
 
+    def dns_add(self, container: str, names: list[str], addrs: list[int], now: float) -> int:
+        """Register our ``container``'s names (fully qualified, normalised) with
+        its addresses, mesh-wide.  Returns how many entries are new."""
+        new = [
+            e
+            for name in names
+            for addr in addrs
+            if (e := self.dns.add(container, name, addr, now)) is not None
+        ]
+        self._dns_to_all(new)
+        return len(new)
+
+    def dns_remove(
+        self, container: str, now: float, *, name: str | None = None, addr: int | None = None
+    ) -> int:
+        """Withdraw our ``container``'s entries (only ``name``'s / ``addr``'s if given)."""
+        gone = self.dns.remove(container, now, name=name, addr=addr)
+        self._dns_to_all(gone)
+        return len(gone)
+
     def dials_due(self, now: float) -> list[str]:
         """Addresses to dial now (refused ones wait, at the connection limit)."""
         out: list[str] = []
@@ -661,8 +707,11 @@ class Mesh:
             log.info(
                 "peer %s forgotten: unreachable for %.0fs", format_name(name), self.gossip.gc_after
             )
+        for name in gone:
+            self.dns.drop_origin(name)
         if gone:
             self._topology_changed()
+        self.dns.expire(now)
         self.ipam.tick(now, self.gossip.reachable())
         if now >= self._next_full_gossip:
             self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
@@ -690,6 +739,7 @@ class Mesh:
         if name in self.peers:
             raise IpamError(f"peer {who} is connected: stop it ('mesh stop') before rmpeer")
         n = self.ipam.rmpeer(name)
+        self.dns.drop_origin(name)
         log.info("rmpeer %s: took over %d range(s) of its address share", who, n)
         return f"{n} range(s) of {format_name(name)} reclaimed"
 

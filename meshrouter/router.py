@@ -19,6 +19,8 @@ After every call into the mesh, ``_apply`` carries out its actions.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import logging
 import os
 import random
@@ -29,20 +31,26 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
+from . import __version__, hostaccess
 from .config import RouterOptions
-from .constants import HEARTBEAT_INTERVAL
+from .constants import DNS_PORT, HEARTBEAT_INTERVAL
+from .dnsanswer import Answerer
+from .dnsrecords import normalise_name
+from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
+from .errors import IpamError
 from .forwarder import Forwarder
 from .ipamservice import IpamService
 from .mesh import Close, Flush, LinkUp, Mesh, Rng, TargetsChanged
-from .netdev import Tap
-from .status import RouterStatus
+from .netdev import NetdevError, Tap
+from .state import atomic_write, load_json
+from .status import DnsStatus, ExposeStatus, RouterStatus
 from .udp import UdpSocket
 
 log = logging.getLogger("meshrouter")
 
 CONNECT_TIMEOUT = 5.0
 CLOSE_FLUSH_TIMEOUT = 1.0
+EXPOSE_CONTAINER = "host:expose"  # the IPAM and DNS key of the host's own addresses
 
 
 class _Wire:
@@ -92,6 +100,36 @@ class Router:
             ipam=self.ipam,
             conn_limit=opts.conn_limit,
         )
+        self.state_dir = state_dir
+        self.ipam.on_release = self._released
+        if state_dir is not None:
+            self.mesh.dns.restore_own(load_own(state_dir / "dns.json", name))
+        self._dns_saved = self.mesh.dns.own_version
+        self.dns_domain = normalise_name(opts.dns_domain)
+        self.dns_server: DnsServer | None = None
+        if opts.dns:
+            answerer = Answerer(
+                self.mesh.dns,
+                domain=self.dns_domain,
+                ttl=opts.dns_ttl,
+                mesh_range=opts.ipalloc_range,
+                rng=random.Random(),
+            )
+            self.dns_server = DnsServer(
+                answerer,
+                address=opts.dns_listen_address,
+                port=DNS_PORT,
+                device=opts.bridge,
+                upstreams=parse_upstreams(opts.dns_upstream, opts.dns_listen_address),
+            )
+        self.exposed: ExposeStatus = {"addresses": [], "masquerade": False}
+        if state_dir is not None:
+            saved = load_json(state_dir / "expose.json", None)
+            if isinstance(saved, dict) and isinstance(saved.get("addresses"), list):
+                self.exposed = {
+                    "addresses": [str(a) for a in saved["addresses"]],
+                    "masquerade": bool(saved.get("masquerade")),
+                }
 
     # -- lifecycle ------------------------------------------------------
 
@@ -116,6 +154,13 @@ class Router:
                 await nursery.start(self._forwarder_task)
                 nursery.start_soon(self._maker_loop)
                 nursery.start_soon(self._tick_loop)
+                if self.dns_server is not None:
+                    try:
+                        hostaccess.dns_up(opts.bridge, self._tap.name, opts.dns_listen_address)
+                    except NetdevError as exc:
+                        log.warning("DNS may be answered by other hosts' routers: %s", exc)
+                    await nursery.start(self.dns_server.serve)
+                self._apply_expose()
                 log.info(
                     "router %s (%s) listening on %s, TCP and UDP port %d, bridge %s",
                     self.mesh.name,
@@ -126,6 +171,10 @@ class Router:
                 )
                 task_status.started()
         finally:
+            if self.dns_server is not None:
+                hostaccess.dns_down(opts.bridge, opts.dns_listen_address)
+            if self.exposed["masquerade"]:
+                hostaccess.masquerade_down()
             self.ipam.close()
             self.forwarder.close()
             udp.close()
@@ -273,7 +322,14 @@ class Router:
         while True:
             self.mesh.tick(trio.current_time())
             self._apply()
+            self._save_dns()
             await trio.sleep(HEARTBEAT_INTERVAL / 2)
+
+    def _save_dns(self) -> None:
+        dns = self.mesh.dns
+        if self.state_dir is not None and dns.own_version != self._dns_saved:
+            self._dns_saved = dns.own_version
+            save_own(self.state_dir / "dns.json", dns.own())
 
     async def _forwarder_task(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -324,6 +380,144 @@ class Router:
     def release(self, container: str) -> list[str]:
         return self.ipam.release(self._ident(container))
 
+    def _released(self, ident: str) -> None:
+        """IPAM let an address go (detach, a container gone): its names go too."""
+        if self.mesh.dns_remove(ident, trio.current_time()):
+            self._apply()
+            self._save_dns()
+
+    # -- DNS requests ----------------------------------------------------
+
+    def _fqdn(self, name: str) -> str:
+        """``web01`` -> ``web01.mesh.local.``; a name with a dot is taken as whole."""
+        try:
+            n = normalise_name(name)
+        except ValueError as exc:
+            raise IpamError(str(exc)) from None
+        return n if "." in n[:-1] else n + self.dns_domain
+
+    def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int:
+        try:
+            ints = [int(ipaddress.IPv4Address(a.split("/")[0])) for a in addrs]
+        except ValueError:
+            raise IpamError(f"invalid address in {addrs}: expected IPv4 addresses") from None
+        if not names or not ints:
+            raise IpamError("dns-add needs a name and at least one address")
+        n = self.mesh.dns_add(
+            self._ident(container), [self._fqdn(x) for x in names], ints, trio.current_time()
+        )
+        self._apply()
+        self._save_dns()
+        return n
+
+    def dns_remove(self, container: str, name: str | None, addr: str | None) -> int:
+        try:
+            a = int(ipaddress.IPv4Address(addr.split("/")[0])) if addr else None
+        except ValueError:
+            raise IpamError(f"invalid address {addr!r}") from None
+        n = self.mesh.dns_remove(
+            self._ident(container),
+            trio.current_time(),
+            name=self._fqdn(name) if name else None,
+            addr=a,
+        )
+        self._apply()
+        self._save_dns()
+        return n
+
+    def dns_lookup(self, name: str) -> list[str]:
+        return sorted(
+            {e.address for e in self.mesh.dns.lookup(self._fqdn(name))},
+            key=ipaddress.IPv4Address,
+        )
+
+    def dns_status(self) -> DnsStatus:
+        opts, server = self.opts, self.dns_server
+        entries = sorted(self.mesh.dns.live(), key=lambda e: (e.name, e.addr))
+        return {
+            "enabled": server is not None,
+            "domain": self.dns_domain,
+            "address": opts.dns_listen_address,
+            "ttl": opts.dns_ttl,
+            "upstream": [f"{h}:{p}" for h, p in server.upstreams] if server else [],
+            "entries": [
+                {
+                    "name": e.name,
+                    "address": e.address,
+                    "container": e.container,
+                    "peer": self.mesh.nickname_of(e.origin),
+                }
+                for e in entries
+            ],
+            "counters": server.statistics() if server else {},
+        }
+
+    # -- host access (expose / hide) ---------------------------------------
+
+    def _apply_expose(self) -> None:
+        """Make what ``expose`` recorded true on this host (after a restart too)."""
+        for cidr in self.exposed["addresses"]:
+            try:
+                hostaccess.add_address(self.opts.bridge, cidr)
+            except NetdevError as exc:
+                log.error("cannot expose %s again: %s", cidr, exc)
+        if self.exposed["masquerade"]:
+            try:
+                hostaccess.masquerade_up(self.opts.ipalloc_range, self.opts.bridge)
+            except (NetdevError, OSError) as exc:
+                log.error("cannot masquerade for the mesh: %s", exc)
+
+    def _save_expose(self) -> None:
+        if self.state_dir is not None:
+            atomic_write(self.state_dir / "expose.json", json.dumps(self.exposed).encode())
+
+    async def expose(self, cidr: str | None, masquerade: bool, fqdn: str | None) -> str:
+        """Give this host an address on the mesh (allocated, or ``cidr``).  Idempotent."""
+        ident = self._ident(EXPOSE_CONTAINER)
+        have = self.exposed["addresses"]
+        if cidr is not None:
+            iface = str(ipaddress.IPv4Interface(cidr))
+            if iface not in have:
+                got = await self.ipam.claim(iface, ident, "")
+                have.append(got)
+        elif not have:
+            have.append(await self.ipam.allocate(ident, "", None))
+        self.exposed["masquerade"] = masquerade
+        try:
+            for a in have:
+                hostaccess.add_address(self.opts.bridge, a)
+            if masquerade:
+                hostaccess.masquerade_up(self.opts.ipalloc_range, self.opts.bridge)
+            else:
+                hostaccess.masquerade_down()
+        except (NetdevError, OSError) as exc:
+            raise IpamError(f"expose failed: {exc}") from None
+        self._save_expose()
+        if self.dns_server is not None:
+            self.mesh.dns_remove(ident, trio.current_time())
+            self.dns_add(EXPOSE_CONTAINER, [fqdn or self.mesh.nickname], have)
+        self._apply()
+        return ", ".join(have)
+
+    def hide(self) -> str:
+        have = list(self.exposed["addresses"])
+        for a in have:
+            hostaccess.del_address(self.opts.bridge, a)
+        hostaccess.masquerade_down()
+        self.ipam.release(self._ident(EXPOSE_CONTAINER))  # its names go with it
+        self.exposed = {"addresses": [], "masquerade": False}
+        self._save_expose()
+        return ", ".join(have)
+
+    async def reset(self) -> str:
+        """Leave the mesh for good: hide, give the address share away, stop."""
+        self.hide()
+        result = self.ipam.hand_over()
+        self._apply()
+        await trio.sleep(0.5)  # let the ring and the claims reach the new owner
+        self.stop_requested.set()
+        return result
+
     def target_addresses(self) -> list[str]:
         """Every connection target, to be kept across a restart."""
         return [t.address for t in self.mesh.targets]
@@ -360,6 +554,8 @@ class Router:
                 "gso_sends": udp.gso_sends if udp else 0,
             },
             "ipam": self.ipam.status(mesh.nickname_of),
+            "dns": self.dns_status(),
+            "expose": self.exposed,
         }
 
 

@@ -101,6 +101,28 @@ class IpamStatus(TypedDict):
     allocations: list[AllocationStatus]
 
 
+class DnsEntryStatus(TypedDict):
+    name: str
+    address: str
+    container: str  # "peer/container"
+    peer: str  # nickname of the origin
+
+
+class DnsStatus(TypedDict):
+    enabled: bool
+    domain: str
+    address: str
+    ttl: int
+    upstream: list[str]
+    entries: list[DnsEntryStatus]
+    counters: dict[str, int]
+
+
+class ExposeStatus(TypedDict):
+    addresses: list[str]
+    masquerade: bool
+
+
 class OffloadStatus(TypedDict):
     tap: bool
     udp_gso: bool
@@ -143,3 +165,5 @@ class RouterStatus(MeshStatus):
     drops: dict[str, int]
     offload: OffloadStatus
     ipam: IpamStatus
+    dns: DnsStatus
+    expose: ExposeStatus

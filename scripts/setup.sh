@@ -7,7 +7,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 need=()
-for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc; do
+for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc dig:bind9-dnsutils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

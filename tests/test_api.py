@@ -43,6 +43,33 @@ class FakeRouter:
     def rmpeer(self, who: str) -> str:
         raise IpamError(f"no peer named {who!r}")
 
+    def dns_status(self) -> Any:
+        return {"enabled": True}
+
+    def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int:
+        self.calls.append(("dns_add", container, *names, *addrs))
+        return len(addrs)
+
+    def dns_remove(self, container: str, name: str | None, addr: str | None) -> int:
+        self.calls.append(("dns_remove", container, str(name), str(addr)))
+        return 1
+
+    def dns_lookup(self, name: str) -> list[str]:
+        if "!" in name:
+            raise IpamError(f"invalid DNS name {name!r}")
+        return ["10.32.0.1"]
+
+    async def expose(self, cidr: str | None, masquerade: bool, fqdn: str | None) -> str:
+        self.calls.append(("expose", str(cidr), str(masquerade), str(fqdn)))
+        return "10.32.0.9/12"
+
+    def hide(self) -> str:
+        return "10.32.0.9/12"
+
+    async def reset(self) -> str:
+        self.stop_requested.set()
+        return "address share handed to x"
+
 
 async def ask(router: FakeRouter, raw: bytes) -> Any:
     client, server = trio.testing.memory_stream_pair()
@@ -83,6 +110,25 @@ async def test_ipam_requests_and_their_errors_are_one_line() -> None:
     assert reply == {"ok": False, "error": "no peer named 'ghost'"}
 
 
+async def test_dns_and_host_requests() -> None:
+    r = FakeRouter()
+    req = {"op": "dns_add", "container": "c1", "names": ["web"], "addrs": ["10.32.0.1"]}
+    assert (await ask(r, json.dumps(req).encode() + b"\n"))[0]["result"] == 1
+    req = {"op": "dns_remove", "container": "c1", "addr": "10.32.0.1"}
+    assert (await ask(r, json.dumps(req).encode() + b"\n"))[0]["result"] == 1
+    reply, _ = await ask(r, b'{"op": "dns_lookup", "name": "bad!"}\n')
+    assert reply == {"ok": False, "error": "invalid DNS name 'bad!'"}
+    reply, _ = await ask(r, b'{"op": "expose", "masquerade": false}\n')
+    assert reply["result"] == "10.32.0.9/12"
+    assert (await ask(r, b'{"op": "reset"}\n'))[0]["ok"] is True
+    assert r.stop_requested.is_set()
+    assert r.calls == [
+        ("dns_add", "c1", "web", "10.32.0.1"),
+        ("dns_remove", "c1", "None", "10.32.0.1"),
+        ("expose", "None", "False", "None"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("raw", "error"),
     [
@@ -91,6 +137,9 @@ async def test_ipam_requests_and_their_errors_are_one_line() -> None:
         (b'{"op": "fly"}\n', "unknown op 'fly'"),
         (b'{"op": "connect"}\n', '"connect" needs a "peer"'),
         (b'{"op": "release"}\n', '"release" needs a "container"'),
+        (b'{"op": "dns_add", "container": "c", "names": "web"}\n', '"names", a list of strings'),
+        (b'{"op": "dns_lookup"}\n', '"dns_lookup" needs a "name"'),
+        (b'{"op": "dns_fly"}\n', "unknown op 'dns_fly'"),
         (b"", "Expecting value"),
     ],
 )

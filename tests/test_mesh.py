@@ -243,6 +243,63 @@ def test_a_new_peer_gets_the_ring() -> None:
     assert (name(1), b"ring!") in net.nodes[1].ipam.received
 
 
+# -- DNS over the mesh -------------------------------------------------------------------
+
+WEB = "web.mesh.local."
+
+
+def names_at(net: MeshNet, i: int) -> list[int]:
+    return sorted(e.addr for e in net.mesh(i).dns.lookup(WEB))
+
+
+def test_dns_entries_spread_through_a_relay_and_tombstones_follow() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    assert net.mesh(1).dns_add("c1", [WEB], [11], net.now) == 1
+    assert net.mesh(1).dns_add("c1", [WEB], [11], net.now) == 0  # already there
+    net.mesh(3).dns_add("c3", [WEB], [33], net.now)
+    net.pump()
+    assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [11, 33]
+    assert net.mesh(1).dns_remove("c1", net.now) == 1
+    net.pump()
+    assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [33]
+
+
+def test_a_new_peer_gets_every_entry_and_a_partition_heals_to_one_view() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2))
+    net.mesh(1).dns_add("c1", [WEB], [11], net.now)
+    net.mesh(3).dns_add("c3", [WEB], [33], net.now)  # alone, for now
+    net.pump()
+    net.mesh(1).dns_remove("c1", net.now)  # a tombstone 3 never saw the entry of
+    net.pump()
+    establish(net, (2, 3))
+    assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [33]
+    assert {e.key: e for e in net.mesh(3).dns.all()} == net.mesh(1).dns.entries
+
+
+def test_bad_dns_gossip_closes_the_connection() -> None:
+    net = MeshNet(2)
+    establish(net, (1, 2))
+    only_conn(net, 1, 2).control.send_message(MessageType.DNS, b"\x01\x00\x05junk")
+    net.pump()
+    assert name(1) not in net.mesh(2).peers
+    assert net.mesh(2).counters["dns_gossip_errors"] == 1
+
+
+def test_the_entries_of_a_forgotten_peer_are_dropped() -> None:
+    net = MeshNet(2)
+    establish(net, (1, 2))
+    net.mesh(2).dns_add("c2", [WEB], [22], net.now)
+    net.pump()
+    assert names_at(net, 1) == [22]
+    net.restart(2)  # gone without a word; never comes back
+    for _ in range(int((net.mesh(1).gossip.gc_after + 30) / 0.5)):
+        net.tick()
+    assert name(2) not in net.mesh(1).gossip.records
+    assert names_at(net, 1) == []
+
+
 # -- rmpeer -----------------------------------------------------------------------------
 
 

@@ -48,12 +48,26 @@ ROOMS: list[tuple[str, set[str]]] = [
             "targets",
             "mactable",
             "ipam",
+            "dnsrecords",
+            "dnsanswer",
         },
     ),
     ("thread boundary", {"link"}),
     ("mesh core", {"mesh"}),
     ("data-plane thread", {"libc", "udp", "netdev", "send", "receive", "forwarder"}),
-    ("trio shell", {"ipamstore", "ipamservice", "router", "api", "metrics", "daemon"}),
+    (
+        "trio shell",
+        {
+            "ipamstore",
+            "ipamservice",
+            "dnsservice",
+            "hostaccess",
+            "router",
+            "api",
+            "metrics",
+            "daemon",
+        },
+    ),
     ("test support", {"testing"}),
 ]
 SANS_IO_FORBIDDEN = {"trio", "socket", "time", "random", "select"}

@@ -29,6 +29,8 @@ from ..status import RouterStatus
 
 REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
+NO_UPSTREAM = f"{UNDERLAY}.254"  # a DNS upstream inside the lab that never answers
+NETNS_ETC = Path("/etc/netns")
 
 
 def sh(
@@ -148,6 +150,11 @@ class Lab:
     def launch(
         self, i: int, *peers: str, extra: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
+        """``mesh launch`` on host i.  Names outside the mesh go to an address
+        of the lab's underlay that nobody has, unless ``extra`` says where:
+        never to the machine's own resolvers."""
+        if "--dns-upstream" not in extra:
+            extra = (*extra, "--dns-upstream", NO_UPSTREAM)
         return self.mesh(i, "launch", "--password-file", str(self.password_file), *extra, *peers)
 
     def block(self, i: int, *others: int, udp_only: bool = False) -> None:
@@ -210,6 +217,8 @@ class Lab:
         # Containers first, then hosts (their routers own TAPs), then the switch.
         for ns in sorted(self.namespaces(), key=lambda n: (n.endswith("-sw"), "-h" in n)):
             self._kill_and_delete(ns)
+        for etc in NETNS_ETC.glob(f"{self.prefix}-*"):  # resolv.conf files attach wrote
+            shutil.rmtree(etc, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Lab:
