@@ -21,6 +21,12 @@ mesh_events_total{event}             counter  connection events: established, cl
 mesh_gossip_bytes_total{direction}   counter  topology gossip sent and received
 mesh_macs                            gauge    MAC addresses learnt
 mesh_ipam_addresses{state}           gauge    addresses this peer owns / has given out
+mesh_dns_entries                     gauge    live DNS entries (mesh-wide view)
+mesh_dns_queries_total               counter  DNS queries received (garbage included)
+mesh_dns_answers_total{rcode}        counter  DNS answers made here, by rcode
+mesh_dns_dropped_total               counter  DNS input that was not a query
+mesh_dns_forwarded_total             counter  queries passed to the upstream resolvers
+mesh_dns_upstream_failures_total     counter  forwarded queries no upstream answered
 ===================================  =======  =============================================
 
 Counters of a connection start again from zero when it reconnects; Prometheus
@@ -144,6 +150,31 @@ def render(st: RouterStatus) -> str:
         "Addresses of this peer's share.",
         [({"state": "owned"}, owned), ({"state": "used"}, len(st["ipam"]["allocations"]))],
     )
+    dns = st["dns"]
+    if dns["enabled"]:
+        dc = dns["counters"]
+        metric("mesh_dns_entries", "gauge", "Live DNS entries.", [({}, len(dns["entries"]))])
+        metric("mesh_dns_queries_total", "counter", "DNS queries.", [({}, dc.get("queries", 0))])
+        metric(
+            "mesh_dns_answers_total",
+            "counter",
+            "DNS answers made here, by rcode.",
+            [
+                ({"rcode": k.removeprefix("rcode_")}, v)
+                for k, v in sorted(dc.items())
+                if k.startswith("rcode_")
+            ],
+        )
+        for name, key, help_ in (
+            ("mesh_dns_dropped_total", "dropped", "DNS input that was not a query."),
+            ("mesh_dns_forwarded_total", "forwarded", "DNS queries forwarded upstream."),
+            (
+                "mesh_dns_upstream_failures_total",
+                "upstream_failures",
+                "Forwarded queries no upstream answered.",
+            ),
+        ):
+            metric(name, "counter", help_, [({}, dc.get(key, 0))])
     return "\n".join(lines) + "\n"
 
 

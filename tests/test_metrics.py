@@ -35,6 +35,11 @@ def status(*conns: ConnectionStatus) -> RouterStatus:
                 "shares": [{"peer": "02:00:00:00:00:01", "owned": 100}],
                 "allocations": [{}, {}],
             },
+            "dns": {
+                "enabled": True,
+                "entries": [{}, {}, {}],
+                "counters": {"queries": 9, "rcode_NOERROR": 7, "rcode_NXDOMAIN": 1, "dropped": 1},
+            },
         },
     )
 
@@ -71,5 +76,10 @@ def test_the_rest_of_the_status_and_label_escaping() -> None:
     assert sample(text, 'mesh_events_total{event="connections_established"}') == 2
     assert sample(text, 'mesh_ipam_addresses{state="owned"}') == 100
     assert sample(text, 'mesh_ipam_addresses{state="used"}') == 2
+    assert sample(text, "mesh_dns_entries") == 3
+    assert sample(text, "mesh_dns_queries_total") == 9
+    assert sample(text, 'mesh_dns_answers_total{rcode="NXDOMAIN"}') == 1
+    assert sample(text, "mesh_dns_dropped_total") == 1
+    assert sample(text, "mesh_dns_upstream_failures_total") == 0
     for name in re.findall(r"^# TYPE (\S+) ", text, re.M):
         assert f"# HELP {name} " in text

@@ -59,6 +59,16 @@ def main() -> int:
         for src, dst in ((1, 2), (2, 3), (3, 1)):
             r = lab.in_ns(f"{PREFIX}-c{src}", "ping", "-c", "3", "-i", "0.2", f"10.32.0.{dst}")
             print(f"  c{src} -> 10.32.0.{dst}: {r.stdout.strip().splitlines()[-1]}")
+        step("Names: every attached container is in the mesh's DNS, on every host")
+        for src, dst in ((3, 1), (1, 2)):
+            name = f"{PREFIX}-c{dst}"
+            r = lab.in_ns(f"{PREFIX}-c{src}", "getent", "hosts", name, check=False)
+            print(f"  c{src}$ getent hosts {name}\n    {r.stdout.strip() or 'not found'}")
+        step(f"{lab.host(1)} joins the mesh itself: mesh expose")
+        out = lab.mesh(1, "expose", "--without-masquerade").stdout.strip()
+        r = lab.run(1, "ping", "-c", "1", "-W", "2", "10.32.0.3", check=False)
+        print(f"  {lab.host(1)}$ mesh expose\n    {out}")
+        print(f"  {lab.host(1)}$ ping 10.32.0.3: {'reached' if r.returncode == 0 else 'FAILED'}")
         step("A TCP stream from c1 to c2 (iperf3, 3 seconds)")
         server = f"{PREFIX}-c2"
 
