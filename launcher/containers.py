@@ -61,7 +61,8 @@ def resolve(name: str) -> Container:
             check=False,
         )
         if proc.returncode == 0:
-            pid, cid, cname = proc.stdout.split()
+            pid, cid, *rest = proc.stdout.split()
+            cname = rest[0] if rest else name
             if pid == "0":
                 raise ContainerError(f"container {name} is not running: start it first")
             return Container(name, "docker", f"/proc/{pid}/ns/net", pid, cid, cname.lstrip("/"))

@@ -347,8 +347,9 @@ case "$1" in
   info) echo "Error: template: info:1:2: executing at <.ServerVersion>" >&2; exit 125 ;;
   inspect)
     for a in "$@"; do last="$a"; done
-    if [ "$last" = web01 ] || [ "$last" = 0123abcd ]; then echo "$(cat "$FAKE_DOCKER_PID") 0123abcd"
-    elif [ "$last" = stopped01 ]; then echo "0 feedbeef"
+    if [ "$last" = web01 ] || [ "$last" = 0123abcd ]; then
+      echo "$(cat "$FAKE_DOCKER_PID") 0123abcd /web01"
+    elif [ "$last" = stopped01 ]; then echo "0 feedbeef /stopped01"
     else echo "Error: No such object: $last" >&2; exit 1; fi ;;
   *) echo "fake docker: $*" >&2; exit 1 ;;
 esac
@@ -396,6 +397,7 @@ def test_attach_docker_container_by_name_and_id(lab_factory: LabFactory) -> None
         addr = lab.in_ns(ns, "ip", "-br", "addr", "show", "dev", "ethwe").stdout
         assert "10.32.0.7/12" in addr
         assert "docker" in mesh("ps").stdout
+        assert mesh("dns-lookup", "web01").stdout.split() == ["10.32.0.7"]  # its Docker name
         err = mesh("attach", "10.32.0.8/12", "stopped01")
         assert "is not running" in err.stderr
         err = mesh("attach", "10.32.0.8/12", "nosuch")
