@@ -48,6 +48,7 @@ class Attachment:
     mac: str
     hostname: str = ""  # the DNS name registered for it ("" when none)
     resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
+    ifname: str = CONTAINER_IFACE  # the interface inside the container
 
 
 def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
@@ -140,13 +141,18 @@ def attach(
     ipam: AddressSource,
     subnet: str | None = None,
     dns_address: str | None = None,
+    container: Container | None = None,
+    ifname: str = CONTAINER_IFACE,
+    routes: tuple[str, ...] = (),
 ) -> Attachment:
     """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
     (inside ``subnet``) when it is None.  With ``dns_address``, the container
-    gets a route to the mesh's DNS server on its bridge."""
+    gets a route to the mesh's DNS server on its bridge.  ``container`` is
+    given when the caller knows the namespace already (the CNI plugin);
+    ``routes`` are more ``ip route`` arguments to add inside it."""
     iface = parse_cidr(cidr_text, mesh_range) if cidr_text is not None else None
     try:
-        c = resolve(name)
+        c = container if container is not None else resolve(name)
     except ContainerError as exc:
         raise AttachError(str(exc)) from None
     if not link_exists(bridge):
@@ -159,12 +165,11 @@ def attach(
                 and (rec.ident != c.ident)
             ):
                 raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
-        if has_link(CONTAINER_IFACE, c.ns_path):
+        if has_link(ifname, c.ns_path):
             have = records.get(c.ident)
             what = f" with {have.cidr}" if have else ""
             raise AttachError(
-                f"{name} is already attached{what} ({CONTAINER_IFACE} exists): "
-                f"'mesh detach {name}' first"
+                f"{name} is already attached{what} ({ifname} exists): 'mesh detach {name}' first"
             )
         # The address, mesh-wide: allocated, or claimed from whoever owns it.
         try:
@@ -192,7 +197,7 @@ def attach(
                 "veth",
                 "peer",
                 "name",
-                CONTAINER_IFACE,
+                ifname,
                 "mtu",
                 str(mtu),
                 "netns",
@@ -208,24 +213,25 @@ def attach(
             ip_batch(
                 [
                     "link set dev lo up",
-                    f"addr add {got} dev {CONTAINER_IFACE}",
-                    f"link set dev {CONTAINER_IFACE} gso_max_size {GSO_MAX_SIZE}",
-                    f"link set dev {CONTAINER_IFACE} up",
+                    f"addr add {got} dev {ifname}",
+                    f"link set dev {ifname} gso_max_size {GSO_MAX_SIZE}",
+                    f"link set dev {ifname} up",
                 ]
-                + (
-                    [f"route replace {dns_address}/32 dev {CONTAINER_IFACE}"] if dns_address else []
-                ),
+                + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])
+                + [f"route replace {r}" for r in routes],
                 ns_path=c.ns_path,
                 optional=frozenset({2}),
             )
             ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
             # Tell the mesh where this address lives now (gratuitous ARP).
-            mac = send_garp(CONTAINER_IFACE, got.ip, ns_path=c.ns_path).hex(":")
+            mac = send_garp(ifname, got.ip, ns_path=c.ns_path).hex(":")
         except (NetdevError, OSError) as exc:
             ip("link", "del", "dev", host, check=False)
             ipam.release(c.ident)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
-        rec = Attachment(name, c.kind, c.ident, c.ns_path, host, str(got), mac, c.hostname)
+        rec = Attachment(
+            name, c.kind, c.ident, c.ns_path, host, str(got), mac, c.hostname, ifname=ifname
+        )
         records[c.ident] = rec
         return rec
 

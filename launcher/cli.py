@@ -562,6 +562,41 @@ def cmd_reset(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- CNI --------------------------------------------------------------------------------
+
+
+def cmd_setup_cni(a: argparse.Namespace) -> int:
+    """Install the plugin where a runtime looks for it, and a conflist naming it."""
+    bin_dir, conf_dir = Path(a.bin_dir), Path(a.conf_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent  # where the launcher package lives
+    shim = (
+        "#!/bin/sh\n"
+        "# The mesh's CNI plugin, installed by 'mesh setup-cni'.\n"
+        f'PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}" '
+        f'exec "{sys.executable}" -m launcher.cni "$@"\n'
+    )
+    plugin = bin_dir / "mesh-cni"
+    atomic_write(plugin, shim.encode(), 0o755)
+    plugins: list[dict[str, Any]] = [
+        {
+            "type": "mesh-cni",
+            "stateDir": str(a.state_dir),
+            "defaultRoute": not a.no_default_route,
+            "dns": True,
+            "capabilities": {"ips": True},
+        }
+    ]
+    if a.portmap:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+    conflist = {"cniVersion": "1.0.0", "name": a.network, "plugins": plugins}
+    path = conf_dir / f"10-{a.network}.conflist"
+    atomic_write(path, (json.dumps(conflist, indent=2) + "\n").encode(), 0o644)
+    print(f"plugin {plugin}\nconfiguration {path}")
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------
 
 
@@ -743,6 +778,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_reset)
+
+    sp = sub.add_parser(
+        "setup-cni",
+        parents=[common],
+        help="install the CNI plugin and a network configuration for it",
+        description="Write BIN_DIR/mesh-cni (a small script that runs this installation's "
+        "plugin, launcher.cni) and CONF_DIR/10-NETWORK.conflist naming it, with this "
+        "host's state directory, so a CNI runtime (podman with the cni backend, "
+        "containerd, CRI-O, kubelet) puts containers of network NETWORK on the mesh.",
+    )
+    sp.add_argument("--bin-dir", default="/opt/cni/bin", help="plugin directory (%(default)s)")
+    sp.add_argument(
+        "--conf-dir", default="/etc/cni/net.d", help="configuration directory (%(default)s)"
+    )
+    sp.add_argument("--network", default="mesh", help="network name (%(default)s)")
+    sp.add_argument(
+        "--no-default-route",
+        action="store_true",
+        help="no default route via this host (by default the host is exposed and is the gateway)",
+    )
+    sp.add_argument(
+        "--portmap", action="store_true", help="chain the reference 'portmap' plugin after ours"
+    )
+    sp.set_defaults(func=cmd_setup_cni)
 
     sp = sub.add_parser(
         "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"
