@@ -584,7 +584,7 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
             "type": "mesh-cni",
             "stateDir": str(a.state_dir),
             "defaultRoute": not a.no_default_route,
-            "dns": True,
+            "meshDns": True,
             "capabilities": {"ips": True},
         }
     ]

@@ -14,7 +14,7 @@ The network configuration's own keys (all optional)::
     {"cniVersion": "1.0.0", "name": "mesh", "type": "mesh-cni",
      "stateDir": "/var/lib/meshrouter",   # where the router's socket is
      "defaultRoute": true,                # route 0.0.0.0/0 via the host (it is exposed)
-     "dns": true}                         # name the container, give resolvers in the result
+     "meshDns": true}                     # name the container, give resolvers in the result
 
 An address is taken from ``runtimeConfig.ips`` (capability "ips"), from
 ``CNI_ARGS`` ``IP=``, or else allocated.  Errors are the specification's JSON
@@ -74,7 +74,7 @@ def parse_config(data: str) -> dict[str, Any]:
             f"unsupported cniVersion {version!r}",
             f"supported: {', '.join(SUPPORTED)}",
         )
-    for key, kind in (("stateDir", str), ("defaultRoute", bool), ("dns", bool), ("name", str)):
+    for key, kind in (("stateDir", str), ("defaultRoute", bool), ("meshDns", bool), ("name", str)):
         if key in conf and not isinstance(conf[key], kind):
             raise CniError(CODE_CONFIG, f'"{key}" must be a {kind.__name__}')
     if not conf.get("name"):
@@ -174,7 +174,7 @@ class Plugin:
             exposed = str(self._router({"op": "expose", "masquerade": True}))
             gateway = exposed.split(",")[0].split("/")[0].strip()
             routes.append(f"default via {gateway} dev {ifname}")
-        dns = st["dns"] if st["dns"]["enabled"] and self.conf.get("dns", True) else None
+        dns = st["dns"] if st["dns"]["enabled"] and self.conf.get("meshDns", True) else None
         registry = attach_mod.Registry(self.state_dir)
         try:
             rec = attach_mod.attach(

@@ -7,9 +7,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 need=()
-for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc dig:bind9-dnsutils; do
+for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc dig:bind9-dnsutils podman:podman runc:runc mmdebstrap:mmdebstrap; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+[ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)  # CNI reference plugins
 if [ "${#need[@]}" -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -73,7 +73,11 @@ def test_version_lists_what_is_supported(capsys: pytest.CaptureFixture[str]) -> 
         ("[1]", cni.CODE_DECODE, "JSON object"),
         ('{"cniVersion": "9.9.9", "name": "mesh"}', cni.CODE_VERSION, "unsupported cniVersion"),
         ('{"cniVersion": "1.0.0"}', cni.CODE_CONFIG, '"name"'),
-        ('{"cniVersion": "1.0.0", "name": "m", "dns": "yes"}', cni.CODE_CONFIG, '"dns" must'),
+        (
+            '{"cniVersion": "1.0.0", "name": "m", "meshDns": "yes"}',
+            cni.CODE_CONFIG,
+            '"meshDns" must',
+        ),
     ],
 )
 def test_bad_configurations_get_the_specifications_errors(

@@ -114,7 +114,9 @@ def test_add_errors_leave_nothing_behind(lab_factory: LabFactory) -> None:
     rc, err = cni(lab, 1, "ADD", "ccc3", f"/run/netns/{c}", cniVersion="0.1.0")
     assert rc == 1
     check_error(err, 1)
-    rc, err = cni(lab, 1, "ADD", "ccc3", f"/run/netns/{c}", ipam={"type": "host-local"}, dns="x")
+    rc, err = cni(
+        lab, 1, "ADD", "ccc3", f"/run/netns/{c}", ipam={"type": "host-local"}, meshDns="x"
+    )
     check_error(err, 7)
     rc, err = cni(lab, 1, "ADD", "ccc3", f"/run/netns/{c}", runtimeConfig={"ips": ["10.99.0.1/16"]})
     check_error(err, 100)
