@@ -9,10 +9,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY meshrouter meshrouter
 COPY launcher launcher
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[kube]"
 
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends iproute2 util-linux \
+RUN apt-get update && apt-get install -y --no-install-recommends iproute2 util-linux nftables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

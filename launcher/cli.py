@@ -577,6 +577,21 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
         f'PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}" '
         f'exec "{sys.executable}" -m launcher.cni "$@"\n'
     )
+    if a.exec_in_router:
+        # Kubernetes: the host has no Python of ours; the plugin runs in the
+        # router container's mount namespace (hostPID shows its process),
+        # in the host's network namespace, where the runtime called it.
+        pid_file = Path(a.state_dir) / "router.pid"
+        shim = (
+            "#!/bin/sh\n"
+            "# The mesh's CNI plugin, run inside the router's container ('mesh setup-cni').\n"
+            f'pid=$(cat "{pid_file}" 2>/dev/null)\n'
+            'if [ -z "$pid" ] || [ ! -d "/proc/$pid" ]; then\n'
+            '  echo \'{"cniVersion":"1.0.0","code":11,"msg":"the mesh router is not running"}\'\n'
+            "  exit 1\n"
+            "fi\n"
+            'exec nsenter -t "$pid" -m -- mesh-cni\n'
+        )
     plugin = bin_dir / "mesh-cni"
     atomic_write(plugin, shim.encode(), 0o755)
     plugins: list[dict[str, Any]] = [
@@ -595,6 +610,12 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
     atomic_write(path, (json.dumps(conflist, indent=2) + "\n").encode(), 0o644)
     print(f"plugin {plugin}\nconfiguration {path}")
     return 0
+
+
+def cmd_kube_sync(a: argparse.Namespace) -> int:
+    from . import kube
+
+    return kube.run(a.state_dir, a.port, a.interval, a.once)
 
 
 # -- argument parsing -----------------------------------------------------------
@@ -801,7 +822,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--portmap", action="store_true", help="chain the reference 'portmap' plugin after ours"
     )
+    sp.add_argument(
+        "--exec-in-router",
+        action="store_true",
+        help="the plugin enters the running router's mount namespace to run "
+        "(for Kubernetes, where the node has no Python of ours)",
+    )
     sp.set_defaults(func=cmd_setup_cni)
+
+    sp = sub.add_parser(
+        "kube-sync",
+        parents=[common],
+        help="connect to the Kubernetes cluster's nodes; rmpeer deleted ones",
+        description="Every INTERVAL seconds: list the nodes (in-cluster service account, "
+        "else ~/.kube/config), ask the router to connect to each node's InternalIP, and "
+        "reclaim the address share of a peer whose node was deleted (rmpeer; done by "
+        "the lowest-named reachable peer only). Needs the 'kubernetes' Python package.",
+    )
+    sp.add_argument("--interval", type=float, default=10.0, help="seconds (%(default)s)")
+    sp.add_argument("--port", type=int, default=6783, help="the routers' port (%(default)s)")
+    sp.add_argument("--once", action="store_true", help="one round, then exit")
+    sp.set_defaults(func=cmd_kube_sync)
 
     sp = sub.add_parser(
         "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"

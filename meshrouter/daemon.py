@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from .handshake import derive_psk
 from .netdev import ensure_bridge
 from .router import Router
 from .state import (
+    atomic_write,
     current_netns_name,
     load_targets,
     mark_bridge_made,
@@ -93,6 +95,9 @@ def run(opts: RouterOptions, state_dir: Path) -> int:
         psk = derive_psk(read_password(opts.password_file))
         if ensure_bridge(opts.bridge, opts.mtu):
             mark_bridge_made(state_dir, opts.bridge)
+        # Who runs the router (also when a service manager or a Kubernetes pod
+        # started it, not 'mesh launch'): 'mesh stop' and the CNI shim read it.
+        atomic_write(state_dir / "router.pid", f"{os.getpid()}\n".encode(), 0o644)
         router = Router(
             opts,
             name=peer_name(state_dir),
