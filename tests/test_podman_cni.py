@@ -179,6 +179,8 @@ def test_podman_containers_on_two_hosts_talk_and_rm_releases(
             lambda: lab.mesh(2, "dns-lookup", "pa", check=False).stdout.split() == [addr_a],
             timeout=5,
         )
+        run(podman, lab, 2, "pinned", "--ip", "10.32.7.7")  # podman's --ip, as runtimeConfig
+        assert podman.address(lab, 2, "pinned") == "10.32.7.7"
         podman(lab, 1, "rm", "-f", "-t", "0", "pa")
         assert addr_a not in {a["address"] for a in status(lab, 1)["ipam"]["allocations"]}
         assert "pa" not in lab.mesh(1, "ps").stdout
