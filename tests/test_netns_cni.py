@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from meshrouter.testing.netlab import REPO, Lab, status, tcp_transfer
+from meshrouter.testing.netlab import REPO, Lab, star, status, tcp_transfer
 
 from .test_cni import check_error, check_result
 
@@ -51,16 +51,6 @@ def cni(
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
-def two_hosts(lab: Lab) -> None:
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
-    lab.wait_for(
-        "established",
-        lambda: any(c["state"] == "established" for c in status(lab, 1)["connections"]),
-        timeout=30,
-    )
-
-
 def allocations(lab: Lab, i: int) -> dict[str, str]:
     return {a["address"]: a["container"] for a in status(lab, i)["ipam"]["allocations"]}
 
@@ -69,7 +59,7 @@ def test_add_gives_two_containers_on_two_hosts_a_working_network_and_del_undoes_
     lab_factory: LabFactory,
 ) -> None:
     lab = lab_factory(2)
-    two_hosts(lab)
+    star(lab, 2)
     a, b = lab.container("pa"), lab.container("pb")
     rc, res_a = cni(lab, 1, "ADD", "aaa1", f"/run/netns/{a}")
     assert rc == 0, res_a
@@ -132,7 +122,7 @@ def test_add_errors_leave_nothing_behind(lab_factory: LabFactory) -> None:
 
 def test_twenty_containers_added_at_once_get_distinct_addresses(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
-    two_hosts(lab)
+    star(lab, 2)
     names = [lab.container(f"q{k}") for k in range(20)]
 
     def add(k: int) -> tuple[int, Any]:

@@ -10,26 +10,12 @@ from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, status
+from meshrouter.testing.netlab import Lab, star, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
 DNS = "169.254.53.53"
-
-
-def three_hosts(lab: Lab, *extra: str) -> None:
-    lab.launch(1, extra=extra)
-    lab.launch(2, lab.addr(1), extra=extra)
-    lab.launch(3, lab.addr(1), extra=extra)
-
-    def full() -> bool:
-        return all(
-            sum(c["state"] == "established" for c in status(lab, i)["connections"]) == 2
-            for i in (1, 2, 3)
-        )
-
-    lab.wait_for("full mesh", full, timeout=30)
 
 
 def dig(lab: Lab, ns: str, *args: str) -> list[str]:
@@ -64,7 +50,7 @@ def getaddrinfo(lab: Lab, ns: str, name: str) -> list[str]:
 
 def test_a_name_resolves_on_every_host_and_goes_with_detach(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     web = lab.container("web")
     c2, c3 = lab.container("c2"), lab.container("c3")
     addr = lab.mesh(1, "attach", web).stdout.strip().split("/")[0]
@@ -91,7 +77,7 @@ def test_three_containers_of_one_name_come_back_as_three_in_varying_order(
     lab_factory: LabFactory,
 ) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     addrs = set()
     for i in (1, 2, 3):
         c = lab.container(f"w{i}")

@@ -6,25 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, sh, status
+from meshrouter.testing.netlab import Lab, sh, star, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def three_hosts(lab: Lab) -> None:
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
-    lab.launch(3, lab.addr(1))
-
-    def full() -> bool:
-        return all(
-            sum(c["state"] == "established" for c in status(lab, i)["connections"]) == 2
-            for i in (1, 2, 3)
-        )
-
-    lab.wait_for("full mesh", full, timeout=30)
 
 
 def pings(lab: Lab, ns: str, addr: str) -> bool:
@@ -33,7 +19,7 @@ def pings(lab: Lab, ns: str, addr: str) -> bool:
 
 def test_expose_reaches_containers_and_masquerades_until_hide(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     c3 = lab.container("c3")
     addr3 = lab.mesh(3, "attach", c3).stdout.strip().split("/")[0]
     assert lab.run(1, "ping", "-c1", "-W1", addr3, check=False).returncode != 0  # not yet
@@ -108,7 +94,7 @@ def test_expose_without_masquerade_and_with_a_given_address(lab_factory: LabFact
 
 def test_reset_hands_the_share_over_and_removes_everything(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     c1, c3 = lab.container("c1"), lab.container("c3")
     in_h3_share = lab.mesh(3, "attach", c3).stdout.strip()
     lab.mesh(3, "detach", c3)

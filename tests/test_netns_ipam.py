@@ -10,19 +10,11 @@ from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import REPO, Lab, status
+from meshrouter.testing.netlab import REPO, Lab, full_mesh, star, status
 
 pytestmark = pytest.mark.netns
 
 LabFactory = Callable[..., Lab]
-
-
-def full_mesh(lab: Lab, n: int) -> bool:
-    for i in range(1, n + 1):
-        conns = status(lab, i)["connections"]
-        if sum(c["state"] == "established" for c in conns) != n - 1:
-            return False
-    return True
 
 
 def mesh_cmd(lab: Lab, i: int, *args: str) -> subprocess.Popen[str]:
@@ -38,18 +30,11 @@ def mesh_cmd(lab: Lab, i: int, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def three_hosts(lab: Lab) -> None:
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
-    lab.launch(3, lab.addr(1))
-    lab.wait_for("full mesh", lambda: full_mesh(lab, 3), timeout=30)
-
-
 def test_thirty_containers_attached_concurrently_get_unique_reachable_addresses(
     lab_factory: LabFactory,
 ) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     per_host = 10
     names = {i: [lab.container(f"a{i}x{k}") for k in range(per_host)] for i in (1, 2, 3)}
     procs = [(i, c, mesh_cmd(lab, i, "attach", c)) for i in (1, 2, 3) for c in names[i]]
@@ -114,7 +99,7 @@ def test_restart_forgets_nothing_and_dead_namespaces_are_reclaimed(lab_factory: 
 
 def test_rmpeer_reclaims_a_dead_peers_share(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     c3 = lab.container("z3")
     lab.mesh(3, "attach", c3)  # h3 gets a share
     lab.wait_for(
@@ -148,7 +133,7 @@ def test_claims_reach_an_owner_without_a_direct_connection(lab_factory: LabFacto
     side has noticed yet; once the heartbeat timeout drops it, the claim and
     h2's reply are relayed through h1."""
     lab = lab_factory(3)
-    three_hosts(lab)
+    star(lab, 3)
     c2, c3 = lab.container("r2"), lab.container("r3")
     addr = lab.mesh(2, "attach", c2).stdout.strip()  # from h2's own share
     lab.mesh(2, "detach", c2)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, status, tcp_transfer
+from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -140,13 +140,7 @@ def podman(podman_root: Path) -> Podman:
 
 
 def two_hosts(lab: Lab, podman: Podman, *setup: str) -> None:
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
-    lab.wait_for(
-        "established",
-        lambda: any(c["state"] == "established" for c in status(lab, 1)["connections"]),
-        timeout=30,
-    )
+    star(lab, 2)
     for i in (1, 2):
         podman.setup_cni(lab, i, *setup)
 

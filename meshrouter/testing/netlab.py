@@ -239,6 +239,23 @@ def established(lab: Lab, i: int, n: int = 1) -> bool:
     return bool(sum(c["state"] == "established" for c in status(lab, i)["connections"]) >= n)
 
 
+def full_mesh(lab: Lab, n: int) -> bool:
+    """True when each of hosts 1..n has n-1 established connections."""
+    for i in range(1, n + 1):
+        conns = status(lab, i)["connections"]
+        if sum(c["state"] == "established" for c in conns) != n - 1:
+            return False
+    return True
+
+
+def star(lab: Lab, n: int, *extra: str) -> None:
+    """Launch hosts 1..n, each pointed at host 1, and wait for the full mesh."""
+    lab.launch(1, extra=extra)
+    for i in range(2, n + 1):
+        lab.launch(i, lab.addr(1), extra=extra)
+    lab.wait_for("full mesh", lambda: full_mesh(lab, n), timeout=30)
+
+
 _TCP_SERVER = """
 import hashlib, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
