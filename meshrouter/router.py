@@ -159,7 +159,17 @@ class Router:
                         hostaccess.dns_up(opts.bridge, self._tap.name, opts.dns_listen_address)
                     except NetdevError as exc:
                         log.warning("DNS may be answered by other hosts' routers: %s", exc)
-                    await nursery.start(self.dns_server.serve)
+                    try:
+                        await nursery.start(self.dns_server.serve)
+                    except OSError as exc:
+                        log.error(
+                            "no DNS: cannot listen on %s port %d: %s (--dns-listen-address, "
+                            "or --no-dns)",
+                            opts.dns_listen_address,
+                            DNS_PORT,
+                            exc,
+                        )
+                        self.dns_server = None
                 self._apply_expose()
                 log.info(
                     "router %s (%s) listening on %s, TCP and UDP port %d, bridge %s",
@@ -171,7 +181,7 @@ class Router:
                 )
                 task_status.started()
         finally:
-            if self.dns_server is not None:
+            if opts.dns:
                 hostaccess.dns_down(opts.bridge, opts.dns_listen_address)
             if self.exposed["masquerade"]:
                 hostaccess.masquerade_down()
@@ -495,7 +505,10 @@ class Router:
         self._save_expose()
         if self.dns_server is not None:
             self.mesh.dns_remove(ident, trio.current_time())
-            self.dns_add(EXPOSE_CONTAINER, [fqdn or self.mesh.nickname], have)
+            try:
+                self.dns_add(EXPOSE_CONTAINER, [fqdn or self.mesh.nickname], have)
+            except IpamError as exc:  # a nickname that is no DNS name: exposed all the same
+                log.warning("exposed host not named in DNS: %s (use -h FQDN)", exc)
         self._apply()
         return ", ".join(have)
 
