@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
 
+from . import guard
 from .containers import Container, ContainerError, resolve
 from .garp import send_garp
 from .netns import has_link, ip_batch
@@ -49,6 +51,7 @@ class Attachment:
     hostname: str = ""  # the DNS name registered for it ("" when none)
     resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
     ifname: str = CONTAINER_IFACE  # the interface inside the container
+    guard: bool = True  # anti-spoofing rules for its port (guard.py)
 
 
 def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
@@ -111,6 +114,15 @@ class Registry:
             after = json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
             if after != before:
                 atomic_write(self.path, after.encode())
+                self.apply_guard(records)
+
+    @staticmethod
+    def apply_guard(records: dict[str, Attachment]) -> None:
+        """The anti-spoofing table, true to the records (a warning if nft fails)."""
+        try:
+            guard.apply(records.values())
+        except NetdevError as exc:
+            print(f"mesh: warning: anti-spoofing rules not applied: {exc}", file=sys.stderr)
 
     def read(self) -> dict[str, Attachment]:
         data: Any = load_json(self.path, {})
@@ -144,6 +156,7 @@ def attach(
     container: Container | None = None,
     ifname: str = CONTAINER_IFACE,
     routes: tuple[str, ...] = (),
+    guard_port: bool = True,
 ) -> Attachment:
     """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
     (inside ``subnet``) when it is None.  With ``dns_address``, the container
@@ -230,7 +243,16 @@ def attach(
             ipam.release(c.ident)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
         rec = Attachment(
-            name, c.kind, c.ident, c.ns_path, host, str(got), mac, c.hostname, ifname=ifname
+            name,
+            c.kind,
+            c.ident,
+            c.ns_path,
+            host,
+            str(got),
+            mac,
+            c.hostname,
+            ifname=ifname,
+            guard=guard_port,
         )
         records[c.ident] = rec
         return rec

@@ -23,7 +23,7 @@ from meshrouter.state import atomic_write, default_state_dir, load_json, take_br
 from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
-from . import views
+from . import guard, views
 from .containers import ContainerError, docker_engine_available, resolve
 
 LAUNCH_TIMEOUT = 30.0
@@ -345,6 +345,7 @@ def cmd_attach(a: argparse.Namespace) -> int:
             ipam=RouterIpam(a.state_dir),
             subnet=subnet,
             dns_address=settings.dns_address,
+            guard_port=not a.no_guard,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
@@ -407,11 +408,19 @@ def cmd_rmpeer(a: argparse.Namespace) -> int:
 
 def cmd_ps(a: argparse.Namespace) -> int:
     records = attach_mod.Registry(a.state_dir).read()
+    dropped = guard.counts()
     rows = [
-        [r.container, r.kind, r.mac, r.cidr, "up" if link_exists(r.host_veth) else "gone"]
+        [
+            r.container,
+            r.kind,
+            r.mac,
+            r.cidr,
+            "up" if link_exists(r.host_veth) else "gone",
+            dropped.get(r.host_veth, 0) if r.guard else "off",
+        ]
         for r in sorted(records.values(), key=lambda r: r.container)
     ]
-    views.table(["CONTAINER", "KIND", "MAC", "ADDRESS", "LINK"], rows)
+    views.table(["CONTAINER", "KIND", "MAC", "ADDRESS", "LINK", "SPOOFED"], rows)
     return 0
 
 
@@ -553,6 +562,7 @@ def cmd_reset(a: argparse.Namespace) -> int:
     for rec in registry.read().values():
         delete_link(rec.host_veth)
         attach_mod.remove_resolv_conf(rec)
+    guard.remove()
     if docker_engine_available() and not a.local:
         subprocess.run(["docker", "rm", "-f", "meshrouter"], capture_output=True, check=False)
     if take_bridge_made(state_dir, bridge) and delete_link(bridge):
@@ -688,6 +698,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="+", metavar="[CIDR] CONTAINER", help=argparse.SUPPRESS)
     sp.add_argument(
         "--without-dns", action="store_true", help="do not name the container in the mesh's DNS"
+    )
+    sp.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="no anti-spoofing rules for it (a container that routes for others)",
     )
     sp.add_argument(
         "-H",

@@ -11,29 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import shutil
-import subprocess
 
-from .netdev import NetdevError, ip
+from .netdev import delete_table, ip, nft
 
 log = logging.getLogger("meshrouter")
 
 DNS_TABLE = "meshrouter_dns"  # bridge family: the DNS address stays off the mesh
 NAT_TABLE = "meshrouter_nat"  # ip family: masquerading for exposed hosts
-
-
-def nft(script: str) -> None:
-    """Run an nft script.  Raises NetdevError with nft's complaint."""
-    if shutil.which("nft") is None:
-        raise NetdevError("nft (nftables) is not installed: apt-get install nftables")
-    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise NetdevError(f"nft failed: {proc.stderr.strip().splitlines()[-1:]}")
-
-
-def delete_table(family: str, name: str) -> None:
-    if shutil.which("nft") is not None:
-        subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
 
 
 def has_address(dev: str, addr: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -32,6 +33,20 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         msg = proc.stderr.strip() or proc.stdout.strip()
         raise NetdevError(f"'ip {' '.join(args)}' failed: {msg}")
     return proc
+
+
+def nft(script: str) -> None:
+    """Run an nft script (``nft -f -``).  Raises NetdevError with nft's complaint."""
+    if shutil.which("nft") is None:
+        raise NetdevError("nft (nftables) is not installed: apt-get install nftables")
+    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NetdevError(f"nft failed: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def delete_table(family: str, name: str) -> None:
+    if shutil.which("nft") is not None:
+        subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
 
 
 def link_exists(name: str) -> bool:

@@ -1,0 +1,44 @@
+"""The anti-spoofing table as text (no root): what each port may and may not send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.guard import TABLE, render
+
+
+@dataclass
+class Port:
+    host_veth: str
+    mac: str
+    cidr: str
+    guard: bool = True
+
+
+def test_each_port_speaks_only_as_itself_and_nobody_speaks_as_it() -> None:
+    text = render(
+        [
+            Port("vethwlb", "aa:00:00:00:00:02", "10.32.0.2/12"),
+            Port("vethwla", "aa:00:00:00:00:01", "10.99.1.1/16"),
+        ]
+    )
+    assert text.startswith(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
+    a = text[text.index("chain port_vethwla {") : text.index("chain port_vethwlb {")]
+    for rule in (
+        'iifname "vethwla" ether saddr != aa:00:00:00:00:01 counter drop',
+        'iifname "vethwla" arp saddr ip != 10.99.1.1 counter drop',  # outside the range too
+        'iifname "vethwla" ip saddr != 10.99.1.1 counter drop',
+        'iifname != "vethwla" ether saddr aa:00:00:00:00:01 counter drop',
+        'iifname != "vethwla" arp saddr ip 10.99.1.1 counter drop',
+        'iifname != "vethwla" ip saddr 10.99.1.1 counter drop',
+    ):
+        assert rule in a
+    for hook in ("forward", "input"):
+        assert f"chain {hook} {{ type filter hook {hook} priority -10; policy accept;" in text
+    assert text.count("jump port_vethwla") == 2
+
+
+def test_no_ports_or_unguarded_ports_leave_no_table() -> None:
+    empty = f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
+    assert render([]) == empty
+    assert render([Port("vethwla", "aa:00:00:00:00:01", "10.32.0.1/12", guard=False)]) == empty
