@@ -622,6 +622,20 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from . import doctor
+
+    st = _status(a.state_dir)  # no router: says so, exit 1
+    findings = doctor.diagnose(st, doctor.gather(st))
+    for f in findings:
+        if f.level != doctor.OK or a.verbose:
+            print(f.line())
+    failed = sum(f.level == doctor.FAIL for f in findings)
+    warned = sum(f.level == doctor.WARN for f in findings)
+    print(f"{failed} problem(s), {warned} warning(s)" if failed or warned else "all well")
+    return 1 if failed else 0
+
+
 def cmd_kube_sync(a: argparse.Namespace) -> int:
     from . import kube
 
@@ -844,6 +858,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(for Kubernetes, where the node has no Python of ours)",
     )
     sp.set_defaults(func=cmd_setup_cni)
+
+    sp = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check this host and every peer; say what is wrong and what to do",
+        description="Checks the router, the bridge and TAP, /dev/net/tun, kernel offloads, "
+        "nftables, address agreement, DNS, expose, every target (TCP reachability, password) "
+        "and connection (UDP both ways, path MTU, clock skew, version), and unreachable "
+        "peers. One line per problem; exit status 0 when nothing failed, 1 otherwise.",
+    )
+    sp.add_argument("-v", "--verbose", action="store_true", help="print what is fine too")
+    sp.set_defaults(func=cmd_doctor)
 
     sp = sub.add_parser(
         "kube-sync",

@@ -38,6 +38,7 @@ class MessageType(IntEnum):
     IPAM = 4
     IPAM_RELAYED = 5  # route header (origin, destination, hops left) || an IPAM message
     DNS = 6  # DNS entries (``dnsrecords``), merged and passed on
+    CLOCK = 7  # the sender's wall clock (f64, seconds) || its software version (utf-8)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ the shell passes in; time only ever comes in as ``now``.
 from __future__ import annotations
 
 import logging
+import math
+import struct
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +86,17 @@ from .wire import MAX_HOPS, ROUTE, parse_route_header_untrusted
 log = logging.getLogger("meshrouter")
 
 FULL_GOSSIP_INTERVAL = 30.0
+CLOCK = struct.Struct("!d")
+
+
+def parse_clock_untrusted(payload: bytes) -> tuple[float, str]:
+    """A CLOCK message: (wall clock, version).  Raises only BadPacket."""
+    if len(payload) < CLOCK.size or len(payload) > CLOCK.size + 64:
+        raise BadPacket("CLOCK message of the wrong length")
+    (wall,) = CLOCK.unpack_from(payload)
+    if not math.isfinite(wall):
+        raise BadPacket("CLOCK is not a finite time")
+    return wall, payload[CLOCK.size :].decode("utf-8", "replace")
 
 
 class Input(Enum):
@@ -171,6 +184,8 @@ class Conn:
     link: Link | None = None
     listen_addr: str = ""  # where the peer accepts connections, host:port
     connected_at: float = 0.0
+    clock_skew: float | None = None  # the peer's wall clock minus ours, seconds
+    peer_version: str = ""  # its software version, from CLOCK
 
     @property
     def result(self) -> HandshakeResult | None:
@@ -201,6 +216,7 @@ class Mesh:
         conn_limit: int = 100,
         gc_after: float = 60.0,
         now: float = 0.0,
+        version: str = "",
     ) -> None:
         self.me = name
         self.name = format_name(name)
@@ -225,6 +241,8 @@ class Mesh:
         self._actions: deque[Action] = deque()
         self._limiter = LogLimiter()
         self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
+        self.version = version
+        self._wall_offset: float | None = None  # wall clock minus ``now``, from tick()
 
     # -- output -----------------------------------------------------------------
 
@@ -452,6 +470,7 @@ class Mesh:
             self._send(conn, MessageType.IPAM, ring)
         for chunk in encode_chunks(self.dns.all()):
             self._send(conn, MessageType.DNS, chunk)
+        self._send_clock(conn, now)
         self._update_own_record()
         self._actions.append(LinkUp())  # first UDP heartbeat now, not at the next tick
 
@@ -490,6 +509,15 @@ class Mesh:
             if fwd is not None:
                 self._topology_changed()
                 self._gossip_to_all(fwd, but=conn)
+        elif ev.type == MessageType.CLOCK:
+            try:
+                wall, version = parse_clock_untrusted(ev.payload)
+            except BadPacket:
+                self.counters["control_messages_bad"] += 1
+                return
+            conn.peer_version = version
+            if self._wall_offset is not None:
+                conn.clock_skew = wall - (now + self._wall_offset)
         elif ev.type == MessageType.DNS:
             try:
                 entries = decode_untrusted(ev.payload)
@@ -518,6 +546,14 @@ class Mesh:
         for conn in list(self.peers.values()):
             if conn is not but:
                 self._send_gossip(conn, payload)
+
+    def _send_clock(self, conn: Conn, now: float) -> None:
+        if self._wall_offset is not None:
+            self._send(
+                conn,
+                MessageType.CLOCK,
+                CLOCK.pack(now + self._wall_offset) + self.version.encode()[:64],
+            )
 
     def _dns_to_all(self, entries: list[Entry], but: Conn | None = None) -> None:
         if not entries:
@@ -671,8 +707,11 @@ class Mesh:
 
     # -- periodic work --------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Rekeys, UDP liveness, topology GC, IPAM, anti-entropy, discovery."""
+    def tick(self, now: float, wall: float | None = None) -> None:
+        """Rekeys, UDP liveness, topology GC, IPAM, anti-entropy, discovery.
+        ``wall`` (the wall clock, seconds) lets peers compare clocks."""
+        if wall is not None:
+            self._wall_offset = wall - now
         changed = False
         for conn in list(self.peers.values()):
             assert conn.link is not None
@@ -716,6 +755,8 @@ class Mesh:
         if now >= self._next_full_gossip:
             self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
             self._gossip_to_all(self.gossip.full())
+            for conn in list(self.peers.values()):
+                self._send_clock(conn, now)
             ring = self.ipam.ring_payload()
             if ring is not None:
                 self.broadcast_ipam(ring, None)
@@ -781,6 +822,8 @@ class Mesh:
                 "cipher": SUITES[res.keys.suite].name,
                 "protocol_version": res.keys.version,
                 "uptime": round(now - conn.connected_at, 1),
+                "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
+                "peer_version": conn.peer_version,
                 "datagram_size": s.datagram_size,
                 "pmtu_confirmed": s.pmtu.confirmed,
                 "tx_messages": s.tx_messages,

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -99,6 +100,7 @@ class Router:
             rng=rng or random.SystemRandom(),
             ipam=self.ipam,
             conn_limit=opts.conn_limit,
+            version=__version__,
         )
         self.state_dir = state_dir
         self.ipam.on_release = self._released
@@ -330,7 +332,7 @@ class Router:
 
     async def _tick_loop(self) -> None:
         while True:
-            self.mesh.tick(trio.current_time())
+            self.mesh.tick(trio.current_time(), wall=time.time())
             self._apply()
             self._save_dns()
             await trio.sleep(HEARTBEAT_INTERVAL / 2)

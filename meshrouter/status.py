@@ -39,6 +39,8 @@ class ConnectionStatus(TypedDict, total=False):
     cipher: str
     protocol_version: int
     uptime: float
+    clock_skew: float | None  # the peer's wall clock minus ours (None: not heard yet)
+    peer_version: str  # the peer's software version ("" before it said)
     datagram_size: int
     pmtu_confirmed: bool
     tx_messages: int

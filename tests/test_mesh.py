@@ -300,6 +300,26 @@ def test_the_entries_of_a_forgotten_peer_are_dropped() -> None:
     assert names_at(net, 1) == []
 
 
+# -- clocks and versions ------------------------------------------------------------------
+
+
+def test_peers_learn_each_others_clock_skew_and_version() -> None:
+    net = MeshNet(2)
+    net.mesh(1).version, net.mesh(2).version = "0.1.0", "0.2.0"
+    net.mesh(1).tick(net.now, wall=1_000_000.0)
+    net.mesh(2).tick(net.now, wall=1_000_007.5)  # 7.5 s ahead
+    net.dial(1, 2)
+    c12 = {c["nickname"]: c for c in net.mesh(1).status(net.now)["connections"]}["host2"]
+    c21 = {c["nickname"]: c for c in net.mesh(2).status(net.now)["connections"]}["host1"]
+    assert c12["clock_skew"] == 7.5
+    assert c21["clock_skew"] == -7.5
+    assert (c12["peer_version"], c21["peer_version"]) == ("0.2.0", "0.1.0")
+    only_conn(net, 1, 2).control.send_message(MessageType.CLOCK, b"\x7f\xf8" + bytes(6))  # NaN
+    net.pump()
+    assert net.mesh(2).counters["control_messages_bad"] == 1
+    assert name(1) in net.mesh(2).peers  # counted, not fatal
+
+
 # -- rmpeer -----------------------------------------------------------------------------
 
 

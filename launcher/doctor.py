@@ -1,0 +1,240 @@
+"""``mesh doctor``: what is wrong with this host and its peers, and what to do.
+
+``diagnose`` turns the router's status and a few facts of the host into
+findings, one line each (no I/O: unit-tested); ``gather`` reads the facts.
+Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshrouter.constants import ETH_HEADER
+from meshrouter.status import ConnState, RouterStatus
+
+SKEW_LIMIT = 1.0  # seconds of clock difference worth a warning
+TUNNEL_OVERHEAD = 74  # what a lone frame needs in a datagram beyond itself (constants.py)
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    what: str
+    todo: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.what}" + (f": {self.todo}" if self.todo else "")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    bridge_up: bool | None  # None: no such interface
+    tap_on_bridge: bool
+    tun_device: bool
+    nft: bool
+    ip_forward: bool
+
+
+def _flags_up(dev: str) -> bool | None:
+    try:
+        return bool(int(Path(f"/sys/class/net/{dev}/flags").read_text(), 16) & 1)
+    except (OSError, ValueError):
+        return None
+
+
+def gather(st: RouterStatus) -> HostFacts:
+    tap = st["tap"] or ""
+    master = Path(f"/sys/class/net/{tap}/master")
+    try:
+        on_bridge = bool(tap) and os.path.basename(os.readlink(master)) == st["bridge"]
+    except OSError:
+        on_bridge = False
+    try:
+        forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        forward = False
+    return HostFacts(
+        bridge_up=_flags_up(st["bridge"]),
+        tap_on_bridge=on_bridge,
+        tun_device=os.path.exists("/dev/net/tun"),
+        nft=shutil.which("nft") is not None,
+        ip_forward=forward,
+    )
+
+
+def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
+    out: list[Finding] = [Finding(OK, f"router {st['name']} ({st['nickname']}) {st['version']}")]
+    out += _host(st, facts)
+    out += _addresses(st, facts)
+    for t in st["targets"]:
+        if t["state"] == "connected":
+            continue
+        err = t["last_error"] or "not connected yet"
+        if "password" in err or "authentic" in err:
+            out.append(
+                Finding(
+                    FAIL,
+                    f"{t['address']} refuses our password ({err})",
+                    "give both hosts the same --password-file",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    FAIL,
+                    f"cannot connect to {t['address']} ({err})",
+                    "check that its router runs and that TCP port 6783 is open to it",
+                )
+            )
+    out += _connections(st)
+    for p in st["peers"]:
+        if not p["reachable"]:
+            out.append(
+                Finding(
+                    WARN,
+                    f"peer {p['nickname']} ({p['peer']}) is unreachable",
+                    f"if it is gone for good: mesh rmpeer {p['nickname']}",
+                )
+            )
+    failures = st["counters"].get("handshake_failures", 0)
+    if failures:
+        out.append(
+            Finding(
+                WARN,
+                f"{failures} handshake(s) failed",
+                "a peer with another password, or garbage on port 6783: see router.log",
+            )
+        )
+    auth = st["drops"].get("authentication failed", 0)
+    if auth:
+        out.append(Finding(WARN, f"{auth} datagram(s) failed authentication", "see router.log"))
+    return out
+
+
+def _host(st: RouterStatus, facts: HostFacts) -> list[Finding]:
+    out = []
+    if facts.bridge_up is None:
+        out.append(Finding(FAIL, f"bridge {st['bridge']} is missing", "mesh stop; mesh launch"))
+    elif not facts.bridge_up:
+        out.append(
+            Finding(FAIL, f"bridge {st['bridge']} is down", f"ip link set dev {st['bridge']} up")
+        )
+    if not facts.tap_on_bridge:
+        out.append(
+            Finding(
+                FAIL,
+                f"TAP {st['tap']} is not on bridge {st['bridge']}",
+                f"ip link set dev {st['tap']} master {st['bridge']}",
+            )
+        )
+    if not facts.tun_device:
+        out.append(
+            Finding(
+                FAIL, "/dev/net/tun is missing", "modprobe tun (or mount it into the container)"
+            )
+        )
+    off = st["offload"]
+    missing = [k for k in ("tap", "udp_gso", "udp_gro") if not off[k]]
+    if missing:
+        out.append(
+            Finding(
+                WARN,
+                f"kernel offloads off: {', '.join(missing)}",
+                "throughput is lower (a kernel >= 5.0, or --no-offload was given)",
+            )
+        )
+    if not facts.nft:
+        out.append(
+            Finding(
+                WARN,
+                "nft is not installed",
+                "apt-get install nftables: DNS isolation, anti-spoofing and expose need it",
+            )
+        )
+    if len(out) == 0:
+        out.append(
+            Finding(OK, f"bridge {st['bridge']} up with TAP {st['tap']}; /dev/net/tun; nftables")
+        )
+    return out
+
+
+def _addresses(st: RouterStatus, facts: HostFacts) -> list[Finding]:
+    out = []
+    ipam = st["ipam"]
+    if not ipam["ready"]:
+        out.append(
+            Finding(
+                FAIL,
+                "the mesh has not agreed on address ownership",
+                f"connect {ipam['quorum']} of the {ipam['init_count']} initial peers "
+                "(--ipalloc-init)",
+            )
+        )
+    else:
+        out.append(Finding(OK, f"addresses from {ipam['range']}"))
+    dns = st["dns"]
+    out.append(
+        Finding(OK, f"DNS {dns['domain']} on {dns['address']}" if dns["enabled"] else "DNS off")
+    )
+    if st["expose"]["masquerade"] and not facts.ip_forward:
+        out.append(
+            Finding(
+                FAIL,
+                "exposed with masquerading, but IP forwarding is off",
+                "sysctl -w net.ipv4.ip_forward=1 (or mesh expose again)",
+            )
+        )
+    return out
+
+
+def _connections(st: RouterStatus) -> list[Finding]:
+    out = []
+    for c in st["connections"]:
+        who = c.get("nickname") or c["address"]
+        if c["state"] == ConnState.HANDSHAKE:
+            out.append(Finding(WARN, f"{c['address']}: handshake not finished"))
+            continue
+        if c["state"] == ConnState.PENDING:
+            out.append(
+                Finding(
+                    FAIL,
+                    f"{who}: UDP does not flow both ways",
+                    f"open UDP port 6783 between this host and {c.get('udp_address') or who}",
+                )
+            )
+            continue
+        size = c.get("datagram_size", 0)
+        need = st["mtu"] + ETH_HEADER + TUNNEL_OVERHEAD
+        notes = [f"{c.get('cipher')}, path MTU {size}"]
+        if c.get("pmtu_confirmed") and size < need:
+            out.append(
+                Finding(
+                    WARN,
+                    f"{who}: path MTU {size} is below the {need} a frame needs",
+                    f"frames are split in two; for speed, --mtu {st['mtu'] - (need - size)}",
+                )
+            )
+        skew = c.get("clock_skew")
+        if skew is not None and abs(skew) > SKEW_LIMIT:
+            out.append(
+                Finding(
+                    WARN,
+                    f"{who}: its clock is {skew:+.1f} s from ours",
+                    "run NTP on both hosts (logs will not line up)",
+                )
+            )
+        version = c.get("peer_version")
+        if version and version != st["version"]:
+            out.append(
+                Finding(
+                    WARN,
+                    f"{who} runs meshrouter {version}, this host {st['version']}",
+                    "upgrade one of them",
+                )
+            )
+        out.append(Finding(OK, f"{who}: established ({', '.join(notes)})"))
+    return out

@@ -1,0 +1,113 @@
+"""mesh doctor's findings from a status and host facts (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from launcher.doctor import FAIL, OK, WARN, HostFacts, diagnose
+from meshrouter.status import RouterStatus
+
+GOOD = HostFacts(bridge_up=True, tap_on_bridge=True, tun_device=True, nft=True, ip_forward=True)
+
+
+def conn(**kw: Any) -> dict[str, Any]:
+    c = {
+        "peer": "02:00:00:00:00:02",
+        "nickname": "h2",
+        "address": "198.18.0.2:6783",
+        "udp_address": "198.18.0.2:6783",
+        "state": "established",
+        "cipher": "aegis128l",
+        "datagram_size": 1472,
+        "pmtu_confirmed": True,
+        "clock_skew": 0.01,
+        "peer_version": "0.1.0",
+    }
+    c.update(kw)
+    return c
+
+
+def status(**kw: Any) -> RouterStatus:
+    st: dict[str, Any] = {
+        "name": "02:00:00:00:00:01",
+        "nickname": "h1",
+        "version": "0.1.0",
+        "bridge": "mesh",
+        "tap": "meshtap",
+        "mtu": 1376,
+        "offload": {"tap": True, "udp_gso": True, "udp_gro": True, "gso_sends": 0},
+        "ipam": {"ready": True, "range": "10.32.0.0/12", "quorum": 1, "init_count": 1},
+        "dns": {"enabled": True, "domain": "mesh.local.", "address": "169.254.53.53"},
+        "expose": {"addresses": [], "masquerade": False},
+        "targets": [],
+        "connections": [conn()],
+        "peers": [{"peer": "02:00:00:00:00:02", "nickname": "h2", "reachable": True}],
+        "counters": {},
+        "drops": {},
+    }
+    st.update(kw)
+    return cast(RouterStatus, st)
+
+
+def levels(findings: list[Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {OK: [], WARN: [], FAIL: []}
+    for f in findings:
+        out[f.level].append(f.line())
+    return out
+
+
+def test_a_healthy_host_has_no_warnings() -> None:
+    found = levels(diagnose(status(), GOOD))
+    assert found[FAIL] == []
+    assert found[WARN] == []
+    assert any("h2: established" in line for line in found[OK])
+
+
+def test_each_problem_is_one_line_with_what_to_do() -> None:
+    st = status(
+        connections=[
+            conn(state="pending"),
+            conn(nickname="h3", datagram_size=1200, clock_skew=-4.2, peer_version="0.2.0"),
+        ],
+        targets=[
+            {"address": "198.18.0.4:6783", "state": "retrying", "last_error": "Connection refused"},
+            {
+                "address": "198.18.0.5:6783",
+                "state": "retrying",
+                "last_error": "peer closed: authentication failed: the peer does not know "
+                "the mesh password",
+            },
+        ],
+        peers=[{"peer": "02:00:00:00:00:09", "nickname": "h9", "reachable": False}],
+        ipam={"ready": False, "range": "10.32.0.0/12", "quorum": 2, "init_count": 3},
+        expose={"addresses": ["10.32.0.9/12"], "masquerade": True},
+        counters={"handshake_failures": 3},
+        offload={"tap": True, "udp_gso": False, "udp_gro": True, "gso_sends": 0},
+    )
+    facts = HostFacts(
+        bridge_up=False, tap_on_bridge=False, tun_device=False, nft=False, ip_forward=False
+    )
+    found = levels(diagnose(st, facts))
+    fails = "\n".join(found[FAIL])
+    warns = "\n".join(found[WARN])
+    for words in (
+        "h2: UDP does not flow both ways: open UDP port 6783",
+        "cannot connect to 198.18.0.4:6783 (Connection refused)",
+        "198.18.0.5:6783 refuses our password",
+        "not agreed on address ownership: connect 2 of the 3",
+        "IP forwarding is off",
+        "bridge mesh is down",
+        "TAP meshtap is not on bridge mesh",
+        "/dev/net/tun is missing",
+    ):
+        assert words in fails, words
+    for words in (
+        "h3: path MTU 1200 is below the 1464",
+        "h3: its clock is -4.2 s from ours: run NTP",
+        "h3 runs meshrouter 0.2.0",
+        "peer h9 (02:00:00:00:00:09) is unreachable: if it is gone for good: mesh rmpeer h9",
+        "3 handshake(s) failed",
+        "kernel offloads off: udp_gso",
+        "nft is not installed",
+    ):
+        assert words in warns, words
