@@ -72,8 +72,10 @@ class IpamService:
         self.core = Ipam(me, cidr, init_count=init_count)
         self.store = IpamStore(state_dir / "ipam.db") if state_dir is not None else None
         self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
+        self.remote_ns: dict[str, str] = {}  # ... and their containers' namespaces
         if self.store is not None:
-            self.remote = self.store.load(self.core)
+            self.remote, self.remote_ns = self.store.load(self.core)
+        self._blind_warned = False
         self.changed = trio.Event()
         self._requests = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[tuple[int, str]]]] = {}
@@ -84,7 +86,7 @@ class IpamService:
 
     def _commit(self) -> None:
         if self.store is not None and self.store.saved_version != self.core.version:
-            self.store.save(self.core, self.remote)
+            self.store.save(self.core, self.remote, self.remote_ns)
         self.changed.set()
         self.changed = trio.Event()
 
@@ -160,12 +162,13 @@ class IpamService:
             self._reclaim_dead()
 
     def _reclaim_dead(self) -> None:
-        """Release addresses whose container namespace is gone."""
+        """Release addresses whose container namespace is gone, ours and those
+        our containers claimed in other peers' shares."""
         dead = {
             a.ident
             for a in self.core.allocs.values()
             if a.ns_path and not os.path.exists(a.ns_path)
-        }
+        } | {i for i, path in self.remote_ns.items() if path and not os.path.exists(path)}
         for ident in dead:
             log.info("container %s is gone: releasing its address", ident)
             self._release(ident)
@@ -180,7 +183,23 @@ class IpamService:
         if cs.cancelled_caught:
             raise IpamError(what)
 
+    def _watchable(self, ns_path: str) -> str:
+        """``ns_path`` if this process can see it, else "" (never reclaimed):
+        a router in a container without the host's PID namespace cannot see
+        /proc/PID of other containers, and must not take that for their end."""
+        if not ns_path or os.path.exists(ns_path):
+            return ns_path
+        if not self._blind_warned:
+            self._blind_warned = True
+            log.warning(
+                "cannot see container namespace %s from the router: addresses of such "
+                "containers are released only by detach (run the router image with --pid host)",
+                ns_path,
+            )
+        return ""
+
     async def allocate(self, ident: str, ns_path: str, subnet: str | None) -> str:
+        ns_path = self._watchable(ns_path)
         net = self._subnet(subnet)
         deadline = trio.current_time() + WAIT
         asked: set[bytes] = set()
@@ -235,6 +254,7 @@ class IpamService:
         return max(candidates, key=lambda p: space[p], default=None)
 
     async def claim(self, cidr: str, ident: str, ns_path: str) -> str:
+        ns_path = self._watchable(ns_path)
         iface = ipaddress.IPv4Interface(cidr)
         addr = int(iface.ip)
         deadline = trio.current_time() + WAIT
@@ -281,6 +301,9 @@ class IpamService:
         if status != CLAIM_OK:
             raise IpamError(f"{iface.ip} is already in use ({msg})")
         self.remote.setdefault(ident, []).append((owner, addr))
+        if ns_path:
+            self.remote_ns[ident] = ns_path
+        self.core.version += 1  # the remote claims are saved with the rest
         self._commit()
         return str(iface)
 
@@ -292,9 +315,11 @@ class IpamService:
     def _release(self, ident: str) -> list[str]:
         self.on_release(ident)
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
+        self.remote_ns.pop(ident, None)
         for owner, addr in self.remote.pop(ident, []):
             self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
             gone.append(str(ipaddress.IPv4Address(addr)))
+            self.core.version += 1
         return gone
 
     def hand_over(self) -> str:

@@ -34,12 +34,14 @@ class IpamStore:
             CREATE TABLE IF NOT EXISTS remote_claims (
                 ident TEXT NOT NULL, owner BLOB NOT NULL, addr INTEGER NOT NULL,
                 PRIMARY KEY (ident, addr));
+            CREATE TABLE IF NOT EXISTS remote_ns (ident TEXT PRIMARY KEY, ns_path TEXT NOT NULL);
             """
         )
         self.saved_version = -1
 
-    def load(self, ipam: Ipam) -> dict[str, list[tuple[bytes, int]]]:
-        """Fill ``ipam`` from disk; returns the remote claims (ident -> [(owner, addr)])."""
+    def load(self, ipam: Ipam) -> tuple[dict[str, list[tuple[bytes, int]]], dict[str, str]]:
+        """Fill ``ipam`` from disk; returns the remote claims (ident -> [(owner, addr)])
+        and the namespaces of their containers (ident -> path)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'range'").fetchone()
         if row is not None and row[0] != str(ipam.network):
             raise IpamStoreError(
@@ -57,10 +59,16 @@ class IpamStore:
         remote: dict[str, list[tuple[bytes, int]]] = {}
         for ident, owner, addr in self.db.execute("SELECT ident, owner, addr FROM remote_claims"):
             remote.setdefault(ident, []).append((bytes(owner), addr))
+        remote_ns = dict(self.db.execute("SELECT ident, ns_path FROM remote_ns").fetchall())
         self.saved_version = ipam.version
-        return remote
+        return remote, remote_ns
 
-    def save(self, ipam: Ipam, remote: dict[str, list[tuple[bytes, int]]]) -> None:
+    def save(
+        self,
+        ipam: Ipam,
+        remote: dict[str, list[tuple[bytes, int]]],
+        remote_ns: dict[str, str],
+    ) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -80,6 +88,8 @@ class IpamStore:
                 "INSERT INTO remote_claims VALUES (?, ?, ?)",
                 [(i, o, a) for i, claims in remote.items() for o, a in claims],
             )
+            db.execute("DELETE FROM remote_ns")
+            db.executemany("INSERT INTO remote_ns VALUES (?, ?)", list(remote_ns.items()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

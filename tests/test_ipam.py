@@ -191,11 +191,12 @@ def test_store_survives_reopen_and_refuses_another_range(tmp_path: object) -> No
     (a,) = mesh(1)
     x = a.allocate("h/c1", ns_path="/run/netns/c1")
     store = IpamStore(path)
-    store.save(a, {"h/c9": [(P[1], 77)]})
+    store.save(a, {"h/c9": [(P[1], 77)]}, {"h/c9": "/run/netns/c9"})
     store.close()
     b = Ipam(P[0], RANGE)
     store = IpamStore(path)
-    remote = store.load(b)
+    remote, remote_ns = store.load(b)
+    assert remote_ns == {"h/c9": "/run/netns/c9"}
     assert b.tokens == a.tokens
     assert b.allocs[x].ident == "h/c1"
     assert b.allocs[x].ns_path == "/run/netns/c1"

@@ -4,6 +4,7 @@ messages, no answer.  Trio's MockClock drives the timeouts; no root, no sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trio
@@ -103,3 +104,40 @@ async def test_a_claim_of_an_address_in_use_is_refused() -> None:
     await a.claim("10.32.0.9/24", "h1/db", "")
     with pytest.raises(IpamError, match="already in use"):
         await b.claim("10.32.0.9/24", "h2/web", "")
+
+
+async def test_claims_in_another_share_are_released_when_the_container_goes(
+    tmp_path: Path,
+) -> None:
+    """The claimer watches its container's namespace and sends RELEASE; the
+    claim survives a restart of the claimer (persisted)."""
+    wire = Wire()
+    a = IpamService(A, RANGE, 1, None, wire.endpoint(A))
+    wire.services[A] = a
+    a.tick(0.0, {A})
+    a.tick(a.core.settle, {A})
+    b = IpamService(B, RANGE, 1, tmp_path, wire.endpoint(B))
+    wire.services[B] = b
+    a.transport.broadcast_ipam(a.ring_payload() or b"", None)
+    ns = tmp_path / "netns-web"
+    ns.write_text("")
+    await b.claim("10.32.0.9/24", "h2/web", str(ns))
+    b.close()
+    b = IpamService(B, RANGE, 1, tmp_path, wire.endpoint(B))  # restarted
+    wire.services[B] = b
+    assert b.remote_ns == {"h2/web": str(ns)}
+    ns.unlink()  # the container is removed without detach
+    b.tick(100.0, {A, B})
+    assert a.core.allocs == {}
+    assert b.remote == {}
+
+
+async def test_a_namespace_the_router_cannot_see_is_never_taken_for_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _wire, a, _b = pair()
+    got = await a.allocate("h1/web", "/proc/999999999/ns/net", None)
+    a.tick(100.0, {A})
+    assert [al.ident for al in a.core.allocs.values()] == ["h1/web"]
+    assert got.startswith("10.32.0.")
+    assert "--pid host" in caplog.text
