@@ -1,6 +1,6 @@
 # The meshrouter router image: 'mesh router' in the foreground.
 # Run with host networking and privileges (it makes a bridge and a TAP device):
-#   docker run -d --name meshrouter --network host --privileged \
+#   docker run -d --name meshrouter --network host --pid host --privileged \
 #     -v /var/lib/meshrouter:/var/lib/meshrouter -e MESH_PASSWORD=... meshrouter:0.1.0 PEER...
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \

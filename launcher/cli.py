@@ -28,6 +28,7 @@ from .containers import ContainerError, docker_engine_available, resolve
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
+CONTAINER = "meshrouter"  # the router's container when launched with --engine docker
 
 
 class CliError(Exception):
@@ -109,12 +110,15 @@ def cmd_launch(a: argparse.Namespace) -> int:
                 "ipalloc_range": a.ipalloc_range,
                 "mtu": a.mtu,
                 "default_subnet": a.ipalloc_default_subnet,
+                "engine": a.engine,
             }
         ).encode(),
     )
     log_path = state_dir / "router.log"
-    if docker_engine_available() and not a.local:
-        proc = _launch_docker(a)
+    if a.engine == "docker":
+        _launch_docker(a)
+        where = f"as container {CONTAINER} (docker); logs: docker logs {CONTAINER}"
+        proc = None
     else:
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
@@ -125,22 +129,26 @@ def cmd_launch(a: argparse.Namespace) -> int:
                 start_new_session=True,
             )
         atomic_write(state_dir / "router.pid", f"{proc.pid}\n".encode(), 0o644)
+        where = f"as a local process; log: {log_path}"
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
-        if proc.poll() is not None and not (docker_engine_available() and not a.local):
-            tail = _log_tail(log_path)
-            raise CliError(f"router exited during start-up: {tail}")
+        if proc is not None and proc.poll() is not None:
+            raise CliError(f"router exited during start-up: {_log_tail(log_path)}")
+        if proc is None and not _container_running():
+            raise CliError(f"router container exited during start-up: {_container_log_tail()}")
         if _router_running(state_dir):
             n = attach_mod.reattach_all(attach_mod.Registry(state_dir), a.bridge)
             status = _status(state_dir)
             extra = f", {n} container(s) re-attached" if n else ""
             print(
                 f"router {status['name']} ({status['nickname']}) running on port {a.port}, "
-                f"bridge {a.bridge}{extra}; log: {log_path}"
+                f"bridge {a.bridge}{extra}, {where}"
             )
             return 0
         time.sleep(0.1)
-    raise CliError(f"router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {log_path}")
+    raise CliError(
+        f"router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {where.split('; ')[-1]}"
+    )
 
 
 def _check_ranges(a: argparse.Namespace) -> None:
@@ -161,15 +169,39 @@ def _check_ranges(a: argparse.Namespace) -> None:
             raise CliError(f"--ipalloc-default-subnet {sub} is not inside --ipalloc-range {net}")
 
 
-def _launch_docker(a: argparse.Namespace) -> subprocess.Popen[bytes]:
-    """Run the router image with host networking (a Docker engine is present)."""
+def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(["docker", *args], 1, "", str(exc))
+
+
+def _container_running() -> bool:
+    out = _docker("inspect", "--format", "{{.State.Running}}", CONTAINER)
+    return out.returncode == 0 and out.stdout.strip() == "true"
+
+
+def _container_log_tail() -> str:
+    out = _docker("logs", "--tail", "5", CONTAINER)
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"see 'docker logs {CONTAINER}'"
+
+
+def _launch_docker(a: argparse.Namespace) -> None:
+    """Run the router image with host networking and the host's PID namespace.
+    A container left by an earlier launch (no router answers: we checked) is
+    removed first; a failing 'docker run' is reported at once, with nothing left."""
+    if not docker_engine_available():
+        raise CliError("--engine docker, but no Docker engine answers ('docker version')")
+    _docker("rm", "-f", CONTAINER)
     state = str(a.state_dir)
     cmd = [
-        "docker",
         "run",
         "-d",
         "--name",
-        "meshrouter",
+        CONTAINER,
         "--restart",
         "unless-stopped",
         "--privileged",
@@ -188,7 +220,11 @@ def _launch_docker(a: argparse.Namespace) -> subprocess.Popen[bytes]:
     elif os.environ.get("MESH_PASSWORD"):
         cmd += ["-e", "MESH_PASSWORD"]
     cmd += [ROUTER_IMAGE, *_router_args(a)]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    out = _docker(*cmd)
+    if out.returncode != 0:
+        _docker("rm", "-f", CONTAINER)
+        why = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no reason given"]
+        raise CliError(f"docker run {ROUTER_IMAGE} failed: {why[0]}")
 
 
 def _log_tail(path: Path) -> str:
@@ -205,16 +241,19 @@ def cmd_stop(a: argparse.Namespace) -> int:
     cfg = _launch_config(state_dir)
     bridge = str(cfg.get("bridge", "mesh"))
     pid = _read_pid(state_dir)
+    container = cfg.get("engine") == "docker" and _docker("inspect", CONTAINER).returncode == 0
     if _router_running(state_dir):
         _router_call(state_dir, {"op": "stop"})
-    elif pid is None and not link_exists(bridge):
+    elif pid is None and not link_exists(bridge) and not container:
         raise CliError(f"no router is running (state dir {state_dir})")
     if pid is not None:
         _wait_exit(pid, 10.0)
         (state_dir / "router.pid").unlink(missing_ok=True)
-    if docker_engine_available() and not a.local:
-        subprocess.run(["docker", "rm", "-f", "meshrouter"], capture_output=True, check=False)
-    if not take_bridge_made(state_dir, bridge):
+    if container:  # only a container our launch made, running or left over
+        _docker("rm", "-f", CONTAINER)
+    if not link_exists(bridge):
+        print("router stopped")
+    elif not take_bridge_made(state_dir, bridge):
         print(f"router stopped; bridge {bridge} kept (it was there before 'mesh launch')")
     elif delete_link(bridge):
         print(f"router stopped; bridge {bridge} removed")
@@ -563,8 +602,8 @@ def cmd_reset(a: argparse.Namespace) -> int:
         delete_link(rec.host_veth)
         attach_mod.remove_resolv_conf(rec)
     guard.remove()
-    if docker_engine_available() and not a.local:
-        subprocess.run(["docker", "rm", "-f", "meshrouter"], capture_output=True, check=False)
+    if cfg.get("engine") == "docker":
+        _docker("rm", "-f", CONTAINER)
     if take_bridge_made(state_dir, bridge) and delete_link(bridge):
         print(f"bridge {bridge} removed")
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -670,14 +709,19 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="start the router in the background",
         description="Create the bridge and TAP, start the router in the "
-        "background and return once it listens.",
+        "background (a local process, or with --engine docker a container) and return "
+        "once it listens.",
     )
     config.add_arguments(sp)
     sp.add_argument(
-        "--local",
-        action="store_true",
-        help="run the router as a local process even if a Docker engine is present",
+        "--engine",
+        choices=("local", "docker"),
+        default="local",
+        help="run the router as a local process (default), or as the container "
+        f"'{CONTAINER}' from image {ROUTER_IMAGE} (MESH_IMAGE) on the Docker engine "
+        "(host network and PID namespace); launch says which",
     )
+    sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)  # the default now
     sp.set_defaults(func=cmd_launch)
 
     sp = sub.add_parser(
@@ -826,7 +870,6 @@ def build_parser() -> argparse.ArgumentParser:
         "connected peer (no 'mesh rmpeer' needed later), then remove what 'expose' made, "
         "the containers' links, the bridge (if launch made it) and the state directory.",
     )
-    sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_reset)
 
     sp = sub.add_parser(
@@ -888,7 +931,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"
     )
-    sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_stop)
     return p
 

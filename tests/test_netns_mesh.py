@@ -427,3 +427,88 @@ def test_stop_keeps_a_bridge_the_operator_made(lab_factory: LabFactory) -> None:
     lab.launch(1, extra=("--bridge", "mine0"))
     assert "bridge mine0 removed" in lab.mesh(1, "stop").stdout
     assert "mine0" not in lab.run(1, "ip", "-br", "link").stdout
+
+
+# A stand-in engine for 'mesh launch --engine docker': 'run' starts the
+# router as a local process (the image's entrypoint is 'mesh router') and
+# records it; 'inspect', 'logs' and 'rm -f' act on that process.  With
+# FAKE_DOCKER_FAIL set, 'run' fails the way a missing image does.
+ENGINE = """#!/bin/sh
+dir="$FAKE_DOCKER_DIR"; echo "$*" >> "$dir/calls"
+case "$1" in
+  version) echo 20.10.24 ;;
+  run)
+    if [ -n "$FAKE_DOCKER_FAIL" ]; then
+      echo "Unable to find image 'meshrouter:0.1.0' locally" >&2
+      echo created > "$dir/left"; exit 125
+    fi
+    while [ "$1" != "meshrouter:0.1.0" ]; do shift; done; shift
+    python3 -m launcher router "$@" > "$dir/log" 2>&1 &
+    echo $! > "$dir/pid"; echo 0123abcd ;;
+  inspect)
+    [ -f "$dir/pid" ] || [ -f "$dir/left" ] || exit 1
+    if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
+    then echo true; else echo false; fi ;;
+  logs) tail -n 5 "$dir/log" ;;
+  rm) rm -f "$dir/left"
+    [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null; rm -f "$dir/pid" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_launch_with_the_docker_engine_is_explicit_reported_and_cleans_up(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(1)
+    fake = lab.tmp / "engine"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "docker").write_text(ENGINE)
+    (fake / "bin" / "docker").chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{fake / 'bin'}:{os.environ['PATH']}",
+        FAKE_DOCKER_DIR=str(fake),
+        MESH_STATE_DIR=str(lab.state_dir(1)),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+
+    def mesh(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return sh(
+            "ip",
+            "netns",
+            "exec",
+            lab.host(1),
+            sys.executable,
+            "-m",
+            "launcher",
+            *args,
+            check=False,
+            env=dict(env, **extra),
+        )
+
+    pw = ("--password-file", str(lab.password_file))
+    # The engine answers, but launch runs a local process unless told otherwise.
+    local = mesh("launch", *pw)
+    assert local.returncode == 0, local.stderr
+    assert "as a local process" in local.stdout
+    assert mesh("stop").returncode == 0
+    assert not (fake / "calls").exists() or "run" not in (fake / "calls").read_text()
+    # A failing 'docker run' is reported at once and leaves no container.
+    t0 = time.monotonic()
+    bad = mesh("launch", "--engine", "docker", *pw, FAKE_DOCKER_FAIL="1")
+    assert bad.returncode == 1
+    assert "docker run meshrouter:0.1.0 failed: Unable to find image" in bad.stderr
+    assert time.monotonic() - t0 < 10
+    assert not (fake / "left").exists()
+    # A working one says where the router runs and where its log is.
+    ok = mesh("launch", "--engine", "docker", *pw)
+    assert ok.returncode == 0, ok.stderr
+    assert "as container meshrouter (docker); logs: docker logs meshrouter" in ok.stdout
+    assert mesh("stop").returncode == 0
+    assert (fake / "calls").read_text().splitlines()[-1] == "rm -f meshrouter"
+    assert not (fake / "pid").exists()
+    # A container left by an earlier launch is removed by stop, not ignored.
+    (fake / "left").write_text("created")
+    assert mesh("stop").returncode == 0
+    assert not (fake / "left").exists()
