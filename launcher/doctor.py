@@ -165,7 +165,10 @@ def _host(st: RouterStatus, facts: HostFacts) -> list[Finding]:
 def _addresses(st: RouterStatus, facts: HostFacts) -> list[Finding]:
     out = []
     ipam = st["ipam"]
-    if not ipam["ready"]:
+    reachable = sum(1 for p in st["peers"] if p["reachable"])
+    if not ipam["ready"] and reachable >= ipam["quorum"]:
+        out.append(Finding(WARN, "the mesh is agreeing on address ownership (a few seconds)"))
+    elif not ipam["ready"]:
         out.append(
             Finding(
                 FAIL,

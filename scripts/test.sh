@@ -8,7 +8,7 @@ echo "== ruff check";        ruff check .
 echo "== ruff format";       ruff format --check .
 echo "== mypy --strict";     mypy meshrouter launcher
 echo "== pytest"
-export MESH_REQUIRE_PODMAN=1  # setup.sh installed podman: its tests must run, not skip
+export MESH_REQUIRE_ENGINES=1  # setup.sh installed podman and docker.io: their tests must run
 set +e
 python3 -m pytest -p no:cacheprovider "$@"
 rc=$?

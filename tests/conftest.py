@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,36 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tar() -> Iterator[Path]:
+    """A Debian root filesystem (iproute2, python3) as a tar, made offline with
+    mmdebstrap once per session, for images of real container engines.
+    Skipped without mmdebstrap, unless MESH_REQUIRE_ENGINES=1 (CI) makes that
+    a failure."""
+    if shutil.which("mmdebstrap") is None:
+        if os.environ.get("MESH_REQUIRE_ENGINES"):
+            pytest.fail("container engine tests required, but mmdebstrap is missing")
+        pytest.skip("needs mmdebstrap")
+    d = Path(tempfile.mkdtemp(prefix="mtrootfs-"))
+    tar = d / "rootfs.tar"
+    try:
+        subprocess.run(
+            ["mmdebstrap", "--variant=minbase", "--include=iproute2,python3", "bookworm", str(tar)],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        yield tar
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def require(*tools: str) -> None:
+    """Skip (or, with MESH_REQUIRE_ENGINES=1, fail) unless every tool is installed."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("MESH_REQUIRE_ENGINES"):
+            pytest.fail(f"container engine tests required, but missing: {missing}")
+        pytest.skip(f"needs {missing}")

@@ -63,6 +63,17 @@ def test_a_healthy_host_has_no_warnings() -> None:
     assert any("h2: established" in line for line in found[OK])
 
 
+def test_address_agreement_in_progress_is_a_warning_not_a_failure() -> None:
+    ipam = {"ready": False, "range": "10.32.0.0/12", "quorum": 2, "init_count": 3}
+    peers = [
+        {"peer": "02:00:00:00:00:01", "nickname": "h1", "reachable": True},
+        {"peer": "02:00:00:00:00:02", "nickname": "h2", "reachable": True},
+    ]
+    found = levels(diagnose(status(ipam=ipam, peers=peers), GOOD))
+    assert found[FAIL] == []
+    assert any("agreeing on address ownership" in line for line in found[WARN])
+
+
 def test_each_problem_is_one_line_with_what_to_do() -> None:
     st = status(
         connections=[

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, star
+from meshrouter.testing.netlab import Lab, star, status
 
 pytestmark = pytest.mark.netns
 
@@ -16,6 +16,7 @@ LabFactory = Callable[..., Lab]
 def test_doctor_says_what_is_wrong_and_exits_accordingly(lab_factory: LabFactory) -> None:
     lab = lab_factory(3)
     star(lab, 2)
+    lab.wait_for("addresses agreed", lambda: status(lab, 1)["ipam"]["ready"], timeout=10)
     well = lab.mesh(1, "doctor")
     assert well.stdout.strip().splitlines()[-1] == "all well"
     verbose = lab.mesh(1, "doctor", "-v").stdout

@@ -5,7 +5,7 @@ podman runs from each host's namespace (``nsenter --net``: ``ip netns exec``
 breaks runc), with a containers.conf and storage of the test's own (runc,
 the CNI backend, the plugin directory 'mesh setup-cni' wrote).  The image is
 made offline with mmdebstrap once per session.  Without podman these tests
-are skipped, except where ``MESH_REQUIRE_PODMAN=1`` (CI) makes that a failure.
+are skipped, except where ``MESH_REQUIRE_ENGINES=1`` (CI) makes that a failure.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import pytest
 
 from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
 
+from .conftest import require
+
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 LabFactory = Callable[..., Lab]
 IMAGE = "localhost/meshtest:1"
-TOOLS = ("podman", "runc", "mmdebstrap", "nsenter")
+TOOLS = ("podman", "runc", "nsenter")
 
 
 @dataclass
@@ -95,33 +97,23 @@ class Podman:
 
 
 @pytest.fixture(scope="session")
-def podman_root() -> Iterator[Path]:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing or not Path("/usr/lib/cni/portmap").exists():
-        if os.environ.get("MESH_REQUIRE_PODMAN"):
-            pytest.fail(f"podman tests required, but missing: {missing or ['the CNI plugins']}")
-        pytest.skip(f"needs {missing or ['containernetworking-plugins']}")
+def podman_root(rootfs_tar: Path) -> Iterator[Path]:
+    require(*TOOLS)
+    if not Path("/usr/lib/cni/portmap").exists():
+        require("/usr/lib/cni/portmap")  # containernetworking-plugins
     root = Path(tempfile.mkdtemp(prefix="mtpodman-"))
     (root / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
     )
     env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"))
     try:
-        tar = root / "rootfs.tar"
         subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--include=iproute2,python3", "bookworm", str(tar)],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        subprocess.run(
-            ["podman", "import", str(tar), IMAGE],
+            ["podman", "import", str(rootfs_tar), IMAGE],
             check=True,
             env=env,
             timeout=300,
             capture_output=True,
         )
-        tar.unlink()
         yield root
     finally:
         subprocess.run(

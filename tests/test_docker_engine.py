@@ -1,0 +1,160 @@
+"""A real Docker engine (Debian's docker.io): containers attached by name and
+by id, reachable across hosts, named in DNS, released when removed.
+
+The test runs its own dockerd (own socket, data and exec roots; no bridge,
+no iptables: the root namespace is left as it was) and stops it after.
+Containers start with ``--network none``; ``mesh attach`` gives them the mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from meshrouter.testing.netlab import REPO, Lab, sh, star, status
+
+from .conftest import require
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+LabFactory = Callable[..., Lab]
+IMAGE = "local/meshtest:1"
+
+
+@pytest.fixture(scope="session")
+def docker_host(rootfs_tar: Path) -> Iterator[str]:
+    require("dockerd", "docker")
+    root = Path(tempfile.mkdtemp(prefix="mtdocker-"))
+    sock = f"unix://{root}/docker.sock"
+    log = open(root / "dockerd.log", "w")  # noqa: SIM115 - closed in the finally below
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--data-root",
+            f"{root}/data",
+            "--exec-root",
+            f"{root}/exec",
+            "--pidfile",
+            f"{root}/docker.pid",
+            "-H",
+            sock,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    env = dict(os.environ, DOCKER_HOST=sock)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["docker", "version"], env=env, capture_output=True).returncode:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError(
+                    f"dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}"
+                )
+            time.sleep(0.2)
+        subprocess.run(
+            ["docker", "import", str(rootfs_tar), IMAGE],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        yield sock
+    finally:
+        subprocess.run("docker rm -f $(docker ps -aq)", shell=True, env=env, capture_output=True)
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        subprocess.run(["umount", "-R", f"{root}/data"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def docker(sock: str, *args: str) -> str:
+    return sh("docker", *args, env=dict(os.environ, DOCKER_HOST=sock)).stdout.strip()
+
+
+def mesh(
+    lab: Lab, i: int, sock: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``mesh`` on host i with the engine in reach (lab.mesh hides engines)."""
+    env = dict(
+        os.environ, MESH_STATE_DIR=str(lab.state_dir(i)), PYTHONPATH=str(REPO), DOCKER_HOST=sock
+    )
+    return sh(
+        "ip",
+        "netns",
+        "exec",
+        lab.host(i),
+        sys.executable,
+        "-m",
+        "launcher",
+        *args,
+        check=check,
+        env=env,
+    )
+
+
+def pid_of(sock: str, name: str) -> str:
+    return docker(sock, "inspect", "--format", "{{.State.Pid}}", name)
+
+
+def test_docker_containers_by_name_and_id_across_hosts(
+    lab_factory: LabFactory, docker_host: str
+) -> None:
+    lab = lab_factory(2)
+    star(lab, 2)
+    sock = docker_host
+    web = f"{lab.prefix}-web01"
+    cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
+    other = docker(sock, "run", "-d", "--network", "none", IMAGE, "sleep", "600")
+    try:
+        a = mesh(lab, 1, sock, "attach", web).stdout.strip().split("/")[0]  # by name
+        b = mesh(lab, 2, sock, "attach", other[:12]).stdout.strip().split("/")[0]  # by id
+        assert "docker" in mesh(lab, 1, sock, "ps").stdout
+        ping = sh("nsenter", "-t", pid_of(sock, other), "-n", "ping", "-c2", "-W2", a, check=False)
+        assert ping.returncode == 0, ping.stdout
+        # Named by its Docker name (not what was typed), mesh-wide.
+        lab.wait_for(
+            "web01 in DNS on h2",
+            lambda: mesh(lab, 2, sock, "dns-lookup", web, check=False).stdout.split() == [a],
+            timeout=5,
+        )
+        # Removed without detach: its address is released, its name withdrawn.
+        docker(sock, "rm", "-f", cid)
+        lab.wait_for(
+            "address released",
+            lambda: a not in {x["address"] for x in status(lab, 1)["ipam"]["allocations"]},
+            timeout=15,
+        )
+        lab.wait_for(
+            "name withdrawn",
+            lambda: mesh(lab, 2, sock, "dns-lookup", web, check=False).returncode == 1,
+            timeout=5,
+        )
+        assert mesh(lab, 2, sock, "detach", other[:12]).returncode == 0
+        assert b not in {x["address"] for x in status(lab, 2)["ipam"]["allocations"]}
+        bad = mesh(lab, 1, sock, "attach", "no-such-container", check=False)
+        assert bad.returncode == 1
+        assert "no container or network namespace named 'no-such-container'" in bad.stderr
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", cid, other],
+            env=dict(os.environ, DOCKER_HOST=sock),
+            capture_output=True,
+        )
