@@ -318,6 +318,15 @@ def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | N
         return rec
 
 
+def find(registry: Registry, key: str) -> Attachment | None:
+    """The record of a container by its id (or a prefix of it) or name."""
+    records = registry.read()
+    return next(
+        (r for r in records.values() if key in (r.ident, r.container) or r.ident.startswith(key)),
+        None,
+    )
+
+
 def reattach_all(registry: Registry, bridge: str) -> int:
     """After a relaunch, put the host ends of recorded attachments back on the bridge."""
     n = 0

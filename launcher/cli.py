@@ -417,6 +417,40 @@ def _register_name(
         )
 
 
+def cmd_reattach(a: argparse.Namespace) -> int:
+    """A recorded container started again (the router saw it): put it back on
+    the mesh with the address and name it had.  Nothing to do otherwise."""
+    registry = attach_mod.Registry(a.state_dir)
+    rec = attach_mod.find(registry, a.container)
+    if rec is None or link_exists(rec.host_veth) or rec.kind != "docker":
+        return 0  # not ours, or still attached
+    with registry.locked() as records:
+        records.pop(rec.ident, None)
+    settings = _attach_settings(a)
+    try:
+        new = attach_mod.attach(
+            registry,
+            rec.ident,
+            rec.cidr,
+            bridge=settings.bridge,
+            mesh_range=settings.mesh_range,
+            mtu=settings.mtu,
+            ipam=RouterIpam(a.state_dir),
+            dns_address=settings.dns_address,
+            guard_port=rec.guard,
+        )
+    except attach_mod.AttachError as exc:
+        raise CliError(f"{rec.container}: {exc}") from None
+    new.container = rec.container
+    with registry.locked() as records:
+        records[new.ident] = new
+    if settings.dns_address and rec.hostname:
+        a.without_dns, a.hostname = False, rec.hostname
+        _register_name(a, registry, new, settings)
+    print(f"{rec.container} attached again with {new.cidr}")
+    return 0
+
+
 def cmd_detach(a: argparse.Namespace) -> int:
     try:
         rec = attach_mod.detach(
@@ -770,6 +804,17 @@ def build_parser() -> argparse.ArgumentParser:
         "NAME.DOMAIN unless NAME has a dot)",
     )
     sp.set_defaults(func=cmd_attach)
+
+    sp = sub.add_parser(
+        "reattach",
+        parents=[common],
+        help="attach a recorded container again after it restarted (the router runs it)",
+        description="If CONTAINER (a Docker id or name) was attached and has lost its link, "
+        "attach it again with the same address and name. The router runs this on every "
+        "container start the Docker engine reports.",
+    )
+    sp.add_argument("container", metavar="CONTAINER")
+    sp.set_defaults(func=cmd_reattach)
 
     sp = sub.add_parser("detach", parents=[common], help="detach a container from the mesh")
     sp.add_argument("container", metavar="CONTAINER")

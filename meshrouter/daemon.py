@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from . import api, metrics
+from . import api, engine, metrics
 from .apiclient import socket_path
 from .config import RouterOptions
 from .errors import MeshError
@@ -66,6 +66,7 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         await nursery.start(router.run)
         persist()
         await nursery.start(api.serve, router, socket_path(state_dir), persist)
+        nursery.start_soon(engine.watch, state_dir)
         if opts.metrics_addr:
             host, _, port = opts.metrics_addr.rpartition(":")
             try:

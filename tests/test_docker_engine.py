@@ -158,3 +158,44 @@ def test_docker_containers_by_name_and_id_across_hosts(
             env=dict(os.environ, DOCKER_HOST=sock),
             capture_output=True,
         )
+
+
+def test_a_restarted_container_gets_its_link_address_and_name_back(
+    lab_factory: LabFactory, docker_host: str
+) -> None:
+    lab = lab_factory(2)
+    sock = docker_host
+    pw = str(lab.password_file)
+    launched = mesh(lab, 1, sock, "launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    assert "as a local process" in launched.stdout
+    lab.launch(2, lab.addr(1))
+    lab.wait_for(
+        "connected",
+        lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
+        timeout=30,
+    )
+    web = f"{lab.prefix}-rweb"
+    cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
+    try:
+        addr = mesh(lab, 1, sock, "attach", web).stdout.strip()
+        peer = lab.container("peer")
+        lab.mesh(2, "attach", peer)
+        docker(sock, "restart", "-t", "0", web)
+
+        def back() -> bool:
+            out = sh("nsenter", "-t", pid_of(sock, web), "-n", "ip", "-br", "addr", check=False)
+            return addr in out.stdout
+
+        lab.wait_for("ethwe back with the same address", back, timeout=20)
+        ip = addr.split("/")[0]
+        assert lab.in_ns(peer, "ping", "-c2", "-W2", ip, check=False).returncode == 0
+        row = next(ln for ln in mesh(lab, 1, sock, "ps").stdout.splitlines() if ln.startswith(web))
+        assert " up " in f" {row} "
+        assert mesh(lab, 2, sock, "dns-lookup", web).stdout.split() == [ip]
+        log = (lab.state_dir(1) / "router.log").read_text()
+        assert "following Docker events" in log
+        assert f"{web} attached again with {addr}" in log
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", cid], env=dict(os.environ, DOCKER_HOST=sock), capture_output=True
+        )

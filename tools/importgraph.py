@@ -62,6 +62,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "ipamservice",
             "dnsservice",
             "hostaccess",
+            "engine",
             "router",
             "api",
             "metrics",

@@ -1,0 +1,93 @@
+"""Docker engine events: a container that was attached and starts again
+(``docker restart``, the engine's restart policy, a reboot) gets its place on
+the mesh back, with the same address.
+
+The router only notices: it follows ``docker events`` (container starts) and
+for each one runs ``mesh reattach ID``, the client, which knows the
+attachment records and does what attach does.  Without a Docker engine (or
+with ``MESH_NO_DOCKER`` set) this does nothing.  If the event stream ends
+(the engine restarted), it is opened again after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger("meshrouter.engine")
+
+RETRY = 5.0
+
+
+async def _engine_answers() -> bool:
+    if os.environ.get("MESH_NO_DOCKER") or shutil.which("docker") is None:
+        return False
+    try:
+        probe = await trio.run_process(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    except OSError:
+        return False
+    return probe.returncode == 0 and bool(probe.stdout.strip())
+
+
+async def watch(
+    state_dir: Path, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Follow container starts for as long as this task lives."""
+    if not await _engine_answers():
+        task_status.started(False)
+        return
+    log.info("following Docker events: restarted containers are attached again")
+    task_status.started(True)
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                await _follow(state_dir, nursery)
+            except OSError as exc:
+                log.warning("docker events failed: %s; trying again in %.0fs", exc, RETRY)
+            await trio.sleep(RETRY)
+
+
+async def _follow(state_dir: Path, nursery: trio.Nursery) -> None:
+    cmd = ["docker", "events", "--filter", "type=container", "--filter", "event=start"]
+    proc = await trio.lowlevel.open_process(
+        [*cmd, "--format", "{{.ID}}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                cid = line.decode(errors="replace").strip()
+                if cid:
+                    nursery.start_soon(_reattach, state_dir, cid)
+    finally:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+
+
+async def _reattach(state_dir: Path, cid: str) -> None:
+    done = await trio.run_process(
+        [sys.executable, "-m", "launcher", "reattach", "--state-dir", str(state_dir), cid],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    text = (done.stdout + done.stderr).decode(errors="replace").strip()
+    if done.returncode != 0:
+        log.warning("container %s started again, but re-attaching failed: %s", cid[:12], text)
+    elif text:
+        log.info("container %s started again: %s", cid[:12], text)
