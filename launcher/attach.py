@@ -54,8 +54,11 @@ class Attachment:
     guard: bool = True  # anti-spoofing rules for its port (guard.py)
 
 
-def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
-    """Check an operator-given address against the mesh range.  Raises AttachError."""
+def parse_cidr(
+    text: str, mesh_range: str, *, allow_outside: bool = False
+) -> ipaddress.IPv4Interface:
+    """Check an operator-given address.  One outside the mesh range is refused
+    unless ``allow_outside`` (then IPAM does not allocate it).  Raises AttachError."""
     net = ipaddress.ip_network(mesh_range)
     try:
         iface = ipaddress.ip_interface(text if "/" in text else f"{text}/{net.prefixlen}")
@@ -65,7 +68,7 @@ def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
         ) from None
     if not isinstance(iface, ipaddress.IPv4Interface):
         raise AttachError(f"{text}: only IPv4 addresses are supported")
-    if iface.ip not in net:
+    if iface.ip not in net and not allow_outside:
         raise AttachError(
             f"{iface.ip} is outside the mesh range {net}: pick an address inside it "
             "(the range is set by 'mesh launch --ipalloc-range')"
@@ -76,6 +79,22 @@ def parse_cidr(text: str, mesh_range: str) -> ipaddress.IPv4Interface:
     ):
         raise AttachError(f"{iface} is the network or broadcast address of {iface.network}")
     return iface
+
+
+def host_routes_overlapping(net: ipaddress.IPv4Network) -> list[str]:
+    """This host's routes (not the default) whose destination overlaps ``net``."""
+    out = ip("-4", "route", "show", check=False).stdout
+    hits = []
+    for line in out.splitlines():
+        dst = line.split()[0] if line.strip() else "default"
+        if dst == "default":
+            continue
+        try:
+            if ipaddress.IPv4Network(dst, strict=False).overlaps(net):
+                hits.append(line.strip())
+        except ValueError:
+            continue
+    return hits
 
 
 def veth_name(ident: str) -> str:
@@ -157,13 +176,19 @@ def attach(
     ifname: str = CONTAINER_IFACE,
     routes: tuple[str, ...] = (),
     guard_port: bool = True,
+    allow_outside: bool = False,
 ) -> Attachment:
     """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
     (inside ``subnet``) when it is None.  With ``dns_address``, the container
     gets a route to the mesh's DNS server on its bridge.  ``container`` is
     given when the caller knows the namespace already (the CNI plugin);
     ``routes`` are more ``ip route`` arguments to add inside it."""
-    iface = parse_cidr(cidr_text, mesh_range) if cidr_text is not None else None
+    iface = (
+        parse_cidr(cidr_text, mesh_range, allow_outside=allow_outside)
+        if cidr_text is not None
+        else None
+    )
+    outside = iface is not None and iface.ip not in ipaddress.IPv4Network(mesh_range)
     try:
         c = container if container is not None else resolve(name)
     except ContainerError as exc:
@@ -190,7 +215,8 @@ def attach(
                 got = ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, subnet))
             else:
                 got = iface
-                ipam.claim(str(iface), c.ident, c.ns_path)
+                if not outside:  # outside the range: the operator's, not IPAM's
+                    ipam.claim(str(iface), c.ident, c.ns_path)
         except IpamRefused as exc:
             raise AttachError(str(exc)) from None
         except ValueError:

@@ -385,9 +385,23 @@ def cmd_attach(a: argparse.Namespace) -> int:
             subnet=subnet,
             dns_address=settings.dns_address,
             guard_port=not a.no_guard,
+            allow_outside=True,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
+    iface = ipaddress.IPv4Interface(rec.cidr)
+    if iface.ip not in ipaddress.IPv4Network(settings.mesh_range):
+        print(
+            f"mesh: note: {iface.ip} is outside the mesh range {settings.mesh_range}: "
+            "not allocated by IPAM, so nothing stops another host using it too",
+            file=sys.stderr,
+        )
+        for route in attach_mod.host_routes_overlapping(iface.network):
+            print(
+                f"mesh: warning: {iface.network} overlaps this host's route '{route}': "
+                "the host sends traffic for those addresses there, not to the mesh",
+                file=sys.stderr,
+            )
     if settings.dns_address:
         _register_name(a, registry, rec, settings)
     print(rec.cidr)
@@ -438,6 +452,7 @@ def cmd_reattach(a: argparse.Namespace) -> int:
             ipam=RouterIpam(a.state_dir),
             dns_address=settings.dns_address,
             guard_port=rec.guard,
+            allow_outside=True,
         )
     except attach_mod.AttachError as exc:
         raise CliError(f"{rec.container}: {exc}") from None
@@ -784,7 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="attach a container: mesh attach CIDR CONTAINER",
         description="Give CONTAINER (a named network namespace, or a Docker "
         "container when a Docker engine is present) an interface 'ethwe' on the "
-        "mesh with address CIDR (e.g. 10.32.0.5/12).",
+        "mesh with address CIDR (e.g. 10.32.0.5/12), or one IPAM allocates. An address "
+        "outside the mesh range is accepted as the operator's own (not allocated; a "
+        "warning where it overlaps a route of this host).",
     )
     sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET] CONTAINER"
     sp.add_argument("args", nargs="+", metavar="[CIDR] CONTAINER", help=argparse.SUPPRESS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, established, sh, status, tcp_transfer
+from meshrouter.testing.netlab import Lab, established, sh, star, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -204,6 +204,26 @@ def host_links(lab: Lab, i: int) -> set[str]:
     }
 
 
+def test_addresses_outside_the_range_as_in_weaves_walk_through(lab_factory: LabFactory) -> None:
+    """Weave's 'attach 172.25.11.23/24 weave_test' on one host and
+    '172.25.11.112/24 weave_another' on the other: accepted, not allocated,
+    reachable; a warning where the host has a route that overlaps."""
+    lab = lab_factory(2)
+    star(lab, 2)
+    c1, c2 = lab.container("wt"), lab.container("wa")
+    lab.run(1, "ip", "route", "add", "172.25.0.0/16", "dev", "eth0")
+    one = lab.mesh(1, "attach", "172.25.11.23/24", c1)
+    assert "outside the mesh range" in one.stderr
+    assert "overlaps this host's route '172.25.0.0/16 dev eth0" in one.stderr
+    two = lab.mesh(2, "attach", "172.25.11.112/24", c2)
+    assert "overlaps" not in two.stderr
+    ping = lab.in_ns(c1, "ping", "-c2", "-W2", "172.25.11.112", check=False)
+    assert ping.returncode == 0, ping.stdout
+    assert all("172.25" not in a["address"] for a in status(lab, 1)["ipam"]["allocations"])
+    assert "172.25.11.23/24" in lab.mesh(1, "ps").stdout
+    assert lab.mesh(1, "detach", c1).returncode == 0
+
+
 def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
     lab = lab_factory(1)
     c1, c2 = lab.container("c1"), lab.container("c2")
@@ -220,7 +240,7 @@ def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
         assert len(r.stderr.strip().splitlines()) == 1
         return r.stderr
 
-    assert "outside the mesh range 10.32.0.0/12" in refused("10.99.0.1/12", c1)
+    assert "only IPv4" in refused("fd00::5/64", c1)
     assert "invalid address" in refused("10.32.0.300/12", c1)
     assert "invalid address" in refused("banana", c1)
     assert "ip netns add" in refused("10.32.0.5/12", "no-such-container")
