@@ -47,30 +47,56 @@ def docker_engine_available() -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
+def _inspect(engine: str, name: str) -> Container | None:
+    """``name`` (name, short or full id) on one engine's command line; None if unknown."""
+    proc = subprocess.run(
+        [
+            engine,
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Pid}} {{.Id}} {{.Name}}",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    pid, cid, *rest = proc.stdout.split()
+    cname = (rest[0] if rest else name).lstrip("/")
+    if pid == "0":
+        raise ContainerError(f"container {name} is not running: start it first ({engine} start)")
+    kind = "docker" if engine == "docker" else "podman"
+    return Container(name, kind, f"/proc/{pid}/ns/net", pid, cid, cname)
+
+
+def podman_available() -> bool:
+    return not os.environ.get("MESH_NO_DOCKER") and shutil.which("podman") is not None
+
+
 def resolve(name: str) -> Container:
+    """A named netns, else a container of the Docker engine, else of podman."""
     if not name or "/" in name or name in (".", ".."):
         raise ContainerError(f"{name!r} is not a valid container or namespace name")
     path = os.path.join(NETNS_DIR, name)
     if os.path.exists(path):
         return Container(name, "netns", path, name, name, name)
-    if docker_engine_available():
-        proc = subprocess.run(
-            ["docker", "inspect", "--format", "{{.State.Pid}} {{.Id}} {{.Name}}", name],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode == 0:
-            pid, cid, *rest = proc.stdout.split()
-            cname = rest[0] if rest else name
-            if pid == "0":
-                raise ContainerError(f"container {name} is not running: start it first")
-            return Container(name, "docker", f"/proc/{pid}/ns/net", pid, cid, cname.lstrip("/"))
+    engines = [
+        e for e, ok in (("docker", docker_engine_available()), ("podman", podman_available())) if ok
+    ]
+    for engine in engines:
+        found = _inspect(engine, name)
+        if found is not None:
+            return found
+    if engines:
+        looked = " or ".join(f"'{e} ps'" for e in engines)
         raise ContainerError(
-            f"no container or network namespace named {name!r}: "
-            "check 'docker ps' or 'ip netns list'"
+            f"no container or network namespace named {name!r}: check {looked} or 'ip netns list'"
         )
     raise ContainerError(
-        f"no network namespace named {name!r} (and no Docker engine here): "
+        f"no network namespace named {name!r} (and no Docker engine or podman here): "
         f"create it with 'ip netns add {name}'"
     )

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
+from meshrouter.testing.netlab import REPO, Lab, star, status, tcp_transfer
 
 from .conftest import require
 
@@ -252,3 +253,44 @@ def test_podman_with_the_router_down_fails_cleanly_and_portmap_chains(
     finally:
         for i in (1, 2):
             podman.remove_all(lab, i)
+
+
+def test_podman_containers_attached_by_name_and_id_without_cni(
+    lab_factory: LabFactory, podman: Podman
+) -> None:
+    """'mesh attach' finds podman's containers through podman itself."""
+    lab = lab_factory(2)
+    try:
+        star(lab, 2)
+        podman.conf(lab, 1)
+        name = f"{lab.prefix}-pn"
+        cid = podman(
+            lab, 1, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "600"
+        ).stdout.strip()
+        env = dict(podman.env(lab, 1), MESH_STATE_DIR=str(lab.state_dir(1)), PYTHONPATH=str(REPO))
+        env.pop("MESH_NO_DOCKER", None)
+
+        def mesh(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+                timeout=60,
+            )
+
+        got = mesh("attach", name)
+        assert got.returncode == 0, got.stderr
+        addr = got.stdout.strip().split("/")[0]
+        assert "podman" in mesh("ps").stdout
+        peer = lab.container("peer")
+        lab.mesh(2, "attach", peer)
+        assert lab.in_ns(peer, "ping", "-c2", "-W2", addr, check=False).returncode == 0
+        assert mesh("detach", cid[:12]).returncode == 0
+        stopped = podman(lab, 1, "create", "--network", "none", IMAGE, "true").stdout.strip()
+        err = mesh("attach", stopped[:12])
+        assert err.returncode == 1
+        assert "is not running: start it first (podman start)" in err.stderr
+    finally:
+        podman.remove_all(lab, 1)
