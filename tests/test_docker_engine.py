@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.netlab import REPO, Lab, sh, star, status
+from meshrouter.testing.netlab import Lab, sh, star, status
 
 from .conftest import require
 
@@ -92,22 +91,8 @@ def docker(sock: str, *args: str) -> str:
 def mesh(
     lab: Lab, i: int, sock: str, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``mesh`` on host i with the engine in reach (lab.mesh hides engines)."""
-    env = dict(
-        os.environ, MESH_STATE_DIR=str(lab.state_dir(i)), PYTHONPATH=str(REPO), DOCKER_HOST=sock
-    )
-    return sh(
-        "ip",
-        "netns",
-        "exec",
-        lab.host(i),
-        sys.executable,
-        "-m",
-        "launcher",
-        *args,
-        check=check,
-        env=env,
-    )
+    """``mesh`` on host i with the test's engine in reach."""
+    return lab.mesh(i, *args, check=check, env={"DOCKER_HOST": sock}, engines=True)
 
 
 def pid_of(sock: str, name: str) -> str:

@@ -69,30 +69,8 @@ def test_kube_sync_connects_to_nodes_and_reclaims_a_deleted_nodes_share(
         )
 
         def sync() -> str:
-            env = dict(
-                os.environ,
-                KUBECONFIG=str(kubeconfig),
-                MESH_STATE_DIR=str(lab.state_dir(1)),
-                PYTHONPATH=str(REPO),
-            )
-            proc = subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    lab.host(1),
-                    sys.executable,
-                    "-m",
-                    "launcher",
-                    "kube-sync",
-                    "--once",
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=60,
-                check=False,
-            )
+            env = {"KUBECONFIG": str(kubeconfig)}
+            proc = lab.mesh(1, "kube-sync", "--once", check=False, env=env)
             assert proc.returncode == 0, proc.stderr
             return proc.stdout
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -390,27 +389,10 @@ def test_attach_docker_container_by_name_and_id(lab_factory: LabFactory) -> None
         pidfile = lab.tmp / "docker.pid"
         pidfile.write_text(str(proc.pid))
 
-        env = dict(
-            os.environ,
-            PATH=f"{bindir}:{os.environ['PATH']}",
-            FAKE_DOCKER_PID=str(pidfile),
-            MESH_STATE_DIR=str(lab.state_dir(1)),
-            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-        )
+        env = {"PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_DOCKER_PID": str(pidfile)}
 
         def mesh(*args: str) -> subprocess.CompletedProcess[str]:
-            return sh(
-                "ip",
-                "netns",
-                "exec",
-                lab.host(1),
-                sys.executable,
-                "-m",
-                "launcher",
-                *args,
-                check=False,
-                env=env,
-            )
+            return lab.mesh(1, *args, check=False, env=env, engines=True)
 
         ok = mesh("attach", "10.32.0.7/12", "web01")
         assert ok.returncode == 0, ok.stderr
@@ -485,27 +467,10 @@ def test_launch_with_the_docker_engine_is_explicit_reported_and_cleans_up(
     (fake / "bin").mkdir(parents=True)
     (fake / "bin" / "docker").write_text(ENGINE)
     (fake / "bin" / "docker").chmod(0o755)
-    env = dict(
-        os.environ,
-        PATH=f"{fake / 'bin'}:{os.environ['PATH']}",
-        FAKE_DOCKER_DIR=str(fake),
-        MESH_STATE_DIR=str(lab.state_dir(1)),
-        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-    )
+    env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE_DOCKER_DIR": str(fake)}
 
     def mesh(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return sh(
-            "ip",
-            "netns",
-            "exec",
-            lab.host(1),
-            sys.executable,
-            "-m",
-            "launcher",
-            *args,
-            check=False,
-            env=dict(env, **extra),
-        )
+        return lab.mesh(1, *args, check=False, env=dict(env, **extra), engines=True)
 
     pw = ("--password-file", str(lab.password_file))
     # The engine answers, but launch runs a local process unless told otherwise.

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.netlab import REPO, Lab, star, status, tcp_transfer
+from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
 
 from .conftest import require
 
@@ -267,18 +266,10 @@ def test_podman_containers_attached_by_name_and_id_without_cni(
         cid = podman(
             lab, 1, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "600"
         ).stdout.strip()
-        env = dict(podman.env(lab, 1), MESH_STATE_DIR=str(lab.state_dir(1)), PYTHONPATH=str(REPO))
-        env.pop("MESH_NO_DOCKER", None)
+        conf = {k: podman.env(lab, 1)[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")}
 
         def mesh(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", *args],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=False,
-                timeout=60,
-            )
+            return lab.mesh(1, *args, check=False, env=conf, engines=True)
 
         got = mesh("attach", name)
         assert got.returncode == 0, got.stderr

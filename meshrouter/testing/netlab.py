@@ -124,15 +124,27 @@ class Lab:
         return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
 
     def mesh(
-        self, i: int, *args: str, check: bool = True, timeout: float = 60
+        self,
+        i: int,
+        *args: str,
+        check: bool = True,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        engines: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``mesh ARGS`` on host i (as the installed package, from this repo)."""
+        """Run ``mesh ARGS`` on host i (as the installed package, from this repo).
+        Container engines on the machine stay out of sight unless ``engines``;
+        ``env`` adds to the environment (an engine's socket, a PATH)."""
         env = dict(
             os.environ,
             MESH_STATE_DIR=str(self.state_dir(i)),
-            MESH_NO_DOCKER="1",
             PYTHONPATH=str(REPO),
+            **(env or {}),
         )
+        if engines:
+            env.pop("MESH_NO_DOCKER", None)
+        else:
+            env["MESH_NO_DOCKER"] = "1"
         return sh(
             "ip",
             "netns",
