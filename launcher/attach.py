@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshrouter import apiclient
 from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
 
@@ -159,6 +160,41 @@ class AddressSource(Protocol):
     def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
     def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
     def release(self, container: str) -> None: ...
+
+
+class RouterIpam:
+    """attach's AddressSource: the running router's IPAM over the local API."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        try:
+            return apiclient.call(apiclient.socket_path(self.state_dir), request)
+        except apiclient.ApiError as exc:
+            raise IpamRefused(str(exc)) from None
+        except OSError:
+            raise IpamRefused(
+                "no router is running to hand out addresses: start one with 'mesh launch'"
+            ) from None
+
+    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+        return str(
+            self._call(
+                {"op": "allocate", "container": container, "ns_path": ns_path, "subnet": subnet}
+            )
+        )
+
+    def claim(self, cidr: str, container: str, ns_path: str) -> str:
+        return str(
+            self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
+        )
+
+    def release(self, container: str) -> None:
+        try:
+            self._call({"op": "release", "container": container})
+        except IpamRefused as exc:
+            print(f"mesh: warning: address of {container} not released: {exc}", file=sys.stderr)
 
 
 def attach(

@@ -320,41 +320,6 @@ def _attach_settings(a: argparse.Namespace) -> AttachSettings:
     return AttachSettings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
 
 
-class RouterIpam:
-    """attach's AddressSource: the running router's IPAM over the local API."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-
-    def _call(self, request: dict[str, Any]) -> Any:
-        try:
-            return apiclient.call(apiclient.socket_path(self.state_dir), request)
-        except apiclient.ApiError as exc:
-            raise attach_mod.IpamRefused(str(exc)) from None
-        except OSError:
-            raise attach_mod.IpamRefused(
-                "no router is running to hand out addresses: start one with 'mesh launch'"
-            ) from None
-
-    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
-        return str(
-            self._call(
-                {"op": "allocate", "container": container, "ns_path": ns_path, "subnet": subnet}
-            )
-        )
-
-    def claim(self, cidr: str, container: str, ns_path: str) -> str:
-        return str(
-            self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
-        )
-
-    def release(self, container: str) -> None:
-        try:
-            self._call({"op": "release", "container": container})
-        except attach_mod.IpamRefused as exc:
-            print(f"mesh: warning: address of {container} not released: {exc}", file=sys.stderr)
-
-
 def cmd_attach(a: argparse.Namespace) -> int:
     if len(a.args) not in (1, 2):
         raise CliError("usage: mesh attach [CIDR | net:SUBNET] CONTAINER")
@@ -381,7 +346,7 @@ def cmd_attach(a: argparse.Namespace) -> int:
             bridge=settings.bridge,
             mesh_range=settings.mesh_range,
             mtu=settings.mtu,
-            ipam=RouterIpam(a.state_dir),
+            ipam=attach_mod.RouterIpam(a.state_dir),
             subnet=subnet,
             dns_address=settings.dns_address,
             guard_port=not a.no_guard,
@@ -403,25 +368,26 @@ def cmd_attach(a: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if settings.dns_address:
-        _register_name(a, registry, rec, settings)
+        name = "" if a.without_dns else a.hostname or rec.hostname
+        _register_name(a.state_dir, registry, rec, settings, name)
     print(rec.cidr)
     return 0
 
 
 def _register_name(
-    a: argparse.Namespace,
+    state_dir: Path,
     registry: attach_mod.Registry,
     rec: attach_mod.Attachment,
     settings: AttachSettings,
+    name: str,
 ) -> None:
-    """The container's name in the mesh's DNS (unless --without-dns), and its
-    resolv.conf (a named netns)."""
+    """The container's name in the mesh's DNS (none when ``name`` is empty), and
+    its resolv.conf (a named netns)."""
     assert settings.dns_address is not None
-    name = "" if a.without_dns else a.hostname or rec.hostname
     try:
         if name:
             _router_call(
-                a.state_dir,
+                state_dir,
                 {"op": "dns_add", "container": rec.ident, "names": [name], "addrs": [rec.cidr]},
             )
         attach_mod.write_resolv_conf(registry, rec, settings.dns_address, settings.dns_domain)
@@ -438,30 +404,31 @@ def cmd_reattach(a: argparse.Namespace) -> int:
     rec = attach_mod.find(registry, a.container)
     if rec is None or link_exists(rec.host_veth) or rec.kind != "docker":
         return 0  # not ours, or still attached
+    try:
+        c = resolve(rec.ident)  # its new namespace
+    except ContainerError as exc:
+        raise CliError(f"{rec.container}: {exc}") from None
     with registry.locked() as records:
         records.pop(rec.ident, None)
     settings = _attach_settings(a)
     try:
         new = attach_mod.attach(
             registry,
-            rec.ident,
+            rec.container,
             rec.cidr,
             bridge=settings.bridge,
             mesh_range=settings.mesh_range,
             mtu=settings.mtu,
-            ipam=RouterIpam(a.state_dir),
+            ipam=attach_mod.RouterIpam(a.state_dir),
             dns_address=settings.dns_address,
+            container=c,
             guard_port=rec.guard,
             allow_outside=True,
         )
     except attach_mod.AttachError as exc:
         raise CliError(f"{rec.container}: {exc}") from None
-    new.container = rec.container
-    with registry.locked() as records:
-        records[new.ident] = new
     if settings.dns_address and rec.hostname:
-        a.without_dns, a.hostname = False, rec.hostname
-        _register_name(a, registry, new, settings)
+        _register_name(a.state_dir, registry, new, settings, rec.hostname)
     print(f"{rec.container} attached again with {new.cidr}")
     return 0
 
@@ -469,7 +436,7 @@ def cmd_reattach(a: argparse.Namespace) -> int:
 def cmd_detach(a: argparse.Namespace) -> int:
     try:
         rec = attach_mod.detach(
-            attach_mod.Registry(a.state_dir), a.container, RouterIpam(a.state_dir)
+            attach_mod.Registry(a.state_dir), a.container, attach_mod.RouterIpam(a.state_dir)
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None

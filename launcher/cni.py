@@ -184,7 +184,7 @@ class Plugin:
                 bridge=st["bridge"],
                 mesh_range=st["ipalloc_range"],
                 mtu=int(st["mtu"]),
-                ipam=_Ipam(self),
+                ipam=attach_mod.RouterIpam(self.state_dir),
                 dns_address=dns["address"] if dns else None,
                 container=c,
                 ifname=ifname,
@@ -297,31 +297,6 @@ class Plugin:
             with contextlib.suppress(CniError):
                 self._router({"op": "release", "container": r.ident})
         return None
-
-
-class _Ipam:
-    """attach's AddressSource over the router's API, with CNI errors."""
-
-    def __init__(self, plugin: Plugin) -> None:
-        self.plugin = plugin
-
-    def _call(self, request: dict[str, Any]) -> str:
-        try:
-            return str(self.plugin._router(request))
-        except CniError as exc:
-            raise attach_mod.IpamRefused(exc.msg) from None
-
-    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
-        return self._call(
-            {"op": "allocate", "container": container, "ns_path": ns_path, "subnet": subnet}
-        )
-
-    def claim(self, cidr: str, container: str, ns_path: str) -> str:
-        return self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
-
-    def release(self, container: str) -> None:
-        with contextlib.suppress(attach_mod.IpamRefused):
-            self._call({"op": "release", "container": container})
 
 
 def _chain(prev: Any, ours: dict[str, Any]) -> dict[str, Any]:
