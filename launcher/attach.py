@@ -14,7 +14,7 @@ import ipaddress
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,12 +47,26 @@ class Attachment:
     ident: str
     ns_path: str
     host_veth: str
-    cidr: str
+    cidrs: list[str]  # its addresses on the mesh, the first one first
     mac: str
     hostname: str = ""  # the DNS name registered for it ("" when none)
     resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
     ifname: str = CONTAINER_IFACE  # the interface inside the container
     guard: bool = True  # anti-spoofing rules for its port (guard.py)
+
+    @property
+    def cidr(self) -> str:
+        """Its first address ("" when none)."""
+        return self.cidrs[0] if self.cidrs else ""
+
+
+@dataclass(frozen=True)
+class Want:
+    """One address asked for: ``cidr`` as given, else one IPAM allocates in
+    ``subnet`` (None: anywhere in the range)."""
+
+    cidr: str | None = None
+    subnet: str | None = None
 
 
 def parse_cidr(
@@ -149,6 +163,10 @@ class Registry:
         out: dict[str, Attachment] = {}
         if isinstance(data, dict):
             for k, v in data.items():
+                if isinstance(v, dict) and "cidr" in v:  # written by 0.1: one address
+                    v = dict(v)
+                    one = v.pop("cidr")
+                    v["cidrs"] = [one] if one else []
                 with contextlib.suppress(TypeError):
                     out[k] = Attachment(**v)
         return out
@@ -159,7 +177,7 @@ class AddressSource(Protocol):
 
     def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
     def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
-    def release(self, container: str) -> None: ...
+    def release(self, container: str, addrs: list[str] | None = None) -> None: ...
 
 
 class RouterIpam:
@@ -190,41 +208,48 @@ class RouterIpam:
             self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
         )
 
-    def release(self, container: str) -> None:
+    def release(self, container: str, addrs: list[str] | None = None) -> None:
+        request: dict[str, Any] = {"op": "release", "container": container}
+        if addrs is not None:
+            request["addrs"] = addrs
         try:
-            self._call({"op": "release", "container": container})
+            self._call(request)
         except IpamRefused as exc:
-            print(f"mesh: warning: address of {container} not released: {exc}", file=sys.stderr)
+            what = ", ".join(addrs) if addrs else "address"
+            print(f"mesh: warning: {what} of {container} not released: {exc}", file=sys.stderr)
 
 
 def attach(
     registry: Registry,
     name: str,
-    cidr_text: str | None,
+    wants: Sequence[Want],
     *,
     bridge: str,
     mesh_range: str,
     mtu: int,
     ipam: AddressSource,
-    subnet: str | None = None,
     dns_address: str | None = None,
     container: Container | None = None,
     ifname: str = CONTAINER_IFACE,
     routes: tuple[str, ...] = (),
     guard_port: bool = True,
     allow_outside: bool = False,
-) -> Attachment:
-    """Attach ``name`` with ``cidr_text``, or with an address IPAM allocates
-    (inside ``subnet``) when it is None.  With ``dns_address``, the container
-    gets a route to the mesh's DNS server on its bridge.  ``container`` is
-    given when the caller knows the namespace already (the CNI plugin);
-    ``routes`` are more ``ip route`` arguments to add inside it."""
-    iface = (
-        parse_cidr(cidr_text, mesh_range, allow_outside=allow_outside)
-        if cidr_text is not None
-        else None
-    )
-    outside = iface is not None and iface.ip not in ipaddress.IPv4Network(mesh_range)
+) -> tuple[Attachment, list[str]]:
+    """Attach ``name`` with the addresses ``wants`` asks for (at least one).
+    A container attached already keeps its link and gains the addresses it
+    does not have yet (asking again is not an error: Weave's ``attach``).
+    With ``dns_address``, the container gets a route to the mesh's DNS
+    server on its bridge.  ``container`` is given when the caller knows the
+    namespace already (the CNI plugin); ``routes`` are more ``ip route``
+    arguments to add inside it.  Returns the record and the addresses this
+    call added."""
+    if not wants:
+        raise AttachError("no address asked for")
+    net = ipaddress.IPv4Network(mesh_range)
+    chosen = [
+        parse_cidr(w.cidr, mesh_range, allow_outside=allow_outside) if w.cidr is not None else None
+        for w in wants
+    ]
     try:
         c = container if container is not None else resolve(name)
     except ContainerError as exc:
@@ -233,30 +258,57 @@ def attach(
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
     with registry.locked() as records:
         for rec in records.values():
-            if (
-                iface is not None
-                and ipaddress.ip_interface(rec.cidr).ip == iface.ip
-                and (rec.ident != c.ident)
-            ):
-                raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
-        if has_link(ifname, c.ns_path):
-            have = records.get(c.ident)
-            what = f" with {have.cidr}" if have else ""
+            for iface in chosen:
+                if iface is None or rec.ident == c.ident:
+                    continue
+                if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
+                    raise AttachError(
+                        f"{iface.ip} is already attached to {rec.container} on this host"
+                    )
+        have = records.get(c.ident)
+        linked = has_link(ifname, c.ns_path)
+        if linked and (have is None or not link_exists(have.host_veth)):
             raise AttachError(
-                f"{name} is already attached{what} ({ifname} exists): 'mesh detach {name}' first"
+                f"{name} has an interface {ifname} the mesh did not make: remove it, or "
+                f"'mesh detach {name}' first"
             )
-        # The address, mesh-wide: allocated, or claimed from whoever owns it.
+        if not linked:
+            have = None
+        held = list(have.cidrs) if have else []
+        # The addresses, mesh-wide: allocated, or claimed from whoever owns them.
+        got: list[str] = []
         try:
-            if iface is None:
-                got = ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, subnet))
-            else:
-                got = iface
-                if not outside:  # outside the range: the operator's, not IPAM's
-                    ipam.claim(str(iface), c.ident, c.ns_path)
-        except IpamRefused as exc:
+            for want, iface in zip(wants, chosen, strict=True):
+                if iface is None:
+                    one = str(
+                        ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, want.subnet))
+                    )
+                else:
+                    one = str(iface)
+                    if iface.ip in net:  # outside the range: the operator's, not IPAM's
+                        ipam.claim(one, c.ident, c.ns_path)
+                if one not in held and one not in got:
+                    got.append(one)
+        except (IpamRefused, ValueError) as exc:
+            if got:
+                ipam.release(c.ident, got)
+            if isinstance(exc, ValueError):
+                raise AttachError("the router handed out a malformed address") from None
             raise AttachError(str(exc)) from None
-        except ValueError:
-            raise AttachError("the router handed out a malformed address") from None
+        if have is not None:
+            rec = have
+            if got:
+                try:
+                    ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
+                    for a in got:
+                        send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
+                except (NetdevError, OSError) as exc:
+                    for a in got:
+                        in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
+                    ipam.release(c.ident, got)
+                    raise AttachError(f"adding {', '.join(got)} to {name} failed: {exc}") from None
+                rec.cidrs = [*held, *got]
+            return rec, got
         host = veth_name(c.ident)
         if link_exists(host):  # left over from a container that went away
             ip("link", "del", "dev", host, check=False)
@@ -279,30 +331,32 @@ def attach(
                 c.ns_ref,
             )
         except NetdevError as exc:
-            ipam.release(c.ident)
+            ipam.release(c.ident, got)
             raise AttachError(f"cannot create veth pair for {name}: {exc}") from None
         try:
             # One process per side.  TSO superframes small enough that one
             # sealed message fits one UDP GSO send (65507 bytes): the router
             # never splits a send in two (optional: old kernels lack it).
             ip_batch(
-                [
-                    "link set dev lo up",
-                    f"addr add {got} dev {ifname}",
+                ["link set dev lo up"]
+                + [f"addr add {a} dev {ifname}" for a in got]
+                + [
                     f"link set dev {ifname} gso_max_size {GSO_MAX_SIZE}",
                     f"link set dev {ifname} up",
                 ]
                 + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])
                 + [f"route replace {r}" for r in routes],
                 ns_path=c.ns_path,
-                optional=frozenset({2}),
+                optional=frozenset({1 + len(got)}),
             )
             ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
-            # Tell the mesh where this address lives now (gratuitous ARP).
-            mac = send_garp(ifname, got.ip, ns_path=c.ns_path).hex(":")
+            # Tell the mesh where these addresses live now (gratuitous ARP).
+            mac = ""
+            for a in got:
+                mac = send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path).hex(":")
         except (NetdevError, OSError) as exc:
             ip("link", "del", "dev", host, check=False)
-            ipam.release(c.ident)
+            ipam.release(c.ident, got)
             raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
         rec = Attachment(
             name,
@@ -310,14 +364,14 @@ def attach(
             c.ident,
             c.ns_path,
             host,
-            str(got),
+            got,
             mac,
             c.hostname,
             ifname=ifname,
             guard=guard_port,
         )
         records[c.ident] = rec
-        return rec
+        return rec, got
 
 
 RESOLV_MARK = "# written by 'mesh attach'; removed by 'mesh detach'\n"
@@ -354,9 +408,12 @@ def remove_resolv_conf(rec: Attachment) -> None:
                 path.parent.rmdir()  # only if nothing else is in it
 
 
-def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | None:
-    """Undo an attach and release its address.  Returns the record, or None if
-    the container was not attached."""
+def detach(
+    registry: Registry, name: str, ipam: AddressSource, addrs: Sequence[str] = ()
+) -> tuple[Attachment, list[str]] | None:
+    """Undo an attach and release its addresses; with ``addrs``, only those
+    (the link goes with the last one).  Returns the record and the addresses
+    taken away, or None if the container was not attached."""
     with registry.locked() as records:
         rec = next((r for r in records.values() if r.container == name or r.ident == name), None)
         try:
@@ -366,18 +423,39 @@ def detach(registry: Registry, name: str, ipam: AddressSource) -> Attachment | N
         if rec is None and c is not None:
             rec = records.get(c.ident)
         if rec is None:
-            if c is not None and has_link(CONTAINER_IFACE, c.ns_path):
+            if c is not None and has_link(CONTAINER_IFACE, c.ns_path) and not addrs:
                 in_ns(c, "ip", "link", "del", "dev", CONTAINER_IFACE, check=False)
-                return Attachment(name, c.kind, c.ident, c.ns_path, "", "", "")
+                return Attachment(name, c.kind, c.ident, c.ns_path, "", [], ""), []
             if c is None:
                 raise AttachError(f"{name} is neither attached nor a known container or namespace")
             return None
+        drop = list(rec.cidrs)
+        if addrs:
+            drop = []
+            for text in addrs:
+                try:
+                    want = ipaddress.ip_interface(text).ip
+                except ValueError:
+                    raise AttachError(
+                        f"invalid address {text!r}: expected an IPv4 address like 10.32.0.5"
+                    ) from None
+                match = [x for x in rec.cidrs if ipaddress.ip_interface(x).ip == want]
+                if not match:
+                    have = ", ".join(rec.cidrs) or "none"
+                    raise AttachError(f"{name} does not have {want} (it has {have})")
+                drop += [m for m in match if m not in drop]
+        if len(drop) < len(rec.cidrs):
+            for a in drop:
+                in_ns(rec, "ip", "addr", "del", a, "dev", rec.ifname, check=False)
+            rec.cidrs = [x for x in rec.cidrs if x not in drop]
+            ipam.release(rec.ident, drop)
+            return rec, drop
         # Deleting either end of a veth pair removes both.
         ip("link", "del", "dev", rec.host_veth, check=False)
         remove_resolv_conf(rec)
         del records[rec.ident]
         ipam.release(rec.ident)
-        return rec
+        return rec, drop
 
 
 def find(registry: Registry, key: str) -> Attachment | None:

@@ -320,42 +320,43 @@ def _attach_settings(a: argparse.Namespace) -> AttachSettings:
     return AttachSettings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
 
 
-def cmd_attach(a: argparse.Namespace) -> int:
-    if len(a.args) not in (1, 2):
-        raise CliError("usage: mesh attach [CIDR | net:SUBNET] CONTAINER")
-    registry = attach_mod.Registry(a.state_dir)
-    container = a.args[-1]
-    cidr: str | None = None
-    subnet: str | None = None
-    settings = _attach_settings(a)
-    if len(a.args) == 2:
-        spec = a.args[0]
+def _wants(a: argparse.Namespace, specs: list[str]) -> list[attach_mod.Want]:
+    """``CIDR``, ``net:SUBNET`` or ``net:default`` each; none: one address in
+    the default subnet (launch's --ipalloc-default-subnet, else the range)."""
+    default = _launch_config(a.state_dir).get("default_subnet") or None
+    out = []
+    for spec in specs:
         if spec.startswith("net:"):
             subnet = spec[4:]
-            if subnet == "default":
-                subnet = _launch_config(a.state_dir).get("default_subnet") or None
+            out.append(attach_mod.Want(subnet=default if subnet == "default" else subnet))
         else:
-            cidr = spec
-    else:
-        subnet = _launch_config(a.state_dir).get("default_subnet") or None
+            out.append(attach_mod.Want(cidr=spec.removeprefix("ip:")))
+    return out or [attach_mod.Want(subnet=default)]
+
+
+def cmd_attach(a: argparse.Namespace) -> int:
+    registry = attach_mod.Registry(a.state_dir)
+    container = a.args[-1]
+    settings = _attach_settings(a)
     try:
-        rec = attach_mod.attach(
+        rec, added = attach_mod.attach(
             registry,
             container,
-            cidr,
+            _wants(a, a.args[:-1]),
             bridge=settings.bridge,
             mesh_range=settings.mesh_range,
             mtu=settings.mtu,
             ipam=attach_mod.RouterIpam(a.state_dir),
-            subnet=subnet,
             dns_address=settings.dns_address,
             guard_port=not a.no_guard,
             allow_outside=True,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
-    iface = ipaddress.IPv4Interface(rec.cidr)
-    if iface.ip not in ipaddress.IPv4Network(settings.mesh_range):
+    for cidr in added:
+        iface = ipaddress.IPv4Interface(cidr)
+        if iface.ip in ipaddress.IPv4Network(settings.mesh_range):
+            continue
         print(
             f"mesh: note: {iface.ip} is outside the mesh range {settings.mesh_range}: "
             "not allocated by IPAM, so nothing stops another host using it too",
@@ -367,10 +368,10 @@ def cmd_attach(a: argparse.Namespace) -> int:
                 "the host sends traffic for those addresses there, not to the mesh",
                 file=sys.stderr,
             )
-    if settings.dns_address:
+    if settings.dns_address and added:
         name = "" if a.without_dns else a.hostname or rec.hostname
-        _register_name(a.state_dir, registry, rec, settings, name)
-    print(rec.cidr)
+        _register_name(a.state_dir, registry, rec, settings, name, added)
+    print(" ".join(rec.cidrs))
     return 0
 
 
@@ -380,6 +381,7 @@ def _register_name(
     rec: attach_mod.Attachment,
     settings: AttachSettings,
     name: str,
+    addrs: list[str],
 ) -> None:
     """The container's name in the mesh's DNS (none when ``name`` is empty), and
     its resolv.conf (a named netns)."""
@@ -388,7 +390,7 @@ def _register_name(
         if name:
             _router_call(
                 state_dir,
-                {"op": "dns_add", "container": rec.ident, "names": [name], "addrs": [rec.cidr]},
+                {"op": "dns_add", "container": rec.ident, "names": [name], "addrs": addrs},
             )
         attach_mod.write_resolv_conf(registry, rec, settings.dns_address, settings.dns_domain)
     except (CliError, OSError) as exc:
@@ -412,10 +414,10 @@ def cmd_reattach(a: argparse.Namespace) -> int:
         records.pop(rec.ident, None)
     settings = _attach_settings(a)
     try:
-        new = attach_mod.attach(
+        new, _ = attach_mod.attach(
             registry,
             rec.container,
-            rec.cidr,
+            [attach_mod.Want(cidr=x) for x in rec.cidrs],
             bridge=settings.bridge,
             mesh_range=settings.mesh_range,
             mtu=settings.mtu,
@@ -428,21 +430,29 @@ def cmd_reattach(a: argparse.Namespace) -> int:
     except attach_mod.AttachError as exc:
         raise CliError(f"{rec.container}: {exc}") from None
     if settings.dns_address and rec.hostname:
-        _register_name(a.state_dir, registry, new, settings, rec.hostname)
-    print(f"{rec.container} attached again with {new.cidr}")
+        _register_name(a.state_dir, registry, new, settings, rec.hostname, new.cidrs)
+    print(f"{rec.container} attached again with {' '.join(new.cidrs)}")
     return 0
 
 
 def cmd_detach(a: argparse.Namespace) -> int:
+    container, addrs = a.args[-1], a.args[:-1]
     try:
-        rec = attach_mod.detach(
-            attach_mod.Registry(a.state_dir), a.container, attach_mod.RouterIpam(a.state_dir)
+        done = attach_mod.detach(
+            attach_mod.Registry(a.state_dir),
+            container,
+            attach_mod.RouterIpam(a.state_dir),
+            addrs,
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
-    if rec is None:
-        raise CliError(f"{a.container} is not attached to the mesh")
-    print(f"{a.container} detached{' (' + rec.cidr + ')' if rec.cidr else ''}")
+    if done is None:
+        raise CliError(f"{container} is not attached to the mesh")
+    rec, gone = done
+    if addrs and rec.cidrs and rec.ident in attach_mod.Registry(a.state_dir).read():
+        print(f"{', '.join(gone)} removed from {container} (keeps {' '.join(rec.cidrs)})")
+    else:
+        print(f"{container} detached{' (' + ' '.join(gone) + ')' if gone else ''}")
     return 0
 
 
@@ -469,7 +479,7 @@ def cmd_ps(a: argparse.Namespace) -> int:
             r.container,
             r.kind,
             r.mac,
-            r.cidr,
+            " ".join(r.cidrs),
             "up" if link_exists(r.host_veth) else "gone",
             dropped.get(r.host_veth, 0) if r.guard else "off",
         ]
@@ -518,7 +528,7 @@ def _dns_key(a: argparse.Namespace, container: str | None) -> tuple[str, str | N
     records = attach_mod.Registry(a.state_dir).read()
     rec = next((r for r in records.values() if container in (r.container, r.ident)), None)
     if rec is not None:
-        return rec.ident, a.hostname or rec.hostname or rec.container, [rec.cidr]
+        return rec.ident, a.hostname or rec.hostname or rec.container, list(rec.cidrs)
     try:
         c = resolve(container)
     except ContainerError as exc:
@@ -763,15 +773,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "attach",
         parents=[common],
-        help="attach a container: mesh attach CIDR CONTAINER",
-        description="Give CONTAINER (a named network namespace, or a Docker "
-        "container when a Docker engine is present) an interface 'ethwe' on the "
-        "mesh with address CIDR (e.g. 10.32.0.5/12), or one IPAM allocates. An address "
-        "outside the mesh range is accepted as the operator's own (not allocated; a "
-        "warning where it overlaps a route of this host).",
+        help="attach a container: mesh attach [ADDR...] CONTAINER",
+        description="Give CONTAINER (a named network namespace, or a Docker or podman "
+        "container by name or id) an interface 'ethwe' on the mesh with each address "
+        "asked for: CIDR (e.g. 10.32.0.5/12), net:SUBNET (one IPAM allocates in it) or "
+        "net:default; none: one IPAM allocates. A container attached already gains the "
+        "addresses it does not have. An address outside the mesh range is accepted as "
+        "the operator's own (not allocated; a warning where it overlaps a route of this "
+        "host). Prints the container's addresses.",
     )
-    sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET] CONTAINER"
-    sp.add_argument("args", nargs="+", metavar="[CIDR] CONTAINER", help=argparse.SUPPRESS)
+    sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET | net:default]... CONTAINER"
+    sp.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER", help=argparse.SUPPRESS)
     sp.add_argument(
         "--without-dns", action="store_true", help="do not name the container in the mesh's DNS"
     )
@@ -800,8 +812,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("container", metavar="CONTAINER")
     sp.set_defaults(func=cmd_reattach)
 
-    sp = sub.add_parser("detach", parents=[common], help="detach a container from the mesh")
-    sp.add_argument("container", metavar="CONTAINER")
+    sp = sub.add_parser(
+        "detach",
+        parents=[common],
+        help="detach a container from the mesh (or take some of its addresses away)",
+        description="Without addresses: remove CONTAINER's link to the mesh and release all "
+        "its addresses. With ADDR...: release only those; the link goes with the last one.",
+    )
+    sp.usage = "mesh detach [-h] [--state-dir DIR] [ADDR...] CONTAINER"
+    sp.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_detach)
 
     sp = sub.add_parser(

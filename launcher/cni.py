@@ -167,7 +167,7 @@ class Plugin:
         where = args.get("K8S_POD_NAMESPACE", "")
         display = f"{where}/{pod}" if where and pod else pod or cid[:12]
         c = Container(display, "cni", netns, netns, self.ident(cid, ifname), pod)
-        cidr = self._requested_address(args)
+        wants = [attach_mod.Want(cidr=x) for x in self._requested_addresses(args)]
         routes: list[str] = []
         gateway = None
         if self.conf.get("defaultRoute", True):
@@ -177,10 +177,10 @@ class Plugin:
         dns = st["dns"] if st["dns"]["enabled"] and self.conf.get("meshDns", True) else None
         registry = attach_mod.Registry(self.state_dir)
         try:
-            rec = attach_mod.attach(
+            rec, _ = attach_mod.attach(
                 registry,
                 display,
-                cidr,
+                wants or [attach_mod.Want()],
                 bridge=st["bridge"],
                 mesh_range=st["ipalloc_range"],
                 mtu=int(st["mtu"]),
@@ -193,17 +193,19 @@ class Plugin:
         except attach_mod.AttachError as exc:
             raise CniError(CODE_ATTACH, str(exc)) from None
         if dns and pod:
-            req = {"op": "dns_add", "container": rec.ident, "names": [pod], "addrs": [rec.cidr]}
+            req = {"op": "dns_add", "container": rec.ident, "names": [pod], "addrs": rec.cidrs}
             self._router(req)
         result = self._result(rec, netns, gateway, dns)
         return for_version(_chain(self.conf.get("prevResult"), result), self.version)
 
-    def _requested_address(self, args: dict[str, str]) -> str | None:
+    def _requested_addresses(self, args: dict[str, str]) -> list[str]:
+        """``runtimeConfig.ips`` (podman's --ip, each of them), else ``CNI_ARGS IP=``
+        (comma-separated); empty: IPAM allocates one."""
         rc = self.conf.get("runtimeConfig") or {}
         ips = rc.get("ips") if isinstance(rc, dict) else None
-        if isinstance(ips, list) and ips and isinstance(ips[0], str):
-            return ips[0]
-        return args.get("IP") or None
+        if isinstance(ips, list) and ips:
+            return [x for x in ips if isinstance(x, str)]
+        return [x for x in args.get("IP", "").split(",") if x]
 
     def _result(
         self,
@@ -217,16 +219,19 @@ class Plugin:
             out = ip("-o", "link", "show", "dev", rec.host_veth, check=False).stdout
             parts = out.split("link/ether ")
             host_mac = parts[1].split()[0] if len(parts) > 1 else ""
-        addr: dict[str, Any] = {"address": rec.cidr, "interface": 1}
-        if gateway:
-            addr["gateway"] = gateway
+        addrs: list[dict[str, Any]] = []
+        for cidr in rec.cidrs:
+            addr: dict[str, Any] = {"address": cidr, "interface": 1}
+            if gateway:
+                addr["gateway"] = gateway
+            addrs.append(addr)
         result: dict[str, Any] = {
             "cniVersion": self.version,
             "interfaces": [
                 {"name": rec.host_veth, "mac": host_mac},
                 {"name": rec.ifname, "mac": rec.mac, "sandbox": netns},
             ],
-            "ips": [addr],
+            "ips": addrs,
             "routes": [{"dst": "0.0.0.0/0", "gw": gateway}] if gateway else [],
             "dns": {},
         }
@@ -249,7 +254,7 @@ class Plugin:
             ip("link", "del", "dev", rec.host_veth, check=False)
         elif netns and os.path.exists(netns) and has_link(ifname, netns):
             attach_mod.in_ns(
-                attach_mod.Attachment("", "cni", ident, netns, "", "", ""),
+                attach_mod.Attachment("", "cni", ident, netns, "", [], ""),
                 "ip",
                 "link",
                 "del",

@@ -1,6 +1,6 @@
 """No spoofing across the mesh: nftables bridge rules made from this host's attachments.
 
-For each attached container (host veth V, MAC M, address I) the table
+For each attached container (host veth V, MAC M, addresses I) the table
 ``bridge meshrouter_guard`` drops, at the host where a frame enters:
 
 * from V: Ethernet frames whose source MAC is not M, ARP whose sender is not
@@ -33,7 +33,7 @@ TABLE = "meshrouter_guard"
 class Guarded(Protocol):
     host_veth: str
     mac: str
-    cidr: str
+    cidrs: list[str]
     guard: bool
 
 
@@ -43,14 +43,15 @@ def chain_name(veth: str) -> str:
 
 def render(records: Iterable[Guarded]) -> str:
     """The nft script that makes the table for these attachments (or deletes it)."""
-    ports = [r for r in records if r.guard and r.mac and r.cidr and r.host_veth]
+    ports = [r for r in records if r.guard and r.mac and r.cidrs and r.host_veth]
     head = [f"table bridge {TABLE}", f"delete table bridge {TABLE}"]
     if not ports:
         return "\n".join(head) + "\n"
     lines = [*head, f"table bridge {TABLE} {{"]
     for r in sorted(ports, key=lambda r: r.host_veth):
         v, m = r.host_veth, r.mac
-        ip = ipaddress.IPv4Interface(r.cidr).ip
+        ips = sorted({ipaddress.IPv4Interface(c).ip for c in r.cidrs})
+        ip = str(ips[0]) if len(ips) == 1 else "{ " + ", ".join(map(str, ips)) + " }"
         lines += [
             f"  chain {chain_name(v)} {{",
             f'    iifname "{v}" ether saddr != {m} counter drop',

@@ -8,7 +8,7 @@ Requests (``op`` and its fields)::
     forget   peer=ADDR                  -> the canonical address
     allocate container ns_path [subnet] -> "ADDR/PREFIX"
     claim    container ns_path cidr     -> "ADDR/PREFIX"
-    release  container                  -> [released addresses]
+    release  container [addrs]          -> [released addresses] (only addrs, if given)
     ipam                                -> IpamStatus
     rmpeer   peer=NAME                  -> a sentence
     dns                                 -> DnsStatus (settings and entries)
@@ -56,7 +56,7 @@ class RouterApi(Protocol):
     def forget(self, address: str) -> str | None: ...
     async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
     async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
-    def release(self, container: str) -> list[str]: ...
+    def release(self, container: str, addrs: list[str] | None = None) -> list[str]: ...
     def rmpeer(self, who: str) -> str: ...
     def dns_status(self) -> DnsStatus: ...
     def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int: ...
@@ -98,7 +98,10 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
                 return await router.allocate(container, ns_path, str(subnet) if subnet else None)
             if op == "claim":
                 return await router.claim(str(request.get("cidr")), container, ns_path)
-            return router.release(container)
+            addrs = request.get("addrs")
+            if addrs is not None:
+                addrs = _strings(request, "addrs")
+            return router.release(container, addrs)
         except IpamError as exc:
             raise ValueError(str(exc)) from None
     if op == "ipam":

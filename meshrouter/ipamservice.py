@@ -80,7 +80,8 @@ class IpamService:
         self._requests = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[tuple[int, str]]]] = {}
         self._next_reclaim = 0.0
-        self.on_release: Callable[[str], None] = lambda ident: None
+        # Told of each release: the container, and which addresses (None: all).
+        self.on_release: Callable[[str, list[int] | None], None] = lambda ident, addrs: None
 
     # -- persistence and change --------------------------------------------
 
@@ -300,20 +301,46 @@ class IpamService:
             raise IpamError(f"{iface.ip}: ownership moved while claiming; try again")
         if status != CLAIM_OK:
             raise IpamError(f"{iface.ip} is already in use ({msg})")
-        self.remote.setdefault(ident, []).append((owner, addr))
+        held = self.remote.setdefault(ident, [])
+        if (owner, addr) not in held:  # claimed again (reattach): one record
+            held.append((owner, addr))
         if ns_path:
             self.remote_ns[ident] = ns_path
         self.core.version += 1  # the remote claims are saved with the rest
         self._commit()
         return str(iface)
 
-    def release(self, ident: str) -> list[str]:
-        gone = self._release(ident)
+    def release(self, ident: str, addrs: list[str] | None = None) -> list[str]:
+        """Let ``ident``'s addresses go (only ``addrs``, when given); the
+        released ones, in dotted form."""
+        if addrs is None:
+            gone = self._release(ident)
+        else:
+            try:
+                which = {int(ipaddress.IPv4Interface(a).ip) for a in addrs}
+            except ValueError:
+                raise IpamError(f"invalid address in {addrs}: expected IPv4 addresses") from None
+            gone = self._release_some(ident, which)
         self._commit()
         return gone
 
+    def release_address(self, address: str) -> str | None:
+        """Let ``address`` go, whoever of ours holds it; the holder's ident, or None."""
+        try:
+            addr = int(ipaddress.IPv4Address(address.split("/")[0]))
+        except ValueError:
+            raise IpamError(f"invalid address {address!r}") from None
+        held = self.core.allocs.get(addr)
+        ident = held.ident if held is not None else None
+        if ident is None:
+            ident = next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
+        if ident is not None:
+            self._release_some(ident, {addr})
+            self._commit()
+        return ident
+
     def _release(self, ident: str) -> list[str]:
-        self.on_release(ident)
+        self.on_release(ident, None)
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         self.remote_ns.pop(ident, None)
         for owner, addr in self.remote.pop(ident, []):
@@ -321,6 +348,32 @@ class IpamService:
             gone.append(str(ipaddress.IPv4Address(addr)))
             self.core.version += 1
         return gone
+
+    def _release_some(self, ident: str, which: set[int]) -> list[str]:
+        released: list[int] = []
+        for addr in sorted(which):
+            held = self.core.allocs.get(addr)
+            if held is not None and held.ident == ident:
+                self.core.release_addr(addr)
+                released.append(addr)
+        kept: list[tuple[bytes, int]] = []
+        for owner, addr in self.remote.get(ident, []):
+            if addr in which:
+                self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
+                released.append(addr)
+                self.core.version += 1
+            else:
+                kept.append((owner, addr))
+        if ident in self.remote:
+            if kept:
+                self.remote[ident] = kept
+            else:
+                del self.remote[ident]
+                if not any(a.ident == ident for a in self.core.allocs.values()):
+                    self.remote_ns.pop(ident, None)
+        if released:
+            self.on_release(ident, released)
+        return [str(ipaddress.IPv4Address(a)) for a in released]
 
     def hand_over(self) -> str:
         """Leave the mesh for good (``mesh reset``): release our containers'

@@ -389,12 +389,21 @@ class Router:
     async def claim(self, cidr: str, container: str, ns_path: str) -> str:
         return await self.ipam.claim(cidr, self._ident(container), ns_path)
 
-    def release(self, container: str) -> list[str]:
-        return self.ipam.release(self._ident(container))
+    def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
+        return self.ipam.release(self._ident(container), addrs)
 
-    def _released(self, ident: str) -> None:
-        """IPAM let an address go (detach, a container gone): its names go too."""
-        if self.mesh.dns_remove(ident, trio.current_time()):
+    def release_address(self, address: str) -> bool:
+        """Let one address go, whichever container of ours holds it."""
+        return self.ipam.release_address(address) is not None
+
+    def _released(self, ident: str, addrs: list[int] | None) -> None:
+        """IPAM let addresses go (detach, a container gone): their names go too."""
+        now = trio.current_time()
+        if addrs is None:
+            n = self.mesh.dns_remove(ident, now)
+        else:
+            n = sum(self.mesh.dns_remove(ident, now, addr=a) for a in addrs)
+        if n:
             self._apply()
             self._save_dns()
 

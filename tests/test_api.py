@@ -37,8 +37,8 @@ class FakeRouter:
     async def claim(self, cidr: str, container: str, ns_path: str) -> str:
         raise IpamError(f"{cidr} is already in use")
 
-    def release(self, container: str) -> list[str]:
-        return ["10.32.0.1"]
+    def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
+        return ["10.32.0.1"] if addrs is None else [a.split("/")[0] for a in addrs]
 
     def rmpeer(self, who: str) -> str:
         raise IpamError(f"no peer named {who!r}")

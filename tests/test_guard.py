@@ -11,15 +11,15 @@ from launcher.guard import TABLE, render
 class Port:
     host_veth: str
     mac: str
-    cidr: str
+    cidrs: list[str]
     guard: bool = True
 
 
 def test_each_port_speaks_only_as_itself_and_nobody_speaks_as_it() -> None:
     text = render(
         [
-            Port("vethwlb", "aa:00:00:00:00:02", "10.32.0.2/12"),
-            Port("vethwla", "aa:00:00:00:00:01", "10.99.1.1/16"),
+            Port("vethwlb", "aa:00:00:00:00:02", ["10.32.0.2/12"]),
+            Port("vethwla", "aa:00:00:00:00:01", ["10.99.1.1/16"]),
         ]
     )
     assert text.startswith(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
@@ -41,4 +41,12 @@ def test_each_port_speaks_only_as_itself_and_nobody_speaks_as_it() -> None:
 def test_no_ports_or_unguarded_ports_leave_no_table() -> None:
     empty = f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
     assert render([]) == empty
-    assert render([Port("vethwla", "aa:00:00:00:00:01", "10.32.0.1/12", guard=False)]) == empty
+    assert render([Port("vethwla", "aa:00:00:00:00:01", ["10.32.0.1/12"], guard=False)]) == empty
+
+
+def test_a_port_with_several_addresses_may_use_each_of_them() -> None:
+    text = render([Port("vethwla", "aa:00:00:00:00:01", ["10.32.0.9/12", "10.32.0.1/12"])])
+    both = "{ 10.32.0.1, 10.32.0.9 }"
+    assert f'iifname "vethwla" ip saddr != {both} counter drop' in text
+    assert f'iifname "vethwla" arp saddr ip != {both} counter drop' in text
+    assert f'iifname != "vethwla" ip saddr {both} counter drop' in text

@@ -77,6 +77,30 @@ async def test_a_claim_at_another_owner_is_recorded_on_both_sides() -> None:
     assert b.remote == {"h2/web": [(A, held.popitem()[0])]}
 
 
+async def test_one_of_several_addresses_is_released_alone() -> None:
+    """A container with an address of its own owner's share and one claimed in
+    another's: releasing one leaves the other held, on both sides; the
+    release hook hears which; a repeated claim is recorded once."""
+    _wire, a, b = pair()
+    heard: list[tuple[str, list[int] | None]] = []
+    b.on_release = lambda ident, addrs: heard.append((ident, addrs))
+    assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
+    assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
+    assert await b.claim("10.32.0.10/24", "h2/web", "") == "10.32.0.10/24"
+    assert len(b.remote["h2/web"]) == 2
+    assert b.release("h2/web", ["10.32.0.9/24"]) == ["10.32.0.9"]
+    nine, ten = (int.from_bytes(bytes([10, 32, 0, x]), "big") for x in (9, 10))
+    assert heard == [("h2/web", [nine])]
+    assert set(a.core.allocs) == {ten}
+    assert b.remote == {"h2/web": [(A, ten)]}
+    assert b.release("h2/web", ["10.32.0.77"]) == []  # not its address: nothing
+    with pytest.raises(IpamError, match="invalid address"):
+        b.release("h2/web", ["ten"])
+    assert b.release("h2/web") == ["10.32.0.10"]
+    assert a.core.allocs == {}
+    assert b.remote == {}
+
+
 async def test_a_lost_claim_is_sent_again_until_answered(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

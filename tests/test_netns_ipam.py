@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -160,3 +161,51 @@ def test_peer_with_another_range_is_refused(lab_factory: LabFactory) -> None:
     assert all(c["state"] == "handshake" for c in status(lab, 1)["connections"])
     bad = lab.mesh(1, "launch", "--ipalloc-range", "10.32.0.0/33", check=False)
     assert bad.returncode == 1
+
+
+def test_a_container_with_several_addresses_keeps_each_until_it_is_detached(
+    lab_factory: LabFactory,
+) -> None:
+    """``mesh attach ADDR ADDR C`` (one in another peer's share, one from a
+    subnet), reachable on each, spoof guard allowing each; attaching again is
+    idempotent; ``mesh detach ADDR C`` takes one away mesh-wide."""
+    lab = lab_factory(2)
+    star(lab, 2)
+    multi, peer = lab.container("multi"), lab.container("peer")
+    lab.mesh(2, "attach", peer)
+    theirs = next(
+        a["address"] for a in status(lab, 2)["ipam"]["allocations"] if a["container"].endswith(peer)
+    )
+    claimed = str(ipaddress.IPv4Address(theirs) + 7)  # in h2's share
+    out = lab.mesh(1, "attach", f"{claimed}/12", "net:10.44.0.0/16", multi).stdout.split()
+    assert out[0] == f"{claimed}/12" and out[1].startswith("10.44.") and len(out) == 2
+    second = out[1].split("/")[0]
+    # Asked again: nothing new, the same two.
+    assert lab.mesh(1, "attach", f"{claimed}/12", multi).stdout.split() == out
+    assert lab.mesh(1, "attach", "net:10.44.0.0/16", multi).stdout.split() == out
+    for src in (claimed, second):  # the guard lets it speak as either
+        r = lab.in_ns(multi, "ping", "-c1", "-W2", "-I", src, theirs, check=False)
+        assert r.returncode == 0, f"from {src}: {r.stdout}"
+    for dst in (claimed, second):
+        assert lab.in_ns(peer, "ping", "-c1", "-W2", dst, check=False).returncode == 0
+    lab.wait_for(
+        "both named",
+        lambda: sorted(lab.mesh(2, "dns-lookup", multi, check=False).stdout.split())
+        == sorted([claimed, second]),
+        timeout=5,
+    )
+    gone = lab.mesh(1, "detach", second, multi)
+    assert f"{out[1]} removed from {multi} (keeps {claimed}/12)" in gone.stdout
+    assert second not in {a["address"] for a in status(lab, 1)["ipam"]["allocations"]}
+    assert lab.in_ns(peer, "ping", "-c1", "-W1", second, check=False).returncode != 0
+    assert lab.in_ns(peer, "ping", "-c1", "-W2", claimed, check=False).returncode == 0
+    lab.wait_for(
+        "only the first named",
+        lambda: lab.mesh(2, "dns-lookup", multi, check=False).stdout.split() == [claimed],
+        timeout=5,
+    )
+    bad = lab.mesh(1, "detach", second, multi, check=False)
+    assert bad.returncode == 1 and f"does not have {second}" in bad.stderr
+    assert f"{multi} detached ({claimed}/12)" in lab.mesh(1, "detach", claimed, multi).stdout
+    assert lab.in_ns(multi, "ip", "link", "show", "ethwe", check=False).returncode != 0
+    assert claimed not in {a["address"] for a in status(lab, 2)["ipam"]["allocations"]}

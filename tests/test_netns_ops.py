@@ -66,7 +66,7 @@ def test_metrics_report_and_json_logs(lab_factory: LabFactory) -> None:
     assert float(rx[0].split()[-1]) >= 3
     assert 'mesh_events_total{event="connections_established"} 1' in text
     report = json.loads(lab.mesh(1, "report").stdout)
-    assert report["attached"][0]["cidr"] == "10.32.0.1/12"
+    assert report["attached"][0]["cidrs"] == ["10.32.0.1/12"]
     assert report["connections"][0]["nickname"] == lab.host(2)
     assert "ipam" in report
     log_lines = (lab.state_dir(1) / "router.log").read_text().splitlines()
