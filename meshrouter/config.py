@@ -101,6 +101,14 @@ class RouterOptions:
         "(default: the nameservers of /etc/resolv.conf)",
         metavar="LIST",
     )
+    docker_plugin: str = _opt(
+        "/run/docker/plugins/mesh.sock",
+        "serve Docker's network and IPAM driver 'mesh' on this unix socket "
+        "('docker network create -d mesh --ipam-driver mesh NAME'), when the directory "
+        "above its directory exists (a Docker engine's /run/docker); empty: do not "
+        "(default: %(default)s)",
+        metavar="PATH",
+    )
     peers: list[str] = field(
         default_factory=list,
         metadata={

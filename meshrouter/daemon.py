@@ -18,6 +18,7 @@ from .config import RouterOptions
 from .errors import MeshError
 from .handshake import derive_psk
 from .netdev import ensure_bridge
+from .pluginservice import PluginService
 from .router import Router
 from .state import (
     atomic_write,
@@ -67,6 +68,17 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         persist()
         await nursery.start(api.serve, router, socket_path(state_dir), persist)
         nursery.start_soon(engine.watch, state_dir)
+        plugin_path = (
+            Path(opts.docker_plugin)
+            if opts.docker_plugin and not os.environ.get("MESH_NO_DOCKER")
+            else None
+        )
+        if plugin_path is not None and plugin_path.parent.parent.is_dir():
+            service = PluginService(router, opts.ipalloc_range, opts.bridge, opts.mtu)
+            try:
+                await nursery.start(service.serve, plugin_path)
+            except OSError as exc:
+                log.warning("no Docker network driver: cannot serve %s: %s", plugin_path, exc)
         if opts.metrics_addr:
             host, _, port = opts.metrics_addr.rpartition(":")
             try:

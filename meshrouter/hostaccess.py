@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 
-from .netdev import delete_table, ip, nft
+from .netdev import NetdevError, delete_table, ip, nft
 
 log = logging.getLogger("meshrouter")
 
@@ -81,8 +82,15 @@ def dns_down(bridge: str, addr: str) -> None:
 def masquerade_up(mesh_range: str, bridge: str) -> None:
     """Containers reach what is outside the mesh through this host: their packets
     leaving by another interface get the host's address.  Forwarding is turned on."""
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("1")
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    try:
+        if forward.read_text().strip() != "1":
+            forward.write_text("1")
+    except OSError as exc:  # a router container without write access to /proc/sys
+        raise NetdevError(
+            f"cannot turn on IPv4 forwarding ({exc.strerror}): run "
+            "'sysctl -w net.ipv4.ip_forward=1' on the host"
+        ) from None
     script = (
         f"table ip {NAT_TABLE}\n"
         f"delete table ip {NAT_TABLE}\n"

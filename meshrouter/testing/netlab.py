@@ -134,7 +134,11 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``mesh ARGS`` on host i (as the installed package, from this repo).
         Container engines on the machine stay out of sight unless ``engines``;
-        ``env`` adds to the environment (an engine's socket, a PATH)."""
+        ``env`` adds to the environment (an engine's socket, a PATH).  A
+        launch serves no Docker driver unless ARGS give its socket: never
+        into the plugin directory of an engine of the machine's."""
+        if args and args[0] == "launch" and "--docker-plugin" not in args:
+            args = (args[0], "--docker-plugin", "", *args[1:])
         env = dict(
             os.environ,
             MESH_STATE_DIR=str(self.state_dir(i)),

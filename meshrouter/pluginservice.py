@@ -1,0 +1,180 @@
+"""The Docker network and IPAM driver ``mesh`` on a unix socket (trio shell
+around ``dockerplugin``): Docker's requests in, IPAM and veth pairs out.
+
+Docker finds the driver by the socket's name in its plugin directory
+(``/run/docker/plugins/mesh.sock``).  Every connection is served on its own
+until Docker closes it; bad HTTP closes the connection and is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from .dockerplugin import (
+    Allocate,
+    Claim,
+    DeleteVeth,
+    HttpRequests,
+    MakeVeth,
+    Plugin,
+    PluginError,
+    Release,
+    http_response,
+)
+from .errors import BadPacket, IpamError
+from .lograte import LogLimiter
+from .netdev import NetdevError, ip, link_exists
+
+log = logging.getLogger("meshrouter.plugin")
+RECV = 65536
+GSO_MAX_SIZE = 62000  # as 'mesh attach' sets it: one sealed superframe per UDP send
+
+
+class PluginRouter(Protocol):
+    """What the driver needs of the router."""
+
+    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
+    async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
+    def release_address(self, address: str) -> bool: ...
+
+
+class PluginService:
+    def __init__(self, router: PluginRouter, mesh_range: str, bridge: str, mtu: int) -> None:
+        self.router = router
+        self.plugin = Plugin(mesh_range)
+        self.bridge = bridge
+        self.mtu = mtu
+        self.requests = 0
+        self.refused = 0
+        self.bad_requests = 0
+        self._limit = LogLimiter()
+
+    def statistics(self) -> dict[str, int]:
+        return {"requests": self.requests, "refused": self.refused, "bad": self.bad_requests}
+
+    async def serve(
+        self,
+        path: Path,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await trio.Path(path).unlink(missing_ok=True)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(16)
+        log.info("Docker network and IPAM driver 'mesh' on %s", path)
+        try:
+            await trio.serve_listeners(
+                self._connection, [trio.SocketListener(sock)], task_status=task_status
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.Path(path).unlink(missing_ok=True)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        parser = HttpRequests()
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive_some(RECV)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                try:
+                    requests = parser.receive_untrusted(data)
+                except BadPacket as exc:
+                    self.bad_requests += 1
+                    self._warn("bad", "bad request on the plugin socket: %s", exc)
+                    return
+                for req in requests:
+                    reply = await self.handle(req.method, req.path, req.body)
+                    try:
+                        await stream.send_all(http_response(reply, keep_alive=req.keep_alive))
+                    except trio.BrokenResourceError:
+                        return
+                    if not req.keep_alive:
+                        return
+
+    async def handle(self, method: str, path: str, body: bytes) -> dict[str, object]:
+        """One request's answer: the driver's, or ``{"Err": why}``."""
+        self.requests += 1
+        try:
+            decision = self.plugin.decide(method, path, body)
+            if isinstance(decision, dict):
+                return decision
+            result = await self._do(decision)
+            return self.plugin.answer(decision, result)
+        except (PluginError, IpamError, NetdevError) as exc:
+            self.refused += 1
+            self._warn(path, "Docker %s refused: %s", path.lstrip("/")[:60], exc)
+            return {"Err": str(exc)}
+
+    async def _do(self, action: Allocate | Claim | Release | MakeVeth | DeleteVeth) -> str:
+        if isinstance(action, Allocate):
+            return await self.router.allocate(self._ident(), "", action.subnet)
+        if isinstance(action, Claim):
+            return await self.router.claim(action.cidr, self._ident(), "")
+        if isinstance(action, Release):
+            self.router.release_address(action.address)
+            return ""
+        if isinstance(action, MakeVeth):
+            return await trio.to_thread.run_sync(self._make_veth, action)
+        await trio.to_thread.run_sync(lambda: ip("link", "del", "dev", action.host, check=False))
+        return ""
+
+    def _warn(self, key: str, fmt: str, *args: object) -> None:
+        held = self._limit.allow(key[:60], trio.current_time())
+        if held is not None:
+            log.warning(fmt + (f" ({held} more like it held back)" if held else ""), *args)
+
+    @staticmethod
+    def _ident() -> str:
+        """Docker asks for addresses with no container in the request: each
+        gets an ident of its own, and is given back by address."""
+        return "docker-net/" + secrets.token_hex(6)
+
+    def _make_veth(self, action: MakeVeth) -> str:
+        if link_exists(action.host):  # an endpoint Docker made and lost before
+            ip("link", "del", "dev", action.host, check=False)
+        mtu = str(self.mtu)
+        ip(
+            "link",
+            "add",
+            "name",
+            action.host,
+            "mtu",
+            mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            action.peer,
+            "mtu",
+            mtu,
+        )
+        try:
+            ip("link", "set", "dev", action.peer, "gso_max_size", str(GSO_MAX_SIZE), check=False)
+            ip("link", "set", "dev", action.host, "master", self.bridge)
+            ip("link", "set", "dev", action.host, "up")
+            out = ip("-o", "link", "show", "dev", action.peer).stdout
+        except NetdevError:
+            ip("link", "del", "dev", action.host, check=False)
+            raise
+        parts = out.split("link/ether ")
+        if len(parts) < 2:
+            ip("link", "del", "dev", action.host, check=False)
+            raise NetdevError(f"no MAC address on {action.peer}")
+        return parts[1].split()[0]
