@@ -1,21 +1,24 @@
-# The meshrouter router image: 'mesh router' in the foreground.
-# Run with host networking and privileges (it makes a bridge and a TAP device):
-#   docker run -d --name meshrouter --network host --pid host --privileged \
-#     -v /var/lib/meshrouter:/var/lib/meshrouter -e MESH_PASSWORD=... meshrouter:0.1.0 PEER...
-FROM python:3.11-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY meshrouter meshrouter
-COPY launcher launcher
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[kube]"
+# The meshrouter image: the 'mesh' command, which 'mesh launch --engine docker'
+# runs as 'mesh router ...'.  Build it with scripts/image.sh, which makes the
+# wheels first (pinned by deploy/constraints.txt) and then builds with
+# 'docker build --network none': nothing is fetched during the build.
+#
+# BASE must hold python3, python3-venv, iproute2, nftables and util-linux
+# (scripts/base-image.sh makes one offline-importable with mmdebstrap).
+ARG BASE=meshrouter-base:bookworm
 
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends iproute2 util-linux nftables \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+FROM ${BASE} AS build
+COPY build/wheels /wheels
+RUN python3 -m venv /opt/meshrouter \
+    && /opt/meshrouter/bin/pip install --no-index --no-cache-dir --find-links /wheels \
+       "$(ls /wheels/meshrouter-*.whl)$(cat /wheels/EXTRAS)" \
+    && /opt/meshrouter/bin/pip uninstall -y -q pip setuptools \
+    && find /opt/meshrouter -name __pycache__ -prune -exec rm -rf {} +
+
+FROM ${BASE}
+COPY --from=build /opt/meshrouter /opt/meshrouter
+ENV PATH=/opt/meshrouter/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 VOLUME /var/lib/meshrouter
 EXPOSE 6783/tcp 6783/udp
-ENTRYPOINT ["mesh", "router"]
+ENTRYPOINT ["mesh"]
+CMD ["--help"]

@@ -29,6 +29,7 @@ from .containers import ContainerError, docker_engine_available, resolve
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
 CONTAINER = "meshrouter"  # the router's container when launched with --engine docker
+ROUTER_CAPS = ("NET_ADMIN", "NET_RAW", "SYS_PTRACE", "SYS_ADMIN")
 
 
 class CliError(Exception):
@@ -189,10 +190,21 @@ def _container_log_tail() -> str:
     return lines[-1] if lines else f"see 'docker logs {CONTAINER}'"
 
 
+def _engine_socket() -> str | None:
+    """The Docker engine's unix socket, as this client reaches it."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
 def _launch_docker(a: argparse.Namespace) -> None:
     """Run the router image with host networking and the host's PID namespace.
     A container left by an earlier launch (no router answers: we checked) is
-    removed first; a failing 'docker run' is reported at once, with nothing left."""
+    removed first; a failing 'docker run' is reported at once, with nothing left.
+
+    Not privileged: NET_ADMIN (bridge, TAP, veths, nftables), NET_RAW (DNS
+    sockets bound to the bridge), SYS_PTRACE (to see containers' namespaces
+    under /proc), SYS_ADMIN (to enter them when re-attaching a restarted
+    container), and the TUN device."""
     if not docker_engine_available():
         raise CliError("--engine docker, but no Docker engine answers ('docker version')")
     _docker("rm", "-f", CONTAINER)
@@ -204,27 +216,41 @@ def _launch_docker(a: argparse.Namespace) -> None:
         CONTAINER,
         "--restart",
         "unless-stopped",
-        "--privileged",
         "--network",
         "host",
         "--pid",
         "host",
+        "--cap-drop",
+        "ALL",
+        *[f"--cap-add={c}" for c in ROUTER_CAPS],
+        "--security-opt",
+        "apparmor=unconfined",
+        "--device",
+        "/dev/net/tun",
         "-v",
         f"{state}:{state}",
         "-v",
         "/run/netns:/run/netns:shared",
     ]
+    engine_sock = _engine_socket()
+    if engine_sock:  # the router follows the engine's events (engine.py)
+        cmd += ["-v", f"{engine_sock}:/var/run/docker.sock"]
+    if a.docker_plugin:  # Docker's plugin directory: the 'mesh' driver's socket
+        plugins = os.path.dirname(a.docker_plugin)
+        cmd += ["-v", f"{plugins}:{plugins}"]
     if a.password_file:
         pw = os.path.abspath(a.password_file)
         cmd += ["-v", f"{pw}:{pw}:ro"]
     elif os.environ.get("MESH_PASSWORD"):
         cmd += ["-e", "MESH_PASSWORD"]
-    cmd += [ROUTER_IMAGE, *_router_args(a)]
+    cmd += [ROUTER_IMAGE, "router", *_router_args(a)]
     out = _docker(*cmd)
     if out.returncode != 0:
         _docker("rm", "-f", CONTAINER)
-        why = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no reason given"]
-        raise CliError(f"docker run {ROUTER_IMAGE} failed: {why[0]}")
+        lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+        hint = ("Run '", "See '")  # the client's advice, not the reason
+        why = [ln for ln in lines if not ln.startswith(hint)] or lines or ["no reason given"]
+        raise CliError(f"docker run {ROUTER_IMAGE} failed: {why[-1]}")
 
 
 def _log_tail(path: Path) -> str:

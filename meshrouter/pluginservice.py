@@ -109,7 +109,7 @@ class PluginService:
                         return
 
     async def handle(self, method: str, path: str, body: bytes) -> dict[str, object]:
-        """One request's answer: the driver's, or ``{"Err": why}``."""
+        """One request's answer: the driver's, or why it was refused."""
         self.requests += 1
         try:
             decision = self.plugin.decide(method, path, body)
@@ -120,7 +120,8 @@ class PluginService:
         except (PluginError, IpamError, NetdevError) as exc:
             self.refused += 1
             self._warn(path, "Docker %s refused: %s", path.lstrip("/")[:60], exc)
-            return {"Err": str(exc)}
+            # The network driver API reads "Err", the IPAM API "Error".
+            return {"Err": str(exc), "Error": str(exc)}
 
     async def _do(self, action: Allocate | Claim | Release | MakeVeth | DeleteVeth) -> str:
         if isinstance(action, Allocate):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meshrouter.testing.engines import Dockerd
 from meshrouter.testing.netlab import Lab
 
 NETNS_OK = os.geteuid() == 0 and shutil.which("ip") is not None
@@ -43,8 +44,9 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
 
 @pytest.fixture(scope="session")
 def rootfs_tar() -> Iterator[Path]:
-    """A Debian root filesystem (iproute2, python3) as a tar, made offline with
-    mmdebstrap once per session, for images of real container engines.
+    """A Debian root filesystem (iproute2, python3, nftables, util-linux) as a
+    tar, made with mmdebstrap once per session, for images of real container
+    engines: the test containers' and the router image's base.
     Skipped without mmdebstrap, unless MESH_REQUIRE_ENGINES=1 (CI) makes that
     a failure."""
     if shutil.which("mmdebstrap") is None:
@@ -55,7 +57,15 @@ def rootfs_tar() -> Iterator[Path]:
     tar = d / "rootfs.tar"
     try:
         subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--include=iproute2,python3", "bookworm", str(tar)],
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                # what test containers use, and what the router image's base needs
+                "--include=iproute2,python3,python3-venv,nftables,util-linux",
+                "--customize-hook=rm -rf $1/usr/share/doc $1/usr/share/man $1/var/cache/apt",
+                "bookworm",
+                str(tar),
+            ],
             check=True,
             capture_output=True,
             timeout=600,
@@ -72,3 +82,48 @@ def require(*tools: str) -> None:
         if os.environ.get("MESH_REQUIRE_ENGINES"):
             pytest.fail(f"container engine tests required, but missing: {missing}")
         pytest.skip(f"needs {missing}")
+
+
+TEST_IMAGE = "local/meshtest:1"
+BASE_IMAGE = "local/meshrouter-base:1"
+ROUTER_IMAGE = "local/meshrouter:test"
+
+
+@pytest.fixture(scope="session")
+def docker_host(rootfs_tar: Path) -> Iterator[Dockerd]:
+    """A dockerd of the test session's own (own socket and roots, no bridge, no
+    iptables; stopped after), with the test image imported."""
+    require("dockerd", "docker")
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="mtdocker-"))).start()
+    try:
+        engine.docker("import", str(rootfs_tar), TEST_IMAGE, timeout=300)
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def router_images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The router image built as users build it (scripts/image.sh: wheels
+    first, then 'docker build --network none' on a base from mmdebstrap),
+    saved with the test image into one tar for engines of single tests to load.
+    MESH_TEST_IMAGES names such a tar saved earlier (to iterate on tests)."""
+    earlier = os.environ.get("MESH_TEST_IMAGES")
+    if earlier:
+        return Path(earlier)
+    docker_host: Dockerd = request.getfixturevalue("docker_host")
+    docker_host.docker("tag", TEST_IMAGE, BASE_IMAGE)
+    repo = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        ["sh", str(repo / "scripts" / "image.sh")],
+        env=dict(docker_host.env, BASE=BASE_IMAGE, TAG=ROUTER_IMAGE),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    print(built.stdout.splitlines()[-1])
+    tar = tmp_path_factory.mktemp("images") / "images.tar"
+    docker_host.docker("save", "-o", str(tar), ROUTER_IMAGE, TEST_IMAGE, timeout=300)
+    return tar

@@ -9,79 +9,20 @@ Containers start with ``--network none``; ``mesh attach`` gives them the mesh.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+from meshrouter.testing.engines import Dockerd
 from meshrouter.testing.netlab import Lab, sh, star, status
 
-from .conftest import require
+from .conftest import TEST_IMAGE
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 LabFactory = Callable[..., Lab]
-IMAGE = "local/meshtest:1"
-
-
-@pytest.fixture(scope="session")
-def docker_host(rootfs_tar: Path) -> Iterator[str]:
-    require("dockerd", "docker")
-    root = Path(tempfile.mkdtemp(prefix="mtdocker-"))
-    sock = f"unix://{root}/docker.sock"
-    log = open(root / "dockerd.log", "w")  # noqa: SIM115 - closed in the finally below
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            "--data-root",
-            f"{root}/data",
-            "--exec-root",
-            f"{root}/exec",
-            "--pidfile",
-            f"{root}/docker.pid",
-            "-H",
-            sock,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    env = dict(os.environ, DOCKER_HOST=sock)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["docker", "version"], env=env, capture_output=True).returncode:
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError(
-                    f"dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}"
-                )
-            time.sleep(0.2)
-        subprocess.run(
-            ["docker", "import", str(rootfs_tar), IMAGE],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        yield sock
-    finally:
-        subprocess.run("docker rm -f $(docker ps -aq)", shell=True, env=env, capture_output=True)
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        subprocess.run(["umount", "-R", f"{root}/data"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+IMAGE = TEST_IMAGE
 
 
 def docker(sock: str, *args: str) -> str:
@@ -100,11 +41,11 @@ def pid_of(sock: str, name: str) -> str:
 
 
 def test_docker_containers_by_name_and_id_across_hosts(
-    lab_factory: LabFactory, docker_host: str
+    lab_factory: LabFactory, docker_host: Dockerd
 ) -> None:
     lab = lab_factory(2)
     star(lab, 2)
-    sock = docker_host
+    sock = docker_host.host
     web = f"{lab.prefix}-web01"
     cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
     other = docker(sock, "run", "-d", "--network", "none", IMAGE, "sleep", "600")
@@ -146,10 +87,10 @@ def test_docker_containers_by_name_and_id_across_hosts(
 
 
 def test_a_restarted_container_gets_its_link_address_and_name_back(
-    lab_factory: LabFactory, docker_host: str
+    lab_factory: LabFactory, docker_host: Dockerd
 ) -> None:
     lab = lab_factory(2)
-    sock = docker_host
+    sock = docker_host.host
     pw = str(lab.password_file)
     launched = mesh(lab, 1, sock, "launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
     assert "as a local process" in launched.stdout

@@ -202,6 +202,7 @@ async def test_the_service_answers_docker_over_its_socket(tmp_path: Path) -> Non
         assert answers[0]["Implements"] == ["NetworkDriver", "IpamDriver"]
         assert answers[1] == {"Address": "10.40.1.1/16", "Data": {}}
         assert "already in use" in answers[2]["Err"]
+        assert answers[2]["Error"] == answers[2]["Err"]
         assert answers[3] == {}
         assert router.held == {}
         # Garbage closes that connection, is counted, and the next one is served.

@@ -178,7 +178,9 @@ def test_a_container_with_several_addresses_keeps_each_until_it_is_detached(
     )
     claimed = str(ipaddress.IPv4Address(theirs) + 7)  # in h2's share
     out = lab.mesh(1, "attach", f"{claimed}/12", "net:10.44.0.0/16", multi).stdout.split()
-    assert out[0] == f"{claimed}/12" and out[1].startswith("10.44.") and len(out) == 2
+    assert out[0] == f"{claimed}/12"
+    assert out[1].startswith("10.44.")
+    assert len(out) == 2
     second = out[1].split("/")[0]
     # Asked again: nothing new, the same two.
     assert lab.mesh(1, "attach", f"{claimed}/12", multi).stdout.split() == out
@@ -190,8 +192,10 @@ def test_a_container_with_several_addresses_keeps_each_until_it_is_detached(
         assert lab.in_ns(peer, "ping", "-c1", "-W2", dst, check=False).returncode == 0
     lab.wait_for(
         "both named",
-        lambda: sorted(lab.mesh(2, "dns-lookup", multi, check=False).stdout.split())
-        == sorted([claimed, second]),
+        lambda: (
+            sorted(lab.mesh(2, "dns-lookup", multi, check=False).stdout.split())
+            == sorted([claimed, second])
+        ),
         timeout=5,
     )
     gone = lab.mesh(1, "detach", second, multi)
@@ -205,7 +209,8 @@ def test_a_container_with_several_addresses_keeps_each_until_it_is_detached(
         timeout=5,
     )
     bad = lab.mesh(1, "detach", second, multi, check=False)
-    assert bad.returncode == 1 and f"does not have {second}" in bad.stderr
+    assert bad.returncode == 1
+    assert f"does not have {second}" in bad.stderr
     assert f"{multi} detached ({claimed}/12)" in lab.mesh(1, "detach", claimed, multi).stdout
     assert lab.in_ns(multi, "ip", "link", "show", "ethwe", check=False).returncode != 0
     assert claimed not in {a["address"] for a in status(lab, 2)["ipam"]["allocations"]}

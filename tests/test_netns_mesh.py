@@ -432,7 +432,7 @@ def test_stop_keeps_a_bridge_the_operator_made(lab_factory: LabFactory) -> None:
 
 
 # A stand-in engine for 'mesh launch --engine docker': 'run' starts the
-# router as a local process (the image's entrypoint is 'mesh router') and
+# router as a local process (the image's entrypoint is 'mesh') and
 # records it; 'inspect', 'logs' and 'rm -f' act on that process.  With
 # FAKE_DOCKER_FAIL set, 'run' fails the way a missing image does.
 ENGINE = """#!/bin/sh
@@ -445,7 +445,7 @@ case "$1" in
       echo created > "$dir/left"; exit 125
     fi
     while [ "$1" != "meshrouter:0.1.0" ]; do shift; done; shift
-    python3 -m launcher router "$@" > "$dir/log" 2>&1 &
+    python3 -m launcher "$@" > "$dir/log" 2>&1 &
     echo $! > "$dir/pid"; echo 0123abcd ;;
   inspect)
     [ -f "$dir/pid" ] || [ -f "$dir/left" ] || exit 1
