@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from meshrouter import dockerapi
+
 
 class ContainerError(Exception):
     """A one-line reason for the operator."""
@@ -31,9 +33,12 @@ def docker_engine_available() -> bool:
     """True when a Docker engine answers (not just a client on PATH).
 
     Asks ``docker version`` for the server's version: podman's ``docker``
-    command answers that too (its ``docker info --format`` does not)."""
-    if os.environ.get("MESH_NO_DOCKER") or shutil.which("docker") is None:
+    command answers that too (its ``docker info --format`` does not).  With
+    no ``docker`` command (the router image), asks the engine's socket."""
+    if os.environ.get("MESH_NO_DOCKER"):
         return False
+    if shutil.which("docker") is None:
+        return dockerapi.available()
     try:
         proc = subprocess.run(
             ["docker", "version", "--format", "{{.Server.Version}}"],
@@ -47,8 +52,24 @@ def docker_engine_available() -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
+def _inspect_api(name: str) -> Container | None:
+    try:
+        doc = dockerapi.inspect(name)
+    except dockerapi.DockerApiError as exc:
+        raise ContainerError(str(exc)) from None
+    if doc is None:
+        return None
+    pid = int((doc.get("State") or {}).get("Pid") or 0)
+    if pid == 0:
+        raise ContainerError(f"container {name} is not running: start it first (docker start)")
+    cname = str(doc.get("Name") or name).lstrip("/")
+    return Container(name, "docker", f"/proc/{pid}/ns/net", str(pid), str(doc["Id"]), cname)
+
+
 def _inspect(engine: str, name: str) -> Container | None:
     """``name`` (name, short or full id) on one engine's command line; None if unknown."""
+    if engine == "docker" and shutil.which("docker") is None:
+        return _inspect_api(name)
     proc = subprocess.run(
         [
             engine,

@@ -2,7 +2,8 @@
 (``docker restart``, the engine's restart policy, a reboot) gets its place on
 the mesh back, with the same address.
 
-The router only notices: it follows ``docker events`` (container starts) and
+The router only notices: it follows ``docker events`` (container starts; from
+the engine's socket where no ``docker`` command is installed) and
 for each one runs ``mesh reattach ID``, the client, which knows the
 attachment records and does what attach does.  Without a Docker engine (or
 with ``MESH_NO_DOCKER`` set) this does nothing.  If the event stream ends
@@ -20,14 +21,18 @@ from pathlib import Path
 
 import trio
 
+from . import dockerapi
+
 log = logging.getLogger("meshrouter.engine")
 
 RETRY = 5.0
 
 
 async def _engine_answers() -> bool:
-    if os.environ.get("MESH_NO_DOCKER") or shutil.which("docker") is None:
+    if os.environ.get("MESH_NO_DOCKER"):
         return False
+    if shutil.which("docker") is None:  # the router image: the engine's socket
+        return await trio.to_thread.run_sync(dockerapi.available)
     try:
         probe = await trio.run_process(
             ["docker", "version", "--format", "{{.Server.Version}}"],
@@ -52,8 +57,11 @@ async def watch(
     async with trio.open_nursery() as nursery:
         while True:
             try:
-                await _follow(state_dir, nursery)
-            except OSError as exc:
+                if shutil.which("docker") is None:
+                    await _follow_api(state_dir, nursery)
+                else:
+                    await _follow(state_dir, nursery)
+            except (OSError, dockerapi.DockerApiError) as exc:
                 log.warning("docker events failed: %s; trying again in %.0fs", exc, RETRY)
             await trio.sleep(RETRY)
 
@@ -77,6 +85,21 @@ async def _follow(state_dir: Path, nursery: trio.Nursery) -> None:
         with trio.CancelScope(shield=True):
             proc.kill()
             await proc.wait()
+
+
+async def _follow_api(state_dir: Path, nursery: trio.Nursery) -> None:
+    """The same from the engine's socket: a thread reads the event stream."""
+    token = trio.lowlevel.current_trio_token()
+
+    def read() -> None:
+        for event in dockerapi.events(type=["container"], event=["start"]):
+            cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
+            if cid:
+                trio.from_thread.run_sync(
+                    nursery.start_soon, _reattach, state_dir, cid, trio_token=token
+                )
+
+    await trio.to_thread.run_sync(read, abandon_on_cancel=True)
 
 
 async def _reattach(state_dir: Path, cid: str) -> None:

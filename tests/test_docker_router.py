@@ -210,6 +210,20 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
     assert allocated(lab, 1) == before
     transfer((d2, "cb"), (d1, "ca"), a)
 
+    # A container attached by name gets its link back after a restart: the
+    # router, with no docker command in its image, follows the engine's socket.
+    d1.docker("run", "-d", "--name", "cd", "--network", "none", TEST_IMAGE, "sleep", "600")
+    env1 = {"DOCKER_HOST": d1.host}
+    cd = lab.mesh(1, "attach", "cd", env=env1, engines=True).stdout.strip()
+    d1.docker("restart", "-t", "0", "cd")
+    lab.wait_for(
+        "cd attached again",
+        lambda: cd in d1.docker("exec", "cd", "ip", "-br", "addr", check=False).stdout,
+        timeout=20,
+    )
+    assert "cd attached again with" in d1.docker("logs", "meshrouter").stderr
+    assert lab.mesh(1, "detach", "cd", env=env1, engines=True).returncode == 0
+
     # Removing a container gives its address back, mesh-wide.
     d1.docker("rm", "-f", "ca")
     lab.wait_for("a's address released", lambda: a not in allocated(lab, 1), timeout=10)
