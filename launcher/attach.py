@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
 
 from . import guard
-from .containers import Container, ContainerError, resolve
+from .containers import Container, ContainerError, find_container, resolve
 from .garp import send_garp
 from .netns import has_link, ip_batch
 
@@ -465,6 +466,32 @@ def find(registry: Registry, key: str) -> Attachment | None:
         (r for r in records.values() if key in (r.ident, r.container) or r.ident.startswith(key)),
         None,
     )
+
+
+def _gone(rec: Attachment) -> bool:
+    """True when the container of a record whose link is gone no longer exists
+    (a Docker or podman container that was removed, a namespace deleted); a
+    restarting container, or one of an engine that does not answer, is kept."""
+    if rec.kind in ("docker", "podman"):
+        try:
+            return find_container(rec.kind, rec.ident) is None
+        except ContainerError:
+            return False  # not running (restarting), or no engine to ask: keep it
+    return not os.path.exists(rec.ns_path)
+
+
+def prune(registry: Registry) -> list[Attachment]:
+    """Forget the records of containers that are gone without a detach (the
+    router runs 'mesh prune' when it finds their namespaces gone): their
+    anti-spoofing rules and resolv.conf go with them."""
+    gone: list[Attachment] = []
+    with registry.locked() as records:
+        for key, rec in list(records.items()):
+            if link_exists(rec.host_veth) or not _gone(rec):
+                continue
+            remove_resolv_conf(rec)
+            gone.append(records.pop(key))
+    return gone
 
 
 def reattach_all(registry: Registry, bridge: str) -> int:

@@ -461,6 +461,12 @@ def cmd_reattach(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(a: argparse.Namespace) -> int:
+    for rec in attach_mod.prune(attach_mod.Registry(a.state_dir)):
+        print(f"{rec.container} is gone: its record and anti-spoofing rules removed")
+    return 0
+
+
 def cmd_detach(a: argparse.Namespace) -> int:
     container, addrs = a.args[-1], a.args[:-1]
     try:
@@ -837,6 +843,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("container", metavar="CONTAINER")
     sp.set_defaults(func=cmd_reattach)
+
+    sp = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="forget containers removed without detach (the router runs it)",
+        description="Drop the records (and anti-spoofing rules) of attached containers "
+        "that no longer exist: removed from their engine, or their namespace deleted. "
+        "The router runs this when it finds their namespaces gone.",
+    )
+    sp.set_defaults(func=cmd_prune)
 
     sp = sub.add_parser(
         "detach",

@@ -94,6 +94,17 @@ def _inspect(engine: str, name: str) -> Container | None:
     return Container(name, kind, f"/proc/{pid}/ns/net", pid, cid, cname)
 
 
+def find_container(kind: str, ident: str) -> Container | None:
+    """A Docker or podman container by id; None if its engine does not know
+    it.  Raises ContainerError if it is not running or the engine does not
+    answer (then nobody can tell)."""
+    if kind == "docker" and docker_engine_available():
+        return _inspect("docker", ident)
+    if kind == "podman" and podman_available():
+        return _inspect("podman", ident)
+    raise ContainerError(f"no {kind} engine answers here")
+
+
 def podman_available() -> bool:
     return not os.environ.get("MESH_NO_DOCKER") and shutil.which("podman") is not None
 

@@ -102,13 +102,29 @@ async def _follow_api(state_dir: Path, nursery: trio.Nursery) -> None:
     await trio.to_thread.run_sync(read, abandon_on_cancel=True)
 
 
-async def _reattach(state_dir: Path, cid: str) -> None:
-    done = await trio.run_process(
-        [sys.executable, "-m", "launcher", "reattach", "--state-dir", str(state_dir), cid],
+async def _client(state_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``mesh ARGS`` for this state directory (the client owns the records)."""
+    return await trio.run_process(
+        [sys.executable, "-m", "launcher", *args, "--state-dir", str(state_dir)],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
     )
+
+
+async def prune(state_dir: Path) -> None:
+    """Containers were found gone: ``mesh prune`` drops their records (and so
+    their anti-spoofing rules)."""
+    done = await _client(state_dir, "prune")
+    text = (done.stdout + done.stderr).decode(errors="replace").strip()
+    if done.returncode != 0:
+        log.warning("forgetting removed containers failed: %s", text)
+    elif text:
+        log.info("%s", text)
+
+
+async def _reattach(state_dir: Path, cid: str) -> None:
+    done = await _client(state_dir, "reattach", cid)
     text = (done.stdout + done.stderr).decode(errors="replace").strip()
     if done.returncode != 0:
         log.warning("container %s started again, but re-attaching failed: %s", cid[:12], text)

@@ -82,6 +82,8 @@ class IpamService:
         self._next_reclaim = 0.0
         # Told of each release: the container, and which addresses (None: all).
         self.on_release: Callable[[str, list[int] | None], None] = lambda ident, addrs: None
+        # Told when containers were found gone (their records can go too).
+        self.on_gone: Callable[[], None] = lambda: None
 
     # -- persistence and change --------------------------------------------
 
@@ -175,6 +177,7 @@ class IpamService:
             self._release(ident)
         if dead:
             self._commit()
+            self.on_gone()
 
     # -- the API --------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from . import __version__, hostaccess
+from . import __version__, engine, hostaccess
 from .config import RouterOptions
 from .constants import DNS_PORT, HEARTBEAT_INTERVAL
 from .dnsanswer import Answerer
@@ -104,6 +104,8 @@ class Router:
         )
         self.state_dir = state_dir
         self.ipam.on_release = self._released
+        self.ipam.on_gone = self._containers_gone
+        self._pruning = False
         if state_dir is not None:
             self.mesh.dns.restore_own(load_own(state_dir / "dns.json", name))
         self._dns_saved = self.mesh.dns.own_version
@@ -391,6 +393,22 @@ class Router:
 
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
         return self.ipam.release(self._ident(container), addrs)
+
+    def _containers_gone(self) -> None:
+        """Containers vanished without detach: the client forgets their records
+        (one 'mesh prune' at a time; the next reclaim catches what it missed)."""
+        if self.state_dir is None or self._nursery is None or self._pruning:
+            return
+        self._pruning = True
+        state_dir = self.state_dir
+
+        async def run() -> None:
+            try:
+                await engine.prune(state_dir)
+            finally:
+                self._pruning = False
+
+        self._nursery.start_soon(run)
 
     def release_address(self, address: str) -> bool:
         """Let one address go, whichever container of ours holds it."""

@@ -8,6 +8,8 @@ Containers start with ``--network none``; ``mesh attach`` gives them the mesh.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from meshrouter.testing.engines import Dockerd
-from meshrouter.testing.netlab import Lab, sh, star, status
+from meshrouter.testing.netlab import NO_UPSTREAM, Lab, established, sh, star, status
 
 from .conftest import TEST_IMAGE
 
@@ -125,3 +127,68 @@ def test_a_restarted_container_gets_its_link_address_and_name_back(
         subprocess.run(
             ["docker", "rm", "-f", cid], env=dict(os.environ, DOCKER_HOST=sock), capture_output=True
         )
+
+
+def counts(lab: Lab, sock: str) -> dict[str, int]:
+    """What attaching leaves on the hosts, counted."""
+    out: dict[str, int] = {}
+    for i in (1, 2):
+        st = status(lab, i)
+        links = lab.run(i, "ip", "-br", "link").stdout
+        chains = lab.run(i, "nft", "list", "table", "bridge", "meshrouter_guard", check=False)
+        records = json.loads(mesh(lab, i, sock, "report").stdout)["attached"]
+        out |= {
+            f"h{i} veths": links.count("vethwl"),
+            f"h{i} records": len(records),
+            f"h{i} addresses": len(st["ipam"]["allocations"]),
+            f"h{i} names": len(st["dns"]["entries"]),
+            f"h{i} guard chains": chains.stdout.count("chain port_"),
+        }
+    out["containers"] = len(docker(sock, "ps", "-aq").split())
+    running = sh("pgrep", "-f", "launcher reattach", check=False).stdout.split()
+    out["reattach processes"] = len(running)
+    return out
+
+
+def test_churn_of_create_attach_restart_remove_leaks_nothing(
+    lab_factory: LabFactory, docker_host: Dockerd
+) -> None:
+    """Rounds of containers created, attached (one address, or two in two
+    subnets), restarted (the router attaches them again) and removed without
+    detach: every count is back where it started."""
+    lab = lab_factory(2)
+    sock = docker_host.host
+    pw = str(lab.password_file)
+    mesh(lab, 1, sock, "launch", "--password-file", pw, "--dns-upstream", NO_UPSTREAM)
+    lab.launch(2, lab.addr(1))
+    lab.wait_for("connected", lambda: established(lab, 2), timeout=30)
+    peer = lab.container("peer")
+    lab.mesh(2, "attach", peer)
+    before = counts(lab, sock)
+    rounds, per_round = 3, 4
+    for r in range(rounds):
+        names = [f"{lab.prefix}-churn{r}x{k}" for k in range(per_round)]
+        addrs: dict[str, list[str]] = {}
+        for k, name in enumerate(names):
+            docker(sock, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "600")
+            extra = ["net:10.40.0.0/16"] if k % 2 else []
+            addrs[name] = mesh(lab, 1, sock, "attach", *extra, "net:default", name).stdout.split()
+        for name in names[:2]:
+            docker(sock, "restart", "-t", "0", name)
+        for name in names[:2]:
+
+            def back(name: str = name, want: list[str] = addrs[name]) -> bool:
+                pid = pid_of(sock, name)
+                have = sh("nsenter", "-t", pid, "-n", "ip", "-br", "addr", check=False).stdout
+                return all(a in have for a in want)
+
+            lab.wait_for(f"{name} back", back, timeout=20)
+        first = addrs[names[0]][0].split("/")[0]
+        assert lab.in_ns(peer, "ping", "-c1", "-W2", first, check=False).returncode == 0
+        docker(sock, "rm", "-f", *names)
+        with contextlib.suppress(TimeoutError):  # the assert below says what is left
+            lab.wait_for("all released", lambda: counts(lab, sock) == before, timeout=20)
+        assert counts(lab, sock) == before, f"round {r}"
+    after = counts(lab, sock)
+    print("before", before, "after", after)
+    assert after == before

@@ -96,6 +96,12 @@ def test_restart_forgets_nothing_and_dead_namespaces_are_reclaimed(lab_factory: 
         )
 
     lab.wait_for("dead namespace released", released, timeout=20)
+    # ... and its record goes too ('mesh prune', which the router runs).
+    lab.wait_for(
+        "record forgotten",
+        lambda: cs[1] not in lab.mesh(2, "ps").stdout and cs[2] in lab.mesh(2, "ps").stdout,
+        timeout=10,
+    )
 
 
 def test_rmpeer_reclaims_a_dead_peers_share(lab_factory: LabFactory) -> None:
