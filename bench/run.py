@@ -6,12 +6,14 @@ container on each host's bridge, and the same traffic through each path:
 * underlay: host to host, no tunnel (the ceiling);
 * vxlan:    the kernel's VXLAN on a bridge (unencrypted, like Weave's fast datapath);
 * tinc:     tinc 1.0 in switch mode (userspace, encrypted L2, the Debian package);
+* fastd:    fastd v22 in TAP mode, method salsa2012+umac (userspace, encrypted L2,
+            the Debian package; the latency reference among them);
 * mesh:     meshrouter (userspace, encrypted L2).
 
 For each: iperf3 single TCP stream and 4 streams, UDP at a fixed rate (loss,
 jitter), 64-byte UDP (frames per second), ping RTT, and CPU (the machine's
-busy share and the tunnel processes' own). Prints a table and the ratios
-mesh/tinc and mesh/vxlan, writes JSON and a PNG bar chart.
+busy share and the tunnel processes' own). Prints a table, the ratios of
+mesh to the others and each against its target, writes JSON and a PNG chart.
 
 RTT is the median of pings every 20 ms, taken in rounds that visit every path
 in turn (PING_ROUNDS x PING_COUNT each), so that all paths see the machine in
@@ -174,6 +176,43 @@ def setup_tinc(lab: Lab) -> tuple[str, str, str, list[subprocess.Popen[bytes]]]:
     return a, b, "10.41.0.2", procs
 
 
+def setup_fastd(lab: Lab) -> tuple[str, str, str, list[subprocess.Popen[bytes]]]:
+    keys = {}
+    for i in (1, 2):
+        secret = sh("fastd", "--generate-key", "--machine-readable").stdout.strip()
+        public = subprocess.run(
+            ["fastd", "--config", "-", "--show-key", "--machine-readable"],
+            input=f'secret "{secret}";\n',
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        keys[i] = secret, public
+    procs = []
+    for i, j in ((1, 2), (2, 1)):
+        d = lab.tmp / f"fastd{i}"
+        d.mkdir()
+        (d / "fastd.conf").write_text(
+            f'interface "fd{i}";\nmode tap;\nmethod "salsa2012+umac";\n'
+            f'bind {lab.addr(i)}:10000;\nsecret "{keys[i][0]}";\nmtu 1426;\n'
+            "log level warn;\nsecure handshakes yes;\n"
+            'on up sync "ip link set dev $INTERFACE master fbr && '
+            'ip link set dev $INTERFACE up";\n'
+            f'peer "h{j}" {{ key "{keys[j][1]}"; remote {lab.addr(j)}:10000; }}\n'
+        )
+        bridge(lab, i, "fbr")
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", lab.host(i), "fastd", "--config", str(d / "fastd.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    a = container_on_bridge(lab, 1, "fd1c", "fbr", "10.42.0.1/24", 1380)
+    b = container_on_bridge(lab, 2, "fd2c", "fbr", "10.42.0.2/24", 1380)
+    return a, b, "10.42.0.2", procs
+
+
 def setup_mesh(lab: Lab) -> tuple[str, str, str]:
     lab.launch(1)
     lab.launch(2, lab.addr(1))
@@ -323,20 +362,41 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(by: dict[str, Result]) -> dict[str, float]:
-    m, out = by.get("mesh"), {}
+    m, out = by.get("mesh"), dict[str, float]()
     if m is None:
         return out
-    for other in ("tinc", "vxlan", "underlay"):
+    for other in ("tinc", "fastd", "vxlan", "underlay"):
         o = by.get(other)
         if o and o.tcp1_gbps:
             out[f"mesh/{other} TCP x1"] = m.tcp1_gbps / o.tcp1_gbps
         if o and o.tcp4_gbps:
             out[f"mesh/{other} TCP x4"] = m.tcp4_gbps / o.tcp4_gbps
-        if o and o.rtt_ms and other == "tinc":
-            out["mesh/tinc RTT"] = m.rtt_ms / o.rtt_ms
-        if o and o.small_pps and other == "tinc":
-            out["mesh/tinc 64B pps"] = m.small_pps / o.small_pps
+        if o and o.rtt_ms and other in ("tinc", "fastd"):
+            out[f"mesh/{other} RTT"] = m.rtt_ms / o.rtt_ms
+        if o and o.small_pps and other in ("tinc", "fastd"):
+            out[f"mesh/{other} 64B pps"] = m.small_pps / o.small_pps
     return out
+
+
+# Issue 15's targets: (ratio, "<=" or ">=", bound).
+TARGETS = [
+    ("mesh/tinc RTT", "<=", 1.2),
+    ("mesh/fastd RTT", "<=", 1.6),
+    ("mesh/vxlan TCP x1", ">=", 0.4),
+    ("mesh/vxlan TCP x4", ">=", 0.3),
+]
+
+
+def against_targets(rat: dict[str, float]) -> list[str]:
+    lines = []
+    for key, op, bound in TARGETS:
+        if key not in rat:
+            continue
+        ok = rat[key] <= bound if op == "<=" else rat[key] >= bound
+        lines.append(
+            f"{key:22s} {rat[key]:6.2f}x  target {op} {bound}  {'met' if ok else 'NOT met'}"
+        )
+    return lines
 
 
 def chart(results: list[Result], path: Path) -> None:
@@ -358,7 +418,7 @@ def chart(results: list[Result], path: Path) -> None:
     axes[1].set_xticks(list(x), names)
     axes[1].set_ylabel("ms")
     axes[1].set_title("ping RTT (median)")
-    fig.suptitle("meshrouter vs. underlay, kernel VXLAN, tinc 1.0 (2 cores, namespaces)")
+    fig.suptitle("meshrouter vs. underlay, kernel VXLAN, tinc 1.0, fastd (2 cores, namespaces)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -370,8 +430,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         nargs="*",
-        default=["underlay", "vxlan", "tinc", "mesh"],
-        choices=["underlay", "vxlan", "tinc", "mesh"],
+        default=["underlay", "vxlan", "tinc", "fastd", "mesh"],
+        choices=["underlay", "vxlan", "tinc", "fastd", "mesh"],
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -394,6 +454,12 @@ def main() -> int:
                 paths["tinc"] = (a, b, ip, [p.pid for p in procs])
             else:
                 print("bench: tincd not installed (apt-get install tinc); skipping tinc")
+        if "fastd" in args.only:
+            if shutil.which("fastd"):
+                a, b, ip, procs = setup_fastd(lab)
+                paths["fastd"] = (a, b, ip, [p.pid for p in procs])
+            else:
+                print("bench: fastd not installed (apt-get install fastd); skipping fastd")
         if "mesh" in args.only:
             a, b, ip = setup_mesh(lab)
             paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
@@ -411,12 +477,13 @@ def main() -> int:
         print("measuring RTT of every path, interleaved ...", flush=True)
         pings = rtts(lab, paths)
         for name, (a, b, ip, pids) in paths.items():
-            if name == "tinc":  # tincd runs under 'ip netns exec': find the daemons
+            if name in ("tinc", "fastd"):  # run under 'ip netns exec': find the daemons
+                comm = "tincd" if name == "tinc" else "fastd"
                 pids = [
                     int(p)
                     for i in (1, 2)
                     for p in sh("ip", "netns", "pids", lab.host(i)).stdout.split()
-                    if "tincd" in Path(f"/proc/{p}/comm").read_text()
+                    if comm in Path(f"/proc/{p}/comm").read_text()
                 ]
             print(f"measuring {name} ...", flush=True)
             res = measure(lab, name, a, b, ip, pids, secs)
@@ -435,6 +502,9 @@ def main() -> int:
     print()
     for k, v in rat.items():
         print(f"{k:22s} {v:6.2f}x")
+    print()
+    for line in against_targets(rat):
+        print(line)
     for r in results:
         for note in r.notes:
             print(f"note: {r.path}: {note}")

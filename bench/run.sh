@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark meshrouter against the bare underlay, kernel VXLAN and tinc 1.0, on one machine.
+# Benchmark meshrouter against the bare underlay, kernel VXLAN, tinc 1.0 and fastd, on one machine.
 # Usage (as root): bash bench/run.sh [--quick] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 need=()
 command -v tincd >/dev/null 2>&1 || need+=(tinc)
+command -v fastd >/dev/null 2>&1 || need+=(fastd)
 if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
