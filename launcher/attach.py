@@ -459,6 +459,23 @@ def detach(
         return rec, drop
 
 
+def host_end(c: Container, address: str) -> tuple[str, str]:
+    """(the interface in container ``c`` holding ``address``, the host end of
+    its veth pair).  Raises AttachError if there is none."""
+    ip_only = address.split("/")[0]
+    shown = in_ns(c, "ip", "-o", "-4", "addr", "show", "to", ip_only, check=False).stdout.split()
+    if len(shown) < 2:
+        raise AttachError(f"{c.name} has no interface with {ip_only}")
+    ifname = shown[1]
+    link = in_ns(c, "ip", "-o", "link", "show", "dev", ifname, check=False).stdout
+    peer = link.split(":")[1].strip().partition("@if")[2] if ":" in link else ""
+    for line in ip("-o", "link", "show", check=False).stdout.splitlines():
+        index, _, rest = line.partition(": ")
+        if index.strip() == peer:
+            return ifname, rest.split(":")[0].split("@")[0]
+    raise AttachError(f"the host end of {c.name}'s {ifname} is not in this namespace")
+
+
 def find(registry: Registry, key: str) -> Attachment | None:
     """The record of a container by its id (or a prefix of it) or name."""
     records = registry.read()

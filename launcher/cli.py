@@ -24,12 +24,12 @@ from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
 from . import guard, views
-from .containers import ContainerError, docker_engine_available, resolve
+from .containers import ContainerError, docker_endpoints, docker_engine_available, resolve
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
 CONTAINER = "meshrouter"  # the router's container when launched with --engine docker
-ROUTER_CAPS = ("NET_ADMIN", "NET_RAW", "SYS_PTRACE", "SYS_ADMIN")
+ROUTER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SYS_PTRACE", "SYS_ADMIN")
 
 
 class CliError(Exception):
@@ -202,7 +202,7 @@ def _launch_docker(a: argparse.Namespace) -> None:
     removed first; a failing 'docker run' is reported at once, with nothing left.
 
     Not privileged: NET_ADMIN (bridge, TAP, veths, nftables), NET_RAW (DNS
-    sockets bound to the bridge), SYS_PTRACE (to see containers' namespaces
+    sockets bound to the bridge), NET_BIND_SERVICE (DNS on port 53), SYS_PTRACE (to see containers' namespaces
     under /proc), SYS_ADMIN (to enter them when re-attaching a restarted
     container), and the TUN device."""
     if not docker_engine_available():
@@ -430,8 +430,10 @@ def cmd_reattach(a: argparse.Namespace) -> int:
     the mesh with the address and name it had.  Nothing to do otherwise."""
     registry = attach_mod.Registry(a.state_dir)
     rec = attach_mod.find(registry, a.container)
-    if rec is None or link_exists(rec.host_veth) or rec.kind != "docker":
-        return 0  # not ours, or still attached
+    if rec is None:
+        return _adopt_endpoints(a, registry)
+    if link_exists(rec.host_veth) or rec.kind != "docker":
+        return 0  # still attached, or not a container that can restart
     try:
         c = resolve(rec.ident)  # its new namespace
     except ContainerError as exc:
@@ -464,6 +466,46 @@ def cmd_reattach(a: argparse.Namespace) -> int:
 def cmd_prune(a: argparse.Namespace) -> int:
     for rec in attach_mod.prune(attach_mod.Registry(a.state_dir)):
         print(f"{rec.container} is gone: its record and anti-spoofing rules removed")
+    return 0
+
+
+def _adopt_endpoints(a: argparse.Namespace, registry: attach_mod.Registry) -> int:
+    """A Docker container started with addresses from this router's 'mesh'
+    driver (``docker run --network mesh``): name it in DNS, and record it like
+    an attached container (``mesh ps``, anti-spoofing rules; 'mesh prune'
+    forgets it once it is gone)."""
+    try:
+        c = resolve(a.container)
+    except ContainerError:
+        return 0
+    if c.kind != "docker":
+        return 0
+    settings = _attach_settings(a)
+    for ep in docker_endpoints(c.ident):
+        key = _router_call(a.state_dir, {"op": "holder", "address": ep.address.split("/")[0]})
+        if not isinstance(key, str) or not key.startswith("docker-net/"):
+            continue  # not an address of our driver
+        try:
+            ifname, host = attach_mod.host_end(c, ep.address)
+        except attach_mod.AttachError as exc:
+            print(f"mesh: warning: {c.hostname}: {exc}", file=sys.stderr)
+            continue
+        rec = attach_mod.Attachment(
+            c.hostname,
+            "docker-net",
+            key,
+            c.ns_path,
+            host,
+            [ep.address],
+            ep.mac,
+            c.hostname,
+            ifname=ifname,
+        )
+        with registry.locked() as records:
+            records[key] = rec
+        if settings.dns_address and c.hostname:
+            _register_name(a.state_dir, registry, rec, settings, c.hostname, rec.cidrs)
+        print(f"{c.hostname} on Docker network {ep.network} with {ep.address}")
     return 0
 
 

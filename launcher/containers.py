@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from meshrouter import dockerapi
 
@@ -103,6 +105,51 @@ def find_container(kind: str, ident: str) -> Container | None:
     if kind == "podman" and podman_available():
         return _inspect("podman", ident)
     raise ContainerError(f"no {kind} engine answers here")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A Docker container's interface on one of its networks."""
+
+    network: str
+    address: str  # CIDR
+    mac: str
+
+
+def docker_endpoints(ident: str) -> list[Endpoint]:
+    """The addresses a Docker container has on its networks (none when it or
+    the engine is gone)."""
+    if shutil.which("docker") is None:
+        try:
+            doc = dockerapi.inspect(ident)
+        except dockerapi.DockerApiError:
+            return []
+        nets: Any = ((doc or {}).get("NetworkSettings") or {}).get("Networks") or {}
+    else:
+        proc = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{json .NetworkSettings.Networks}}",
+                ident,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            nets = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        except ValueError:
+            nets = {}
+    out = []
+    for name, net in (nets or {}).items():
+        if isinstance(net, dict) and net.get("IPAddress"):
+            cidr = f"{net['IPAddress']}/{net.get('IPPrefixLen') or 32}"
+            out.append(Endpoint(str(name), cidr, str(net.get("MacAddress") or "")))
+    return out
 
 
 def podman_available() -> bool:

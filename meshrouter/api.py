@@ -9,6 +9,7 @@ Requests (``op`` and its fields)::
     allocate container ns_path [subnet] -> "ADDR/PREFIX"
     claim    container ns_path cidr     -> "ADDR/PREFIX"
     release  container [addrs]          -> [released addresses] (only addrs, if given)
+    holder   address                    -> the container of this host holding it, or null
     ipam                                -> IpamStatus
     rmpeer   peer=NAME                  -> a sentence
     dns                                 -> DnsStatus (settings and entries)
@@ -57,6 +58,7 @@ class RouterApi(Protocol):
     async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
     async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]: ...
+    def holder(self, address: str) -> str | None: ...
     def rmpeer(self, who: str) -> str: ...
     def dns_status(self) -> DnsStatus: ...
     def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int: ...
@@ -106,6 +108,11 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
             raise ValueError(str(exc)) from None
     if op == "ipam":
         return router.status()["ipam"]
+    if op == "holder":
+        try:
+            return router.holder(str(request.get("address")))
+        except IpamError as exc:
+            raise ValueError(str(exc)) from None
     if op == "rmpeer":
         try:
             return router.rmpeer(str(request.get("peer")))

@@ -74,7 +74,8 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
             else None
         )
         if plugin_path is not None and plugin_path.parent.parent.is_dir():
-            service = PluginService(router, opts.ipalloc_range, opts.bridge, opts.mtu)
+            dns = opts.dns_listen_address if opts.dns else None
+            service = PluginService(router, opts.ipalloc_range, opts.bridge, opts.mtu, dns)
             try:
                 await nursery.start(service.serve, plugin_path)
             except OSError as exc:

@@ -38,6 +38,7 @@ MAX_BODY = 1024 * 1024
 GATEWAY_LABEL = "com.docker.network.gateway"
 ADDRESS_TYPE = "RequestAddressType"
 CONTAINER_PREFIX = "ethwe"
+ROUTE_CONNECTED = 1  # libnetwork's route type: on-link, no next hop
 
 
 class PluginError(Exception):
@@ -193,8 +194,9 @@ class Plugin:
     """The decisions of the driver for one mesh range (no state of its own:
     pools live in their ids, endpoints in their names, addresses in IPAM)."""
 
-    def __init__(self, mesh_range: str) -> None:
+    def __init__(self, mesh_range: str, dns_address: str | None = None) -> None:
         self.range = ipaddress.IPv4Network(mesh_range)
+        self.dns_address = dns_address  # the router's DNS server on the bridge
 
     def decide(self, verb: str, path: str, body: bytes) -> Decision:
         """The answer to one request, or what to do before answering.
@@ -341,9 +343,13 @@ class Plugin:
 
     def _NetworkDriver_Join(self, doc: dict[str, Any]) -> Decision:
         _, peer = veth_names(_id(doc, "EndpointID"))
+        routes = []
+        if self.dns_address:  # on-link, as 'mesh attach' routes it: --dns reaches it
+            routes.append({"Destination": f"{self.dns_address}/32", "RouteType": ROUTE_CONNECTED})
         return {
             "InterfaceName": {"SrcName": peer, "DstPrefix": CONTAINER_PREFIX},
             "DisableGatewayService": True,
+            "StaticRoutes": routes,
         }
 
     def _NetworkDriver_Leave(self, doc: dict[str, Any]) -> Decision:

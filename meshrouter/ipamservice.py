@@ -327,16 +327,24 @@ class IpamService:
         self._commit()
         return gone
 
-    def release_address(self, address: str) -> str | None:
-        """Let ``address`` go, whoever of ours holds it; the holder's ident, or None."""
+    def _holder(self, address: str) -> tuple[int, str | None]:
         try:
             addr = int(ipaddress.IPv4Address(address.split("/")[0]))
         except ValueError:
             raise IpamError(f"invalid address {address!r}") from None
         held = self.core.allocs.get(addr)
-        ident = held.ident if held is not None else None
-        if ident is None:
-            ident = next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
+        if held is not None:
+            return addr, held.ident
+        return addr, next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
+
+    def holder(self, address: str) -> str | None:
+        """The ident of ours that holds ``address`` (in our share or claimed
+        in another's), or None."""
+        return self._holder(address)[1]
+
+    def release_address(self, address: str) -> str | None:
+        """Let ``address`` go, whoever of ours holds it; the holder's ident, or None."""
+        addr, ident = self._holder(address)
         if ident is not None:
             self._release_some(ident, {addr})
             self._commit()

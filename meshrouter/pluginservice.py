@@ -46,9 +46,16 @@ class PluginRouter(Protocol):
 
 
 class PluginService:
-    def __init__(self, router: PluginRouter, mesh_range: str, bridge: str, mtu: int) -> None:
+    def __init__(
+        self,
+        router: PluginRouter,
+        mesh_range: str,
+        bridge: str,
+        mtu: int,
+        dns_address: str | None = None,
+    ) -> None:
         self.router = router
-        self.plugin = Plugin(mesh_range)
+        self.plugin = Plugin(mesh_range, dns_address)
         self.bridge = bridge
         self.mtu = mtu
         self.requests = 0

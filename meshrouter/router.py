@@ -411,8 +411,18 @@ class Router:
         self._nursery.start_soon(run)
 
     def release_address(self, address: str) -> bool:
-        """Let one address go, whichever container of ours holds it."""
-        return self.ipam.release_address(address) is not None
+        """Let one address go, whichever container of ours holds it (Docker's
+        driver); the client then forgets a record of it ('mesh prune')."""
+        gone = self.ipam.release_address(address) is not None
+        if gone:
+            self._containers_gone()
+        return gone
+
+    def holder(self, address: str) -> str | None:
+        """Which container of this host holds ``address`` (its API name), if any."""
+        ident = self.ipam.holder(address)
+        prefix = f"{self.mesh.name}/"
+        return ident[len(prefix) :] if ident and ident.startswith(prefix) else None
 
     def _released(self, ident: str, addrs: list[int] | None) -> None:
         """IPAM let addresses go (detach, a container gone): their names go too."""

@@ -40,6 +40,9 @@ class FakeRouter:
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
         return ["10.32.0.1"] if addrs is None else [a.split("/")[0] for a in addrs]
 
+    def holder(self, address: str) -> str | None:
+        return "docker-net/ab12" if address == "10.32.0.9" else None
+
     def rmpeer(self, who: str) -> str:
         raise IpamError(f"no peer named {who!r}")
 
@@ -108,6 +111,10 @@ async def test_ipam_requests_and_their_errors_are_one_line() -> None:
     assert reply == {"ok": False, "error": "10.32.0.5/12 is already in use"}
     reply, _ = await ask(r, b'{"op": "rmpeer", "peer": "ghost"}\n')
     assert reply == {"ok": False, "error": "no peer named 'ghost'"}
+    reply, _ = await ask(r, b'{"op": "holder", "address": "10.32.0.9"}\n')
+    assert reply == {"ok": True, "result": "docker-net/ab12"}
+    reply, _ = await ask(r, b'{"op": "holder", "address": "10.32.0.8"}\n')
+    assert reply == {"ok": True, "result": None}
 
 
 async def test_dns_and_host_requests() -> None:

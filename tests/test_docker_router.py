@@ -147,7 +147,8 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
         )
         listed = d.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
         assert "mesh mesh" in listed.splitlines()
-    d1.docker("run", "-d", "--name", "ca", "--network", "mesh", TEST_IMAGE, "sleep", "600")
+    dns = ("--dns", "169.254.53.53", "--dns-search", "mesh.local")
+    d1.docker("run", "-d", "--name", "ca", "--network", "mesh", *dns, TEST_IMAGE, "sleep", "600")
     d2.docker(
         "run",
         "-d",
@@ -157,6 +158,7 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
         "mesh",
         "--ip",
         "10.47.0.9",
+        *dns,
         TEST_IMAGE,
         "sleep",
         "600",
@@ -172,6 +174,21 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
     assert a in inside
     transfer((d1, "ca"), (d2, "cb"), b)
     transfer((d2, "cb"), (d1, "ca"), a)
+    # Named mesh-wide, listed by 'mesh ps' with their anti-spoofing rules.
+    resolve = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
+
+    def named(d: Dockerd, c: str, name: str, want: str) -> bool:
+        got = d.docker("exec", c, "python3", "-c", resolve, name, check=False)
+        return got.stdout.strip() == want
+
+    lab.wait_for("cb resolves on h1", lambda: named(d1, "ca", "cb", b), timeout=10)
+    lab.wait_for("ca resolves on h2", lambda: named(d2, "cb", "ca.mesh.local", a), timeout=10)
+    env1 = {"DOCKER_HOST": d1.host}
+    row = next(ln for ln in lab.mesh(1, "ps", env=env1).stdout.splitlines() if ln.startswith("ca "))
+    assert "docker-net" in row
+    assert a in row
+    assert " up " in row
+    assert " off" not in row
     # A second container asking for b's address is refused with the reason.
     clash = d1.docker(
         "run",
@@ -213,7 +230,6 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
     # A container attached by name gets its link back after a restart: the
     # router, with no docker command in its image, follows the engine's socket.
     d1.docker("run", "-d", "--name", "cd", "--network", "none", TEST_IMAGE, "sleep", "600")
-    env1 = {"DOCKER_HOST": d1.host}
     cd = lab.mesh(1, "attach", "cd", env=env1, engines=True).stdout.strip()
     d1.docker("restart", "-t", "0", "cd")
     lab.wait_for(
@@ -227,6 +243,12 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
     # Removing a container gives its address back, mesh-wide.
     d1.docker("rm", "-f", "ca")
     lab.wait_for("a's address released", lambda: a not in allocated(lab, 1), timeout=10)
+    lab.wait_for(
+        "ca forgotten by mesh ps",
+        lambda: "ca " not in lab.mesh(1, "ps", env=env1).stdout,
+        timeout=10,
+    )
+    lab.wait_for("ca's name withdrawn", lambda: not named(d2, "cb", "ca", a), timeout=10)
     d2.docker("rm", "-f", "cb")
     lab.wait_for(
         "b's address released",

@@ -142,6 +142,10 @@ def test_endpoints_are_veth_pairs_named_after_them() -> None:
     )
     join = decide(p, "NetworkDriver.Join", {"EndpointID": EP, "SandboxKey": "/x"})
     assert join["InterfaceName"] == {"SrcName": peer, "DstPrefix": "ethwe"}
+    assert join["StaticRoutes"] == []
+    with_dns = Plugin("10.32.0.0/12", "169.254.53.53")
+    join = decide(with_dns, "NetworkDriver.Join", {"EndpointID": EP})
+    assert join["StaticRoutes"] == [{"Destination": "169.254.53.53/32", "RouteType": 1}]
     assert decide(p, "NetworkDriver.DeleteEndpoint", {"EndpointID": EP}) == DeleteVeth(host)
     with pytest.raises(PluginError, match="hexadecimal id"):
         decide(p, "NetworkDriver.Join", {"EndpointID": "../../etc"})

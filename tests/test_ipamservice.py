@@ -93,6 +93,9 @@ async def test_one_of_several_addresses_is_released_alone() -> None:
     assert heard == [("h2/web", [nine])]
     assert set(a.core.allocs) == {ten}
     assert b.remote == {"h2/web": [(A, ten)]}
+    assert b.holder("10.32.0.10") == "h2/web"  # claimed in A's share
+    assert a.holder("10.32.0.10") == "h2/web"  # ... and held there
+    assert b.holder("10.32.0.77") is None
     assert b.release("h2/web", ["10.32.0.77"]) == []  # not its address: nothing
     with pytest.raises(IpamError, match="invalid address"):
         b.release("h2/web", ["ten"])
