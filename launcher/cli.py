@@ -202,9 +202,9 @@ def _launch_docker(a: argparse.Namespace) -> None:
     removed first; a failing 'docker run' is reported at once, with nothing left.
 
     Not privileged: NET_ADMIN (bridge, TAP, veths, nftables), NET_RAW (DNS
-    sockets bound to the bridge), NET_BIND_SERVICE (DNS on port 53), SYS_PTRACE (to see containers' namespaces
-    under /proc), SYS_ADMIN (to enter them when re-attaching a restarted
-    container), and the TUN device."""
+    sockets bound to the bridge), NET_BIND_SERVICE (DNS on port 53),
+    SYS_PTRACE (to see containers' namespaces under /proc), SYS_ADMIN (to
+    enter them when re-attaching a restarted container), and the TUN device."""
     if not docker_engine_available():
         raise CliError("--engine docker, but no Docker engine answers ('docker version')")
     _docker("rm", "-f", CONTAINER)
