@@ -213,9 +213,9 @@ def setup_fastd(lab: Lab) -> tuple[str, str, str, list[subprocess.Popen[bytes]]]
     return a, b, "10.42.0.2", procs
 
 
-def setup_mesh(lab: Lab) -> tuple[str, str, str]:
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
+def setup_mesh(lab: Lab, opts: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    lab.launch(1, extra=opts)
+    lab.launch(2, lab.addr(1), extra=opts)
     a, b = lab.container("mc1"), lab.container("mc2")
     lab.mesh(1, "attach", "10.32.0.1/12", a)
     lab.mesh(2, "attach", "10.32.0.2/12", b)
@@ -433,6 +433,12 @@ def main() -> int:
         default=["underlay", "vxlan", "tinc", "fastd", "mesh"],
         choices=["underlay", "vxlan", "tinc", "fastd", "mesh"],
     )
+    ap.add_argument(
+        "--mesh-opts",
+        default="",
+        metavar="'OPTS'",
+        help="more router options for meshrouter's path, e.g. '--busy-poll-us 300'",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it builds namespaces)", file=sys.stderr)
@@ -461,7 +467,7 @@ def main() -> int:
             else:
                 print("bench: fastd not installed (apt-get install fastd); skipping fastd")
         if "mesh" in args.only:
-            a, b, ip = setup_mesh(lab)
+            a, b, ip = setup_mesh(lab, tuple(args.mesh_opts.split()))
             paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
         for name, (a, _b, ip, _) in paths.items():
             lab.wait_for(
@@ -513,6 +519,7 @@ def main() -> int:
         "when": stamp,
         "cores": os.cpu_count(),
         "seconds_per_test": secs,
+        "mesh_opts": args.mesh_opts,
         "results": [asdict(r) for r in results],
         "ratios": rat,
     }
