@@ -19,7 +19,13 @@ from typing import Any
 from meshrouter import __version__, apiclient, config
 from meshrouter.config import RouterOptions
 from meshrouter.netdev import delete_link, link_exists
-from meshrouter.state import atomic_write, default_state_dir, load_json, take_bridge_made
+from meshrouter.state import (
+    atomic_write,
+    default_state_dir,
+    load_json,
+    read_password,
+    take_bridge_made,
+)
 from meshrouter.status import RouterStatus
 
 from . import attach as attach_mod
@@ -545,6 +551,26 @@ def cmd_rmpeer(a: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise CliError(f"--window {text!r}: give a duration like 90s, 30m or 2h") from None
+
+
+def cmd_password(a: argparse.Namespace) -> int:
+    try:
+        password = read_password(a.new_file).decode()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CliError(f"cannot read the new password from {a.new_file}: {exc}") from None
+    request = {"op": "password_rotate", "password": password, "window": _duration(a.window)}
+    print(_router_call(a.state_dir, request))
+    return 0
+
+
 def cmd_ps(a: argparse.Namespace) -> int:
     records = attach_mod.Registry(a.state_dir).read()
     dropped = guard.counts()
@@ -937,6 +963,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
     sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser(
+        "password",
+        parents=[common],
+        help="rotate the mesh password without downtime: mesh password rotate --new-file F",
+        description="'rotate' gives the mesh a new password, on one host: the mesh carries "
+        "it to every peer (sealed on each connection). For WINDOW every peer accepts the "
+        "old and the new one and re-keys its connections under the new one; then the old "
+        "one is refused, with a reason that names the rotation. Survives restarts. Put the "
+        "new file where each host's 'mesh launch' reads it before the window ends, for "
+        "peers that are down now.",
+    )
+    sp.add_argument("action", choices=["rotate"])
+    sp.add_argument("--new-file", required=True, metavar="FILE", help="the new password")
+    sp.add_argument(
+        "--window",
+        default="1h",
+        metavar="DURATION",
+        help="how long the old password stays accepted: 90s, 30m, 2h (default: %(default)s)",
+    )
+    sp.set_defaults(func=cmd_password)
 
     for cmd, func, what in (
         ("dns-add", cmd_dns_add, "add"),

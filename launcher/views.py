@@ -46,6 +46,14 @@ def summary(st: RouterStatus) -> None:
     print(f"           Port: {st['port']} (TCP control, UDP data)")
     print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
     print(f"       IP range: {st['ipalloc_range']}")
+    pw = st.get("password")
+    if pw and pw["epoch"]:
+        extra = (
+            f", the previous one accepted for {pw['previous_accepted_for']:.0f}s more"
+            if pw["previous_accepted_for"]
+            else ""
+        )
+        print(f"       Password: rotated {pw['epoch']} time(s){extra}")
     print(f"    Connections: {len(conns)} ({est} established)")
     print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
     print(f"        Targets: {len(st['targets'])}")

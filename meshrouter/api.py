@@ -10,6 +10,7 @@ Requests (``op`` and its fields)::
     claim    container ns_path cidr     -> "ADDR/PREFIX"
     release  container [addrs]          -> [released addresses] (only addrs, if given)
     holder   address                    -> the container of this host holding it, or null
+    password_rotate password [window]   -> what was done (a new mesh password, for every peer)
     ipam                                -> IpamStatus
     rmpeer   peer=NAME                  -> a sentence
     dns                                 -> DnsStatus (settings and entries)
@@ -59,6 +60,7 @@ class RouterApi(Protocol):
     async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]: ...
     def holder(self, address: str) -> str | None: ...
+    async def rotate_password(self, password: str, window: float | None) -> str: ...
     def rmpeer(self, who: str) -> str: ...
     def dns_status(self) -> DnsStatus: ...
     def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int: ...
@@ -121,6 +123,17 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
     if op.startswith("dns") or op in ("expose", "hide", "reset"):
         try:
             return await _dns_and_host(router, op, request)
+        except IpamError as exc:
+            raise ValueError(str(exc)) from None
+    if op == "password_rotate":
+        password = request.get("password")
+        window = request.get("window")
+        if not isinstance(password, str) or (
+            window is not None and not isinstance(window, int | float)
+        ):
+            raise ValueError('"password_rotate" needs a "password" string (and a numeric "window")')
+        try:
+            return await router.rotate_password(password, float(window) if window else None)
         except IpamError as exc:
             raise ValueError(str(exc)) from None
     if op == "stop":

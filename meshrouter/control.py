@@ -28,7 +28,7 @@ from .constants import (
 from .crypto import Opener, Sealer
 from .errors import BadPacket, HandshakeRefused, LocalProtocolError, RemoteProtocolError
 from .framing import LENGTH, FrameReader, encode_frame
-from .handshake import Handshake, HandshakeResult, Identity, encode_reject
+from .handshake import Handshake, HandshakeResult, Identity, PskSource, encode_reject
 
 
 class MessageType(IntEnum):
@@ -39,6 +39,7 @@ class MessageType(IntEnum):
     IPAM_RELAYED = 5  # route header (origin, destination, hops left) || an IPAM message
     DNS = 6  # DNS entries (``dnsrecords``), merged and passed on
     CLOCK = 7  # the sender's wall clock (f64, seconds) || its software version (utf-8)
+    ROTATE = 8  # a rotated mesh key: epoch || key || window seconds (``keyring``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class ControlConnection:
         *,
         initiator: bool,
         identity: Identity,
-        psk: bytes,
+        psk: bytes | PskSource,
         ephemeral_private: bytes,
         recv_index: int,
         now: float,

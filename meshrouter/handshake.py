@@ -18,8 +18,15 @@ peer that does not know the password cannot produce it, and a passive observer
 cannot test guesses against it because it does not know the X25519 secret.
 From ``prk`` we derive four keys: control and data, each direction.
 
+The initiator sends its CONFIRM at once, under the key it holds for this
+peer; the responder sends its own only after the initiator's has matched
+one of the keys it accepts (during a password rotation, the new and the
+previous one: ``keyring``), so no HELLO ever says which key is in use.
+
 A peer whose version range does not overlap ours, or that supports none of our
-suites, gets a REJECT frame with the reason, and both sides log it.
+suites, gets a REJECT frame with the reason, and both sides log it; so does
+an initiator whose CONFIRM matches no key (wrong password) or a key rotated
+out (the reason names the rotation).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import Protocol
 
 import nacl.bindings as sodium
 import nacl.pwhash
@@ -170,6 +178,38 @@ class HandshakeResult:
     peer: Identity
     peer_recv_index: int  # put this index in UDP packets we send to the peer
     keys: SessionKeys
+    psk: bytes = b""  # the mesh key the two sides proved they share
+
+
+class PskSource(Protocol):
+    """The mesh's keys (``keyring.KeyRing``): the one an initiator uses towards a
+    peer, those a responder accepts, those it refuses as rotated out."""
+
+    def for_peer(self, name: bytes) -> bytes: ...
+    def accepted(self) -> list[bytes]: ...
+    def refused(self) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OnePsk:
+    """A mesh with one key (no rotation)."""
+
+    psk: bytes
+
+    def for_peer(self, name: bytes) -> bytes:
+        return self.psk
+
+    def accepted(self) -> list[bytes]:
+        return [self.psk]
+
+    def refused(self) -> list[bytes]:
+        return []
+
+
+ROTATED_OUT = (
+    "the mesh password was rotated and this peer still uses a retired one: "
+    "give it the new password file ('mesh launch --password-file NEW')"
+)
 
 
 class HandshakeState(Enum):
@@ -183,7 +223,11 @@ class Handshake:
     """One side of the handshake.
 
     ``ephemeral_private`` (32 random bytes) and ``recv_index`` come from the
-    caller so that the core holds no source of randomness.
+    caller so that the core holds no source of randomness.  ``psk`` is the
+    mesh key, or a ``PskSource`` while a rotation is under way: then the
+    initiator picks its key by the responder's name, and the responder sends
+    its CONFIRM only once the initiator's has matched one key it accepts (a
+    key it refused as rotated out gets a REJECT that says so).
     """
 
     def __init__(
@@ -191,22 +235,22 @@ class Handshake:
         *,
         initiator: bool,
         identity: Identity,
-        psk: bytes,
+        psk: bytes | PskSource,
         ephemeral_private: bytes,
         recv_index: int,
     ) -> None:
-        if len(ephemeral_private) != 32 or len(psk) != 32:
+        keys = OnePsk(psk) if isinstance(psk, bytes) else psk
+        if len(ephemeral_private) != 32 or any(len(k) != 32 for k in keys.accepted()):
             raise LocalProtocolError("ephemeral key and psk must be 32 bytes")
         self.initiator = initiator
         self.identity = identity
-        self._psk = psk
+        self._keys = keys
+        self._candidates: list[tuple[bytes, bytes, bytes, SessionKeys | None]] = []
         self._eph_private = ephemeral_private
         self._hello = Hello(identity, recv_index, sodium.crypto_scalarmult_base(ephemeral_private))
         self._hello_bytes = encode_hello(self._hello)
         self.state = HandshakeState.AWAIT_HELLO
         self._peer_hello: Hello | None = None
-        self._expected_confirm = b""
-        self._keys: SessionKeys | None = None
 
     def initial_frames(self) -> list[bytes]:
         return [self._hello_bytes]
@@ -235,16 +279,24 @@ class Handshake:
             return self._on_hello(hello, body), None
         if body[0] != FrameType.CONFIRM or len(body) != 1 + CONFIRM_BYTES:
             raise BadPacket("expected a CONFIRM frame")
-        if not constant_time_equal(body[1:], self._expected_confirm):
+        # Every candidate key is tried (no early exit: the time taken says nothing).
+        matched = [c for c in self._candidates if constant_time_equal(body[1:], c[1])]
+        if not matched:
+            # The responder tells the initiator, which has no other way to know
+            # (it says nothing an online guesser does not learn from the close).
             raise HandshakeRefused(
                 "authentication failed: the peer does not know the mesh password "
-                "(wrong password on one side?)"
+                "(wrong password on one side?)",
+                tell_peer=not self.initiator,
             )
-        peer, keys = self._peer_hello, self._keys
+        psk, _, my_confirm, keys = matched[0]
+        if keys is None:  # a key rotated out: say so, and nothing else
+            raise self._reject(ROTATED_OUT)
+        peer = self._peer_hello
         assert peer is not None
-        assert keys is not None
         self.state = HandshakeState.DONE
-        return [], HandshakeResult(peer.identity, peer.recv_index, keys)
+        out = [] if self.initiator else [bytes([FrameType.CONFIRM]) + my_confirm]
+        return out, HandshakeResult(peer.identity, peer.recv_index, keys, psk)
 
     @staticmethod
     def _reject(reason: str) -> HandshakeRefused:
@@ -278,18 +330,28 @@ class Handshake:
             raise BadPacket("bad ephemeral public key") from exc
         first, second = (self._hello_bytes, body) if self.initiator else (body, self._hello_bytes)
         transcript = hashlib.blake2b(first + second, digest_size=32).digest()
-        prk = hashlib.blake2b(shared + transcript, key=self._psk, digest_size=64).digest()
         mine, theirs = ("i", "r") if self.initiator else ("r", "i")
-        my_confirm = kdf(prk, b"confirm-" + mine.encode() + transcript)
-        self._expected_confirm = kdf(prk, b"confirm-" + theirs.encode() + transcript)
-        self._keys = SessionKeys(
-            suite=suite,
-            version=hi,
-            control_send=kdf(prk, f"control-{mine}2{theirs}".encode()),
-            control_recv=kdf(prk, f"control-{theirs}2{mine}".encode()),
-            data_send=kdf(prk, f"data-{mine}2{theirs}".encode()),
-            data_recv=kdf(prk, f"data-{theirs}2{mine}".encode()),
-        )
+
+        def candidate(psk: bytes, usable: bool) -> tuple[bytes, bytes, bytes, SessionKeys | None]:
+            prk = hashlib.blake2b(shared + transcript, key=psk, digest_size=64).digest()
+            keys = SessionKeys(
+                suite=suite,
+                version=hi,
+                control_send=kdf(prk, f"control-{mine}2{theirs}".encode()),
+                control_recv=kdf(prk, f"control-{theirs}2{mine}".encode()),
+                data_send=kdf(prk, f"data-{mine}2{theirs}".encode()),
+                data_recv=kdf(prk, f"data-{theirs}2{mine}".encode()),
+            )
+            expected = kdf(prk, b"confirm-" + theirs.encode() + transcript)
+            my_confirm = kdf(prk, b"confirm-" + mine.encode() + transcript)
+            return psk, expected, my_confirm, keys if usable else None
+
         self._peer_hello = hello
         self.state = HandshakeState.AWAIT_CONFIRM
-        return [bytes([FrameType.CONFIRM]) + my_confirm]
+        if self.initiator:  # one key, chosen for this peer; CONFIRM at once
+            self._candidates = [candidate(self._keys.for_peer(peer.name), True)]
+            return [bytes([FrameType.CONFIRM]) + self._candidates[0][2]]
+        # The responder proves a key only once the initiator has proved it.
+        self._candidates = [candidate(k, True) for k in self._keys.accepted()]
+        self._candidates += [candidate(k, False) for k in self._keys.refused()]
+        return []

@@ -98,10 +98,12 @@ class LinkTable:
     def routes(self) -> Routes:
         return self._routes
 
-    def publish(self, link: Link) -> None:
-        """Make a whole link visible to the forwarder (replacing one to the same peer)."""
+    def publish(self, link: Link, *, keep_old: bool = False) -> None:
+        """Make a whole link visible to the forwarder (replacing one to the same
+        peer; with ``keep_old``, what arrives on the old one is still taken
+        until it is withdrawn)."""
         old = self._by_name.get(link.peer)
-        if old is not None and old is not link:
+        if old is not None and old is not link and not keep_old:
             self.withdraw(old)
         self._by_index[link.index] = link
         self._by_name[link.peer] = link

@@ -67,6 +67,7 @@ from .crypto import SUITES
 from .dnsrecords import Entry, Records, decode_untrusted, encode_chunks
 from .errors import BadPacket, IpamError, LocalProtocolError
 from .handshake import HandshakeResult, Identity
+from .keyring import KeyRing, decode_rotate_untrusted, encode_rotate
 from .link import Link, LinkTable
 from .lograte import LogLimiter
 from .names import format_name
@@ -83,6 +84,8 @@ from .targets import Target, Targets, format_address
 from .topology import ConnInfo, Gossip
 from .wire import MAX_HOPS, ROUTE, parse_route_header_untrusted
 
+SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
+REKEY_RETRY = 10.0  # a rotation's replacement connection not made by then: dialled again
 log = logging.getLogger("meshrouter")
 
 FULL_GOSSIP_INTERVAL = 30.0
@@ -167,7 +170,19 @@ class LinkUp:
     pass
 
 
-Action = Flush | Close | TargetsChanged | LinkUp
+@dataclass(frozen=True, slots=True)
+class Redial:
+    """Dial ``address`` now, beside the connection it has (re-keying it)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """The key ring changed (a rotation adopted, a key retired): persist it."""
+
+
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
 
 
 @dataclass(eq=False)
@@ -186,6 +201,9 @@ class Conn:
     connected_at: float = 0.0
     clock_skew: float | None = None  # the peer's wall clock minus ours, seconds
     peer_version: str = ""  # its software version, from CLOCK
+    key_epoch: int = 0  # the epoch of the mesh key the handshake proved
+    rekey_asked: float = -1e18  # when we last dialled a replacement under a newer key
+    superseded_at: float | None = None  # replaced by a re-keyed one; the dialler closes it
 
     @property
     def result(self) -> HandshakeResult | None:
@@ -217,11 +235,12 @@ class Mesh:
         gc_after: float = 60.0,
         now: float = 0.0,
         version: str = "",
+        keys: KeyRing | None = None,
     ) -> None:
         self.me = name
         self.name = format_name(name)
         self.nickname = nickname
-        self._psk = psk
+        self.keys = keys if keys is not None else KeyRing(current=psk)
         self._rng = rng
         self.uid = rng.getrandbits(64)
         self.identity = Identity(
@@ -295,7 +314,7 @@ class Mesh:
         control = ControlConnection(
             initiator=initiator,
             identity=self.identity,
-            psk=self._psk,
+            psk=self.keys,
             ephemeral_private=ephemeral,
             recv_index=index,
             now=now,
@@ -421,14 +440,27 @@ class Mesh:
 
     def _on_handshake(self, conn: Conn, res: HandshakeResult, now: float) -> None:
         conn.name = res.peer.name
+        conn.key_epoch = self.keys.epoch_of(res.psk)
         old = self.peers.get(conn.name)
+        replaced: Conn | None = None  # a connection this one re-keys
         if old is not None:
             if old.result is not None and old.result.peer.uid != res.peer.uid:
                 self._close(old, "peer restarted; replaced by new connection", now)
             else:
                 loser = self._duplicate_loser(old, conn)
                 self._hand_target(loser, old if loser is conn else conn)
-                self._close(loser, "duplicate connection", now)
+                rekeyed = loser is old and old.key_epoch < conn.key_epoch
+                if rekeyed and old.state is ConnState.ESTABLISHED:
+                    replaced = old
+                if rekeyed and not conn.initiator:
+                    # The dialler closes the old one once its own handshake is
+                    # done: closed here first, the close could reach it before
+                    # our CONFIRM, a gap in its data path.  Until then what
+                    # arrives on the old link is still taken.
+                    old.superseded_at = now
+                else:
+                    why = "re-keyed under the rotated mesh password" if rekeyed else ""
+                    self._close(loser, why or "duplicate connection", now)
                 if loser is conn:
                     return
         self._transition(conn, Input.HANDSHAKE_DONE)
@@ -447,7 +479,10 @@ class Mesh:
             ),
             udp_addr=(conn.remote[0], res.peer.udp_port),
         )
-        self.links.publish(conn.link)
+        if replaced is not None and replaced.link is not None:
+            # Same peer, same path, a moment ago: no gap while UDP proves itself.
+            conn.link.session.inherit_liveness(replaced.link.session)
+        self.links.publish(conn.link, keep_old=replaced is not None and not conn.initiator)
         conn.listen_addr = format_address(conn.remote[0], res.peer.udp_port)
         conn.connected_at = now
         waiting = self.targets.get(conn.listen_addr)
@@ -464,6 +499,7 @@ class Mesh:
             SUITES[keys.suite].name,
             keys.version,
         )
+        self._send_rotate(conn)
         self._send_gossip(conn, self.gossip.full())
         ring = self.ipam.ring_payload()
         if ring is not None:
@@ -471,6 +507,8 @@ class Mesh:
         for chunk in encode_chunks(self.dns.all()):
             self._send(conn, MessageType.DNS, chunk)
         self._send_clock(conn, now)
+        if replaced is not None and conn.link.session.established(now):
+            self._transition(conn, Input.UDP_UP)  # it inherited a working path
         self._update_own_record()
         self._actions.append(LinkUp())  # first UDP heartbeat now, not at the next tick
 
@@ -478,10 +516,15 @@ class Mesh:
         if loser.target is not None and winner.target is None:
             winner.target, loser.target = loser.target, None
             self.targets.connected(winner.target, format_name(winner.name))
+        elif loser.target is not None and loser.target == winner.target:
+            loser.target = None  # a replacement dialled for the same target: it serves it
 
     def _duplicate_loser(self, a: Conn, b: Conn) -> Conn:
-        """Of two connections to one peer, the one to close: the survivor is the
-        one dialled by the peer with the larger name (both ends agree)."""
+        """Of two connections to one peer, the one to close: one under an older
+        mesh key (a rotation's replacement wins), else the survivor is the one
+        dialled by the peer with the larger name (both ends agree)."""
+        if a.key_epoch != b.key_epoch:
+            return a if a.key_epoch < b.key_epoch else b
 
         def dialler(c: Conn) -> bytes:
             return self.me if c.initiator else c.name
@@ -518,6 +561,35 @@ class Mesh:
             conn.peer_version = version
             if self._wall_offset is not None:
                 conn.clock_skew = wall - (now + self._wall_offset)
+        elif ev.type == MessageType.ROTATE:
+            try:
+                epoch, key, window = decode_rotate_untrusted(ev.payload)
+            except BadPacket:
+                self.counters["control_messages_bad"] += 1
+                return
+            before = self.keys.epoch
+            adopted = self.keys.receive(conn.name, epoch, key, window, now)
+            if not adopted and self.keys.epoch != before:
+                # Our key came by hand (a new password file) and now has its
+                # number: connections made under it are under the current key.
+                for c in self.peers.values():
+                    if c.key_epoch == before:
+                        c.key_epoch = self.keys.epoch
+                self._actions.append(KeysChanged())
+            if adopted:
+                self.counters["key_rotations_adopted"] += 1
+                log.info(
+                    "the mesh password was rotated (epoch %d, from %s): the old one is "
+                    "accepted for %.0fs more",
+                    epoch,
+                    conn.label,
+                    window,
+                )
+                self._actions.append(KeysChanged())
+                for other in list(self.peers.values()):
+                    self._send_rotate(other)  # the sender too: now it knows we hold it
+            elif epoch < self.keys.epoch:
+                self._send_rotate(conn)  # it is behind: it learns ours
         elif ev.type == MessageType.DNS:
             try:
                 entries = decode_untrusted(ev.payload)
@@ -546,6 +618,54 @@ class Mesh:
         for conn in list(self.peers.values()):
             if conn is not but:
                 self._send_gossip(conn, payload)
+
+    def _send_rotate(self, conn: Conn) -> None:
+        """Tell a neighbour our key since a rotation (sealed by the connection)."""
+        if self.keys.epoch > 0:
+            payload = encode_rotate(self.keys.epoch, self.keys.current, self.keys.window)
+            self._send(conn, MessageType.ROTATE, payload)
+
+    def rotate(self, key: bytes, now: float, window: float) -> int:
+        """The operator gave a new mesh password (its key): adopt it and pass it
+        on.  Returns the new epoch.  Raises ValueError for a key in use."""
+        epoch = self.keys.rotate(key, now, window)
+        self.counters["key_rotations_started"] += 1
+        log.info(
+            "mesh password rotated here (epoch %d): the old one is accepted for %.0fs",
+            epoch,
+            window,
+        )
+        self._actions.append(KeysChanged())
+        for conn in list(self.peers.values()):
+            self._send_rotate(conn)
+        return epoch
+
+    def _rekey_for_rotation(self, now: float) -> None:
+        """One connection per tick made under an older key to a peer that holds
+        the current one is closed: its target reconnects under the current key.
+        When the window ends, connections under the retired key are closed."""
+        if self.keys.tick(now):
+            self._actions.append(KeysChanged())
+            log.info("the previous mesh password is retired: peers still using it are refused")
+        for conn in list(self.peers.values()):
+            if conn.key_epoch >= self.keys.epoch:
+                continue
+            if not self.keys.in_window():
+                self._close(conn, "its mesh password was rotated out", now)
+                continue
+            if self.keys.holders.get(conn.name, 0) < self.keys.epoch:
+                continue  # the peer has not got the new key yet
+            # Make before break: the side that dialled dials again beside it; the
+            # new connection replaces this one when its handshake completes.
+            if conn.target is not None and now - conn.rekey_asked >= REKEY_RETRY:
+                conn.rekey_asked = now
+                self.counters["rekeys_rotation"] += 1
+                self._actions.append(Redial(conn.target))
+                return
+            if conn.target is None and now - conn.connected_at >= 3 * REKEY_RETRY:
+                # The peer has not replaced it (no target for us): break, it redials.
+                self._close(conn, "re-keying under the rotated mesh password", now)
+                return
 
     def _send_clock(self, conn: Conn, now: float) -> None:
         if self._wall_offset is not None:
@@ -712,6 +832,10 @@ class Mesh:
         ``wall`` (the wall clock, seconds) lets peers compare clocks."""
         if wall is not None:
             self._wall_offset = wall - now
+        self._rekey_for_rotation(now)
+        for conn in list(self.conns.values()):
+            if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
+                self._close(conn, "re-keyed under the rotated mesh password", now)
         changed = False
         for conn in list(self.peers.values()):
             assert conn.link is not None
@@ -803,6 +927,17 @@ class Mesh:
                 "bytes_sent": self.gossip.bytes_sent,
                 "bytes_received": self.gossip.bytes_received,
             },
+            "password": {
+                "epoch": self.keys.epoch,
+                "previous_accepted_for": (
+                    round(max(0.0, self.keys.window_ends - now), 1)
+                    if self.keys.in_window()
+                    else 0.0
+                ),
+                "peers_with_current": sum(
+                    self.keys.holders.get(n, 0) >= self.keys.epoch for n in self.peers
+                ),
+            },
         }
 
     def _connection_status(self, now: float) -> Iterator[ConnectionStatus]:
@@ -824,6 +959,7 @@ class Mesh:
                 "uptime": round(now - conn.connected_at, 1),
                 "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
                 "peer_version": conn.peer_version,
+                "key_epoch": conn.key_epoch,
                 "datagram_size": s.datagram_size,
                 "pmtu_confirmed": s.pmtu.confirmed,
                 "tx_messages": s.tx_messages,

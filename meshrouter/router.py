@@ -40,8 +40,10 @@ from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
 from .errors import IpamError
 from .forwarder import Forwarder
+from .handshake import derive_psk
 from .ipamservice import IpamService
-from .mesh import Close, Flush, LinkUp, Mesh, Rng, TargetsChanged
+from .keyring import DEFAULT_WINDOW, KeyRing
+from .mesh import Close, Flush, KeysChanged, LinkUp, Mesh, Redial, Rng, TargetsChanged
 from .netdev import NetdevError, Tap
 from .state import atomic_write, load_json
 from .status import DnsStatus, ExposeStatus, RouterStatus
@@ -140,6 +142,7 @@ class Router:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         opts = self.opts
         self.started_at = trio.current_time()
+        self._load_keys()
         udp = self._udp = UdpSocket(opts.listen, opts.port, gso=opts.offload, gro=opts.offload)
         self._tap = Tap(opts.tap, opts.bridge, opts.mtu, offload=opts.offload)
         self.forwarder = Forwarder(
@@ -214,6 +217,47 @@ class Router:
                 self._wake_maker.set()
             elif isinstance(action, LinkUp) and self.forwarder is not None:
                 self.forwarder.kick()
+            elif isinstance(action, KeysChanged):
+                self._save_keys()
+            elif isinstance(action, Redial) and self._nursery is not None:
+                self._nursery.start_soon(self._dial, action.address)
+
+    # -- the mesh password ----------------------------------------------
+
+    def _load_keys(self) -> None:
+        """The key ring of an earlier run (a rotation survives restarts), with
+        the launch password's key taken in; called in trio, before any connection."""
+        if self.state_dir is None:
+            return
+        path = self.state_dir / "keys.json"
+        if path.exists():
+            doc = load_json(path, None)
+            ring = KeyRing.from_json(doc, self.mesh.keys.current, trio.current_time(), time.time())
+            self.mesh.keys = ring
+            self._save_keys()
+
+    def _save_keys(self) -> None:
+        if self.state_dir is not None:
+            doc = self.mesh.keys.to_json(trio.current_time(), time.time())
+            atomic_write(self.state_dir / "keys.json", json.dumps(doc).encode(), 0o600)
+
+    async def rotate_password(self, password: str, window: float | None) -> str:
+        """``mesh password rotate``: the new password's key for the whole mesh."""
+        if not password:
+            raise IpamError("the new password file is empty")
+        key = await trio.to_thread.run_sync(derive_psk, password.encode())
+        span = window if window is not None else DEFAULT_WINDOW
+        if not 1 <= span <= 30 * 86400:
+            raise IpamError("the window must be between 1 second and 30 days")
+        try:
+            epoch = self.mesh.rotate(key, trio.current_time(), span)
+        except ValueError as exc:
+            raise IpamError(str(exc)) from None
+        self._apply()
+        return (
+            f"mesh password rotated (epoch {epoch}); the mesh carries it to every peer; "
+            f"the old one is accepted for {span:.0f}s more"
+        )
 
     def _spawn(self, fn: Callable[[int], Awaitable[None]], index: int) -> None:
         if self._nursery is not None and index in self._wires:

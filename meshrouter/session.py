@@ -272,6 +272,12 @@ class DataSession:
     def path_too_small(self) -> None:
         self.pmtu.too_small()
 
+    def inherit_liveness(self, other: DataSession) -> None:
+        """A connection that replaces ``other`` to the same peer and address
+        (re-keyed): UDP was flowing both ways a moment ago, and still is."""
+        self.heard_at = other.heard_at
+        self._peer_heard_us_at = other._peer_heard_us_at
+
     def hears_peer(self, now: float) -> bool:
         return now - self.heard_at < self.udp_timeout
 

@@ -41,6 +41,7 @@ class ConnectionStatus(TypedDict, total=False):
     uptime: float
     clock_skew: float | None  # the peer's wall clock minus ours (None: not heard yet)
     peer_version: str  # the peer's software version ("" before it said)
+    key_epoch: int  # the mesh password (epoch) this connection was made under
     datagram_size: int
     pmtu_confirmed: bool
     tx_messages: int
@@ -137,6 +138,12 @@ class GossipStatus(TypedDict):
     bytes_received: int
 
 
+class PasswordStatus(TypedDict):
+    epoch: int  # how many times the mesh password was rotated (as this peer knows)
+    previous_accepted_for: float  # seconds the previous password is still accepted (0: not)
+    peers_with_current: int  # neighbours that said they hold the current key
+
+
 class MeshStatus(TypedDict):
     """The part the sans-IO mesh core knows."""
 
@@ -148,6 +155,7 @@ class MeshStatus(TypedDict):
     peers: list[PeerStatus]
     counters: dict[str, int]
     gossip: GossipStatus
+    password: PasswordStatus
 
 
 class RouterStatus(MeshStatus):

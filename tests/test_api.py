@@ -40,6 +40,10 @@ class FakeRouter:
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
         return ["10.32.0.1"] if addrs is None else [a.split("/")[0] for a in addrs]
 
+    async def rotate_password(self, password: str, window: float | None) -> str:
+        self.calls.append(("rotate", password, str(window)))
+        return "mesh password rotated (epoch 1)"
+
     def holder(self, address: str) -> str | None:
         return "docker-net/ab12" if address == "10.32.0.9" else None
 
@@ -115,6 +119,11 @@ async def test_ipam_requests_and_their_errors_are_one_line() -> None:
     assert reply == {"ok": True, "result": "docker-net/ab12"}
     reply, _ = await ask(r, b'{"op": "holder", "address": "10.32.0.8"}\n')
     assert reply == {"ok": True, "result": None}
+    reply, _ = await ask(r, b'{"op": "password_rotate", "password": "new", "window": 60}\n')
+    assert reply == {"ok": True, "result": "mesh password rotated (epoch 1)"}
+    assert r.calls[-1] == ("rotate", "new", "60.0")
+    reply, _ = await ask(r, b'{"op": "password_rotate"}\n')
+    assert "needs a" in reply["error"]
 
 
 async def test_dns_and_host_requests() -> None:

@@ -11,6 +11,7 @@ from meshrouter.control import MessageType
 from meshrouter.errors import IpamError, LocalProtocolError
 from meshrouter.mesh import TRANSITIONS, Close, Input
 from meshrouter.status import ConnState, TargetState
+from meshrouter.testing.control import psk
 from meshrouter.testing.fakes import MeshNet, address, name
 from meshrouter.wire import ROUTE
 
@@ -379,3 +380,80 @@ def test_a_thousand_connects_and_closes_from_one_address_log_one_line(
     assert index is not None
     m.receive_eof(index, net.now)
     assert "999 more like it" in caplog.records[-1].getMessage()
+
+
+# -- password rotation ---------------------------------------------------------------
+
+NEW = psk(b"the new secret")
+
+
+def test_a_rotation_spreads_and_every_connection_is_rekeyed_without_a_gap() -> None:
+    net = MeshNet(3)
+    for a, b in ((1, 2), (2, 3)):  # a line: 3 learns the key through 2
+        net.mesh(a).targets.add(address(b), net.now)
+        net.dial(a, b, target=address(b))
+        net.exchange_heartbeats(a, b)
+    net.tick()
+    assert net.mesh(1).rotate(NEW, net.now, 600.0) == 1
+    net.pump()
+    for i in (1, 2, 3):
+        assert net.mesh(i).keys.epoch == 1
+        assert net.mesh(i).keys.current == NEW
+        assert net.mesh(i).keys.in_window()
+    # The dialling side dials again beside each connection (make before break):
+    # the replacement takes over at once, established, and the old one goes.
+    for _ in range(4):
+        net.tick()
+        for i, j in ((1, 2), (2, 1), (2, 3), (3, 2)):
+            conn = only_conn(net, i, j)  # never a moment without the peer
+            assert conn.state is ConnState.ESTABLISHED
+    for i, j in ((1, 2), (2, 1), (2, 3), (3, 2)):
+        assert only_conn(net, i, j).key_epoch == 1
+    assert net.mesh(1).counters["rekeys_rotation"] == 1
+    assert net.mesh(2).counters["rekeys_rotation"] == 1
+    assert only_conn(net, 1, 2).target == address(2)  # handed to the replacement
+    target = net.mesh(1).targets.get(address(2))
+    assert target is not None
+    assert target.state is TargetState.CONNECTED  # not "failed" by the old one's close
+    net.tick()
+    assert net.mesh(1).counters["rekeys_rotation"] == 1  # done: no churn
+
+
+def test_after_the_window_the_old_password_is_refused_with_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2))
+    net.mesh(1).rotate(NEW, net.now, 60.0)
+    net.pump()
+    net.tick(61.0)  # the window ends: the old key is retired on both
+    assert not net.mesh(1).keys.in_window()
+    assert net.mesh(1).peers == {}  # the connection under the old key went
+    # A peer that was away and knows only the old password is told why.
+    caplog.clear()
+    net.dial(3, 1)
+    assert net.mesh(3).peers == {}
+    assert net.mesh(3).counters["handshake_failures"] == 1
+    told = [r.getMessage() for r in caplog.records if "host3" not in r.getMessage()]
+    assert any("mesh password was rotated" in m and "new password file" in m for m in told)
+    # ... one with the new password file joins.
+    net.restart(3, password=b"the new secret")
+    net.dial(3, 1)
+    assert name(1) in net.mesh(3).peers
+    assert only_conn(net, 3, 1).key_epoch == net.mesh(3).keys.epoch_of(NEW)
+
+
+def test_a_partition_during_the_window_heals_without_a_split() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2))  # 3 is cut off while the password changes
+    net.mesh(1).rotate(NEW, net.now, 600.0)
+    net.pump()
+    assert net.mesh(3).keys.epoch == 0
+    net.tick(100.0)  # within the window the partition heals
+    establish(net, (2, 3))  # 2 dials with the old key: 3 accepts it ...
+    assert net.mesh(3).keys.epoch == 1  # ... and learns the new one
+    for _ in range(4):
+        net.tick()
+    establish(net, (2, 3))
+    assert only_conn(net, 2, 3).key_epoch == 1
+    assert only_conn(net, 3, 2).key_epoch == 1

@@ -38,6 +38,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "crypto",
             "replay",
             "handshake",
+            "keyring",
             "framing",
             "control",
             "wire",

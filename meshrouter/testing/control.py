@@ -8,7 +8,7 @@ import hashlib
 from typing import Any
 
 from ..control import ConnectionClosed, ControlConnection, Event
-from ..handshake import Identity, derive_psk
+from ..handshake import Identity, PskSource, derive_psk
 
 
 @functools.cache
@@ -38,12 +38,14 @@ class ConnectionPair:
         ident_a: Identity | None = None,
         ident_b: Identity | None = None,
         now: float = 0.0,
+        keys_a: PskSource | None = None,
+        keys_b: PskSource | None = None,
     ) -> None:
         self.now = now
         self.a = ControlConnection(
             initiator=True,
             identity=ident_a or identity(1),
-            psk=psk(password_a),
+            psk=keys_a if keys_a is not None else psk(password_a),
             ephemeral_private=seeded_key("a"),
             recv_index=11,
             now=now,
@@ -51,7 +53,7 @@ class ConnectionPair:
         self.b = ControlConnection(
             initiator=False,
             identity=ident_b or identity(2),
-            psk=psk(password_b),
+            psk=keys_b if keys_b is not None else psk(password_b),
             ephemeral_private=seeded_key("b"),
             recv_index=22,
             now=now,

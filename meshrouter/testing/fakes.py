@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import BadPacket
-from ..mesh import Close, Flush, LinkUp, Mesh, TargetsChanged
+from ..mesh import Close, Flush, LinkUp, Mesh, Redial, TargetsChanged
 from ..wire import parse_header_untrusted
 from .control import psk
 
@@ -78,6 +78,7 @@ class MeshNet:
         self.closed: set[tuple[int, int]] = set()
         self.targets_changed = 0
         self.links_up = 0
+        self.redials: list[tuple[int, str]] = []  # (node, address) asked, dialled by tick()
 
     @staticmethod
     def _make(i: int, password: bytes, seed: int, ipam: FakeIpam) -> Mesh:
@@ -139,6 +140,8 @@ class MeshNet:
                 self.targets_changed += 1
             elif isinstance(action, LinkUp):
                 self.links_up += 1
+            elif isinstance(action, Redial):
+                self.redials.append((i, action.address))
 
     def _move(self, i: int, index: int) -> bool:
         far = self.wires.get((i, index))
@@ -198,3 +201,8 @@ class MeshNet:
         for node in self.nodes:
             node.mesh.tick(self.now)
         self.pump()
+        while self.redials:  # the shell dials these at once
+            i, addr = self.redials.pop(0)
+            host = addr.rsplit(":", 1)[0]
+            j = next(k for k, n in enumerate(self.nodes, 1) if n.host == host)
+            self.dial(i, j, target=addr)
