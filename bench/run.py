@@ -454,18 +454,15 @@ def main() -> int:
             paths["underlay"] = (lab.host(1), lab.host(2), lab.addr(2), [])
         if "vxlan" in args.only:
             paths["vxlan"] = (*setup_vxlan(lab), [])
-        if "tinc" in args.only:
-            if shutil.which("tincd"):
-                a, b, ip, procs = setup_tinc(lab)
-                paths["tinc"] = (a, b, ip, [p.pid for p in procs])
+        daemons = (("tinc", "tincd", setup_tinc), ("fastd", "fastd", setup_fastd))
+        for name, program, setup in daemons:  # the Debian packages of the same name
+            if name not in args.only:
+                continue
+            if shutil.which(program):
+                a, b, ip, procs = setup(lab)
+                paths[name] = (a, b, ip, [p.pid for p in procs])
             else:
-                print("bench: tincd not installed (apt-get install tinc); skipping tinc")
-        if "fastd" in args.only:
-            if shutil.which("fastd"):
-                a, b, ip, procs = setup_fastd(lab)
-                paths["fastd"] = (a, b, ip, [p.pid for p in procs])
-            else:
-                print("bench: fastd not installed (apt-get install fastd); skipping fastd")
+                print(f"bench: {program} not installed (apt-get install {name}); skipping {name}")
         if "mesh" in args.only:
             a, b, ip = setup_mesh(lab, tuple(args.mesh_opts.split()))
             paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])

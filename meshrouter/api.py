@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -202,13 +202,15 @@ async def handle_stream(
             await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
-async def serve(
-    router: RouterApi,
+async def serve_unix(
     path: Path,
-    on_change: Callable[[], None],
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve ``handler`` on a unix socket only root can use (mode 0600), made
+    afresh at ``path`` and removed when the task ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     await trio.Path(path).unlink(missing_ok=True)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -217,13 +219,21 @@ async def serve(
     finally:
         os.umask(old_umask)
     sock.listen(16)
-    listener = trio.SocketListener(sock)
-
-    async def handler(stream: trio.SocketStream) -> None:
-        await handle_stream(router, stream, on_change)
-
     try:
-        await trio.serve_listeners(handler, [listener], task_status=task_status)
+        await trio.serve_listeners(handler, [trio.SocketListener(sock)], task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await trio.Path(path).unlink(missing_ok=True)
+
+
+async def serve(
+    router: RouterApi,
+    path: Path,
+    on_change: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await handle_stream(router, stream, on_change)
+
+    await serve_unix(path, handler, task_status=task_status)

@@ -9,14 +9,13 @@ until Docker closes it; bad HTTP closes the connection and is counted.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
+from .api import serve_unix
 from .dockerplugin import (
     Allocate,
     Claim,
@@ -72,23 +71,8 @@ class PluginService:
         *,
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await trio.Path(path).unlink(missing_ok=True)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            await sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        sock.listen(16)
         log.info("Docker network and IPAM driver 'mesh' on %s", path)
-        try:
-            await trio.serve_listeners(
-                self._connection, [trio.SocketListener(sock)], task_status=task_status
-            )
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.Path(path).unlink(missing_ok=True)
+        await serve_unix(path, self._connection, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         parser = HttpRequests()
