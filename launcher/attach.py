@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshrouter import apiclient
+from meshrouter.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import atomic_write, load_json
 
@@ -30,7 +31,6 @@ from .garp import send_garp
 from .netns import has_link, ip_batch
 
 CONTAINER_IFACE = "ethwe"
-GSO_MAX_SIZE = 62000
 
 
 class AttachError(Exception):
@@ -342,7 +342,7 @@ def attach(
                 ["link set dev lo up"]
                 + [f"addr add {a} dev {ifname}" for a in got]
                 + [
-                    f"link set dev {ifname} gso_max_size {GSO_MAX_SIZE}",
+                    f"link set dev {ifname} gso_max_size {CONTAINER_GSO_MAX_SIZE}",
                     f"link set dev {ifname} up",
                 ]
                 + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])

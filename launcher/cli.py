@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from meshrouter import __version__, apiclient, config
+from meshrouter import __version__, apiclient, config, dockerapi
 from meshrouter.config import RouterOptions
 from meshrouter.netdev import delete_link, link_exists
 from meshrouter.state import (
@@ -196,12 +196,6 @@ def _container_log_tail() -> str:
     return lines[-1] if lines else f"see 'docker logs {CONTAINER}'"
 
 
-def _engine_socket() -> str | None:
-    """The Docker engine's unix socket, as this client reaches it."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return host.removeprefix("unix://") if host.startswith("unix://") else None
-
-
 def _launch_docker(a: argparse.Namespace) -> None:
     """Run the router image with host networking and the host's PID namespace.
     A container left by an earlier launch (no router answers: we checked) is
@@ -238,7 +232,7 @@ def _launch_docker(a: argparse.Namespace) -> None:
         "-v",
         "/run/netns:/run/netns:shared",
     ]
-    engine_sock = _engine_socket()
+    engine_sock = dockerapi.socket_path()
     if engine_sock:  # the router follows the engine's events (engine.py)
         cmd += ["-v", f"{engine_sock}:/var/run/docker.sock"]
     if a.docker_plugin:  # Docker's plugin directory: the 'mesh' driver's socket

@@ -14,6 +14,9 @@ MAGIC = b"meshrtr\x00"
 # figure, 1376.  A larger frame (an IPv6 underlay, a smaller path MTU) is cut
 # into two datagrams by the data plane itself: the underlay never fragments.
 CONTAINER_MTU = 1376
+# TSO superframes small enough that one sealed message fits one UDP GSO send
+# (65507 bytes): set on every container-side veth (attach, the Docker driver).
+CONTAINER_GSO_MAX_SIZE = 62000
 ETH_HEADER = 14
 VNET_HDR_LEN = 10  # the virtio_net_hdr in front of every frame the TAP gives or takes
 

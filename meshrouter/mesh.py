@@ -458,9 +458,10 @@ class Mesh:
                     # our CONFIRM, a gap in its data path.  Until then what
                     # arrives on the old link is still taken.
                     old.superseded_at = now
+                elif rekeyed:
+                    self._close(loser, "re-keyed under the rotated mesh password", now)
                 else:
-                    why = "re-keyed under the rotated mesh password" if rekeyed else ""
-                    self._close(loser, why or "duplicate connection", now)
+                    self._close(loser, "duplicate connection", now)
                 if loser is conn:
                     return
         self._transition(conn, Input.HANDSHAKE_DONE)

@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from .api import serve_unix
+from .constants import CONTAINER_GSO_MAX_SIZE
 from .dockerplugin import (
     Allocate,
     Claim,
@@ -33,7 +34,6 @@ from .netdev import NetdevError, ip, link_exists
 
 log = logging.getLogger("meshrouter.plugin")
 RECV = 65536
-GSO_MAX_SIZE = 62000  # as 'mesh attach' sets it: one sealed superframe per UDP send
 
 
 class PluginRouter(Protocol):
@@ -158,7 +158,15 @@ class PluginService:
             mtu,
         )
         try:
-            ip("link", "set", "dev", action.peer, "gso_max_size", str(GSO_MAX_SIZE), check=False)
+            ip(
+                "link",
+                "set",
+                "dev",
+                action.peer,
+                "gso_max_size",
+                str(CONTAINER_GSO_MAX_SIZE),
+                check=False,
+            )
             ip("link", "set", "dev", action.host, "master", self.bridge)
             ip("link", "set", "dev", action.host, "up")
             out = ip("-o", "link", "show", "dev", action.peer).stdout
