@@ -79,8 +79,7 @@ def test_expose_reaches_containers_and_masquerades_until_hide(lab_factory: LabFa
 
 def test_expose_without_masquerade_and_with_a_given_address(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
+    star(lab, 2)  # launched, and UDP flowing both ways before traffic is asked of it
     c2 = lab.container("c2")
     addr2 = lab.mesh(2, "attach", c2).stdout.strip().split("/")[0]
     lab.mesh(1, "expose", "10.32.100.1/12", "--without-masquerade", "-h", "gateway")
