@@ -73,6 +73,9 @@ def simulate(
     nb = random_connected_graph(rng, n, n if extra_edges is None else extra_edges)
     names = [i.to_bytes(6, "big") for i in range(n)]
     gossips = [Gossip(names[i], rng.getrandbits(64), f"p{i}") for i in range(n)]
+    # One generator per sending peer: trio shuffles the order in which runnable tasks
+    # run, so a shared generator would make the outcome depend on the scheduler.
+    rngs = [random.Random(rng.getrandbits(64)) for _ in range(n)]
     counters = {"messages": 0, "lost": 0}
     converged_at: list[float] = []
 
@@ -81,10 +84,11 @@ def simulate(
 
             def send(src: int, dst: int, payload: bytes) -> None:
                 counters["messages"] += 1
-                if rng.random() < loss:
+                r = rngs[src]
+                if r.random() < loss:
                     counters["lost"] += 1
                     return
-                nursery.start_soon(deliver, src, dst, payload, rng.uniform(0.001, 0.02))
+                nursery.start_soon(deliver, src, dst, payload, r.uniform(0.001, 0.02))
 
             async def deliver(src: int, dst: int, payload: bytes, delay: float) -> None:
                 await trio.sleep(delay)
@@ -94,7 +98,7 @@ def simulate(
                         send(dst, other, fwd)
 
             async def peer(i: int) -> None:
-                await trio.sleep(rng.uniform(0, 1.0))  # peers start at different times
+                await trio.sleep(rngs[i].uniform(0, 1.0))  # peers start at different times
                 update = gossips[i].set_connections(
                     ConnInfo(names[j], f"198.18.{j >> 8}.{j & 255}:6783", True, i < j)
                     for j in nb[i]
@@ -103,7 +107,7 @@ def simulate(
                     send(i, j, gossips[i].full())
                     if update is not None:
                         send(i, j, update)
-                await trio.sleep(rng.uniform(0, FULL_INTERVAL))
+                await trio.sleep(rngs[i].uniform(0, FULL_INTERVAL))
                 while True:
                     for j in nb[i]:
                         send(i, j, gossips[i].full())
