@@ -152,9 +152,11 @@ def ipam(st: RouterStatus) -> None:
         if ip["ready"]
         else (f"waiting for {ip['quorum']} of {ip['init_count']} initial peers")
     )
-    print(f"range {ip['range']}: {agreed}")
+    after = ip.get("reclaim_after", 0)
+    takeover = f"taken over after {after:.0f}s unreachable" if after else "kept until rmpeer"
+    print(f"range {ip['range']}: {agreed}; shares of dead peers {takeover}")
     table(
-        ["PEER", "NICKNAME", "OWNED", "USED", "FREE"],
+        ["PEER", "NICKNAME", "OWNED", "USED", "FREE", "UNREACHABLE"],
         [
             [
                 s["peer"],
@@ -162,6 +164,7 @@ def ipam(st: RouterStatus) -> None:
                 str(s["owned"]),
                 "-" if s["used"] is None else str(s["used"]),
                 "-" if s["free"] is None else str(s["free"]),
+                "-" if s.get("unreachable_for") is None else f"{s.get('unreachable_for')}s",
             ]
             for s in ip["shares"]
         ],

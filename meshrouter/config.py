@@ -48,6 +48,13 @@ class RouterOptions:
         "N/2+1 of them are connected (default: the PEERs given + 1)",
         metavar="N",
     )
+    reclaim_after: int = _opt(
+        1800,
+        "take over the address share of a peer unreachable this many seconds, by "
+        "agreement of a majority of the owners of the range (0: never, only "
+        "'mesh rmpeer'; default: %(default)s)",
+        metavar="SECONDS",
+    )
     ipalloc_default_subnet: str | None = _opt(
         None,
         "subnet of the range that 'mesh attach CONTAINER' allocates from "

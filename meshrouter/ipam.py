@@ -25,6 +25,7 @@ Wire format (control message IPAM)::
     CLAIM         kind=3 request(u32) addr(u32) ident_len(u8) ident
     CLAIM_REPLY   kind=4 request(u32) status(u8) message_len(u8) message
     RELEASE       kind=5 request(u32, unused) addr(u32) ident_len(u8) ident
+    ALLOCS, ALLOCS_ACK  kinds 6 and 7: see ``reclaim``
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadPacket, MeshError
+from .reclaim import ALLOCS, ALLOCS_ACK, decode_ack_untrusted, decode_allocs_untrusted
 
 RING, DONATE, CLAIM, CLAIM_REPLY, RELEASE = 1, 2, 3, 4, 5
 CLAIM_OK, CLAIM_TAKEN, CLAIM_NOT_OWNER = 0, 1, 2
@@ -107,6 +109,10 @@ def decode_untrusted(payload: bytes) -> tuple[int, Any]:
             _, request, status, n = _REPLY.unpack_from(payload)
             msg = payload[_REPLY.size : _REPLY.size + n].decode()
             return kind, (request, status, msg)
+        if kind == ALLOCS:
+            return kind, decode_allocs_untrusted(payload)
+        if kind == ALLOCS_ACK:
+            return kind, decode_ack_untrusted(payload)
     except (struct.error, UnicodeDecodeError) as exc:
         raise BadPacket(f"malformed IPAM message: {exc}") from exc
     raise BadPacket(f"unknown IPAM message kind {kind}")
@@ -251,6 +257,27 @@ class Ipam:
             return 0, None
         self._reindex()
         return n, encode_ring(self.tokens)
+
+    def take_over(self, peer: bytes, handed_out: dict[int, str]) -> tuple[int, dict[int, str]]:
+        """Take over every token of ``peer`` (unreachable long enough, by a
+        quorum's say), keeping reserved for the same containers the addresses
+        it ``handed_out`` in that share.  Returns (ranges, addresses kept)."""
+        keep = {
+            a: ident
+            for a, ident in handed_out.items()
+            if self.owner_of(a) == peer and a not in self.allocs
+        }
+        n, _ = self.rmpeer(peer)
+        if not n:
+            return 0, {}
+        for a, ident in keep.items():
+            self.allocs[a] = Allocation(a, ident)
+        self.version += 1
+        return n, keep
+
+    def handed_out(self) -> dict[int, str]:
+        """Our allocations, as gossiped in our ALLOCS set."""
+        return {a: al.ident for a, al in self.allocs.items()}
 
     def hand_over(self, to: bytes) -> bytes | None:
         """Give every token of ours to ``to`` (this peer leaves the mesh for good)."""

@@ -1,7 +1,10 @@
 """The trio side of IPAM: owns the sans-IO core and its store, talks to peers
 through an ``IpamTransport`` (the mesh core, by way of the router shell), and
 serves the API's allocate/claim/release with waiting where the mesh must act
-first (the ring being made, a donation, a claim at another owner)."""
+first (the ring being made, a donation, a claim at another owner, other owners
+recording a new allocation).  It also carries out the takeovers of dead peers'
+shares that ``reclaim.Reclaimer`` decides on, and re-homes this peer's
+addresses when its own share was taken over while it was cut off."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +25,7 @@ from .ipam import (
     CLAIM_NOT_OWNER,
     CLAIM_OK,
     CLAIM_REPLY,
+    CLAIM_TAKEN,
     DONATE,
     RELEASE,
     RING,
@@ -35,6 +40,7 @@ from .ipam import (
 )
 from .ipamstore import IpamStore
 from .names import format_name
+from .reclaim import ALLOCS, ALLOCS_ACK, AllocSet, Reclaimer, encode_ack, encode_allocs
 from .status import IpamStatus, ShareStatus
 
 log = logging.getLogger("meshrouter.ipam")
@@ -43,6 +49,31 @@ WAIT = 30.0  # how long an API call waits for the mesh
 CLAIM_TIMEOUT = 15.0  # > HEARTBEAT_TIMEOUT: a dead direct link is noticed meanwhile
 CLAIM_RESEND = 2.0
 RECLAIM_INTERVAL = 5.0
+RECORD_TIMEOUT = 10.0  # for other owners to acknowledge a new allocation
+ALLOCS_INTERVAL = 30.0  # our allocation set is sent again this often (anti-entropy)
+RECLAIM_AFTER = 1800.0  # default: a peer unreachable this long is taken over
+
+
+@dataclass
+class PendingReply:
+    """A claim granted in our share, answered once other owners recorded it."""
+
+    sender: bytes
+    request: int
+    addr: int
+    ident: str
+    version: int
+    deadline: float
+
+
+@dataclass
+class Rehoming:
+    """One of our addresses in space now owned by another peer, being claimed there."""
+
+    ident: str
+    addr: int
+    owner: bytes
+    ns_path: str
 
 
 class IpamTransport(Protocol):
@@ -66,15 +97,23 @@ class IpamService:
         init_count: int,
         state_dir: Path | None,
         transport: IpamTransport,
+        reclaim_after: float = RECLAIM_AFTER,
     ) -> None:
         self.me = me
         self.transport = transport
         self.core = Ipam(me, cidr, init_count=init_count)
+        self.reclaimer = Reclaimer(me, reclaim_after)
         self.store = IpamStore(state_dir / "ipam.db") if state_dir is not None else None
         self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
         self.remote_ns: dict[str, str] = {}  # ... and their containers' namespaces
         if self.store is not None:
-            self.remote, self.remote_ns = self.store.load(self.core)
+            self.remote, self.remote_ns = self.store.load(self.core, self.reclaimer)
+        self._published = self._holdings()
+        self._reachable: set[bytes] = {me}
+        self._pending: list[PendingReply] = []
+        self._rehoming: dict[int, Rehoming] = {}
+        self._next_allocs = 0.0
+        self._next_rehome = 0.0
         self._blind_warned = False
         self.changed = trio.Event()
         self._requests = itertools.count(1)
@@ -87,11 +126,29 @@ class IpamService:
 
     # -- persistence and change --------------------------------------------
 
+    def _holdings(self) -> dict[int, str]:
+        """Our ALLOCS set: what we handed out and what our containers claimed
+        in others' shares."""
+        held = self.core.handed_out()
+        for ident, claims in self.remote.items():
+            for _, addr in claims:
+                held[addr] = ident
+        return held
+
     def _commit(self) -> None:
+        held = self._holdings()
+        if held != self._published:  # others must learn of it (see ``reclaim``)
+            self._published = held
+            self.reclaimer.bump()
+            self.core.version += 1
+            self.transport.broadcast_ipam(self._allocs_payload(), None)
         if self.store is not None and self.store.saved_version != self.core.version:
-            self.store.save(self.core, self.remote, self.remote_ns)
+            self.store.save(self.core, self.remote, self.remote_ns, self.reclaimer)
         self.changed.set()
         self.changed = trio.Event()
+
+    def _allocs_payload(self) -> bytes:
+        return encode_allocs(self.me, self.reclaimer.version, self._published)
 
     # -- from the mesh -----------------------------------------------------------
 
@@ -101,13 +158,20 @@ class IpamService:
     def ring_payload(self) -> bytes | None:
         return encode_ring(self.core.tokens) if self.core.ready else None
 
+    def hello_payloads(self) -> list[bytes]:
+        """For a new connection: the ring, our allocation set and those we know."""
+        if not self.core.ready:
+            return []
+        sets = [encode_allocs(k.owner, k.version, k.allocs) for k in self.reclaimer.known.values()]
+        return [encode_ring(self.core.tokens), self._allocs_payload(), *sets]
+
     def on_message(self, sender: bytes, payload: bytes) -> None:
         """Handle an IPAM control message.  Raises only BadPacket."""
         kind, value = decode_untrusted(payload)
         if kind == RING:
             assert isinstance(value, dict)
             if self.core.merge(value):
-                self._check_misplaced()
+                self._rehome()
                 self._commit()
                 self.transport.broadcast_ipam(encode_ring(self.core.tokens), sender)
         elif kind == DONATE:
@@ -126,9 +190,25 @@ class IpamService:
                 holder = self.core.allocs.get(addr)
                 msg = f"in use by {holder.ident}" if holder else "not ours to give"
             self._commit()
+            if status == CLAIM_OK and not self._recorded():
+                # Granted once enough other owners know of it (see ``reclaim``).
+                self._pending.append(
+                    PendingReply(
+                        sender,
+                        request,
+                        addr,
+                        ident,
+                        self.reclaimer.version,
+                        trio.current_time() + RECORD_TIMEOUT,
+                    )
+                )
+                return
             self.transport.send_ipam(sender, encode_claim_reply(request, status, msg))
         elif kind == CLAIM_REPLY:
             request, status, msg = value
+            if request in self._rehoming:
+                self._rehomed(self._rehoming.pop(request), status, msg)
+                return
             waiter = self._replies.get(request)
             if waiter is not None:
                 waiter[1].append((status, msg))
@@ -139,20 +219,182 @@ class IpamService:
             if held is not None and held.ident == ident:
                 self.core.release_addr(addr)
                 self._commit()
+        elif kind == ALLOCS:
+            assert isinstance(value, AllocSet)
+            changed = self.reclaimer.merge(value)
+            if changed:
+                for addr in self.reclaimer.settle_reserved(value, self.core.handed_out()):
+                    self.core.release_addr(addr)  # removed while it was cut off
+                self.core.version += 1  # saved with the rest
+                self._commit()
+                self.transport.broadcast_ipam(payload, sender)
+            if self.reclaimer.should_ack(value, sender, changed):
+                self.transport.send_ipam(value.owner, encode_ack(value.owner, value.version))
+        elif kind == ALLOCS_ACK:
+            owner, version = value
+            if self.reclaimer.on_ack(sender, owner, version):
+                self._settle(trio.current_time())
+                self._commit()
         else:  # pragma: no cover - decode_untrusted knows no other kinds
             raise BadPacket("unknown IPAM message")
 
-    def _check_misplaced(self) -> None:
-        for a in self.core.misplaced():
-            log.error(
-                "address %s held by %s is in space now owned by %s: two rings were made "
-                "(a partitioned start?); detach and attach it again",
-                ipaddress.IPv4Address(a.addr),
-                a.ident,
-                self.core.owner_of(a.addr),
+    # -- recording allocations with other owners ---------------------------------------
+
+    def _recorded(self, version: int | None = None) -> bool:
+        v = self.reclaimer.version if version is None else version
+        return self.reclaimer.recorded(v, self.owners())
+
+    def _settle(self, now: float) -> None:
+        """Answer the claims other owners have now recorded; refuse those they
+        did not record in time."""
+        waiting: list[PendingReply] = []
+        for p in self._pending:
+            if self._recorded(p.version):
+                self.transport.send_ipam(p.sender, encode_claim_reply(p.request, CLAIM_OK, ""))
+            elif now >= p.deadline:
+                held = self.core.allocs.get(p.addr)
+                if held is not None and held.ident == p.ident:
+                    self.core.release_addr(p.addr)
+                self.transport.send_ipam(
+                    p.sender,
+                    encode_claim_reply(p.request, CLAIM_TAKEN, self._unrecorded_reason()),
+                )
+            else:
+                waiting.append(p)
+        self._pending = waiting
+
+    def _unrecorded_reason(self) -> str:
+        owners = self.owners() | {self.me}
+        reach = len(owners & (self._reachable | {self.me}))
+        return (
+            f"peer {format_name(self.me)} reaches {reach} of {len(owners)} address owners; "
+            f"a new address needs {self.reclaimer.needed(owners)} other owner(s) to record "
+            "it, so that it survives a takeover (--reclaim-after): wait for the mesh to "
+            "reconnect, or run the routers with --reclaim-after 0"
+        )
+
+    async def _record(self, addr: int, ident: str, deadline: float) -> None:
+        """Wait until other owners recorded our allocation of ``addr``; else
+        let it go and raise IpamError."""
+        version = self.reclaimer.version
+        resend = trio.current_time() + CLAIM_RESEND
+        deadline = min(deadline, trio.current_time() + RECORD_TIMEOUT)
+        while not self._recorded(version):
+            now = trio.current_time()
+            if now >= deadline:
+                held = self.core.allocs.get(addr)
+                if held is not None and held.ident == ident:
+                    self.core.release_addr(addr)
+                    self._commit()
+                raise IpamError(self._unrecorded_reason())
+            if now >= resend:
+                resend = now + CLAIM_RESEND
+                self.transport.broadcast_ipam(self._allocs_payload(), None)
+            with trio.move_on_at(min(deadline, resend)):
+                await self.changed.wait()
+
+    async def _wait_recordable(self, deadline: float) -> None:
+        while not self.reclaimer.can_record(self.owners(), self._reachable):
+            await self._wait_change(deadline, self._unrecorded_reason())
+
+    # -- takeovers and re-homing -------------------------------------------------
+
+    def _take_over_dead(self, now: float) -> None:
+        owners = self.owners()
+        for peer in self.reclaimer.observe(now, owners, self._reachable):
+            since = self.reclaimer.unreachable_since[peer]
+            ranges, kept = self.core.take_over(peer, self.reclaimer.handed_out_by(peer))
+            if not ranges:
+                continue
+            self.reclaimer.reserved.update(dict.fromkeys(kept, peer))
+            log.warning(
+                "peer %s unreachable for %.0fs: took over its address share (%d range(s), "
+                "%d address(es) kept for its containers) with %d of %d owners reachable",
+                format_name(peer),
+                now - since,
+                ranges,
+                len(kept),
+                len(owners & (self._reachable | {self.me})),
+                len(owners),
             )
+            self._commit()
+            self.transport.broadcast_ipam(encode_ring(self.core.tokens), None)
+
+    def _rehome(self) -> None:
+        """Our addresses in space another peer now owns (our share was taken
+        over while we were cut off, or two rings were made): claim each from
+        its new owner, which kept it reserved for the same container.  Claims
+        other peers made in our former share are theirs to re-home."""
+        mine = format_name(self.me) + "/"
+        busy = {(r.ident, r.addr) for r in self._rehoming.values()}
+        for a in self.core.misplaced():
+            owner = self.core.owner_of(a.addr)
+            if owner is None:
+                continue
+            if not a.ident.startswith(mine):
+                self.core.release_addr(a.addr)
+            elif (a.ident, a.addr) not in busy:
+                self._rehome_one(Rehoming(a.ident, a.addr, owner, a.ns_path))
+        for ident, claims in list(self.remote.items()):
+            for was, addr in claims:
+                owner = self.core.owner_of(addr)
+                if owner in (None, was) or (ident, addr) in busy:
+                    continue
+                assert owner is not None
+                ns_path = self.remote_ns.get(ident, "")
+                if owner == self.me:  # taken over by us: we kept it reserved
+                    self._drop_remote(ident, addr)
+                    self.core.claim(addr, ident, ns_path)
+                else:
+                    self._rehome_one(Rehoming(ident, addr, owner, ns_path))
+
+    def _rehome_one(self, r: Rehoming) -> None:
+        request = next(self._requests)
+        self._rehoming[request] = r
+        self.transport.send_ipam(r.owner, encode_claim(request, r.addr, r.ident))
+
+    def _drop_remote(self, ident: str, addr: int) -> None:
+        kept = [(o, a) for o, a in self.remote.get(ident, []) if a != addr]
+        if kept:
+            self.remote[ident] = kept
+        else:
+            self.remote.pop(ident, None)
+        self.core.version += 1
+
+    def _rehomed(self, r: Rehoming, status: int, msg: str) -> None:
+        if status == CLAIM_NOT_OWNER:
+            self._rehome()  # the ring moved on: ask whoever owns it now
+            return
+        held = self.core.allocs.get(r.addr)
+        if held is not None and held.ident == r.ident:
+            self.core.release_addr(r.addr)
+        self._drop_remote(r.ident, r.addr)
+        if status == CLAIM_OK:
+            self.remote.setdefault(r.ident, []).append((r.owner, r.addr))
+            if r.ns_path:
+                self.remote_ns[r.ident] = r.ns_path
+            log.info(
+                "address %s of %s is now held in the share of %s",
+                ipaddress.IPv4Address(r.addr),
+                r.ident,
+                format_name(r.owner),
+            )
+        else:
+            log.error(
+                "address %s of %s was given to another container while this peer was cut "
+                "off (%s): detach and attach %s again",
+                ipaddress.IPv4Address(r.addr),
+                r.ident,
+                msg,
+                r.ident.split("/", 1)[-1],
+            )
+        self._commit()
 
     def tick(self, now: float, reachable: set[bytes]) -> None:
+        if reachable != self._reachable:
+            self._reachable = set(reachable)
+            self.changed.set()  # a wait for owners to record an allocation may go on
+            self.changed = trio.Event()
         ring = self.core.maybe_init(reachable, now)
         if ring is not None:
             log.info(
@@ -163,6 +405,17 @@ class IpamService:
         if now >= self._next_reclaim:
             self._next_reclaim = now + RECLAIM_INTERVAL
             self._reclaim_dead()
+        if self.core.ready:
+            self._take_over_dead(now)
+            if now >= self._next_allocs:
+                self._next_allocs = now + ALLOCS_INTERVAL
+                self.transport.broadcast_ipam(self._allocs_payload(), None)
+            if self._rehoming and now >= self._next_rehome:
+                self._next_rehome = now + CLAIM_RESEND
+                for request, r in list(self._rehoming.items()):
+                    self.transport.send_ipam(r.owner, encode_claim(request, r.addr, r.ident))
+        if self._pending:
+            self._settle(now)
 
     def _reclaim_dead(self) -> None:
         """Release addresses whose container namespace is gone, ours and those
@@ -209,6 +462,8 @@ class IpamService:
         asked: set[bytes] = set()
         while True:
             try:
+                if self.core.ready:
+                    await self._wait_recordable(deadline)
                 addr = self.core.allocate(ident, net, ns_path)
             except NotReady:
                 await self._wait_change(deadline, self._not_ready_reason())
@@ -226,6 +481,7 @@ class IpamService:
                 )
                 continue
             self._commit()
+            await self._record(addr, ident, deadline)
             prefix = (net or self.core.network).prefixlen
             return f"{ipaddress.IPv4Address(addr)}/{prefix}"
 
@@ -268,12 +524,14 @@ class IpamService:
         if owner is None:
             raise IpamError(f"{iface.ip} is outside the mesh range {self.core.network}")
         if owner == self.me:
+            await self._wait_recordable(deadline)
             status = self.core.claim(addr, ident, ns_path)
             if status != CLAIM_OK:
                 holder = self.core.allocs.get(addr)
                 who = f" by {holder.ident.split('/', 1)[-1]}" if holder else ""
                 raise IpamError(f"{iface.ip} is already in use{who}")
             self._commit()
+            await self._record(addr, ident, deadline)
             return str(iface)
         request = next(self._requests)
         event, answer = trio.Event(), list[tuple[int, str]]()
@@ -355,6 +613,7 @@ class IpamService:
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         self.remote_ns.pop(ident, None)
         for owner, addr in self.remote.pop(ident, []):
+            owner = self.core.owner_of(addr) or owner  # it may have been taken over
             self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
             gone.append(str(ipaddress.IPv4Address(addr)))
             self.core.version += 1
@@ -370,6 +629,7 @@ class IpamService:
         kept: list[tuple[bytes, int]] = []
         for owner, addr in self.remote.get(ident, []):
             if addr in which:
+                owner = self.core.owner_of(addr) or owner  # it may have been taken over
                 self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
                 released.append(addr)
                 self.core.version += 1
@@ -417,13 +677,19 @@ class IpamService:
         return f"address share handed to {format_name(to)}"
 
     def rmpeer(self, peer: bytes) -> int:
+        """The operator says ``peer`` is dead: take over its share now, and let
+        go of what we held for its containers (after a takeover by quorum)."""
         n, ring = self.core.rmpeer(peer)
+        theirs = format_name(peer) + "/"
+        for ident in {a.ident for a in self.core.allocs.values() if a.ident.startswith(theirs)}:
+            self.core.release(ident)
+        self.reclaimer.forget(peer)
+        self._commit()
         if ring is not None:
-            self._commit()
             self.transport.broadcast_ipam(ring, None)
         return n
 
-    def status(self, nick: Callable[[bytes], str]) -> IpamStatus:
+    def status(self, nick: Callable[[bytes], str], now: float) -> IpamStatus:
         shares: list[ShareStatus] = []
         for share in self.core.status():
             owner = share["owner"]
@@ -438,6 +704,11 @@ class IpamService:
                     "owned": owned,
                     "used": used,
                     "free": None if used is None else owned - used,
+                    "unreachable_for": (
+                        None
+                        if (since := self.reclaimer.unreachable_since.get(owner)) is None
+                        else round(now - since, 1)
+                    ),
                 }
             )
         return {
@@ -445,6 +716,7 @@ class IpamService:
             "ready": self.core.ready,
             "init_count": self.core.init_count,
             "quorum": self.core.quorum,
+            "reclaim_after": self.reclaimer.after,
             "shares": shares,
             "allocations": [
                 {"address": str(ipaddress.IPv4Address(a.addr)), "container": a.ident}

@@ -7,11 +7,13 @@ for another range is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 from .errors import MeshError
 from .ipam import Allocation, Ipam, Token
+from .reclaim import AllocSet, Reclaimer
 
 
 class IpamStoreError(MeshError):
@@ -35,13 +37,18 @@ class IpamStore:
                 ident TEXT NOT NULL, owner BLOB NOT NULL, addr INTEGER NOT NULL,
                 PRIMARY KEY (ident, addr));
             CREATE TABLE IF NOT EXISTS remote_ns (ident TEXT PRIMARY KEY, ns_path TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS known_allocs (
+                owner BLOB PRIMARY KEY, version INTEGER NOT NULL, allocs TEXT NOT NULL);
             """
         )
         self.saved_version = -1
 
-    def load(self, ipam: Ipam) -> tuple[dict[str, list[tuple[bytes, int]]], dict[str, str]]:
-        """Fill ``ipam`` from disk; returns the remote claims (ident -> [(owner, addr)])
-        and the namespaces of their containers (ident -> path)."""
+    def load(
+        self, ipam: Ipam, reclaimer: Reclaimer
+    ) -> tuple[dict[str, list[tuple[bytes, int]]], dict[str, str]]:
+        """Fill ``ipam`` and ``reclaimer`` from disk; returns the remote claims
+        (ident -> [(owner, addr)]) and the namespaces of their containers
+        (ident -> path)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'range'").fetchone()
         if row is not None and row[0] != str(ipam.network):
             raise IpamStoreError(
@@ -60,6 +67,13 @@ class IpamStore:
         for ident, owner, addr in self.db.execute("SELECT ident, owner, addr FROM remote_claims"):
             remote.setdefault(ident, []).append((bytes(owner), addr))
         remote_ns = dict(self.db.execute("SELECT ident, ns_path FROM remote_ns").fetchall())
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'allocs_version'").fetchone()
+        reclaimer.version = int(row[0]) if row is not None else 0
+        for owner, version, allocs in self.db.execute(
+            "SELECT owner, version, allocs FROM known_allocs"
+        ):
+            held = {int(a): str(i) for a, i in json.loads(allocs).items()}
+            reclaimer.known[bytes(owner)] = AllocSet(bytes(owner), version, held)
         self.saved_version = ipam.version
         return remote, remote_ns
 
@@ -68,6 +82,7 @@ class IpamStore:
         ipam: Ipam,
         remote: dict[str, list[tuple[bytes, int]]],
         remote_ns: dict[str, str],
+        reclaimer: Reclaimer,
     ) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -90,6 +105,15 @@ class IpamStore:
             )
             db.execute("DELETE FROM remote_ns")
             db.executemany("INSERT INTO remote_ns VALUES (?, ?)", list(remote_ns.items()))
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('allocs_version', ?)",
+                (str(reclaimer.version),),
+            )
+            db.execute("DELETE FROM known_allocs")
+            db.executemany(
+                "INSERT INTO known_allocs VALUES (?, ?, ?)",
+                [(k.owner, k.version, json.dumps(k.allocs)) for k in reclaimer.known.values()],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -142,6 +142,9 @@ class IpamEndpoint(Protocol):
 
     def ring_payload(self) -> bytes | None: ...
 
+    def hello_payloads(self) -> list[bytes]:
+        """What a new connection is sent first (the ring, allocation sets)."""
+
     def tick(self, now: float, reachable: set[bytes]) -> None: ...
 
     def rmpeer(self, peer: bytes) -> int: ...
@@ -502,9 +505,8 @@ class Mesh:
         )
         self._send_rotate(conn)
         self._send_gossip(conn, self.gossip.full())
-        ring = self.ipam.ring_payload()
-        if ring is not None:
-            self._send(conn, MessageType.IPAM, ring)
+        for payload in self.ipam.hello_payloads():
+            self._send(conn, MessageType.IPAM, payload)
         for chunk in encode_chunks(self.dns.all()):
             self._send(conn, MessageType.DNS, chunk)
         self._send_clock(conn, now)

@@ -90,7 +90,12 @@ class Router:
         self.started_at = 0.0
         peers = list(opts.peers) if peers is None else peers
         self.ipam = IpamService(
-            name, opts.ipalloc_range, opts.ipalloc_init or len(peers) + 1, state_dir, self
+            name,
+            opts.ipalloc_range,
+            opts.ipalloc_init or len(peers) + 1,
+            state_dir,
+            self,
+            reclaim_after=opts.reclaim_after,
         )
         self.mesh = Mesh(
             name=name,
@@ -649,7 +654,7 @@ class Router:
                 "udp_gro": bool(udp and udp.gro),
                 "gso_sends": udp.gso_sends if udp else 0,
             },
-            "ipam": self.ipam.status(mesh.nickname_of),
+            "ipam": self.ipam.status(mesh.nickname_of, now),
             "dns": self.dns_status(),
             "expose": self.exposed,
         }

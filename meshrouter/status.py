@@ -88,6 +88,7 @@ class ShareStatus(TypedDict):
     owned: int
     used: int | None
     free: int | None
+    unreachable_for: float | None  # seconds; None while reachable
 
 
 class AllocationStatus(TypedDict):
@@ -100,6 +101,7 @@ class IpamStatus(TypedDict):
     ready: bool
     init_count: int
     quorum: int
+    reclaim_after: float
     shares: list[ShareStatus]
     allocations: list[AllocationStatus]
 

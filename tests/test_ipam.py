@@ -21,6 +21,7 @@ from meshrouter.ipam import (
     encode_donate,
     encode_ring,
 )
+from meshrouter.reclaim import Reclaimer
 
 P = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 6)]
 RANGE = "10.32.0.0/26"  # 64 addresses: small enough to run out
@@ -191,11 +192,11 @@ def test_store_survives_reopen_and_refuses_another_range(tmp_path: object) -> No
     (a,) = mesh(1)
     x = a.allocate("h/c1", ns_path="/run/netns/c1")
     store = IpamStore(path)
-    store.save(a, {"h/c9": [(P[1], 77)]}, {"h/c9": "/run/netns/c9"})
+    store.save(a, {"h/c9": [(P[1], 77)]}, {"h/c9": "/run/netns/c9"}, Reclaimer(P[0], 0))
     store.close()
     b = Ipam(P[0], RANGE)
     store = IpamStore(path)
-    remote, remote_ns = store.load(b)
+    remote, remote_ns = store.load(b, Reclaimer(P[1], 0))
     assert remote_ns == {"h/c9": "/run/netns/c9"}
     assert b.tokens == a.tokens
     assert b.allocs[x].ident == "h/c1"
@@ -205,4 +206,4 @@ def test_store_survives_reopen_and_refuses_another_range(tmp_path: object) -> No
     assert b.allocate("h/c2") != x
     store.close()
     with pytest.raises(IpamStoreError, match="holds addresses of range"):
-        IpamStore(path).load(Ipam(P[0], "10.99.0.0/16"))
+        IpamStore(path).load(Ipam(P[0], "10.99.0.0/16"), Reclaimer(P[0], 0))

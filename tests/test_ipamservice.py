@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from meshrouter.errors import IpamError
+from meshrouter.ipam import CLAIM
 from meshrouter.ipamservice import CLAIM_TIMEOUT, IpamService
 
 A = bytes.fromhex("020000000001")
@@ -37,7 +38,8 @@ class Endpoint:
     me: bytes
 
     def send_ipam(self, name: bytes, payload: bytes) -> bool:
-        self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
+        if payload[0] == CLAIM:  # counted: the claims a peer sent
+            self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
         if self.wire.lose.get(self.me, 0) > 0:
             self.wire.lose[self.me] -= 1
             return True  # accepted by a dead connection: gone

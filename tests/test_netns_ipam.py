@@ -134,6 +134,53 @@ def test_rmpeer_reclaims_a_dead_peers_share(lab_factory: LabFactory) -> None:
     assert lab.host(3) not in text
 
 
+def test_a_peer_cut_off_is_taken_over_by_the_majority_and_gets_its_addresses_back(
+    lab_factory: LabFactory,
+) -> None:
+    """Three owners; h3 is cut off.  After --reclaim-after the side of h1 and
+    h2 (a majority) takes h3's share over, keeping h3's container's address
+    reserved; h3 alone (a minority) takes nothing.  When the cut heals, h3
+    claims its address from the new owner and its container is reachable
+    with the address it always had."""
+    lab = lab_factory(3)
+    star(lab, 3, "--reclaim-after", "10")
+    cs = {i: lab.container(f"t{i}") for i in (1, 2, 3)}
+    got = {i: lab.mesh(i, "attach", c).stdout.strip() for i, c in cs.items()}
+    lab.wait_for(
+        "three owners",
+        lambda: len(status(lab, 1)["ipam"]["shares"]) == 3,
+        timeout=20,
+    )
+    lab.block(3, 1, 2)
+
+    def shares(i: int) -> set[str]:
+        return {s["nickname"] for s in status(lab, i)["ipam"]["shares"]}
+
+    lab.wait_for("h3's share taken over", lambda: lab.host(3) not in shares(1), timeout=60)
+    assert lab.host(3) not in shares(2)
+    assert shares(3) == {lab.host(i) for i in (1, 2, 3)}  # the minority took nothing
+    taker = (
+        1
+        if any(a["container"].endswith("/" + cs[3]) for a in status(lab, 1)["ipam"]["allocations"])
+        else 2
+    )
+    held = {a["address"]: a["container"] for a in status(lab, taker)["ipam"]["allocations"]}
+    assert held[got[3].split("/")[0]].endswith("/" + cs[3])  # kept for h3's container
+    lab.unblock(3)
+    lab.wait_for("mesh healed", lambda: full_mesh(lab, 3), timeout=40)
+    lab.wait_for(
+        "h3 re-homed its address",
+        lambda: lab.host(3) not in shares(3) and status(lab, 3)["ipam"]["allocations"] == [],
+        timeout=30,
+    )
+    assert got[3] in lab.mesh(3, "ps").stdout
+    ip3 = got[3].split("/")[0]
+    assert lab.in_ns(cs[1], "ping", "-c", "2", "-W", "2", ip3, check=False).returncode == 0
+    log = (lab.state_dir(taker) / "router.log").read_text()
+    assert "took over its address share" in log
+    assert "ERROR" not in (lab.state_dir(3) / "router.log").read_text()
+
+
 def test_claims_reach_an_owner_without_a_direct_connection(lab_factory: LabFactory) -> None:
     """h2 and h3 stop hearing each other just before h3 claims an address in
     h2's share: the first copies go down the dead connection, which neither

@@ -50,6 +50,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "targets",
             "mactable",
             "ipam",
+            "reclaim",
             "dnsrecords",
             "dnsanswer",
             "dockerplugin",

@@ -36,6 +36,9 @@ class FakeIpam:
     def ring_payload(self) -> bytes | None:
         return self.ring
 
+    def hello_payloads(self) -> list[bytes]:
+        return [] if self.ring is None else [self.ring]
+
     def tick(self, now: float, reachable: set[bytes]) -> None:
         self.ticks += 1
 
