@@ -108,6 +108,7 @@ class IpamService:
         self.remote_ns: dict[str, str] = {}  # ... and their containers' namespaces
         if self.store is not None:
             self.remote, self.remote_ns = self.store.load(self.core, self.reclaimer)
+        self._claiming: dict[int, tuple[int, str]] = {}  # request -> (addr, ident)
         self._published = self._holdings()
         self._reachable: set[bytes] = {me}
         self._pending: list[PendingReply] = []
@@ -133,6 +134,8 @@ class IpamService:
         for ident, claims in self.remote.items():
             for _, addr in claims:
                 held[addr] = ident
+        for addr, ident in self._claiming.values():  # listed before they are sent
+            held[addr] = ident
         return held
 
     def _commit(self) -> None:
@@ -223,8 +226,8 @@ class IpamService:
             assert isinstance(value, AllocSet)
             changed = self.reclaimer.merge(value)
             if changed:
-                for addr in self.reclaimer.settle_reserved(value, self.core.handed_out()):
-                    self.core.release_addr(addr)  # removed while it was cut off
+                for addr in self.reclaimer.stale(value, self.core.handed_out()):
+                    self.core.release_addr(addr)  # its holder no longer needs it
                 self.core.version += 1  # saved with the rest
                 self._commit()
                 self.transport.broadcast_ipam(payload, sender)
@@ -306,7 +309,6 @@ class IpamService:
             ranges, kept = self.core.take_over(peer, self.reclaimer.handed_out_by(peer))
             if not ranges:
                 continue
-            self.reclaimer.reserved.update(dict.fromkeys(kept, peer))
             log.warning(
                 "peer %s unreachable for %.0fs: took over its address share (%d range(s), "
                 "%d address(es) kept for its containers) with %d of %d owners reachable",
@@ -460,6 +462,7 @@ class IpamService:
         net = self._subnet(subnet)
         deadline = trio.current_time() + WAIT
         asked: set[bytes] = set()
+        donor_wait: float | None = None
         while True:
             try:
                 if self.core.ready:
@@ -469,16 +472,23 @@ class IpamService:
                 await self._wait_change(deadline, self._not_ready_reason())
                 continue
             except NoSpace:
-                donor = self._pick_donor(net, asked)
-                if donor is None:
-                    raise IpamError(
-                        f"no free address in {net or self.core.network} anywhere reachable"
-                    ) from None
-                asked.add(donor)
-                self.transport.send_ipam(donor, encode_donate(net))
-                await self._wait_change(
-                    min(deadline, trio.current_time() + 5), "no peer gave us address space in time"
-                )
+                # Ask one donor at a time, the next after 5 s; other changes
+                # (acks, gossip) wake us meanwhile without counting as a refusal.
+                now = trio.current_time()
+                if donor_wait is None or now >= donor_wait:
+                    donor = self._pick_donor(net, asked)
+                    if donor is None:
+                        raise IpamError(
+                            f"no free address in {net or self.core.network} anywhere reachable"
+                        ) from None
+                    asked.add(donor)
+                    self.transport.send_ipam(donor, encode_donate(net))
+                    donor_wait = now + 5
+                if donor_wait >= deadline:
+                    await self._wait_change(deadline, "no peer gave us address space in time")
+                else:
+                    with trio.move_on_at(donor_wait):
+                        await self.changed.wait()
                 continue
             self._commit()
             await self._record(addr, ident, deadline)
@@ -536,6 +546,10 @@ class IpamService:
         request = next(self._requests)
         event, answer = trio.Event(), list[tuple[int, str]]()
         self._replies[request] = (event, answer)
+        # Listed in our set before it is sent: an owner that granted it never
+        # sees a newer set of ours without it (see ``Reclaimer.stale``).
+        self._claiming[request] = (addr, ident)
+        self._commit()
         try:
             message = encode_claim(request, addr, ident)
             if not self.transport.send_ipam(owner, message):
@@ -555,6 +569,7 @@ class IpamService:
                     self.transport.send_ipam(owner, message)
         finally:
             del self._replies[request]
+            del self._claiming[request]
         if not answer:
             raise IpamError(f"peer {format_name(owner)} did not answer the claim of {iface.ip}")
         status, msg = answer[0]

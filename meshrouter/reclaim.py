@@ -14,8 +14,9 @@ taken over automatically, safely across partitions:
   taker-over keeps each of them reserved for the same container.  The
   returning peer finds its share gone and claims each of its addresses from
   the new owner, which grants them because the reservation bears the same
-  container; its next set tells the new owner which reservations it no
-  longer needs (containers removed while it was cut off).
+  container.  Any newer set tells the owners which addresses held for that
+  peer's containers it no longer needs (removed while it was cut off, or a
+  RELEASE that could not get through).
 * For that to hold, the taker-over must know *every* allocation of the peer
   it takes over.  An owner therefore hands out a new address only once
   ``N - M`` other owners have acknowledged the set that contains it: any
@@ -39,6 +40,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import BadPacket
+from .names import format_name
 
 ALLOCS, ALLOCS_ACK = 6, 7
 
@@ -120,7 +122,6 @@ class Reclaimer:
     known: dict[bytes, AllocSet] = field(default_factory=dict)
     acked: dict[bytes, int] = field(default_factory=dict)  # peer -> our version it has
     unreachable_since: dict[bytes, float] = field(default_factory=dict)
-    reserved: dict[int, bytes] = field(default_factory=dict)  # addr -> peer taken over
 
     @property
     def enabled(self) -> bool:
@@ -200,23 +201,21 @@ class Reclaimer:
         known = self.known.get(peer)
         return {} if known is None else dict(known.allocs)
 
-    def settle_reserved(self, received: AllocSet, held: dict[int, str]) -> list[int]:
-        """``received`` is what a peer we took over holds now: our reservations
-        for it that it no longer holds can go (returned); those it still holds
-        are ordinary allocations again (it claims them from us)."""
-        gone = []
-        for addr, peer in list(self.reserved.items()):
-            if peer != received.owner:
-                continue
-            del self.reserved[addr]
-            ident = held.get(addr)
-            if ident is not None and received.allocs.get(addr) != ident:
-                gone.append(addr)
-        return gone
+    @staticmethod
+    def stale(received: AllocSet, held: dict[int, str]) -> list[int]:
+        """Of the addresses we ``held`` for containers of ``received.owner``,
+        those its newer set no longer lists: released while a RELEASE could
+        not reach us, or reserved at a takeover for containers removed
+        meanwhile.  (A peer lists its claims from the moment it sends them, so
+        a set never lacks a claim we have granted.)"""
+        prefix = format_name(received.owner) + "/"
+        return [
+            addr
+            for addr, ident in held.items()
+            if ident.startswith(prefix) and received.allocs.get(addr) != ident
+        ]
 
     def forget(self, peer: bytes) -> None:
         self.known.pop(peer, None)
         self.acked.pop(peer, None)
         self.unreachable_since.pop(peer, None)
-        for addr in [a for a, p in self.reserved.items() if p == peer]:
-            del self.reserved[addr]

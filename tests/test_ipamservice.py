@@ -21,8 +21,9 @@ RANGE = "10.32.0.0/24"
 
 @dataclass
 class Wire:
-    """Carries IPAM messages between services; drops the first ``lose`` sends
-    of each peer (a connection that died without anyone noticing yet)."""
+    """Carries IPAM messages between services; drops the first ``lose`` claims
+    each peer sends (a connection that died without anyone noticing yet) and
+    counts the claims in ``sent``."""
 
     services: dict[bytes, IpamService] = field(default_factory=dict)
     lose: dict[bytes, int] = field(default_factory=dict)
@@ -38,8 +39,10 @@ class Endpoint:
     me: bytes
 
     def send_ipam(self, name: bytes, payload: bytes) -> bool:
-        if payload[0] == CLAIM:  # counted: the claims a peer sent
-            self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
+        if payload[0] != CLAIM:
+            self.wire.services[name].on_message(self.me, payload)
+            return True
+        self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
         if self.wire.lose.get(self.me, 0) > 0:
             self.wire.lose[self.me] -= 1
             return True  # accepted by a dead connection: gone

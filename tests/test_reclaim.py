@@ -146,10 +146,8 @@ def test_take_over_keeps_the_dead_peers_addresses_reserved() -> None:
     assert peers[0].take_over(P[2], {}) == (0, {})  # nothing left to take
 
 
-def test_reservations_settle_when_the_peer_taken_over_says_what_it_holds() -> None:
-    a = Reclaimer(P[0], 100.0)
-    a.reserved = {1: P[2], 2: P[2], 3: P[3]}
-    held = {1: "d/web", 2: "d/db", 3: "e/x"}
-    gone = a.settle_reserved(AllocSet(P[2], 5, {1: "d/web"}), held)
-    assert gone == [2]  # removed while it was cut off
-    assert a.reserved == {3: P[3]}  # 1 is an ordinary allocation again
+def test_a_newer_set_frees_what_its_peer_no_longer_holds() -> None:
+    d, e = "02:00:00:00:00:03/", "02:00:00:00:00:04/"
+    held = {1: d + "web", 2: d + "db", 3: e + "x", 4: "02:00:00:00:00:01/mine"}
+    got = Reclaimer.stale(AllocSet(P[2], 5, {1: d + "web", 7: d + "new"}), held)
+    assert got == [2]  # removed while it was cut off; others' entries untouched
