@@ -91,13 +91,27 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 )
             )
     out += _connections(st)
+    ipam = st["ipam"]
+    away = {
+        s["peer"]: s.get("unreachable_for")
+        for s in ipam.get("shares", [])
+        if s.get("unreachable_for") is not None
+    }
+    after = ipam.get("reclaim_after", 0)
     for p in st["peers"]:
         if not p["reachable"]:
+            gone = away.get(p["peer"])
+            when = (
+                f"its address share is taken over in {max(0.0, after - gone):.0f}s unless it "
+                "returns; "
+                if after and gone is not None
+                else ""
+            )
             out.append(
                 Finding(
                     WARN,
                     f"peer {p['nickname']} ({p['peer']}) is unreachable",
-                    f"if it is gone for good: mesh rmpeer {p['nickname']}",
+                    f"{when}if it is gone for good: mesh rmpeer {p['nickname']}",
                 )
             )
     failures = st["counters"].get("handshake_failures", 0)
