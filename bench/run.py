@@ -8,7 +8,10 @@ container on each host's bridge, and the same traffic through each path:
 * tinc:     tinc 1.0 in switch mode (userspace, encrypted L2, the Debian package);
 * fastd:    fastd v22 in TAP mode, method salsa2012+umac (userspace, encrypted L2,
             the Debian package; the latency reference among them);
-* mesh:     meshrouter (userspace, encrypted L2).
+* mesh:     meshrouter (userspace, encrypted L2);
+* trusted:  meshrouter with --trusted-subnets covering the underlay: unicast
+            on its kernel fast path (VXLAN, unencrypted), in a second lab of
+            two hosts so that both meshes run side by side.
 
 For each: iperf3 single TCP stream and 4 streams, UDP at a fixed rate (loss,
 jitter), 64-byte UDP (frames per second), ping RTT, and CPU (the machine's
@@ -38,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshrouter.testing.netlab import Lab, sh
+from meshrouter.testing.netlab import UNDERLAY, Lab, sh, status
 
 PREFIX = "mbench"
 PING_ROUNDS = 5
@@ -365,6 +368,10 @@ def ratios(by: dict[str, Result]) -> dict[str, float]:
     m, out = by.get("mesh"), dict[str, float]()
     if m is None:
         return out
+    t, v = by.get("trusted"), by.get("vxlan")
+    if t is not None and v is not None and v.tcp1_gbps and v.tcp4_gbps:
+        out["trusted/vxlan TCP x1"] = t.tcp1_gbps / v.tcp1_gbps
+        out["trusted/vxlan TCP x4"] = t.tcp4_gbps / v.tcp4_gbps
     for other in ("tinc", "fastd", "vxlan", "underlay"):
         o = by.get(other)
         if o and o.tcp1_gbps:
@@ -384,6 +391,7 @@ TARGETS = [
     ("mesh/fastd RTT", "<=", 1.6),
     ("mesh/vxlan TCP x1", ">=", 0.4),
     ("mesh/vxlan TCP x4", ">=", 0.3),
+    ("trusted/vxlan TCP x1", ">=", 0.9),
 ]
 
 
@@ -430,8 +438,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         nargs="*",
-        default=["underlay", "vxlan", "tinc", "fastd", "mesh"],
-        choices=["underlay", "vxlan", "tinc", "fastd", "mesh"],
+        default=["underlay", "vxlan", "tinc", "fastd", "mesh", "trusted"],
+        choices=["underlay", "vxlan", "tinc", "fastd", "mesh", "trusted"],
     )
     ap.add_argument(
         "--mesh-opts",
@@ -447,6 +455,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     lab = Lab(PREFIX, 2)
     lab.create()
+    trusted_lab = Lab(PREFIX + "t", 2) if "trusted" in args.only else None
+    if trusted_lab is not None:
+        trusted_lab.create()
     results: list[Result] = []
     try:
         paths: dict[str, tuple[str, str, str, list[int]]] = {}
@@ -466,6 +477,17 @@ def main() -> int:
         if "mesh" in args.only:
             a, b, ip = setup_mesh(lab, tuple(args.mesh_opts.split()))
             paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
+        if trusted_lab is not None:
+            opts = (*args.mesh_opts.split(), "--trusted-subnets", f"{UNDERLAY}.0/24")
+            a, b, ip = setup_mesh(trusted_lab, opts)
+            paths["trusted"] = (a, b, ip, [trusted_lab.router_pid(i) for i in (1, 2)])
+            trusted_lab.wait_for(
+                "trusted pair on the kernel path",
+                lambda: all(
+                    c.get("path") == "kernel" for c in status(trusted_lab, 1)["connections"]
+                ),
+                timeout=30,
+            )
         for name, (a, _b, ip, _) in paths.items():
             lab.wait_for(
                 f"{name} path up",
@@ -498,6 +520,8 @@ def main() -> int:
             results.append(res)
     finally:
         lab.close()
+        if trusted_lab is not None:
+            trusted_lab.close()
     by = {r.path: r for r in results}
     rat = ratios(by)
     print()

@@ -96,7 +96,7 @@ def expose(st: RouterStatus) -> None:
 
 def connections(st: RouterStatus) -> None:
     table(
-        ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION"],
+        ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION", "DATA PATH"],
         [
             [
                 "->" if c["direction"] == "outbound" else "<-",
@@ -105,6 +105,9 @@ def connections(st: RouterStatus) -> None:
                 c.get("nickname") or "-",
                 state_words(c),
                 c.get("cipher", "-") if c["encrypted"] else "not encrypted",
+                "kernel VXLAN, not encrypted"
+                if c.get("path") == "kernel"
+                else ("router" if c.get("peer") else "-"),
             ]
             for c in st["connections"]
         ],

@@ -80,6 +80,14 @@ class RouterOptions:
         "most control connections at once, handshakes included (default: %(default)s)",
         metavar="N",
     )
+    trusted_subnets: str = _opt(
+        "",
+        "comma-separated CIDRs of underlay networks trusted to carry data unencrypted: "
+        "a connection to a peer at such an address (that trusts us too) moves its "
+        "unicast frames to the kernel's VXLAN (UDP port 6784), switching back to the "
+        "encrypted path while that fails (default: none)",
+        metavar="CIDR,...",
+    )
     busy_poll_us: int = _opt(
         DEFAULT_BUSY_POLL_US,
         "after forwarding, keep polling this many microseconds before sleeping "

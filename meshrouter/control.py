@@ -40,6 +40,7 @@ class MessageType(IntEnum):
     DNS = 6  # DNS entries (``dnsrecords``), merged and passed on
     CLOCK = 7  # the sender's wall clock (f64, seconds) || its software version (utf-8)
     ROTATE = 8  # a rotated mesh key: epoch || key || window seconds (``keyring``)
+    FASTPATH = 9  # trust and kernel-path health between two peers (``fastpath``)
 
 
 @dataclass(frozen=True, slots=True)

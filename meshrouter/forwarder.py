@@ -36,6 +36,16 @@ KICK = b"k"
 
 
 @dataclass(frozen=True, slots=True)
+class MacView:
+    """Where each MAC lives, as the data plane's table said at one moment:
+    published whole by the forwarder's thread, read by the control plane
+    (the kernel fast path's forwarding entries follow it)."""
+
+    version: int
+    owners: dict[bytes, bytes]  # never changed after publication
+
+
+@dataclass(frozen=True, slots=True)
 class ForwarderStatistics:
     macs: int
     drops: dict[str, int]
@@ -59,7 +69,9 @@ class Forwarder:
         self.links = links
         self.now = now
         self.busy_poll = busy_poll
+        self.publish_macs = False  # set by the control plane before run(): fast path on
         self.macs = MacTable()  # the forwarder's own
+        self.mac_view = MacView(-1, {})  # written by the forwarder's thread only
         self.stats = PlaneStats()
         self.sender = Sender(
             me=me, tap_fd=tap_fd, udp=udp, links=links, macs=self.macs, stats=self.stats
@@ -153,6 +165,8 @@ class Forwarder:
                 if now >= next_expiry:
                     next_expiry = now + MAC_EXPIRY_INTERVAL
                     self.macs.expire(now)
+                if self.publish_macs and self.mac_view.version != self.macs.version:
+                    self.mac_view = MacView(self.macs.version, self.macs.owners())
         finally:
             ep.close()
 

@@ -64,5 +64,9 @@ class MacTable:
             self.version += 1
         return len(old)
 
+    def owners(self) -> dict[bytes, bytes]:
+        """A copy of where each MAC lives (MAC -> owner)."""
+        return {mac: e.owner for mac, e in self._entries.items()}
+
     def __len__(self) -> int:
         return len(self._entries)

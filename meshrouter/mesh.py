@@ -66,6 +66,7 @@ from .control import (
 from .crypto import SUITES
 from .dnsrecords import Entry, Records, decode_untrusted, encode_chunks
 from .errors import BadPacket, IpamError, LocalProtocolError
+from .fastpath import FastPath
 from .handshake import HandshakeResult, Identity
 from .keyring import KeyRing, decode_rotate_untrusted, encode_rotate
 from .link import Link, LinkTable
@@ -174,6 +175,15 @@ class LinkUp:
 
 
 @dataclass(frozen=True, slots=True)
+class FastPathWork:
+    """Probes to send through the kernel path (ip, VXLAN datagram); and
+    whether any peer's path changed (the forwarding entries must follow)."""
+
+    probes: list[tuple[str, bytes]]
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Redial:
     """Dial ``address`` now, beside the connection it has (re-keying it)."""
 
@@ -185,7 +195,7 @@ class KeysChanged:
     """The key ring changed (a rotation adopted, a key retired): persist it."""
 
 
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | FastPathWork
 
 
 @dataclass(eq=False)
@@ -239,8 +249,10 @@ class Mesh:
         now: float = 0.0,
         version: str = "",
         keys: KeyRing | None = None,
+        fastpath: FastPath | None = None,
     ) -> None:
         self.me = name
+        self.fastpath = fastpath
         self.name = format_name(name)
         self.nickname = nickname
         self.keys = keys if keys is not None else KeyRing(current=psk)
@@ -406,6 +418,8 @@ class Mesh:
         if self.peers.get(conn.name) is conn:
             del self.peers[conn.name]
             self._update_own_record()
+            if self.fastpath is not None and self.fastpath.connection_down(conn.name):
+                self._actions.append(FastPathWork([], True))
 
     def _log_closed(self, conn: Conn, reason: str, cause: str, now: float) -> None:
         if conn.result is None:
@@ -510,6 +524,10 @@ class Mesh:
         for chunk in encode_chunks(self.dns.all()):
             self._send(conn, MessageType.DNS, chunk)
         self._send_clock(conn, now)
+        if self.fastpath is not None:
+            self._send(
+                conn, MessageType.FASTPATH, self.fastpath.connection_up(conn.name, conn.remote[0])
+            )
         if replaced is not None and conn.link.session.established(now):
             self._transition(conn, Input.UDP_UP)  # it inherited a working path
         self._update_own_record()
@@ -545,6 +563,12 @@ class Mesh:
                 self._close(conn, f"bad IPAM message: {exc}", now, cause="error")
         elif ev.type == MessageType.IPAM_RELAYED:
             self._on_relayed_ipam(ev.payload, now)
+        elif ev.type == MessageType.FASTPATH:
+            if self.fastpath is not None:
+                try:
+                    self.fastpath.on_message_untrusted(conn.name, ev.payload)
+                except BadPacket:
+                    self.counters["fastpath_errors"] += 1
         elif ev.type == MessageType.GOSSIP:
             try:
                 fwd = self.gossip.receive_untrusted(ev.payload)
@@ -836,6 +860,14 @@ class Mesh:
         if wall is not None:
             self._wall_offset = wall - now
         self._rekey_for_rotation(now)
+        if self.fastpath is not None:
+            work = self.fastpath.tick(now)
+            for name, payload in work.reports:
+                conn = self.peers.get(name)
+                if conn is not None:
+                    self._send(conn, MessageType.FASTPATH, payload)
+            if work.probes or work.changes:
+                self._actions.append(FastPathWork(work.probes, bool(work.changes)))
         for conn in list(self.conns.values()):
             if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
                 self._close(conn, "re-keyed under the rotated mesh password", now)
@@ -963,6 +995,7 @@ class Mesh:
                 "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
                 "peer_version": conn.peer_version,
                 "key_epoch": conn.key_epoch,
+                "path": self.fastpath.path_of(conn.name) if self.fastpath else "sleeve",
                 "datagram_size": s.datagram_size,
                 "pmtu_confirmed": s.pmtu.confirmed,
                 "tx_messages": s.tx_messages,

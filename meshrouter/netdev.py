@@ -27,12 +27,21 @@ class NetdevError(MeshError):
     pass
 
 
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+def _tool(tool: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         msg = proc.stderr.strip() or proc.stdout.strip()
-        raise NetdevError(f"'ip {' '.join(args)}' failed: {msg}")
+        raise NetdevError(f"'{tool} {' '.join(args)}' failed: {msg}")
     return proc
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _tool("ip", args, check)
+
+
+def bridge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """iproute2's ``bridge`` (port flags such as ``isolated``)."""
+    return _tool("bridge", args, check)
 
 
 def nft(script: str) -> None:

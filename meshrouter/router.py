@@ -39,11 +39,23 @@ from .dnsanswer import Answerer
 from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
 from .errors import IpamError
+from .fastpath import FastPath, parse_subnets
+from .fastpathservice import FastPathService
 from .forwarder import Forwarder
 from .handshake import derive_psk
 from .ipamservice import IpamService
 from .keyring import DEFAULT_WINDOW, KeyRing
-from .mesh import Close, Flush, KeysChanged, LinkUp, Mesh, Redial, Rng, TargetsChanged
+from .mesh import (
+    Close,
+    FastPathWork,
+    Flush,
+    KeysChanged,
+    LinkUp,
+    Mesh,
+    Redial,
+    Rng,
+    TargetsChanged,
+)
 from .netdev import NetdevError, Tap
 from .state import atomic_write, load_json
 from .status import DnsStatus, ExposeStatus, RouterStatus
@@ -53,6 +65,7 @@ log = logging.getLogger("meshrouter")
 
 CONNECT_TIMEOUT = 5.0
 CLOSE_FLUSH_TIMEOUT = 1.0
+FASTPATH_DEVICE = "vxmesh"  # the kernel fast path's VXLAN device, on the bridge
 EXPOSE_CONTAINER = "host:expose"  # the IPAM and DNS key of the host's own addresses
 
 
@@ -89,6 +102,11 @@ class Router:
         self.forwarder: Forwarder | None = None
         self.started_at = 0.0
         peers = list(opts.peers) if peers is None else peers
+        fastpath = None
+        if opts.trusted_subnets:
+            trusted = parse_subnets(opts.trusted_subnets)  # ValueError names the bad one
+            fastpath = FastPath(name, bytes(6), trusted, probe_size=opts.mtu + 14)
+        self.fastpath_service: FastPathService | None = None
         self.ipam = IpamService(
             name,
             opts.ipalloc_range,
@@ -108,6 +126,7 @@ class Router:
             ipam=self.ipam,
             conn_limit=opts.conn_limit,
             version=__version__,
+            fastpath=fastpath,
         )
         self.state_dir = state_dir
         self.ipam.on_release = self._released
@@ -158,6 +177,22 @@ class Router:
             now=trio.lowlevel.current_clock().current_time,
             busy_poll=opts.busy_poll_us / 1e6,
         )
+        core = self.mesh.fastpath
+        if core is not None:
+            forwarder = self.forwarder
+            service = FastPathService(
+                core, bridge=opts.bridge, tap=self._tap.name, device=FASTPATH_DEVICE,
+                macs=lambda: forwarder.mac_view,
+            )  # fmt: skip
+            try:
+                service.up()
+            except (NetdevError, OSError) as exc:
+                log.error("no kernel fast path (trusted links stay encrypted): %s", exc)
+                service.down()
+                self.mesh.fastpath = None
+            else:
+                forwarder.publish_macs = True
+                self.fastpath_service = service
         try:
             listeners = await trio.open_tcp_listeners(opts.port, host=opts.listen)
             async with trio.open_nursery() as nursery:
@@ -166,6 +201,8 @@ class Router:
                 await nursery.start(self._forwarder_task)
                 nursery.start_soon(self._maker_loop)
                 nursery.start_soon(self._tick_loop)
+                if self.fastpath_service is not None:
+                    await nursery.start(self.fastpath_service.serve)
                 if self.dns_server is not None:
                     try:
                         hostaccess.dns_up(opts.bridge, self._tap.name, opts.dns_listen_address)
@@ -198,6 +235,8 @@ class Router:
             if self.exposed["masquerade"]:
                 hostaccess.masquerade_down()
             self.ipam.close()
+            if self.fastpath_service is not None:
+                self.fastpath_service.down()
             self.forwarder.close()
             udp.close()
             self._tap.close()
@@ -224,6 +263,10 @@ class Router:
                 self.forwarder.kick()
             elif isinstance(action, KeysChanged):
                 self._save_keys()
+            elif isinstance(action, FastPathWork) and self.fastpath_service is not None:
+                self.fastpath_service.send_probes(action.probes)
+                if action.changed:
+                    self.fastpath_service.path_changed()
             elif isinstance(action, Redial) and self._nursery is not None:
                 self._nursery.start_soon(self._dial, action.address)
 
@@ -633,6 +676,8 @@ class Router:
         counters = Counter(base["counters"])
         if fstats is not None:
             counters.update(fstats.counters)
+        if mesh.fastpath is not None:
+            counters.update({f"fastpath_{k}": v for k, v in mesh.fastpath.status().items()})
         return {
             **base,
             "counters": dict(counters),

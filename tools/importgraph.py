@@ -49,6 +49,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "routes",
             "targets",
             "mactable",
+            "fastpath",
             "ipam",
             "reclaim",
             "dnsrecords",
@@ -64,6 +65,8 @@ ROOMS: list[tuple[str, set[str]]] = [
         {
             "ipamstore",
             "ipamservice",
+            "fdb",
+            "fastpathservice",
             "dnsservice",
             "hostaccess",
             "engine",
