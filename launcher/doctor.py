@@ -224,6 +224,16 @@ def _connections(st: RouterStatus) -> list[Finding]:
                 )
             )
             continue
+        if c.get("path") == "fallback":
+            out.append(
+                Finding(
+                    WARN,
+                    f"{who}: trusted, but the kernel path fails (the router carries it, "
+                    "encrypted and slower)",
+                    f"open UDP port 6784 between the hosts, with room for {st['mtu'] + 64}-byte "
+                    "datagrams",
+                )
+            )
         size = c.get("datagram_size", 0)
         need = st["mtu"] + ETH_HEADER + TUNNEL_OVERHEAD
         notes = [f"{c.get('cipher')}, path MTU {size}"]

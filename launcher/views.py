@@ -94,6 +94,13 @@ def expose(st: RouterStatus) -> None:
     print(f"exposed as {', '.join(e['addresses'])}, {masq} masquerading")
 
 
+PATH_WORDS = {
+    "kernel": "kernel VXLAN, not encrypted",
+    "fallback": "router (kernel path failing)",
+    "sleeve": "router",
+}
+
+
 def connections(st: RouterStatus) -> None:
     table(
         ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION", "DATA PATH"],
@@ -105,9 +112,7 @@ def connections(st: RouterStatus) -> None:
                 c.get("nickname") or "-",
                 state_words(c),
                 c.get("cipher", "-") if c["encrypted"] else "not encrypted",
-                "kernel VXLAN, not encrypted"
-                if c.get("path") == "kernel"
-                else ("router" if c.get("peer") else "-"),
+                PATH_WORDS.get(c.get("path", ""), "router") if c.get("peer") else "-",
             ]
             for c in st["connections"]
         ],

@@ -109,6 +109,8 @@ class PeerPath:
     heard_at: float | None = None  # their last probe
     they_hear: bool = False
     up: bool = False
+    failing: bool = False  # wanted, tried for a while, not up
+    trying_since: float | None = None
     seq: int = 0
     reported: int = -1
     next_report: float = 0.0
@@ -202,8 +204,12 @@ class FastPath:
         self.counters["probes_heard"] += 1
 
     def path_of(self, name: bytes) -> str:
+        """ "kernel"; "fallback" (trusted both ways, but probes do not get
+        through: the router carries it); or "sleeve" (the router)."""
         p = self.peers.get(name)
-        return "kernel" if p is not None and p.up else "sleeve"
+        if p is None:
+            return "sleeve"
+        return "kernel" if p.up else "fallback" if p.failing else "sleeve"
 
     def wants_probes(self, p: PeerPath) -> bool:
         return p.trusted and p.they_trust and p.their_mac is not None
@@ -227,7 +233,14 @@ class FastPath:
             if flags != p.reported or now >= p.next_report:
                 p.reported, p.next_report = flags, now + REPORT_INTERVAL
                 work.reports.append((p.name, encode_message(flags, self.mac)))
-            up = self.wants_probes(p) and bool(flags & HEARS) and p.they_hear
+            wanted = self.wants_probes(p)
+            up = wanted and bool(flags & HEARS) and p.they_hear
+            if not wanted:
+                p.trying_since = None
+            elif p.trying_since is None:
+                p.trying_since = now
+            since = p.trying_since
+            p.failing = since is not None and not up and now - since >= PROBE_TIMEOUT
             if up != p.up:
                 p.up = up
                 self.counters["switches"] += 1

@@ -42,7 +42,7 @@ class ConnectionStatus(TypedDict, total=False):
     clock_skew: float | None  # the peer's wall clock minus ours (None: not heard yet)
     peer_version: str  # the peer's software version ("" before it said)
     key_epoch: int  # the mesh password (epoch) this connection was made under
-    path: str  # of the data: "sleeve" (the router, encrypted) or "kernel" (trusted VXLAN)
+    path: str  # of the data: "sleeve" (the router), "kernel" (trusted VXLAN), "fallback"
     datagram_size: int
     pmtu_confirmed: bool
     tx_messages: int

@@ -79,6 +79,7 @@ def test_each_problem_is_one_line_with_what_to_do() -> None:
         connections=[
             conn(state="pending"),
             conn(nickname="h3", datagram_size=1200, clock_skew=-4.2, peer_version="0.2.0"),
+            conn(nickname="h4", path="fallback"),
         ],
         targets=[
             {"address": "198.18.0.4:6783", "state": "retrying", "last_error": "Connection refused"},
@@ -126,6 +127,8 @@ def test_each_problem_is_one_line_with_what_to_do() -> None:
         "h3: path MTU 1200 is below the 1464",
         "h3: its clock is -4.2 s from ours: run NTP",
         "h3 runs meshrouter 0.2.0",
+        "h4: trusted, but the kernel path fails (the router carries it, encrypted and "
+        "slower): open UDP port 6784 between the hosts, with room for 1440-byte datagrams",
         "peer h9 (02:00:00:00:00:09) is unreachable: if it is gone for good: mesh rmpeer h9",
         "peer h8 (02:00:00:00:00:08) is unreachable: its address share is taken over in "
         "1500s unless it returns; if it is gone for good: mesh rmpeer h8",

@@ -93,8 +93,8 @@ def test_one_blocked_direction_keeps_or_moves_both_sides_to_the_sleeve() -> None
     run(a, b, 0.0, 3.0)
     changes = run(a, b, 3.0, 3.0 + PROBE_TIMEOUT + 2, b_to_a=False)
     assert changes == [PathChange(B, False)]
-    assert a.path_of(B) == "sleeve"
-    assert b.path_of(A) == "sleeve"  # told by a's report that its probes stopped arriving
+    assert a.path_of(B) == "fallback"
+    assert b.path_of(A) == "fallback"  # told by a's report that its probes stopped arriving
     changes = run(a, b, 10.0, 13.0)
     assert changes == [PathChange(B, True)]
 

@@ -155,7 +155,8 @@ def test_trusted_pair_takes_the_kernel_path_and_falls_back_when_it_fails(
         "priority 0; policy accept; }; add rule inet fpblock in udp dport 6784 drop",
     )  # fmt: skip
     try:
-        lab.wait_for("fallback", lambda: path(lab, 1, lab.host(2)) == "sleeve", timeout=15)
+        lab.wait_for("fallback", lambda: path(lab, 1, lab.host(2)) == "fallback", timeout=15)
+        assert "the kernel path fails" in lab.mesh(1, "doctor", check=False).stdout
         out = lab.in_ns(c[1], "ping", "-c", "5", "-i", "0.2", "-W", "2", ip[2], check=False)
         assert out.returncode == 0, out.stdout
         assert "DUP!" not in out.stdout
