@@ -25,6 +25,7 @@ from meshrouter.fastpath import (
     parse_subnets,
 )
 from meshrouter.fdb import NTF_MASTER, NTF_SELF, NTF_STICKY, RTM_NEWNEIGH, neigh_message
+from meshrouter.testing.fakes import MeshNet, name
 
 A, B, C = (bytes([2, 0, 0, 0, 0, i]) for i in (1, 2, 3))
 MAC_A, MAC_B = bytes.fromhex("0a0000000001"), bytes.fromhex("0a0000000002")
@@ -162,3 +163,26 @@ def test_netlink_requests_say_what_the_bridge_command_would() -> None:
     _, _, _, _, state, flags, _ = struct.unpack_from("=BBHiHBB", msg, 16)
     assert flags == NTF_MASTER | NTF_STICKY
     assert state == 0x40  # static (NUD_NOARP)
+
+
+def test_two_mesh_cores_agree_on_the_kernel_path_over_their_control_connection() -> None:
+    """The mesh core carries FASTPATH messages and probes work (MeshNet: real
+    handshakes, in memory); a peer at an untrusted address stays on the router."""
+    net = MeshNet(3)
+    trusted = parse_subnets("198.18.0.1/32,198.18.0.2/32")
+    for i in (1, 2, 3):
+        net.mesh(i).fastpath = FastPath(name(i), bytes([0x0A, 0, 0, 0, 0, i]), trusted, 1390)
+    net.dial(1, 2)
+    net.dial(1, 3)
+    host_of = {n.host: k for k, n in enumerate(net.nodes, 1)}
+    for _ in range(8):
+        net.tick()
+        for _sender, host, dgram in net.probes:
+            core = net.mesh(host_of[host]).fastpath
+            assert core is not None
+            core.on_probe_untrusted(dgram[8:], net.now)
+        net.probes.clear()
+    by_peer = {c["nickname"]: c["path"] for c in net.mesh(1).status(net.now)["connections"]}
+    assert by_peer == {"host2": "kernel", "host3": "sleeve"}
+    assert net.mesh(2).status(net.now)["connections"][0]["path"] == "kernel"
+    assert net.mesh(3).status(net.now)["connections"][0]["path"] == "sleeve"

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import BadPacket
-from ..mesh import Close, Flush, LinkUp, Mesh, Redial, TargetsChanged
+from ..mesh import Close, FastPathWork, Flush, LinkUp, Mesh, Redial, TargetsChanged
 from ..wire import parse_header_untrusted
 from .control import psk
 
@@ -82,6 +82,7 @@ class MeshNet:
         self.targets_changed = 0
         self.links_up = 0
         self.redials: list[tuple[int, str]] = []  # (node, address) asked, dialled by tick()
+        self.probes: list[tuple[int, str, bytes]] = []  # fast-path probes: (from, to host, dgram)
 
     @staticmethod
     def _make(i: int, password: bytes, seed: int, ipam: FakeIpam) -> Mesh:
@@ -145,6 +146,8 @@ class MeshNet:
                 self.links_up += 1
             elif isinstance(action, Redial):
                 self.redials.append((i, action.address))
+            elif isinstance(action, FastPathWork):
+                self.probes += [(i, host, dgram) for host, dgram in action.probes]
 
     def _move(self, i: int, index: int) -> bool:
         far = self.wires.get((i, index))
