@@ -145,7 +145,13 @@ class FastPath:
         self.probe_size = probe_size
         self.peers: dict[bytes, PeerPath] = {}
         self.fdb: dict[bytes, bytes] = {}  # MAC -> peer, as programmed
-        self.counters = {"probes_sent": 0, "probes_heard": 0, "bad_probes": 0, "switches": 0}
+        self.counters = {
+            "probes_sent": 0,
+            "probe_send_errors": 0,  # counted by the shell, which sends them
+            "probes_heard": 0,
+            "bad_probes": 0,
+            "switches": 0,
+        }
         self._next_probe = 0.0
 
     @property
