@@ -18,6 +18,7 @@ from typing import Any
 
 from meshrouter import __version__, apiclient, config, dockerapi
 from meshrouter.config import RouterOptions
+from meshrouter.constants import FASTPATH_DEVICE
 from meshrouter.netdev import delete_link, link_exists
 from meshrouter.state import (
     atomic_write,
@@ -118,6 +119,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
                 "mtu": a.mtu,
                 "default_subnet": a.ipalloc_default_subnet,
                 "engine": a.engine,
+                "trusted_subnets": a.trusted_subnets,
             }
         ).encode(),
     )
@@ -174,6 +176,10 @@ def _check_ranges(a: argparse.Namespace) -> None:
             raise CliError(f"--ipalloc-default-subnet: {exc}") from None
         if not sub.subnet_of(net):
             raise CliError(f"--ipalloc-default-subnet {sub} is not inside --ipalloc-range {net}")
+    try:
+        config.parse_subnets(a.trusted_subnets)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -277,6 +283,8 @@ def cmd_stop(a: argparse.Namespace) -> int:
         (state_dir / "router.pid").unlink(missing_ok=True)
     if container:  # only a container our launch made, running or left over
         _docker("rm", "-f", CONTAINER)
+    if cfg.get("trusted_subnets") and link_exists(FASTPATH_DEVICE):
+        delete_link(FASTPATH_DEVICE)  # left by a router that did not stop cleanly
     if not link_exists(bridge):
         print("router stopped")
     elif not take_bridge_made(state_dir, bridge):

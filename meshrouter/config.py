@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,3 +184,17 @@ def to_argv(opts: RouterOptions) -> list[str]:
         elif value is not None:
             argv += [_flag(f), str(value)]
     return argv + positional
+
+
+def parse_subnets(text: str) -> list[ipaddress.IPv4Network]:
+    """``--trusted-subnets`` (comma-separated CIDRs); raises ValueError naming the bad one."""
+    nets = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.IPv4Network(part, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"--trusted-subnets: {part!r} is not an IPv4 CIDR ({exc})") from None
+    return nets

@@ -25,6 +25,7 @@ HEARTBEAT_TIMEOUT = 6.0  # no control message for this long: connection closed
 UDP_TIMEOUT = 5.0  # no UDP heard for this long: connection not established
 HANDSHAKE_TIMEOUT = 10.0
 
+FASTPATH_DEVICE = "vxmesh"  # the kernel fast path's VXLAN device, on the bridge
 MAX_CONTROL_MESSAGE = 1 << 20  # bytes; larger control frames are refused
 # A session stops being used well before its 64-bit counters could wrap: the
 # router closes a connection whose session has sent REKEY_AFTER_MESSAGES (the

@@ -53,20 +53,6 @@ _VXLAN = struct.Struct("!II")
 _PROBE = struct.Struct("!6s6sH8s6sI")
 
 
-def parse_subnets(text: str) -> list[ipaddress.IPv4Network]:
-    """``--trusted-subnets`` (comma-separated CIDRs); raises ValueError naming the bad one."""
-    nets = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            nets.append(ipaddress.IPv4Network(part, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"--trusted-subnets: {part!r} is not an IPv4 CIDR ({exc})") from None
-    return nets
-
-
 def encode_message(flags: int, mac: bytes) -> bytes:
     return _MSG.pack(1, flags, mac)
 

@@ -33,13 +33,13 @@ from pathlib import Path
 import trio
 
 from . import __version__, engine, hostaccess
-from .config import RouterOptions
-from .constants import DNS_PORT, HEARTBEAT_INTERVAL
+from .config import RouterOptions, parse_subnets
+from .constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
 from .dnsanswer import Answerer
 from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
 from .errors import IpamError
-from .fastpath import FastPath, parse_subnets
+from .fastpath import FastPath
 from .fastpathservice import FastPathService
 from .forwarder import Forwarder
 from .handshake import derive_psk
@@ -65,7 +65,6 @@ log = logging.getLogger("meshrouter")
 
 CONNECT_TIMEOUT = 5.0
 CLOSE_FLUSH_TIMEOUT = 1.0
-FASTPATH_DEVICE = "vxmesh"  # the kernel fast path's VXLAN device, on the bridge
 EXPOSE_CONTAINER = "host:expose"  # the IPAM and DNS key of the host's own addresses
 
 

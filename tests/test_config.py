@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_every_field_has_help_and_a_bad_choice_is_refused() -> None:
         assert f.metadata["help"], f.name
     with pytest.raises(SystemExit):
         parser().parse_args(["--log-level", "loud"])
+
+
+def test_launch_refuses_a_bad_trusted_subnet_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from launcher.cli import main
+
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    state = tmp_path / "state"
+    argv = ["launch", "--state-dir", str(state), "--password-file", str(password)]
+    assert main([*argv, "--trusted-subnets", "198.18.0.0/24,10.0.0.300/8"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mesh: --trusted-subnets: '10.0.0.300/8' is not an IPv4 CIDR")
+    assert "\n" not in err
+    assert not state.exists()  # refused before anything was made

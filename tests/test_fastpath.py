@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshrouter.config import parse_subnets
 from meshrouter.errors import BadPacket
 from meshrouter.fastpath import (
     HEARS,
@@ -22,7 +23,6 @@ from meshrouter.fastpath import (
     decode_probe_untrusted,
     encode_message,
     encode_probe,
-    parse_subnets,
 )
 from meshrouter.fdb import NTF_MASTER, NTF_SELF, NTF_STICKY, RTM_NEWNEIGH, neigh_message
 from meshrouter.testing.fakes import MeshNet, name

@@ -6,6 +6,8 @@ broadcast, and an untrusted peer's traffic still encrypted."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -167,3 +169,12 @@ def test_trusted_pair_takes_the_kernel_path_and_falls_back_when_it_fails(
     # The mesh status says which path each connection takes.
     text = lab.mesh(1, "status", "connections").stdout
     assert "kernel VXLAN, not encrypted" in text
+    # The VXLAN device goes with the router: on a clean stop, and on 'mesh stop'
+    # after the router was killed with -9.
+    lab.mesh(1, "stop")
+    assert lab.run(1, "ip", "link", "show", "vxmesh", check=False).returncode != 0
+    os.kill(lab.router_pid(2), signal.SIGKILL)
+    time.sleep(0.5)
+    assert lab.run(2, "ip", "link", "show", "vxmesh", check=False).returncode == 0
+    lab.mesh(2, "stop")
+    assert lab.run(2, "ip", "link", "show", "vxmesh", check=False).returncode != 0
