@@ -147,6 +147,10 @@ class IpamService:
             self.transport.broadcast_ipam(self._allocs_payload(), None)
         if self.store is not None and self.store.saved_version != self.core.version:
             self.store.save(self.core, self.remote, self.remote_ns, self.reclaimer)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every API call waiting for the mesh to change."""
         self.changed.set()
         self.changed = trio.Event()
 
@@ -395,8 +399,7 @@ class IpamService:
     def tick(self, now: float, reachable: set[bytes]) -> None:
         if reachable != self._reachable:
             self._reachable = set(reachable)
-            self.changed.set()  # a wait for owners to record an allocation may go on
-            self.changed = trio.Event()
+            self._wake()  # a wait for owners to record an allocation may go on
         ring = self.core.maybe_init(reachable, now)
         if ring is not None:
             log.info(
@@ -628,11 +631,16 @@ class IpamService:
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         self.remote_ns.pop(ident, None)
         for owner, addr in self.remote.pop(ident, []):
-            owner = self.core.owner_of(addr) or owner  # it may have been taken over
-            self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
+            self._send_release(owner, addr, ident)
             gone.append(str(ipaddress.IPv4Address(addr)))
             self.core.version += 1
         return gone
+
+    def _send_release(self, owner: bytes, addr: int, ident: str) -> None:
+        """RELEASE a claim of ours, to whoever owns the address now (``owner``
+        claimed it for us; its share may have been taken over since)."""
+        owner = self.core.owner_of(addr) or owner
+        self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
 
     def _release_some(self, ident: str, which: set[int]) -> list[str]:
         released: list[int] = []
@@ -641,22 +649,15 @@ class IpamService:
             if held is not None and held.ident == ident:
                 self.core.release_addr(addr)
                 released.append(addr)
-        kept: list[tuple[bytes, int]] = []
-        for owner, addr in self.remote.get(ident, []):
+        had_claims = ident in self.remote
+        for owner, addr in list(self.remote.get(ident, [])):
             if addr in which:
-                owner = self.core.owner_of(addr) or owner  # it may have been taken over
-                self.transport.send_ipam(owner, encode_claim(0, addr, ident, RELEASE))
+                self._send_release(owner, addr, ident)
+                self._drop_remote(ident, addr)
                 released.append(addr)
-                self.core.version += 1
-            else:
-                kept.append((owner, addr))
-        if ident in self.remote:
-            if kept:
-                self.remote[ident] = kept
-            else:
-                del self.remote[ident]
-                if not any(a.ident == ident for a in self.core.allocs.values()):
-                    self.remote_ns.pop(ident, None)
+        gone = had_claims and ident not in self.remote
+        if gone and not any(a.ident == ident for a in self.core.allocs.values()):
+            self.remote_ns.pop(ident, None)
         if released:
             self.on_release(ident, released)
         return [str(ipaddress.IPv4Address(a)) for a in released]
