@@ -133,7 +133,8 @@ class FastPath:
         self.fdb: dict[bytes, bytes] = {}  # MAC -> peer, as programmed
         self.counters = {
             "probes_sent": 0,
-            "probe_send_errors": 0,  # counted by the shell, which sends them
+            "probe_send_errors": 0,  # these two counted by the shell, which does the I/O
+            "fdb_errors": 0,
             "probes_heard": 0,
             "bad_probes": 0,
             "switches": 0,

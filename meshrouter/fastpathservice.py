@@ -58,7 +58,6 @@ class FastPathService:
         self._rx: socket.socket | None = None
         self._seen_version = -2
         self._replan = True
-        self.errors = 0
 
     # -- the device --------------------------------------------------------
 
@@ -151,11 +150,11 @@ class FastPathService:
             try:
                 self._fdb.remove(mac)
             except OSError as exc:
-                self.errors += 1
+                self.core.counters["fdb_errors"] += 1
                 log.warning("cannot remove the kernel path's entry for a MAC: %s", exc)
         for mac, addr in add.items():
             try:
                 self._fdb.add(mac, addr)
             except OSError as exc:
-                self.errors += 1
+                self.core.counters["fdb_errors"] += 1
                 log.warning("cannot program the kernel path's entry for a MAC: %s", exc)
