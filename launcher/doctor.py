@@ -161,6 +161,14 @@ def _host(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 "throughput is lower (a kernel >= 5.0, or --no-offload was given)",
             )
         )
+    if st.get("dataplane") == "python" and not st.get("dataplane_built", True):
+        out.append(
+            Finding(
+                WARN,
+                "the C data plane is not built: the pure-Python loop forwards",
+                "throughput is lower; install gcc and the Python headers and reinstall meshrouter",
+            )
+        )
     if not facts.nft:
         out.append(
             Finding(

@@ -44,6 +44,9 @@ def summary(st: RouterStatus) -> None:
     print(f"           Peer: {st['name']} ({st['nickname']})")
     print(f"     Encryption: enabled{' (' + ', '.join(ciphers) + ')' if ciphers else ''}")
     print(f"           Port: {st['port']} (TCP control, UDP data)")
+    plane = st.get("dataplane")
+    if plane:
+        print(f"     Data plane: {'C loop' if plane == 'c' else 'pure Python'}")
     print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
     print(f"       IP range: {st['ipalloc_range']}")
     pw = st.get("password")

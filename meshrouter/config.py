@@ -95,6 +95,13 @@ class RouterOptions:
         "(lower latency, some CPU; 0 turns it off; default: %(default)s)",
         metavar="US",
     )
+    dataplane: str = _opt(
+        "auto",
+        "which loop forwards encrypted frames: 'c' (the compiled per-message loop), "
+        "'python' (the pure-Python forwarder) or 'auto' (C when it was built; "
+        "default: %(default)s)",
+        choices=("auto", "c", "python"),
+    )
     offload: bool = _opt(
         True,
         "turn off TAP segmentation/checksum offload and UDP GSO/GRO "

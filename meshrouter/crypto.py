@@ -192,3 +192,12 @@ class Opener:
         nonce, key = self._nonce_ptr, self._key
         rc: int = self._raw(out, NULL, NULL, ciphertext, size, ad, ad_size, nonce, key)
         return rc == 0
+
+
+def raw_functions(suite: Suite) -> tuple[int, int]:
+    """Addresses of libsodium's encrypt and decrypt functions for ``suite``
+    (PyNaCl's own copy of libsodium), for the C data-plane loop to call."""
+    raw = SUITES[suite].raw
+    enc = _ffi.cast("uintptr_t", _ffi.addressof(_lib, raw + "_encrypt"))
+    dec = _ffi.cast("uintptr_t", _ffi.addressof(_lib, raw + "_decrypt"))
+    return int(enc), int(dec)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import HEARTBEAT_INTERVAL
+from .dataplane import Mode, native, use_native
 from .link import LinkView, PlaneStats
 from .mactable import MacTable
 from .receive import Receiver
@@ -62,6 +63,7 @@ class Forwarder:
         links: LinkView,
         now: Callable[[], float],
         busy_poll: float = 0.0,
+        dataplane: Mode = "auto",
     ) -> None:
         self.me = me
         self.tap_fd = tap_fd
@@ -87,6 +89,36 @@ class Forwarder:
         )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self.cloop: native.Loop | None = None
+        if use_native(dataplane):
+            # The C loop reads into the same buffers the Python paths take
+            # over from: a frame or datagram handed back is not copied.
+            self.cloop = native.Loop(
+                tap_fd,
+                udp.fileno(),
+                self._wake_r,
+                me,
+                self.sender.frame_buffer,
+                self.receiver.recv_buffer,
+                self.receiver.plain_buffer,
+                self.receiver.name_buffer,
+                udp.gso,
+                busy_poll,
+            )
+            self.sender.cloop = self.receiver.cloop = self.cloop
+            links.subscribe(self.cloop.invalidate)
+        self._macs_version = self.macs.version
+
+    @property
+    def dataplane(self) -> str:
+        """Which loop forwards: "c" or "python"."""
+        return "python" if self.cloop is None else "c"
+
+    def invalidate(self) -> None:
+        """The links or routes changed (any thread): the C loop forgets what it
+        was told and asks again."""
+        if self.cloop is not None:
+            self.cloop.invalidate()
 
     # -- entries for the control plane (any thread) ----------------------
 
@@ -98,6 +130,8 @@ class Forwarder:
         os.write(self._wake_w, STOP)
 
     def close(self) -> None:
+        if self.cloop is not None:
+            self.cloop.release()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -107,6 +141,21 @@ class Forwarder:
         drops, counters = self.stats.snapshot()
         for reason, n in dict(self.udp.errors).items():  # dict(): one copy made in C
             drops[reason] = drops.get(reason, 0) + n
+        if self.cloop is not None:  # its counters: racy reads of C integers, never torn
+            for name, n in zip(native.COUNTS, self.cloop.counts(), strict=True):
+                if not n:
+                    continue
+                if name.startswith("c_"):
+                    counters[name[2:]] = n
+                else:
+                    drops[name] = drops.get(name, 0) + n
+            for code, n in self.cloop.send_errors().items():
+                reason = (
+                    "send would block"
+                    if code == errno.EAGAIN
+                    else "send " + (errno.errorcode.get(code, "error"))
+                )
+                drops[reason] = drops.get(reason, 0) + n
         return ForwarderStatistics(len(self.macs), drops, counters)
 
     # -- entries for tests and benchmarks (the forwarder's thread, or none) -
@@ -119,10 +168,22 @@ class Forwarder:
         """Forward what waits on the UDP socket (``receive``)."""
         self.receiver.drain_udp(now)
 
+    def pump(self, now: float) -> None:
+        """Forward everything that waits, with whichever loop runs (tests)."""
+        if self.cloop is None:
+            self.drain_udp(now)
+            self.drain_tap(now)
+            return
+        while self._step(self.cloop, now, 0.0) != native.EV_TIMEOUT:
+            pass
+
     # -- the loop --------------------------------------------------------
 
     def run(self) -> None:
         """Forward until ``stop()``.  Blocking: run it in a thread."""
+        if self.cloop is not None:
+            self._run_native(self.cloop)
+            return
         ep = select.epoll()
         udp_fd = self.receiver.udp_fd
         ep.register(self._wake_r, select.EPOLLIN)
@@ -169,6 +230,58 @@ class Forwarder:
                     self.mac_view = MacView(self.macs.version, self.macs.owners())
         finally:
             ep.close()
+
+    def _run_native(self, loop: native.Loop) -> None:
+        """The C loop forwards; Python handles what it hands back, and the timers."""
+        next_heartbeats = next_expiry = 0.0
+        now = self.now()
+        while True:
+            ev = self._step(loop, now, HEARTBEAT_INTERVAL / 4)
+            now = self.now()
+            if ev == native.EV_WAKE:
+                try:
+                    if STOP in os.read(self._wake_r, 4096):
+                        return
+                except BlockingIOError:
+                    pass
+                next_heartbeats = 0.0
+            if now >= next_heartbeats:
+                next_heartbeats = now + HEARTBEAT_INTERVAL / 2
+                self.heartbeats(now)
+            if now >= next_expiry:
+                next_expiry = now + MAC_EXPIRY_INTERVAL
+                self.macs.expire(now)
+            if self._macs_version != self.macs.version:
+                self._macs_version = self.macs.version
+                loop.invalidate()  # lanes and seen MACs were decided on the old table
+            if self.publish_macs and self.mac_view.version != self.macs.version:
+                self.mac_view = MacView(self.macs.version, self.macs.owners())
+
+    def _step(self, loop: native.Loop, now: float, timeout: float) -> int:
+        """Run the C loop until it hands something back (or ``timeout``), and
+        handle that with the Python paths.  Returns the event."""
+        ev = loop.run(now, timeout)
+        if ev == native.EV_TIMEOUT or ev == native.EV_WAKE:
+            return ev
+        now = self.now()
+        if ev == native.EV_TAP:
+            self.sender.route_frame(loop.ev_n, bool(loop.ev_first), now)
+        elif ev == native.EV_TAP_DONE:
+            self.sender.flush_packed()
+        elif ev == native.EV_UDP:
+            self.receiver.finish_read(loop.ev_off, loop.ev_n, loop.ev_seg, now)
+        elif ev == native.EV_PLAIN:
+            receiver = self.receiver
+            receiver.take_opened(loop.ev_index, loop.ev_type, loop.ev_len, loop.ev_dlen, now)
+            receiver.finish_read(loop.ev_next, loop.ev_n, loop.ev_seg, now)
+        elif ev == native.EV_TOO_SMALL:
+            link = self.links.by_name.get(loop.ev_hop)
+            if link is not None:
+                self.sender.path_too_small(link)
+        if self._macs_version != self.macs.version:
+            self._macs_version = self.macs.version
+            loop.invalidate()
+        return ev
 
     def heartbeats(self, now: float) -> None:
         """Send each link's heartbeat when due, with path-MTU probes when due."""

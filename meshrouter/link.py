@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from .session import DataSession
@@ -40,7 +40,7 @@ log = logging.getLogger("meshrouter")
 class Link:
     """One connection's data path (see the module's rules)."""
 
-    __slots__ = ("index", "label", "next_heartbeat", "next_probe", "peer", "session", "udp_addr")
+    __slots__ = ("_udp_addr", "index", "label", "next_heartbeat", "next_probe", "peer", "session")
 
     def __init__(
         self,
@@ -56,9 +56,20 @@ class Link:
         self.label: Final = label  # for log lines
         self.session: Final = session
         # Forwarder-owned from publication on.
-        self.udp_addr: tuple[str, int] | None = udp_addr
+        self._udp_addr: tuple[str, int] | None = None
+        self.udp_addr = udp_addr
         self.next_heartbeat = 0.0
         self.next_probe = 0.0
+
+    @property
+    def udp_addr(self) -> tuple[str, int] | None:
+        """Where the peer's datagrams come from, and ours go (None: nowhere)."""
+        return self._udp_addr
+
+    @udp_addr.setter
+    def udp_addr(self, addr: tuple[str, int] | None) -> None:
+        self._udp_addr = addr
+        self.session.state.set_addr(addr)  # the C loop sends there too
 
 
 class LinkView(Protocol):
@@ -75,16 +86,29 @@ class LinkView(Protocol):
     @property
     def routes(self) -> Routes: ...
 
+    def subscribe(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` (from the writer's thread) after every change."""
+
 
 class LinkTable:
     """The published links and routes.  Writers are for the control plane only."""
 
-    __slots__ = ("_by_index", "_by_name", "_routes")
+    __slots__ = ("_by_index", "_by_name", "_listeners", "_routes")
 
     def __init__(self, routes: Routes | None = None) -> None:
         self._by_index: dict[int, Link] = {}
         self._by_name: dict[bytes, Link] = {}
         self._routes = routes if routes is not None else Routes()
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` after every change (the forwarder's C loop forgets
+        what it was told: it must be callable from the control plane's thread)."""
+        self._listeners.append(changed)
+
+    def _changed(self) -> None:
+        for changed in self._listeners:
+            changed()
 
     @property
     def by_index(self) -> Mapping[int, Link]:
@@ -107,15 +131,18 @@ class LinkTable:
             self.withdraw(old)
         self._by_index[link.index] = link
         self._by_name[link.peer] = link
+        self._changed()
 
     def withdraw(self, link: Link) -> None:
         if self._by_index.get(link.index) is link:
             del self._by_index[link.index]
         if self._by_name.get(link.peer) is link:
             del self._by_name[link.peer]
+        self._changed()
 
     def set_routes(self, routes: Routes) -> None:
         self._routes = routes
+        self._changed()
 
     def __len__(self) -> int:
         return len(self._by_name)

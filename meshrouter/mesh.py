@@ -998,15 +998,15 @@ class Mesh:
                 "path": self.fastpath.path_of(conn.name) if self.fastpath else "sleeve",
                 "datagram_size": s.datagram_size,
                 "pmtu_confirmed": s.pmtu.confirmed,
-                "tx_messages": s.tx_messages,
-                "rx_messages": s.rx_messages,
+                "tx_messages": s.state.tx_messages,
+                "rx_messages": s.state.rx_messages,
                 "reassembly_drops": s.reassembly_drops,
-                "tx_packets": s.tx_packets,
-                "rx_packets": s.rx_packets,
-                "tx_frames": s.tx_frames,
-                "rx_frames": s.rx_frames,
-                "tx_bytes": s.tx_bytes,
-                "rx_bytes": s.rx_bytes,
+                "tx_packets": s.state.tx_packets,
+                "rx_packets": s.state.rx_packets,
+                "tx_frames": s.state.tx_frames,
+                "rx_frames": s.state.rx_frames,
+                "tx_bytes": s.state.tx_bytes,
+                "rx_bytes": s.state.rx_bytes,
             }
         for conn in list(self.conns.values()):
             if conn.state is ConnState.HANDSHAKE:

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import libc
 from .crypto import buffer_ptr
+from .dataplane import native
 from .errors import BadPacket
 from .gso import SEND_BUFFER, compact_untrusted
 from .link import LinkView, PlaneStats
@@ -79,6 +80,7 @@ class Receiver:
         self.stats = stats
         self.sender = sender
         self._wrote_tap = False  # a UDP read led to TAP writes (step 7)
+        self.cloop: native.Loop | None = None  # the C loop, which repeats our bindings
         self._recv = bytearray(RECV_BUFFER)  # what UDP gives
         self._recv_ptr = buffer_ptr(self._recv)
         self._recv_arr = np.frombuffer(self._recv, np.uint8)
@@ -92,6 +94,21 @@ class Receiver:
         self._plain = bytearray(PLAIN_BUFFER)  # the plaintext of the message just opened
         self._plain_ptr = buffer_ptr(self._plain)
         self._plain_view = memoryview(self._plain)
+
+    @property
+    def recv_buffer(self) -> bytearray:
+        """What UDP reads fill (the C loop reads there too)."""
+        return self._recv
+
+    @property
+    def plain_buffer(self) -> bytearray:
+        """Where messages are opened (the C loop opens there too)."""
+        return self._plain
+
+    @property
+    def name_buffer(self) -> bytearray:
+        """The last datagram's sender, a raw sockaddr_in (the C loop's reads fill it too)."""
+        return self._rm.name
 
     def drain_udp(self, now: float) -> None:
         """Read datagrams until the socket is empty (steps 1-7 at the top)."""
@@ -108,19 +125,42 @@ class Receiver:
             seg = (rm.control_int(SOL_UDP, UDP_GRO) or n) if msg.msg_controllen else n
             if n == 0:
                 drops["empty datagram"] += 1
-            off = 0
             self._wrote_tap = False
-            while off < n:
-                try:
-                    off = self._receive_run(off, n, seg, now)
-                except BadPacket as exc:
-                    drops[str(exc)] += 1
-                    off += seg
-                except Exception as exc:  # a bug: count it, keep forwarding
-                    self.stats.internal_error("udp receive", exc)
-                    off += seg
+            self.finish_read(0, n, seg, now)
             if self._wrote_tap:  # 7.
                 self.sender.drain_tap(now)
+
+    def finish_read(self, off: int, n: int, seg: int, now: float) -> None:
+        """Steps 2-6 for the datagrams from ``off`` on of the read of ``n`` bytes
+        in the receive buffer, in segments of ``seg``."""
+        drops = self.stats.drops
+        while off < n:
+            try:
+                off = self._receive_run(off, n, seg, now)
+            except BadPacket as exc:
+                drops[str(exc)] += 1
+                off += seg
+            except Exception as exc:  # a bug: count it, keep forwarding
+                self.stats.internal_error("udp receive", exc)
+                off += seg
+
+    def take_opened(self, index: int, ptype: int, size: int, length: int, now: float) -> None:
+        """Steps 5-6 for a message the C loop authenticated and opened into the
+        plaintext buffer (``size`` bytes; ``length``: its first datagram's)."""
+        link = self._by_index.get(index)
+        if link is None:  # withdrawn since the loop learnt it
+            self.stats.drops["unknown receiver index"] += 1
+            return
+        plain = self._plain_view[:size]
+        try:
+            if ptype == PacketType.HEARTBEAT:
+                link.session.on_heartbeat(plain, length, now)
+            else:
+                self._deliver(link.session, plain, now)
+        except BadPacket as exc:
+            self.stats.drops[str(exc)] += 1
+        except Exception as exc:  # a bug: count it, keep forwarding
+            self.stats.internal_error("udp receive", exc)
 
     def _receive_run(self, off: int, n: int, seg: int, now: float) -> int:
         """Handle the datagram at ``off`` of a (maybe GRO-coalesced) read, and the
@@ -184,6 +224,10 @@ class Receiver:
             self._src = self._rm.address()
         if link.udp_addr != self._src:
             link.udp_addr = self._src
+        if self.cloop is not None:  # the C loop takes this link's next datagrams
+            state = session.state
+            assert isinstance(state, native.Session)
+            self.cloop.bind(link.index, state)
         if ptype == PacketType.HEARTBEAT:  # 5.
             session.on_heartbeat(plain, length, now)
         else:
@@ -214,12 +258,17 @@ class Receiver:
         lone = PREFIX + size == end
         frames = (plain[PREFIX:],) if lone else iter_frames_untrusted(plain, ROUTE.size)
         tap_fd, learn, drops = self.tap_fd, self.macs.learn, self.stats.drops
+        state = session.state
+        seen = self.cloop.seen if self.cloop is not None else None
         for frame in frames:
             if len(frame) < MIN_FRAME:
                 raise BadPacket("runt frame")
-            learn(frame[SRC_AT : SRC_AT + 6].tobytes(), origin, now)
-            session.rx_frames += 1
-            session.rx_bytes += len(frame) - ETH_AT
+            src = frame[SRC_AT : SRC_AT + 6].tobytes()
+            learn(src, origin, now)
+            if seen is not None:
+                seen(src, origin, now)
+            state.rx_frames += 1
+            state.rx_bytes += len(frame) - ETH_AT
             if tap_fd >= 0:
                 self._wrote_tap = True
                 try:

@@ -29,12 +29,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import trio
 
 from . import __version__, engine, hostaccess
 from .config import RouterOptions, parse_subnets
 from .constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
+from .dataplane import Mode, native_available
 from .dnsanswer import Answerer
 from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
@@ -175,6 +177,7 @@ class Router:
             links=self.mesh.links,
             now=trio.lowlevel.current_clock().current_time,
             busy_poll=opts.busy_poll_us / 1e6,
+            dataplane=cast(Mode, opts.dataplane),
         )
         core = self.mesh.fastpath
         if core is not None:
@@ -698,6 +701,8 @@ class Router:
                 "udp_gro": bool(udp and udp.gro),
                 "gso_sends": udp.gso_sends if udp else 0,
             },
+            "dataplane": fwd.dataplane if fwd is not None else "python",
+            "dataplane_built": native_available(),
             "ipam": self.ipam.status(mesh.nickname_of, now),
             "dns": self.dns_status(),
             "expose": self.exposed,

@@ -32,6 +32,7 @@ import logging
 from . import libc
 from .constants import ETH_HEADER, VNET_HDR_LEN
 from .crypto import buffer_ptr
+from .dataplane import native
 from .gso import SendBuffer
 from .link import Link, LinkView, PlaneStats
 from .mactable import LOCAL, MacTable
@@ -101,6 +102,8 @@ class Sender:
         self.macs = macs
         self.stats = stats
         self._packers: dict[tuple[bytes, bytes], FramePacker] = {}
+        self._dirty: set[tuple[bytes, bytes]] = set()  # packers holding frames of this drain
+        self.cloop: native.Loop | None = None  # the C loop, which repeats our lanes
         self.lanes: dict[bytes, _Lane] = {}  # by destination MAC
         # Buffers reused for every frame, with their C pointers made once.
         self._out = SendBuffer()  # sealed datagrams, laid out for GSO
@@ -127,12 +130,21 @@ class Sender:
                 self.udp.plain_sends += 1
                 return
         if self.udp.send(self._out.data, total, size, addr) == errno.EMSGSIZE:
-            link.session.path_too_small()
-            log.warning(
-                "path MTU to %s shrank: back to %d-byte datagrams, probing again",
-                link.label,
-                link.session.datagram_size,
-            )
+            self.path_too_small(link)
+
+    def path_too_small(self, link: Link) -> None:
+        """A send to ``link`` failed with EMSGSIZE: the path shrank."""
+        link.session.path_too_small()
+        log.warning(
+            "path MTU to %s shrank: back to %d-byte datagrams, probing again",
+            link.label,
+            link.session.datagram_size,
+        )
+
+    @property
+    def frame_buffer(self) -> bytearray:
+        """Where frames are read, at ``PREFIX`` (the C loop reads there too)."""
+        return self._frame
 
     def relay(self, hop: bytes, plain: bytearray) -> None:
         """Seal a relayed message's plaintext for the next hop and send it."""
@@ -145,8 +157,9 @@ class Sender:
 
     def _send_lone(self, link: Link, session: DataSession, dst: bytes, n: int) -> None:
         """Seal the frame of ``n`` bytes in the read buffer as one message, in place."""
-        session.tx_frames += 1
-        session.tx_bytes += n - ETH_AT
+        state = session.state
+        state.tx_frames += 1
+        state.tx_bytes += n - ETH_AT
         ROUTE_AND_LEN.pack_into(self._frame, 0, self.me, dst, MAX_HOPS, n)
         self.send(link, session.seal_at(PacketType.DATA, self._frame_ptr, PREFIX + n, self._out))
 
@@ -159,7 +172,6 @@ class Sender:
         buf, macs, by_name = self._frame, self.macs, self.links.by_name
         routes = self.links.routes
         lanes = self.lanes
-        dirty: set[tuple[bytes, bytes]] = set()
         first = True
         at = PREFIX + ETH_AT
         for _ in range(DRAIN_BATCH):
@@ -173,7 +185,7 @@ class Sender:
                 continue
             # 2. The lane: a frame that would go straight out to a destination
             # the last such frame went to, with nothing changed since.
-            lane = lanes.get(bytes(buf[at : at + 6])) if lanes and not dirty else None
+            lane = lanes.get(bytes(buf[at : at + 6])) if lanes and not self._dirty else None
             if (
                 lane is not None
                 and (first or n > lane.alone_above)
@@ -192,55 +204,68 @@ class Sender:
                     self.stats.internal_error("tap read", exc)
                 first = False
                 continue
-            try:
-                # 3. Learn, look up, route.
-                macs.learn(bytes(buf[at + 6 : at + 12]), LOCAL, now)
-                owner = None if buf[at] & 1 else macs.lookup(bytes(buf[at : at + 6]), now)
-                if owner == LOCAL:
-                    continue  # the bridge delivers it; nothing for the mesh
-                if owner is None:  # broadcast, multicast or unknown: our broadcast tree
-                    keys = [(child, BROADCAST) for child in routes.children(self.me)]
-                else:
-                    hop = routes.next_hop.get(owner)
-                    if hop is None:
-                        self.stats.drops["no route to peer"] += 1
-                        continue
-                    keys = [(hop, owner)]
-                for key in keys:
-                    link = by_name.get(key[0])
-                    if link is None or link.udp_addr is None:
-                        continue
-                    session = link.session
-                    # 4. Pack behind the first frame of the drain, or go now.
-                    packer = self._packers.get(key)
-                    if packer is None:
-                        prefix = ROUTE.pack(self.me, key[1], MAX_HOPS)
-                        packer = self._packers[key] = FramePacker(0, prefix)
-                    if not first:
-                        packer.limit = session.message_budget * PACK_DATAGRAMS
-                        if packer.fits(n):
-                            session.tx_frames += 1
-                            session.tx_bytes += n - ETH_AT
-                            packer.add(self._frame_view[PREFIX : PREFIX + n])
-                            dirty.add(key)
-                            continue
-                    if packer.frames:
-                        self._flush_packer(key)  # what came before goes first
-                    if owner is not None:  # 5.
-                        self._open_lane(link, owner, routes, now)
-                    self._send_lone(link, session, key[1], n)  # 6.
-            except Exception as exc:  # a bug: count it, keep forwarding
-                self.stats.internal_error("tap read", exc)
+            self.route_frame(n, first, now)
             first = False
-        for key in dirty:
+        self.flush_packed()
+
+    def route_frame(self, n: int, first: bool, now: float) -> None:
+        """Steps 3-6 for the frame of ``n`` bytes in the read buffer (at
+        ``PREFIX``); ``first``: the first frame of this drain of the TAP."""
+        buf, macs, by_name = self._frame, self.macs, self.links.by_name
+        routes = self.links.routes
+        at = PREFIX + ETH_AT
+        try:
+            # 3. Learn, look up, route.
+            macs.learn(bytes(buf[at + 6 : at + 12]), LOCAL, now)
+            owner = None if buf[at] & 1 else macs.lookup(bytes(buf[at : at + 6]), now)
+            if owner == LOCAL:
+                return  # the bridge delivers it; nothing for the mesh
+            if owner is None:  # broadcast, multicast or unknown: our broadcast tree
+                keys = [(child, BROADCAST) for child in routes.children(self.me)]
+            else:
+                hop = routes.next_hop.get(owner)
+                if hop is None:
+                    self.stats.drops["no route to peer"] += 1
+                    return
+                keys = [(hop, owner)]
+            for key in keys:
+                link = by_name.get(key[0])
+                if link is None or link.udp_addr is None:
+                    continue
+                session = link.session
+                # 4. Pack behind the first frame of the drain, or go now.
+                packer = self._packers.get(key)
+                if packer is None:
+                    prefix = ROUTE.pack(self.me, key[1], MAX_HOPS)
+                    packer = self._packers[key] = FramePacker(0, prefix)
+                if not first:
+                    packer.limit = session.message_budget * PACK_DATAGRAMS
+                    if packer.fits(n):
+                        session.state.tx_frames += 1
+                        session.state.tx_bytes += n - ETH_AT
+                        packer.add(self._frame_view[PREFIX : PREFIX + n])
+                        self._dirty.add(key)
+                        continue
+                if packer.frames:
+                    self._flush_packer(key)  # what came before goes first
+                if owner is not None:  # 5.
+                    self._open_lane(link, owner, routes, now)
+                self._send_lone(link, session, key[1], n)  # 6.
+        except Exception as exc:  # a bug: count it, keep forwarding
+            self.stats.internal_error("tap read", exc)
+
+    def flush_packed(self) -> None:
+        """Send the messages packed during this drain (step 4)."""
+        for key in self._dirty:
             self._flush_packer(key)
+        self._dirty.clear()
 
     def _open_lane(self, link: Link, dst: bytes, routes: Routes, now: float) -> None:
         """Remember where the frame in the read buffer went, for the next one."""
         if len(self.lanes) >= MAX_LANES:
             self.lanes.clear()
         at = PREFIX + ETH_AT
-        self.lanes[bytes(self._frame[at : at + 6])] = _Lane(
+        lane = _Lane(
             link,
             dst,
             bytes(self._frame[at + 6 : at + 12]),
@@ -249,6 +274,12 @@ class Sender:
             link.session.message_budget * PACK_DATAGRAMS - PREFIX,
             now,
         )
+        mac = bytes(self._frame[at : at + 6])
+        self.lanes[mac] = lane
+        if self.cloop is not None:
+            state = link.session.state
+            assert isinstance(state, native.Session)
+            self.cloop.set_lane(mac, lane.src, dst, link.peer, state, lane.alone_above, now)
 
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)

@@ -18,10 +18,10 @@ import struct
 
 from .constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from .crypto import Opener, Ptr, Sealer, Suite, buffer_ptr, readonly_ptr
-from .errors import BadPacket
+from .dataplane import SessionState, new_state
+from .errors import BadPacket, LocalProtocolError
 from .gso import SendBuffer
 from .pmtu import PathMtu
-from .replay import ReplayWindow
 from .wire import AD_SIZE, HEADER, MAX_SEGMENTS, PacketType
 
 MAX_PARTIAL = 8  # messages being reassembled per session
@@ -56,6 +56,8 @@ class DataSession:
 
     Thread rule: only the forwarder thread calls the methods that seal, open or
     take heartbeats; the control plane reads the counters and ``established``.
+    The nonce counter, the replay window, the counters and the time we last
+    heard the peer live in ``state`` (``dataplane``), which the C loop uses too.
     """
 
     def __init__(
@@ -67,23 +69,20 @@ class DataSession:
         local_index: int,
         peer_index: int,
         udp_timeout: float = UDP_TIMEOUT,
+        pure: bool = False,
     ) -> None:
         self._sealer = Sealer(suite, send_key)
         self._opener = Opener(suite, recv_key)
         self._tag = self._sealer.info.tag_bytes
-        self._replay = ReplayWindow()
+        self.state: SessionState = new_state(suite, send_key, recv_key, peer_index, pure=pure)
         self._partial: dict[int, _Partial] = {}
         self._plain = bytearray()  # the last plaintext opened (returned as a view)
         self.local_index = local_index
         self.peer_index = peer_index
         self.udp_timeout = udp_timeout
-        self.heard_at = -math.inf
         self._peer_heard_us_at = -math.inf
         self.pmtu = PathMtu()
-        self.tx_packets = self.rx_packets = 0
-        self.tx_frames = self.rx_frames = 0
-        self.tx_bytes = self.rx_bytes = 0
-        self.tx_messages = self.rx_messages = 0
+        self.state.datagram_size = self.pmtu.datagram_size
         self.reassembly_drops = 0
 
     @property
@@ -93,6 +92,11 @@ class DataSession:
     @datagram_size.setter
     def datagram_size(self, size: int) -> None:
         self.pmtu.datagram_size = size
+        self.state.datagram_size = size
+
+    @property
+    def heard_at(self) -> float:
+        return self.state.heard_at
 
     @property
     def tag_bytes(self) -> int:
@@ -100,10 +104,10 @@ class DataSession:
 
     @property
     def messages_sealed(self) -> int:
-        return self._sealer.counter
+        return self.state.counter
 
     def needs_rekey(self, limit: int = REKEY_AFTER_MESSAGES) -> bool:
-        return self._sealer.counter >= limit
+        return self.state.counter >= limit
 
     @property
     def message_budget(self) -> int:
@@ -128,15 +132,17 @@ class DataSession:
         ``out.data[i*size:(i+1)*size]``, the last possibly shorter, ready for one
         UDP GSO send with segment size ``datagram_size``.
         """
-        sealer = self._sealer
-        counter = sealer.next_counter()
+        sealer, state = self._sealer, self.state
+        counter = state.next_counter()
+        if counter < 0:
+            raise LocalProtocolError("session exhausted its nonces; reconnect to rekey")
         room = (datagram_size or self.pmtu.datagram_size) - HEADER.size
         ct_len = size + self._tag
         if ct_len <= room:  # most messages: sealed straight behind the header
             HEADER.pack_into(out.data, 0, ptype, self.peer_index, counter, 0, 1)
             sealer.seal_ptr(counter, out.ptr + HEADER.size, plaintext, size, out.ptr, AD_SIZE)
-            self.tx_packets += 1
-            self.tx_messages += 1
+            state.tx_packets += 1
+            state.tx_messages += 1
             return HEADER.size + ct_len, room + HEADER.size
         nseg = -(-ct_len // room)
         if nseg > MAX_SEGMENTS:
@@ -144,8 +150,8 @@ class DataSession:
         header = HEADER.pack(ptype, self.peer_index, counter, 0, nseg)
         sealer.seal_ptr(counter, out.ct_ptr, plaintext, size, readonly_ptr(header), AD_SIZE)
         total = out.lay_out(header, ct_len, room)
-        self.tx_packets += nseg
-        self.tx_messages += 1
+        state.tx_packets += nseg
+        state.tx_messages += 1
         return total, room + HEADER.size
 
     def seal_into(
@@ -190,7 +196,7 @@ class DataSession:
         """Take segments first..first+count-1 of a message (their bodies joined).
         Returns the plaintext once the message is whole and authentic, else None.
         Raises only BadPacket."""
-        if not self._replay.would_accept(counter):
+        if not self.state.would_accept(counter):
             raise BadPacket("replayed or too old")
         if count == nseg:
             return self.open_untrusted(ad, counter, bodies, nseg, now)
@@ -215,20 +221,20 @@ class DataSession:
         """Authenticate and decrypt a whole message of ``ct_len`` bytes at ``ct``
         (its associated data at ``ad``) into ``out``, which has room for it.
         Returns the plaintext length.  Raises only BadPacket."""
-        replay = self._replay
-        if counter <= replay.top and not replay.would_accept(counter):
+        state = self.state
+        if counter <= state.top and not state.would_accept(counter):
             raise BadPacket("replayed or too old")
         size = ct_len - self._tag
         if size < 0:
             raise BadPacket("ciphertext too short")
         if not self._opener.open_ptr(counter, out, ct, ct_len, ad, AD_SIZE):
             raise BadPacket("authentication failed")
-        replay.accept(counter)
+        state.accept(counter)
         if self._partial:
             self._partial.pop(counter, None)
-        self.heard_at = now
-        self.rx_packets += nseg
-        self.rx_messages += 1
+        state.heard_at = now
+        state.rx_packets += nseg
+        state.rx_messages += 1
         return size
 
     def open_untrusted(
@@ -268,14 +274,16 @@ class DataSession:
         if flags & PROBE:
             self.pmtu.probe_heard(datagram_len, now)
         self.pmtu.peer_reported(peer_heard)
+        self.state.datagram_size = self.pmtu.datagram_size
 
     def path_too_small(self) -> None:
         self.pmtu.too_small()
+        self.state.datagram_size = self.pmtu.datagram_size
 
     def inherit_liveness(self, other: DataSession) -> None:
         """A connection that replaces ``other`` to the same peer and address
         (re-keyed): UDP was flowing both ways a moment ago, and still is."""
-        self.heard_at = other.heard_at
+        self.state.heard_at = other.state.heard_at
         self._peer_heard_us_at = other._peer_heard_us_at
 
     def hears_peer(self, now: float) -> bool:

@@ -177,6 +177,8 @@ class RouterStatus(MeshStatus):
     macs: int
     drops: dict[str, int]
     offload: OffloadStatus
+    dataplane: str  # which loop forwards: "c" or "python"
+    dataplane_built: bool  # whether the C loop was built (it may still be turned off)
     ipam: IpamStatus
     dns: DnsStatus
     expose: ExposeStatus

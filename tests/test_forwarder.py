@@ -32,7 +32,7 @@ def test_frames_cross_intact_small_large_and_bursts(offload: bool) -> None:
         assert roundtrip(a, b, [large]) == [large]
         assert roundtrip(a, b, burst) == burst
         # The burst shared messages: far fewer than one per frame.
-        assert a.link.session.tx_messages < 3 + 10
+        assert a.link.session.state.tx_messages < 3 + 10
         assert b.fwd.statistics().drops == {}
         # The receiver learnt the sender's MAC against the sending peer.
         assert b.fwd.macs.lookup(SRC_MAC, time.monotonic()) == a.name
@@ -65,27 +65,27 @@ def test_lane_follows_mac_moves_and_new_sessions() -> None:
         assert roundtrip(a, b, [f]) == [f]
         assert a.fwd.sender.lanes  # the way to 0a:... is remembered
         session = a.link.session
-        sent = session.tx_messages
+        sent = session.state.tx_messages
         assert roundtrip(a, b, [f]) == [f]
-        assert session.tx_messages == sent + 1
+        assert session.state.tx_messages == sent + 1
         # The destination MAC moves behind our own bridge: nothing for the mesh.
         a.fwd.macs.learn(b"\x0a" * 6, b"", time.monotonic())
         assert roundtrip(a, b, [f]) == []
-        assert session.tx_messages == sent + 1
+        assert session.state.tx_messages == sent + 1
         # It comes back to the peer, which reconnected: the new session is used.
         a.fwd.macs.learn(b"\x0a" * 6, b.name, time.monotonic())
         fresh, _ = probed_pair()
         link = a.replace_link(fresh)
         a.tap.send(f)
         a.fwd.drain_tap(time.monotonic())
-        assert fresh.tx_messages == 1
-        assert session.tx_messages == sent + 1
+        assert fresh.state.tx_messages == 1
+        assert session.state.tx_messages == sent + 1
         # The peer's UDP address is gone (it is reconnecting): nothing is sent,
         # and nothing counts as an internal error.
         link.udp_addr = None
         a.tap.send(f)
         a.fwd.drain_tap(time.monotonic())
-        assert fresh.tx_messages == 1
+        assert fresh.state.tx_messages == 1
         assert not any(k.startswith("internal error") for k in a.fwd.statistics().counters)
 
 

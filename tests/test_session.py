@@ -92,8 +92,11 @@ def test_receive_garbage_raises_only_bad_packet(datagrams: list[bytes]) -> None:
             b.receive_untrusted(data, counter, seg, nseg, 0.0)
 
 
-def test_sessions_ask_for_rekeying_before_counters_could_wrap() -> None:
+@pytest.mark.parametrize("pure", [True, False], ids=["python-state", "c-state"])
+def test_sessions_ask_for_rekeying_before_counters_could_wrap(pure: bool) -> None:
     from meshrouter.constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES
+    from meshrouter.crypto import Suite
+    from meshrouter.dataplane import new_state
     from meshrouter.errors import LocalProtocolError
 
     a, _ = session_pair()
@@ -102,7 +105,11 @@ def test_sessions_ask_for_rekeying_before_counters_could_wrap() -> None:
     assert a.messages_sealed == 1
     assert a.needs_rekey(limit=1)
     assert REKEY_AFTER_MESSAGES < NONCE_HARD_LIMIT < 1 << 64
-    a._sealer.counter = NONCE_HARD_LIMIT
-    assert a.needs_rekey()
+    # A state whose hard limit is 2 messages: the third is refused, never sealed.
+    a.state = new_state(Suite.AEGIS128L, b"1" * 32, b"2" * 32, 9, pure=pure, limit=2)
+    a.seal(PacketType.DATA, b"x")
+    a.seal(PacketType.DATA, b"x")
+    assert a.needs_rekey(limit=2)
     with pytest.raises(LocalProtocolError, match="rekey"):
         a.seal(PacketType.DATA, b"x")
+    assert a.messages_sealed == 2

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..dataplane import Mode
 from ..forwarder import Forwarder
 from ..link import Link, LinkTable
 from ..session import DataSession
@@ -65,7 +66,11 @@ class Side:
 
 
 @contextmanager
-def pair(offload: bool = True) -> Iterator[tuple[Side, Side]]:
+def pair(
+    offload: bool = True, dataplane: tuple[Mode, Mode] = ("python", "python")
+) -> Iterator[tuple[Side, Side]]:
+    """Two sides; each forwarder runs the loop its ``dataplane`` names (drive a
+    C loop with ``Forwarder.pump``; ``drain_*`` always take the Python paths)."""
     sa, sb = probed_pair()
     ua = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
     ub = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
@@ -84,6 +89,7 @@ def pair(offload: bool = True) -> Iterator[tuple[Side, Side]]:
         udp: UdpSocket,
         session: DataSession,
         other_udp: UdpSocket,
+        mode: Mode,
     ) -> Side:
         table = LinkTable(Routes({other: other}, graph, {}, me))
         addr = other_udp.sock.getsockname()
@@ -96,13 +102,15 @@ def pair(offload: bool = True) -> Iterator[tuple[Side, Side]]:
                 udp_addr=(addr[0], addr[1]),
             )
         )
-        fwd = Forwarder(me=me, tap_fd=tap.fileno(), udp=udp, links=table, now=time.monotonic)
+        fwd = Forwarder(
+            me=me, tap_fd=tap.fileno(), udp=udp, links=table, now=time.monotonic, dataplane=mode
+        )
         for link in table.by_name.values():  # no heartbeats: the test drives the clock
             link.next_heartbeat = link.next_probe = 1e18
         return Side(me, fwd, table, app)
 
-    a = side(A_NAME, B_NAME, ta, ta_app, ua, sa, ub)
-    b = side(B_NAME, A_NAME, tb, tb_app, ub, sb, ua)
+    a = side(A_NAME, B_NAME, ta, ta_app, ua, sa, ub, dataplane[0])
+    b = side(B_NAME, A_NAME, tb, tb_app, ub, sb, ua, dataplane[1])
     a.fwd.macs.learn(DST_MAC, B_NAME, time.monotonic())
     try:
         yield a, b
