@@ -8,7 +8,9 @@ container on each host's bridge, and the same traffic through each path:
 * tinc:     tinc 1.0 in switch mode (userspace, encrypted L2, the Debian package);
 * fastd:    fastd v22 in TAP mode, method salsa2012+umac (userspace, encrypted L2,
             the Debian package; the latency reference among them);
-* mesh:     meshrouter (userspace, encrypted L2);
+* mesh:     meshrouter (userspace, encrypted L2), its C data-plane loop;
+* mesh-py:  the same with --dataplane python (the pure-Python loop: the
+            "before" of the C loop, side by side in a lab of its own);
 * trusted:  meshrouter with --trusted-subnets covering the underlay: unicast
             on its kernel fast path (VXLAN, unencrypted), in a second lab of
             two hosts so that both meshes run side by side.
@@ -365,34 +367,45 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(by: dict[str, Result]) -> dict[str, float]:
-    m, out = by.get("mesh"), dict[str, float]()
-    if m is None:
-        return out
+    out = dict[str, float]()
     t, v = by.get("trusted"), by.get("vxlan")
     if t is not None and v is not None and v.tcp1_gbps and v.tcp4_gbps:
         out["trusted/vxlan TCP x1"] = t.tcp1_gbps / v.tcp1_gbps
         out["trusted/vxlan TCP x4"] = t.tcp4_gbps / v.tcp4_gbps
-    for other in ("tinc", "fastd", "vxlan", "underlay"):
-        o = by.get(other)
-        if o and o.tcp1_gbps:
-            out[f"mesh/{other} TCP x1"] = m.tcp1_gbps / o.tcp1_gbps
-        if o and o.tcp4_gbps:
-            out[f"mesh/{other} TCP x4"] = m.tcp4_gbps / o.tcp4_gbps
-        if o and o.rtt_ms and other in ("tinc", "fastd"):
-            out[f"mesh/{other} RTT"] = m.rtt_ms / o.rtt_ms
-        if o and o.small_pps and other in ("tinc", "fastd"):
-            out[f"mesh/{other} 64B pps"] = m.small_pps / o.small_pps
+    for name in ("mesh", "mesh-py"):
+        m = by.get(name)
+        if m is None:
+            continue
+        for other in ("tinc", "fastd", "vxlan", "underlay"):
+            o = by.get(other)
+            if o and o.tcp1_gbps:
+                out[f"{name}/{other} TCP x1"] = m.tcp1_gbps / o.tcp1_gbps
+            if o and o.tcp4_gbps:
+                out[f"{name}/{other} TCP x4"] = m.tcp4_gbps / o.tcp4_gbps
+            if o and o.rtt_ms and other in ("tinc", "fastd"):
+                out[f"{name}/{other} RTT"] = m.rtt_ms / o.rtt_ms
+            if o and o.small_pps and other in ("tinc", "fastd"):
+                out[f"{name}/{other} 64B pps"] = m.small_pps / o.small_pps
+    m, p = by.get("mesh"), by.get("mesh-py")
+    if m is not None and p is not None and p.tcp1_gbps and p.tcp4_gbps and m.rtt_ms:
+        out["mesh/mesh-py TCP x1"] = m.tcp1_gbps / p.tcp1_gbps
+        out["mesh/mesh-py TCP x4"] = m.tcp4_gbps / p.tcp4_gbps
+        out["mesh-py/mesh RTT"] = p.rtt_ms / m.rtt_ms
     return out
 
 
-# Issue 15's targets: (ratio, "<=" or ">=", bound).
+# Issue 15's targets: (ratio, "<=" or ">=", bound); mesh-py's lines are the
+# same targets for the pure-Python loop (the "before").
 TARGETS = [
-    ("mesh/tinc RTT", "<=", 1.2),
-    ("mesh/fastd RTT", "<=", 1.6),
-    ("mesh/vxlan TCP x1", ">=", 0.4),
-    ("mesh/vxlan TCP x4", ">=", 0.3),
-    ("trusted/vxlan TCP x1", ">=", 0.9),
-]
+    (f"{name}/{key}", op, bound)
+    for name in ("mesh", "mesh-py")
+    for key, op, bound in (
+        ("tinc RTT", "<=", 1.2),
+        ("fastd RTT", "<=", 1.6),
+        ("vxlan TCP x1", ">=", 0.4),
+        ("vxlan TCP x4", ">=", 0.3),
+    )
+] + [("trusted/vxlan TCP x1", ">=", 0.9)]
 
 
 def against_targets(rat: dict[str, float]) -> list[str]:
@@ -438,8 +451,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         nargs="*",
-        default=["underlay", "vxlan", "tinc", "fastd", "mesh", "trusted"],
-        choices=["underlay", "vxlan", "tinc", "fastd", "mesh", "trusted"],
+        default=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted"],
+        choices=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted"],
     )
     ap.add_argument(
         "--mesh-opts",
@@ -458,6 +471,9 @@ def main() -> int:
     trusted_lab = Lab(PREFIX + "t", 2) if "trusted" in args.only else None
     if trusted_lab is not None:
         trusted_lab.create()
+    py_lab = Lab(PREFIX + "p", 2) if "mesh-py" in args.only else None
+    if py_lab is not None:
+        py_lab.create()
     results: list[Result] = []
     try:
         paths: dict[str, tuple[str, str, str, list[int]]] = {}
@@ -477,6 +493,9 @@ def main() -> int:
         if "mesh" in args.only:
             a, b, ip = setup_mesh(lab, tuple(args.mesh_opts.split()))
             paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
+        if py_lab is not None:
+            a, b, ip = setup_mesh(py_lab, (*args.mesh_opts.split(), "--dataplane", "python"))
+            paths["mesh-py"] = (a, b, ip, [py_lab.router_pid(i) for i in (1, 2)])
         if trusted_lab is not None:
             opts = (*args.mesh_opts.split(), "--trusted-subnets", f"{UNDERLAY}.0/24")
             a, b, ip = setup_mesh(trusted_lab, opts)
@@ -520,8 +539,9 @@ def main() -> int:
             results.append(res)
     finally:
         lab.close()
-        if trusted_lab is not None:
-            trusted_lab.close()
+        for extra in (trusted_lab, py_lab):
+            if extra is not None:
+                extra.close()
     by = {r.path: r for r in results}
     rat = ratios(by)
     print()

@@ -75,7 +75,7 @@
 
 enum { EV_TIMEOUT, EV_WAKE, EV_TAP, EV_TAP_DONE, EV_UDP, EV_PLAIN, EV_TOO_SMALL };
 enum {
-    C_FRAMES_SENT, C_MESSAGES_DELIVERED, C_FRAMES_TO_PYTHON, C_DATAGRAMS_TO_PYTHON,
+    C_FRAMES_SENT, C_MESSAGES_DELIVERED, C_FRAMES_TO_PYTHON, C_DATAGRAMS_TO_PYTHON, C_GSO_SENDS,
     D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
     D_TAP_WRITE_ERROR, D_GSO_FALLBACK, D_TOO_LARGE, D_PACK_LOST, NCOUNTS
 };
@@ -443,6 +443,7 @@ static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, siz
             }
             return send_failed(L, hop);
         }
+        if (cnt > 1) L->counts[C_GSO_SENDS]++;
         start += cnt;
     }
     return 0;
@@ -997,8 +998,8 @@ PyMODINIT_FUNC PyInit__dataplane(void) {
     for (int i = 0; i < 7; i++)
         if (PyModule_AddIntConstant(m, evs[i], i) < 0) return NULL;
     PyObject *names = Py_BuildValue(
-        "(sssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
-        "c_datagrams_to_python", "tap_runt", "tap_read_error", "udp_recv_error",
+        "(ssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
+        "c_datagrams_to_python", "c_gso_sends", "tap_runt", "tap_read_error", "udp_recv_error",
         "empty datagram", "tap_write_would_block", "tap_write_error",
         "gso unsupported, fell back", "message too large", "packed frames lost to a failed send");
     if (!names || PyModule_AddObject(m, "COUNTS", names) < 0) return NULL;

@@ -114,6 +114,18 @@ class Forwarder:
         """Which loop forwards: "c" or "python"."""
         return "python" if self.cloop is None else "c"
 
+    @property
+    def gso(self) -> bool:
+        """Whether UDP GSO still works (both loops fall back for good if not)."""
+        return self.udp.gso and (self.cloop is None or bool(self.cloop.gso))
+
+    @property
+    def gso_sends(self) -> int:
+        n = self.udp.gso_sends
+        if self.cloop is not None:
+            n += self.cloop.counts()[native.COUNTS.index("c_gso_sends")]
+        return n
+
     def invalidate(self) -> None:
         """The links or routes changed (any thread): the C loop forgets what it
         was told and asks again."""

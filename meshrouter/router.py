@@ -697,9 +697,9 @@ class Router:
             "drops": fstats.drops if fstats is not None else {},
             "offload": {
                 "tap": bool(self._tap and self._tap.offload),
-                "udp_gso": bool(udp and udp.gso),
+                "udp_gso": bool(fwd and fwd.gso),
                 "udp_gro": bool(udp and udp.gro),
-                "gso_sends": udp.gso_sends if udp else 0,
+                "gso_sends": fwd.gso_sends if fwd else 0,
             },
             "dataplane": fwd.dataplane if fwd is not None else "python",
             "dataplane_built": native_available(),

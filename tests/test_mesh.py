@@ -8,6 +8,7 @@ import pytest
 
 from meshrouter.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from meshrouter.control import MessageType
+from meshrouter.dataplane import PySessionState
 from meshrouter.errors import IpamError, LocalProtocolError
 from meshrouter.mesh import TRANSITIONS, Close, Input
 from meshrouter.status import ConnState, TargetState
@@ -134,7 +135,8 @@ def test_rekey_closes_the_connection_when_nonces_run_low() -> None:
     net = MeshNet(2)
     net.dial(1, 2)
     session = net.mesh(1).links.by_name[name(2)].session
-    session._sealer.counter = REKEY_AFTER_MESSAGES
+    state = session.state = PySessionState()  # a state whose counter may be set
+    state.counter = REKEY_AFTER_MESSAGES
     net.tick()
     assert net.mesh(1).counters["rekeys"] == 1
     assert net.mesh(1).peers == {}

@@ -45,6 +45,10 @@ ROOMS: list[tuple[str, set[str]]] = [
             "pmtu",
             "gso",
             "session",
+            # The shared state of a data session (C or Python); the C module's
+            # Loop runs only in the data-plane thread (forwarder).
+            "dataplane",
+            "_dataplane",
             "topology",
             "routes",
             "targets",
