@@ -128,6 +128,7 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
         lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
         timeout=30,
     )
+    assert status(lab, 1)["dataplane"] == "c"  # the image's wheel carries the C loop
     # Least privilege: capabilities, not --privileged.
     cfg = d1.docker(
         "inspect", "--format", "{{.HostConfig.Privileged}} {{.HostConfig.CapAdd}}", "meshrouter"

@@ -36,6 +36,8 @@ def status(**kw: Any) -> RouterStatus:
         "tap": "meshtap",
         "mtu": 1376,
         "offload": {"tap": True, "udp_gso": True, "udp_gro": True, "gso_sends": 0},
+        "dataplane": "c",
+        "dataplane_built": True,
         "ipam": {"ready": True, "range": "10.32.0.0/12", "quorum": 1, "init_count": 1},
         "dns": {"enabled": True, "domain": "mesh.local.", "address": "169.254.53.53"},
         "expose": {"addresses": [], "masquerade": False},
@@ -61,6 +63,16 @@ def test_a_healthy_host_has_no_warnings() -> None:
     assert found[FAIL] == []
     assert found[WARN] == []
     assert any("h2: established" in line for line in found[OK])
+
+
+def test_a_router_without_its_c_loop_is_a_warning_only_when_it_was_not_built() -> None:
+    found = levels(diagnose(status(dataplane="python", dataplane_built=False), GOOD))
+    assert found[FAIL] == []
+    (line,) = found[WARN]
+    assert "C data plane is not built" in line
+    assert "install gcc" in line
+    chosen = levels(diagnose(status(dataplane="python", dataplane_built=True), GOOD))
+    assert chosen[WARN] == []  # --dataplane python was the operator's choice
 
 
 def test_address_agreement_in_progress_is_a_warning_not_a_failure() -> None:
