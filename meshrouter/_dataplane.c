@@ -374,6 +374,10 @@ static int send_failed(Loop *L, const unsigned char *hop) {
 /* Seal ``size`` bytes at ``pt`` as one message of ``type`` and send it. */
 static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, size_t size,
                      const unsigned char *hop) {
+    if (s->datagram_size < HDR + s->tag + 64) { /* never from pmtu: a caller's mistake */
+        L->counts[D_TOO_LARGE]++;
+        return 0;
+    }
     uint64_t c = s->counter++;
     size_t room = (size_t)s->datagram_size - HDR;
     size_t ctlen = size + (size_t)s->tag;

@@ -72,15 +72,18 @@ def test_both_loops_speak_the_same_wire(modes: tuple[Mode, Mode], offload: bool)
         assert sa.tx_messages <= 3 * 8  # bursts shared messages, whichever loop packed them
 
 
-def test_the_c_loop_forwards_without_python_once_taught() -> None:
+@pytest.mark.parametrize("size", [1000, 62000], ids=["one-datagram", "gso-gro-message"])
+def test_the_c_loop_forwards_without_python_once_taught(size: int) -> None:
     with pair(True, ("c", "c")) as (a, b):
-        f = frame(1000)
+        f = frame(size)
         assert cross(a, b, [f]) == [f]
         assert cross(a, b, [f]) == [f]
         before_a, before_b = counters(a), counters(b)
         for _ in range(20):
             assert cross(a, b, [f]) == [f]
         after_a, after_b = counters(a), counters(b)
+        if size > 1472:  # 43 datagrams each, sent as one GSO sendmsg, read as one GRO batch
+            assert after_a["gso_sends"] - before_a.get("gso_sends", 0) == 20
         assert after_a["frames_sent"] - before_a.get("frames_sent", 0) == 20
         assert after_a.get("frames_to_python", 0) == before_a.get("frames_to_python", 0)
         assert after_b["messages_delivered"] - before_b.get("messages_delivered", 0) == 20
@@ -190,3 +193,59 @@ def test_asking_for_a_c_data_plane_that_is_not_built_says_what_to_do(
     with pytest.raises(RuntimeError, match="C compiler"):
         dataplane.use_native("c")
     assert isinstance(dataplane.new_state(Suite.AEGIS128L, b"k" * 32, b"r" * 32, 1), PySessionState)
+
+
+GSO_SEGMENT = 103  # UDP_SEGMENT
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 7]),  # type
+            st.integers(0, 2**64 - 1),  # counter
+            st.integers(0, 70),  # segment
+            st.integers(0, 70),  # segments
+            st.binary(min_size=0, max_size=300),  # the rest
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.booleans(),
+)
+def test_the_c_loop_survives_forged_datagrams_for_a_known_link(
+    forged: list[tuple[int, int, int, int, bytes]], coalesced: bool
+) -> None:
+    """Headers naming the real receiver index (so the C loop gets past the
+    binding and tries to open them), alone or as one GSO send that the
+    receiver reads GRO-coalesced: all dropped and counted, nothing reaches the
+    TAP, and the link still works afterwards."""
+    with pair(True, ("c", "c")) as (a, b):
+        f = frame(200)
+        for _ in range(2):
+            assert cross(a, b, [f]) == [f]
+        index = b.link.session.local_index
+        dgrams = [
+            bytes([t]) + index.to_bytes(4, "big") + c.to_bytes(8, "big") + bytes([sg, ns]) + rest
+            for t, c, sg, ns, rest in forged
+        ]
+        addr = b.fwd.udp.sock.getsockname()
+        raw = a.fwd.udp.sock  # the peer's own address: only authenticity stops them
+        if coalesced and len(dgrams) > 1:
+            size = max(len(d) for d in dgrams)
+            batch = b"".join(d.ljust(size, b"\0") for d in dgrams[:-1]) + dgrams[-1]
+            raw.sendmsg([batch], [(17, GSO_SEGMENT, size.to_bytes(2, "little"))], 0, addr)
+        else:
+            for d in dgrams:
+                raw.sendto(d, addr)
+        before = counters(b)
+        b.fwd.pump(time.monotonic())
+        after = counters(b)
+        # Each went back to Python (dropped, or kept as part of a message that
+        # never completes), none was taken by the C loop.
+        assert after["datagrams_to_python"] > before.get("datagrams_to_python", 0)
+        assert after.get("messages_delivered") == before.get("messages_delivered")
+        with pytest.raises(BlockingIOError):
+            b.tap.recv(70_000)
+        assert cross(a, b, [f]) == [f]
+        assert not any(k.startswith("internal error") for k in counters(b))
