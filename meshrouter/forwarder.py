@@ -108,6 +108,7 @@ class Forwarder:
             self.sender.cloop = self.receiver.cloop = self.cloop
             links.subscribe(self.cloop.invalidate)
         self._macs_version = self.macs.version
+        self._next_heartbeats = self._next_expiry = 0.0
 
     @property
     def dataplane(self) -> str:
@@ -203,7 +204,6 @@ class Forwarder:
         if self.tap_fd >= 0:
             ep.register(self.tap_fd, select.EPOLLIN)
         drain_udp, drain_tap = self.receiver.drain_udp, self.sender.drain_tap
-        next_heartbeats = next_expiry = 0.0
         busy_until = 0.0
         spin = self.busy_poll
         try:
@@ -225,49 +225,50 @@ class Forwarder:
                         drain_udp(now)
                     elif fd == self.tap_fd:
                         drain_tap(now)
-                    else:
-                        try:
-                            if STOP in os.read(self._wake_r, 4096):
-                                return
-                        except BlockingIOError:
-                            pass
-                        next_heartbeats = 0.0
-                if now >= next_heartbeats:
-                    next_heartbeats = now + HEARTBEAT_INTERVAL / 2
-                    self.heartbeats(now)
-                if now >= next_expiry:
-                    next_expiry = now + MAC_EXPIRY_INTERVAL
-                    self.macs.expire(now)
-                if self.publish_macs and self.mac_view.version != self.macs.version:
-                    self.mac_view = MacView(self.macs.version, self.macs.owners())
+                    elif self._woken():
+                        return
+                self._timers(now)
         finally:
             ep.close()
 
     def _run_native(self, loop: native.Loop) -> None:
         """The C loop forwards; Python handles what it hands back, and the timers."""
-        next_heartbeats = next_expiry = 0.0
         now = self.now()
         while True:
             ev = self._step(loop, now, HEARTBEAT_INTERVAL / 4)
             now = self.now()
-            if ev == native.EV_WAKE:
-                try:
-                    if STOP in os.read(self._wake_r, 4096):
-                        return
-                except BlockingIOError:
-                    pass
-                next_heartbeats = 0.0
-            if now >= next_heartbeats:
-                next_heartbeats = now + HEARTBEAT_INTERVAL / 2
-                self.heartbeats(now)
-            if now >= next_expiry:
-                next_expiry = now + MAC_EXPIRY_INTERVAL
-                self.macs.expire(now)
-            if self._macs_version != self.macs.version:
-                self._macs_version = self.macs.version
-                loop.invalidate()  # lanes and seen MACs were decided on the old table
-            if self.publish_macs and self.mac_view.version != self.macs.version:
-                self.mac_view = MacView(self.macs.version, self.macs.owners())
+            if ev == native.EV_WAKE and self._woken():
+                return
+            self._timers(now)
+
+    def _woken(self) -> bool:
+        """Read the wake pipe: True if asked to stop; a kick makes heartbeats due."""
+        try:
+            if STOP in os.read(self._wake_r, 4096):
+                return True
+        except BlockingIOError:
+            pass
+        self._next_heartbeats = 0.0
+        return False
+
+    def _timers(self, now: float) -> None:
+        """Heartbeats and MAC expiry when due; the MAC table's news to whoever follows it."""
+        if now >= self._next_heartbeats:
+            self._next_heartbeats = now + HEARTBEAT_INTERVAL / 2
+            self.heartbeats(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + MAC_EXPIRY_INTERVAL
+            self.macs.expire(now)
+        self._follow_macs()
+        if self.publish_macs and self.mac_view.version != self.macs.version:
+            self.mac_view = MacView(self.macs.version, self.macs.owners())
+
+    def _follow_macs(self) -> None:
+        """The C loop's lanes and seen MACs were decided on the MAC table: when it
+        changed, they go."""
+        if self.cloop is not None and self._macs_version != self.macs.version:
+            self._macs_version = self.macs.version
+            self.cloop.invalidate()
 
     def _step(self, loop: native.Loop, now: float, timeout: float) -> int:
         """Run the C loop until it hands something back (or ``timeout``), and
@@ -290,9 +291,7 @@ class Forwarder:
             link = self.links.by_name.get(loop.ev_hop)
             if link is not None:
                 self.sender.path_too_small(link)
-        if self._macs_version != self.macs.version:
-            self._macs_version = self.macs.version
-            loop.invalidate()
+        self._follow_macs()
         return ev
 
     def heartbeats(self, now: float) -> None:

@@ -18,25 +18,20 @@ from meshrouter import dataplane
 from meshrouter.crypto import Suite
 from meshrouter.dataplane import Mode, PySessionState, new_state
 from meshrouter.replay import ReplayWindow
-from meshrouter.testing.fwdpair import A_NAME, DST_MAC, SRC_MAC, VNET, Side, frame, pair
+from meshrouter.testing.fwdpair import (
+    A_NAME,
+    DST_MAC,
+    SRC_MAC,
+    VNET,
+    Side,
+    cross,
+    frame,
+    pair,
+)
 
 native = pytest.importorskip("meshrouter._dataplane", reason="the C data plane is not built")
 
 MODES: list[tuple[Mode, Mode]] = [("c", "c"), ("c", "python"), ("python", "c")]
-
-
-def cross(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
-    """Send ``frames`` from a's TAP; return what came out of b's."""
-    for f in frames:
-        a.tap.send(f)
-    a.fwd.pump(time.monotonic())
-    b.fwd.pump(time.monotonic())
-    out = []
-    while True:
-        try:
-            out.append(b.tap.recv(70_000))
-        except BlockingIOError:
-            return out
 
 
 def counters(side: Side) -> dict[str, int]:

@@ -6,20 +6,7 @@ import time
 
 import pytest
 
-from meshrouter.testing.fwdpair import SRC_MAC, Side, frame, pair, probed_pair
-
-
-def roundtrip(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
-    for f in frames:
-        a.tap.send(f)
-    a.fwd.drain_tap(time.monotonic())
-    b.fwd.drain_udp(time.monotonic())
-    out = []
-    while True:
-        try:
-            out.append(b.tap.recv(70_000))
-        except BlockingIOError:
-            return out
+from meshrouter.testing.fwdpair import SRC_MAC, cross, frame, pair, probed_pair
 
 
 @pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain-udp"])
@@ -28,9 +15,9 @@ def test_frames_cross_intact_small_large_and_bursts(offload: bool) -> None:
         small = frame(64)
         large = frame(62000)[:-3] + b"end"
         burst = [frame(1200)[:-2] + i.to_bytes(2, "big") for i in range(40)]
-        assert roundtrip(a, b, [small]) == [small]
-        assert roundtrip(a, b, [large]) == [large]
-        assert roundtrip(a, b, burst) == burst
+        assert cross(a, b, [small]) == [small]
+        assert cross(a, b, [large]) == [large]
+        assert cross(a, b, burst) == burst
         # The burst shared messages: far fewer than one per frame.
         assert a.link.session.state.tx_messages < 3 + 10
         assert b.fwd.statistics().drops == {}
@@ -62,15 +49,15 @@ def test_lane_follows_mac_moves_and_new_sessions() -> None:
     decided their way has changed."""
     with pair() as (a, b):
         f = frame(64)
-        assert roundtrip(a, b, [f]) == [f]
+        assert cross(a, b, [f]) == [f]
         assert a.fwd.sender.lanes  # the way to 0a:... is remembered
         session = a.link.session
         sent = session.state.tx_messages
-        assert roundtrip(a, b, [f]) == [f]
+        assert cross(a, b, [f]) == [f]
         assert session.state.tx_messages == sent + 1
         # The destination MAC moves behind our own bridge: nothing for the mesh.
         a.fwd.macs.learn(b"\x0a" * 6, b"", time.monotonic())
-        assert roundtrip(a, b, [f]) == []
+        assert cross(a, b, [f]) == []
         assert session.state.tx_messages == sent + 1
         # It comes back to the peer, which reconnected: the new session is used.
         a.fwd.macs.learn(b"\x0a" * 6, b.name, time.monotonic())
@@ -94,9 +81,9 @@ def test_a_withdrawn_link_takes_no_frames() -> None:
     forwarder neither sends on it nor accepts datagrams for its index."""
     with pair() as (a, b):
         f = frame(64)
-        assert roundtrip(a, b, [f]) == [f]
+        assert cross(a, b, [f]) == [f]
         b.table.withdraw(b.link)
-        assert roundtrip(a, b, [f]) == []
+        assert cross(a, b, [f]) == []
         assert b.fwd.statistics().drops["unknown receiver index"] == 1
         a.table.withdraw(a.link)
         a.tap.send(f)

@@ -126,3 +126,18 @@ def pair(
 def frame(size: int) -> bytes:
     eth = DST_MAC + SRC_MAC + b"\x08\x00"
     return VNET + eth + bytes(size - len(eth))
+
+
+def cross(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
+    """Write ``frames`` into a's TAP, let both forwarders run (whichever loop),
+    and return what came out of b's TAP."""
+    for f in frames:
+        a.tap.send(f)
+    a.fwd.pump(time.monotonic())
+    b.fwd.pump(time.monotonic())
+    out = []
+    while True:
+        try:
+            out.append(b.tap.recv(70_000))
+        except BlockingIOError:
+            return out
