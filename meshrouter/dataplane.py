@@ -113,7 +113,7 @@ def use_native(mode: Mode) -> bool:
     """Whether a forwarder in ``mode`` runs the C loop.  ``"c"`` without the
     extension is an error that says how to get it."""
     if mode == "c" and native is None:
-        raise RuntimeError(
+        raise ValueError(
             "--dataplane c: the C data plane is not built (install a C compiler and the "
             "Python headers, then reinstall meshrouter), or use --dataplane auto"
         )

@@ -36,7 +36,7 @@ import trio
 from . import __version__, engine, hostaccess
 from .config import RouterOptions, parse_subnets
 from .constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
-from .dataplane import Mode, native_available
+from .dataplane import Mode, native_available, use_native
 from .dnsanswer import Answerer
 from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
@@ -103,6 +103,7 @@ class Router:
         self.forwarder: Forwarder | None = None
         self.started_at = 0.0
         peers = list(opts.peers) if peers is None else peers
+        use_native(cast(Mode, opts.dataplane))  # --dataplane c without the C loop: ValueError
         fastpath = None
         if opts.trusted_subnets:
             trusted = parse_subnets(opts.trusted_subnets)  # ValueError names the bad one

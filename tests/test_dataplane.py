@@ -185,7 +185,7 @@ def test_asking_for_a_c_data_plane_that_is_not_built_says_what_to_do(
 ) -> None:
     monkeypatch.setattr(dataplane, "native", None)
     assert not dataplane.use_native("auto")
-    with pytest.raises(RuntimeError, match="C compiler"):
+    with pytest.raises(ValueError, match="C compiler"):
         dataplane.use_native("c")
     assert isinstance(dataplane.new_state(Suite.AEGIS128L, b"k" * 32, b"r" * 32, 1), PySessionState)
 
@@ -244,3 +244,15 @@ def test_the_c_loop_survives_forged_datagrams_for_a_known_link(
             b.tap.recv(70_000)
         assert cross(a, b, [f]) == [f]
         assert not any(k.startswith("internal error") for k in counters(b))
+
+
+def test_a_router_told_to_use_a_c_loop_it_lacks_refuses_to_start_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meshrouter.config import RouterOptions
+    from meshrouter.router import Router
+
+    monkeypatch.setattr(dataplane, "native", None)
+    with pytest.raises(ValueError, match=r"^--dataplane c: the C data plane is not built"):
+        Router(RouterOptions(dataplane="c"), name=A_NAME, psk=b"k" * 32, nickname="h1")
+    Router(RouterOptions(dataplane="auto"), name=A_NAME, psk=b"k" * 32, nickname="h1")
