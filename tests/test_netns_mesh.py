@@ -55,16 +55,29 @@ def test_two_hosts_ping_and_tcp_transfer_intact(lab_factory: LabFactory, plane: 
     st2 = status(lab, 2)
     for side in (st, st2):
         assert side["dataplane"] == plane
-        if plane == "c":  # the C loop carried the transfers, Python only taught it
-            c = side["counters"]
-            assert c["frames_sent"] > 5 * c.get("frames_to_python", 0), c
-            assert c["messages_delivered"] > 5 * c.get("datagrams_to_python", 0), c
+        if plane == "c":
+            assert side["counters"]["frames_sent"] > 0
         else:
             assert "frames_sent" not in side["counters"]
         assert side["offload"]["tap"]
         assert side["offload"]["udp_gso"]
         assert side["offload"]["udp_gro"]
         assert side["offload"]["gso_sends"] > 0
+    if plane == "c":
+        # Taught once, the C loop carries another 8 MiB: Python sees a handful
+        # of frames (lanes and seen MACs are refreshed each second, heartbeats).
+        before = status(lab, 1)["counters"], status(lab, 2)["counters"]
+        sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 8 << 20)
+        assert sent == got
+        after = status(lab, 1)["counters"], status(lab, 2)["counters"]
+
+        def grew(side: int, key: str) -> int:
+            return int(after[side].get(key, 0)) - int(before[side].get(key, 0))
+
+        assert grew(0, "frames_sent") >= 100, after[0]  # 64 KiB superframes
+        assert grew(0, "frames_to_python") <= 25, after[0]
+        assert grew(1, "messages_delivered") >= 100, after[1]
+        assert grew(1, "datagrams_to_python") <= 25, after[1]
     # The container MTU is what the tunnel carries.
     link = lab.in_ns(c1, "ip", "-j", "link", "show", "dev", "ethwe").stdout
     assert json.loads(link)[0]["mtu"] == 1376
