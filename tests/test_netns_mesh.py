@@ -18,9 +18,11 @@ pytestmark = pytest.mark.netns
 LabFactory = Callable[..., Lab]
 
 
-def two_host_mesh(lab: Lab, extra: tuple[str, ...] = ()) -> tuple[str, str]:
+def two_host_mesh(
+    lab: Lab, extra: tuple[str, ...] = (), extra2: tuple[str, ...] | None = None
+) -> tuple[str, str]:
     lab.launch(1, extra=extra)
-    lab.launch(2, lab.addr(1), extra=extra)
+    lab.launch(2, lab.addr(1), extra=extra if extra2 is None else extra2)
     c1, c2 = lab.container("c1"), lab.container("c2")
     assert lab.mesh(1, "attach", "10.32.0.1/12", c1).stdout.strip() == "10.32.0.1/12"
     assert lab.mesh(2, "attach", "10.32.0.2/12", c2).stdout.strip() == "10.32.0.2/12"
@@ -32,10 +34,13 @@ def log_of(lab: Lab, i: int) -> str:
     return (lab.state_dir(i) / "router.log").read_text()
 
 
-@pytest.mark.parametrize("plane", ["c", "python"])
-def test_two_hosts_ping_and_tcp_transfer_intact(lab_factory: LabFactory, plane: str) -> None:
+@pytest.mark.parametrize("planes", [("c", "c"), ("python", "python"), ("c", "python")])
+def test_two_hosts_ping_and_tcp_transfer_intact(
+    lab_factory: LabFactory, planes: tuple[str, str]
+) -> None:
+    """Each data plane, and a mesh of both (a host without a C compiler)."""
     lab = lab_factory(2)
-    c1, c2 = two_host_mesh(lab, ("--dataplane", plane))
+    c1, c2 = two_host_mesh(lab, ("--dataplane", planes[0]), ("--dataplane", planes[1]))
     ping = lab.in_ns(c1, "ping", "-c", "5", "-i", "0.2", "-W", "2", "10.32.0.2", check=False)
     assert " 0% packet loss" in ping.stdout, ping.stdout
     sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 8 << 20)
@@ -53,7 +58,7 @@ def test_two_hosts_ping_and_tcp_transfer_intact(lab_factory: LabFactory, plane: 
     assert conn["tx_bytes"] > 8 << 20
     assert conn["datagram_size"] == 1472  # path MTU probed on a 1500-byte underlay
     st2 = status(lab, 2)
-    for side in (st, st2):
+    for side, plane in zip((st, st2), planes, strict=True):
         assert side["dataplane"] == plane
         if plane == "c":
             assert side["counters"]["frames_sent"] > 0
@@ -63,7 +68,7 @@ def test_two_hosts_ping_and_tcp_transfer_intact(lab_factory: LabFactory, plane: 
         assert side["offload"]["udp_gso"]
         assert side["offload"]["udp_gro"]
         assert side["offload"]["gso_sends"] > 0
-    if plane == "c":
+    if planes == ("c", "c"):
         # Taught once, the C loop carries another 8 MiB: Python sees a handful
         # of frames (lanes and seen MACs are refreshed each second, heartbeats).
         before = status(lab, 1)["counters"], status(lab, 2)["counters"]
