@@ -17,6 +17,10 @@ if [ "$rc" -eq 5 ]; then
     echo "test.sh: pytest collected no tests; that is a broken suite, not a pass" >&2
     exit 1
 fi
+if [ "$#" -eq 0 ]; then  # the whole suite: the C data plane under ASan and UBSan too
+    echo "== the C data plane under AddressSanitizer and UBSan"
+    bash scripts/asan.sh || rc=1
+fi
 leftover=$(ip netns list | grep -E '^mt[0-9]+-' || true)
 if [ -n "$leftover" ]; then
     echo "test.sh: tests left namespaces behind: $leftover" >&2
