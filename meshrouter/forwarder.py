@@ -28,7 +28,7 @@ from .link import LinkView, PlaneStats
 from .mactable import MacTable
 from .receive import Receiver
 from .send import Sender
-from .udp import UdpSocket
+from .udp import UdpSocket, send_error
 
 PROBE_INTERVAL = 60.0  # re-probe the path MTU for growth this often
 MAC_EXPIRY_INTERVAL = 10.0
@@ -127,12 +127,6 @@ class Forwarder:
             n += self.cloop.counts()[native.COUNTS.index("c_gso_sends")]
         return n
 
-    def invalidate(self) -> None:
-        """The links or routes changed (any thread): the C loop forgets what it
-        was told and asks again."""
-        if self.cloop is not None:
-            self.cloop.invalidate()
-
     # -- entries for the control plane (any thread) ----------------------
 
     def kick(self) -> None:
@@ -163,11 +157,7 @@ class Forwarder:
                 else:
                     drops[name] = drops.get(name, 0) + n
             for code, n in self.cloop.send_errors().items():
-                reason = (
-                    "send would block"
-                    if code == errno.EAGAIN
-                    else "send " + (errno.errorcode.get(code, "error"))
-                )
+                reason = send_error(code)
                 drops[reason] = drops.get(reason, 0) + n
         return ForwarderStatistics(len(self.macs), drops, counters)
 
@@ -259,7 +249,6 @@ class Forwarder:
         if now >= self._next_expiry:
             self._next_expiry = now + MAC_EXPIRY_INTERVAL
             self.macs.expire(now)
-        self._follow_macs()
         if self.publish_macs and self.mac_view.version != self.macs.version:
             self.mac_view = MacView(self.macs.version, self.macs.owners())
 
@@ -273,6 +262,7 @@ class Forwarder:
     def _step(self, loop: native.Loop, now: float, timeout: float) -> int:
         """Run the C loop until it hands something back (or ``timeout``), and
         handle that with the Python paths.  Returns the event."""
+        self._follow_macs()  # never on lanes decided on an older MAC table
         ev = loop.run(now, timeout)
         if ev == native.EV_TIMEOUT or ev == native.EV_WAKE:
             return ev
@@ -291,7 +281,6 @@ class Forwarder:
             link = self.links.by_name.get(loop.ev_hop)
             if link is not None:
                 self.sender.path_too_small(link)
-        self._follow_macs()
         return ev
 
     def heartbeats(self, now: float) -> None:

@@ -77,7 +77,7 @@ class UdpSocket:
                     sock.sendto(view[start : min(start + size, total)], addr)
                     self.plain_sends += 1
         except BlockingIOError:
-            self.errors["send would block"] += 1
+            self.errors[send_error(errno.EAGAIN)] += 1
             return errno.EAGAIN
         except OSError as exc:
             code = exc.errno or 0
@@ -85,6 +85,13 @@ class UdpSocket:
                 self.gso = False  # the kernel or device cannot: plain sends from now on
                 self.errors["gso unsupported, fell back"] += 1
                 return self.send(buf, total, size, addr)
-            self.errors["send " + errno.errorcode.get(code, "error")] += 1
+            self.errors[send_error(code)] += 1
             return code
         return 0
+
+
+def send_error(code: int) -> str:
+    """The drop reason of a failed send with ``code`` (errno), whichever loop sent."""
+    if code == errno.EAGAIN:
+        return "send would block"
+    return "send " + errno.errorcode.get(code, "error")
