@@ -28,13 +28,22 @@ from meshrouter.state import atomic_write, load_json
 from . import guard
 from .containers import Container, ContainerError, find_container, resolve
 from .garp import send_garp
+from .interrupts import Interrupted, Interrupts
 from .netns import has_link, ip_batch
 
 CONTAINER_IFACE = "ethwe"
 
 
+PENDING = "attaching"
+
+
 class AttachError(Exception):
     """A one-line reason for the operator; nothing was left half-made."""
+
+
+class AttachInterrupted(AttachError):
+    """A signal stopped the attach before anything was made; what it had
+    asked the router for was given back."""
 
 
 class IpamRefused(Exception):
@@ -54,6 +63,9 @@ class Attachment:
     resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
     ifname: str = CONTAINER_IFACE  # the interface inside the container
     guard: bool = True  # anti-spoofing rules for its port (guard.py)
+    # "" attached; PENDING while its veth is made: a record left so (the
+    # attach was killed) is undone by the next attach of it or 'mesh prune'
+    state: str = ""
 
     @property
     def cidr(self) -> str:
@@ -138,24 +150,36 @@ class Registry:
         self.lock_path = state_dir / "attachments.lock"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[dict[str, Attachment]]:
-        """Read-modify-write under an exclusive lock; written back on success."""
+    def locked(
+        self, waiting: contextlib.AbstractContextManager[None] | None = None
+    ) -> Iterator[dict[str, Attachment]]:
+        """Read-modify-write under an exclusive lock; written back on success.
+        ``waiting`` wraps the wait for the lock (an abortable region)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            with waiting or contextlib.nullcontext():
+                fcntl.flock(lock, fcntl.LOCK_EX)
             records = self.read()
-            before = json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
+            before = self._dump(records)
             yield records
-            after = json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
-            if after != before:
-                atomic_write(self.path, after.encode())
-                self.apply_guard(records)
+            if self._dump(records) != before:
+                self.save(records)
+
+    @staticmethod
+    def _dump(records: dict[str, Attachment]) -> str:
+        return json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
+
+    def save(self, records: dict[str, Attachment]) -> None:
+        """Write the records now (under ``locked``: a step that must be on
+        disk before the next one is made)."""
+        atomic_write(self.path, self._dump(records).encode())
+        self.apply_guard(records)
 
     @staticmethod
     def apply_guard(records: dict[str, Attachment]) -> None:
         """The anti-spoofing table, true to the records (a warning if nft fails)."""
         try:
-            guard.apply(records.values())
+            guard.apply(r for r in records.values() if r.state != PENDING)
         except NetdevError as exc:
             print(f"mesh: warning: anti-spoofing rules not applied: {exc}", file=sys.stderr)
 
@@ -235,6 +259,7 @@ def attach(
     routes: tuple[str, ...] = (),
     guard_port: bool = True,
     allow_outside: bool = False,
+    interrupts: Interrupts | None = None,
 ) -> tuple[Attachment, list[str]]:
     """Attach ``name`` with the addresses ``wants`` asks for (at least one).
     A container attached already keeps its link and gains the addresses it
@@ -243,136 +268,191 @@ def attach(
     server on its bridge.  ``container`` is given when the caller knows the
     namespace already (the CNI plugin); ``routes`` are more ``ip route``
     arguments to add inside it.  Returns the record and the addresses this
-    call added."""
+    call added.
+
+    With ``interrupts``, a signal before anything is made (resolving the
+    container, waiting for the lock or the router's IPAM) stops it with
+    AttachInterrupted, the addresses given back; from the veth on, the attach
+    runs to its end.  A record marked PENDING is on disk while the veth is
+    made, so an attach killed there is undone by the next one or by prune."""
     if not wants:
         raise AttachError("no address asked for")
+    abort = interrupts.abortable if interrupts is not None else contextlib.nullcontext
     net = ipaddress.IPv4Network(mesh_range)
     chosen = [
         parse_cidr(w.cidr, mesh_range, allow_outside=allow_outside) if w.cidr is not None else None
         for w in wants
     ]
     try:
-        c = container if container is not None else resolve(name)
+        with abort():
+            c = container if container is not None else resolve(name)
     except ContainerError as exc:
         raise AttachError(str(exc)) from None
+    except Interrupted:
+        raise AttachInterrupted("interrupted: nothing was attached") from None
     if not link_exists(bridge):
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
-    with registry.locked() as records:
-        for rec in records.values():
-            for iface in chosen:
-                if iface is None or rec.ident == c.ident:
-                    continue
-                if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
-                    raise AttachError(
-                        f"{iface.ip} is already attached to {rec.container} on this host"
-                    )
-        have = records.get(c.ident)
-        linked = has_link(ifname, c.ns_path)
-        if linked and (have is None or not link_exists(have.host_veth)):
-            raise AttachError(
-                f"{name} has an interface {ifname} the mesh did not make: remove it, or "
-                f"'mesh detach {name}' first"
-            )
-        if not linked:
-            have = None
-        held = list(have.cidrs) if have else []
-        # The addresses, mesh-wide: allocated, or claimed from whoever owns them.
-        got: list[str] = []
-        try:
-            for want, iface in zip(wants, chosen, strict=True):
-                if iface is None:
-                    one = str(
-                        ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, want.subnet))
-                    )
-                else:
-                    one = str(iface)
-                    if iface.ip in net:  # outside the range: the operator's, not IPAM's
-                        ipam.claim(one, c.ident, c.ns_path)
-                if one not in held and one not in got:
-                    got.append(one)
-        except (IpamRefused, ValueError) as exc:
-            if got:
-                ipam.release(c.ident, got)
-            if isinstance(exc, ValueError):
-                raise AttachError("the router handed out a malformed address") from None
-            raise AttachError(str(exc)) from None
-        if have is not None:
-            rec = have
-            if got:
-                try:
-                    ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
-                    for a in got:
-                        send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
-                except (NetdevError, OSError) as exc:
-                    for a in got:
-                        in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
+    try:
+        with registry.locked(abort()) as records:
+            for rec in records.values():
+                for iface in chosen:
+                    if iface is None or rec.ident == c.ident:
+                        continue
+                    if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
+                        raise AttachError(
+                            f"{iface.ip} is already attached to {rec.container} on this host"
+                        )
+            have = records.get(c.ident)
+            if have is not None and have.state == PENDING:  # an attach killed half-way
+                undo_pending(have, ipam)
+                del records[c.ident]
+                registry.save(records)
+                have = None
+            linked = has_link(ifname, c.ns_path)
+            if linked and (have is None or not link_exists(have.host_veth)):
+                raise AttachError(
+                    f"{name} has an interface {ifname} the mesh did not make: remove it, or "
+                    f"'mesh detach {name}' first"
+                )
+            if not linked:
+                have = None
+            held = list(have.cidrs) if have else []
+            # The addresses, mesh-wide: allocated, or claimed from whoever owns them.
+            got: list[str] = []
+            try:
+                with abort():  # an interrupted request's address: the router gives it back
+                    for want, iface in zip(wants, chosen, strict=True):
+                        if iface is None:
+                            one = str(
+                                ipaddress.IPv4Interface(
+                                    ipam.allocate(c.ident, c.ns_path, want.subnet)
+                                )
+                            )
+                        else:
+                            one = str(iface)
+                            if iface.ip in net:  # outside the range: the operator's, not IPAM's
+                                ipam.claim(one, c.ident, c.ns_path)
+                        if one not in held and one not in got:
+                            got.append(one)
+            except (IpamRefused, ValueError, Interrupted) as exc:
+                if got:
                     ipam.release(c.ident, got)
-                    raise AttachError(f"adding {', '.join(got)} to {name} failed: {exc}") from None
-                rec.cidrs = [*held, *got]
-            return rec, got
-        host = veth_name(c.ident)
-        if link_exists(host):  # left over from a container that went away
-            ip("link", "del", "dev", host, check=False)
-        try:
-            ip(
-                "link",
-                "add",
-                "name",
+                if isinstance(exc, Interrupted):
+                    back = f" ({', '.join(got)} given back)" if got else ""
+                    raise AttachInterrupted(f"interrupted: nothing was attached{back}") from None
+                if isinstance(exc, ValueError):
+                    raise AttachError("the router handed out a malformed address") from None
+                raise AttachError(str(exc)) from None
+            if have is not None:
+                rec = have
+                if got:
+                    try:
+                        ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
+                        for a in got:
+                            send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
+                    except (NetdevError, OSError) as exc:
+                        for a in got:
+                            in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
+                        ipam.release(c.ident, got)
+                        raise AttachError(
+                            f"adding {', '.join(got)} to {name} failed: {exc}"
+                        ) from None
+                    rec.cidrs = [*held, *got]
+                return rec, got
+            host = veth_name(c.ident)
+            if link_exists(host):  # left over from a container that went away
+                ip("link", "del", "dev", host, check=False)
+            rec = Attachment(
+                name,
+                c.kind,
+                c.ident,
+                c.ns_path,
                 host,
-                "mtu",
-                str(mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ifname,
-                "mtu",
-                str(mtu),
-                "netns",
-                c.ns_ref,
+                got,
+                "",
+                c.hostname,
+                ifname=ifname,
+                guard=guard_port,
+                state=PENDING,
             )
-        except NetdevError as exc:
-            ipam.release(c.ident, got)
-            raise AttachError(f"cannot create veth pair for {name}: {exc}") from None
-        try:
-            # One process per side.  TSO superframes small enough that one
-            # sealed message fits one UDP GSO send (65507 bytes): the router
-            # never splits a send in two (optional: old kernels lack it).
-            ip_batch(
-                ["link set dev lo up"]
-                + [f"addr add {a} dev {ifname}" for a in got]
-                + [
-                    f"link set dev {ifname} gso_max_size {CONTAINER_GSO_MAX_SIZE}",
-                    f"link set dev {ifname} up",
-                ]
-                + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])
-                + [f"route replace {r}" for r in routes],
-                ns_path=c.ns_path,
-                optional=frozenset({1 + len(got)}),
-            )
-            ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
-            # Tell the mesh where these addresses live now (gratuitous ARP).
-            mac = ""
-            for a in got:
-                mac = send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path).hex(":")
-        except (NetdevError, OSError) as exc:
-            ip("link", "del", "dev", host, check=False)
-            ipam.release(c.ident, got)
-            raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
-        rec = Attachment(
-            name,
-            c.kind,
-            c.ident,
-            c.ns_path,
+            records[c.ident] = rec
+            registry.save(records)  # on disk before the veth: a killed attach is found
+            try:
+                _make_link(c, rec, mtu, bridge, dns_address, routes)
+            except BaseException as exc:
+                ip("link", "del", "dev", host, check=False)
+                ipam.release(c.ident, got)
+                del records[c.ident]
+                registry.save(records)
+                if isinstance(exc, NetdevError | OSError):
+                    raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
+                raise
+            rec.state = ""
+            return rec, got
+
+    except Interrupted:  # waiting for the lock: nothing asked, nothing made
+        raise AttachInterrupted("interrupted: nothing was attached") from None
+
+
+def _make_link(
+    c: Container,
+    rec: Attachment,
+    mtu: int,
+    bridge: str,
+    dns_address: str | None,
+    routes: tuple[str, ...],
+) -> None:
+    """The veth pair of ``rec``, its addresses and routes in the container,
+    its host end on the bridge, and the gratuitous ARPs (``rec.mac`` set).
+    Raises NetdevError or OSError; the caller undoes."""
+    host, ifname, got = rec.host_veth, rec.ifname, rec.cidrs
+    try:
+        ip(
+            "link",
+            "add",
+            "name",
             host,
-            got,
-            mac,
-            c.hostname,
-            ifname=ifname,
-            guard=guard_port,
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "mtu",
+            str(mtu),
+            "netns",
+            c.ns_ref,
         )
-        records[c.ident] = rec
-        return rec, got
+    except NetdevError as exc:
+        raise AttachError(f"cannot create veth pair for {rec.container}: {exc}") from None
+    # One process per side.  TSO superframes small enough that one sealed
+    # message fits one UDP GSO send (65507 bytes): the router never splits a
+    # send in two (optional: old kernels lack it).
+    ip_batch(
+        ["link set dev lo up"]
+        + [f"addr add {a} dev {ifname}" for a in got]
+        + [
+            f"link set dev {ifname} gso_max_size {CONTAINER_GSO_MAX_SIZE}",
+            f"link set dev {ifname} up",
+        ]
+        + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])
+        + [f"route replace {r}" for r in routes],
+        ns_path=c.ns_path,
+        optional=frozenset({1 + len(got)}),
+    )
+    ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
+    # Tell the mesh where these addresses live now (gratuitous ARP).
+    for a in got:
+        rec.mac = send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path).hex(":")
+
+
+def undo_pending(rec: Attachment, ipam: AddressSource) -> None:
+    """Finish the job of an attach that was killed while making ``rec``: its
+    veth (either end removes both) and its addresses go."""
+    ip("link", "del", "dev", rec.host_veth, check=False)
+    if rec.cidrs:
+        ipam.release(rec.ident, rec.cidrs)
 
 
 RESOLV_MARK = "# written by 'mesh attach'; removed by 'mesh detach'\n"
@@ -497,13 +577,19 @@ def _gone(rec: Attachment) -> bool:
     return not os.path.exists(rec.ns_path)
 
 
-def prune(registry: Registry) -> list[Attachment]:
+def prune(registry: Registry, ipam: AddressSource | None = None) -> list[Attachment]:
     """Forget the records of containers that are gone without a detach (the
     router runs 'mesh prune' when it finds their namespaces gone): their
-    anti-spoofing rules and resolv.conf go with them."""
+    anti-spoofing rules and resolv.conf go with them.  An attach that was
+    killed half-way (a PENDING record: no attach holds the lock now) is
+    undone, its addresses given back through ``ipam``."""
     gone: list[Attachment] = []
     with registry.locked() as records:
         for key, rec in list(records.items()):
+            if rec.state == PENDING and ipam is not None:
+                undo_pending(rec, ipam)
+                gone.append(records.pop(key))
+                continue
             if link_exists(rec.host_veth) or not _gone(rec):
                 continue
             remove_resolv_conf(rec)

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from meshrouter import __version__, apiclient, config, dockerapi
 from meshrouter.config import RouterOptions
@@ -32,6 +33,7 @@ from meshrouter.status import RouterStatus
 from . import attach as attach_mod
 from . import guard, views
 from .containers import ContainerError, docker_endpoints, docker_engine_available, resolve
+from .interrupts import Interrupted, Interrupts
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
@@ -41,6 +43,13 @@ ROUTER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SYS_PTRACE", "SYS_AD
 
 class CliError(Exception):
     """Printed as 'mesh: <message>' with exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """A bad argument is one line that says where help is, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 # -- helpers ----------------------------------------------------------------
@@ -79,14 +88,23 @@ def _launch_config(state_dir: Path) -> dict[str, Any]:
 
 
 def _options(a: argparse.Namespace) -> RouterOptions:
+    """The router's options, with every path absolute (it runs in /)."""
     opts = config.from_namespace(a)
-    if opts.password_file:
-        opts = dataclasses.replace(opts, password_file=os.path.abspath(opts.password_file))
-    return opts
+    paths = {
+        name: os.path.abspath(value)
+        for name in ("password_file", "log_file", "docker_plugin")
+        if (value := getattr(opts, name))
+    }
+    return dataclasses.replace(opts, **paths)
 
 
 def _router_args(a: argparse.Namespace) -> list[str]:
-    return ["--state-dir", str(a.state_dir), *config.to_argv(_options(a))]
+    """What 'mesh launch' runs the router with: a local router logs to
+    STATE_DIR/router.log unless told otherwise."""
+    opts = _options(a)
+    if not opts.log_file and getattr(a, "engine", "local") == "local":
+        opts = dataclasses.replace(opts, log_file=str(a.state_dir / "router.log"))
+    return ["--state-dir", str(a.state_dir), *config.to_argv(opts)]
 
 
 # -- commands ---------------------------------------------------------------
@@ -100,52 +118,56 @@ def cmd_router(a: argparse.Namespace) -> int:
 
 def cmd_launch(a: argparse.Namespace) -> int:
     state_dir: Path = a.state_dir
+    router_args = _router_args(a)
     if _router_running(state_dir):
+        if _launch_config(state_dir).get("router_args") == router_args:
+            st = _status(state_dir)
+            print(f"router {st['name']} ({st['nickname']}) is already running with these options")
+            return 0  # idempotent: a service manager or boot script may launch again
         raise CliError(
-            f"a router is already running here (state dir {state_dir}): 'mesh stop' first"
+            f"a router is already running here (state dir {state_dir}) with other options: "
+            "'mesh stop' first"
         )
-    if a.password_file is None and not os.environ.get("MESH_PASSWORD"):
-        raise CliError("no mesh password: pass --password-file FILE (the same file on every host)")
-    if a.password_file is not None and not os.path.isfile(a.password_file):
-        raise CliError(f"password file {a.password_file} does not exist")
-    _check_ranges(a)
+    preflight(a)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write(
-        state_dir / "launch.json",
-        json.dumps(
-            {
-                "bridge": a.bridge,
-                "ipalloc_range": a.ipalloc_range,
-                "mtu": a.mtu,
-                "default_subnet": a.ipalloc_default_subnet,
-                "engine": a.engine,
-                "trusted_subnets": a.trusted_subnets,
-            }
-        ).encode(),
-    )
-    log_path = state_dir / "router.log"
+    launch_cfg = {
+        "bridge": a.bridge,
+        "ipalloc_range": a.ipalloc_range,
+        "mtu": a.mtu,
+        "default_subnet": a.ipalloc_default_subnet,
+        "engine": a.engine,
+        "trusted_subnets": a.trusted_subnets,
+        "router_args": router_args,
+    }
+    errors = state_dir / ROUTER_ERRORS
     if a.engine == "docker":
         _launch_docker(a)
         where = f"as container {CONTAINER} (docker); logs: docker logs {CONTAINER}"
         proc = None
     else:
-        with open(log_path, "ab") as logf:
+        with open(errors, "wb") as errf:  # this run's errors only: never an older run's
             proc = subprocess.Popen(
-                [sys.executable, "-m", "launcher", "router", *_router_args(a)],
+                [*apiclient.client_argv(), "router", *router_args],
                 stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
+                stdout=errf,
+                stderr=errf,
+                cwd="/",
                 start_new_session=True,
             )
         atomic_write(state_dir / "router.pid", f"{proc.pid}\n".encode(), 0o644)
-        where = f"as a local process; log: {log_path}"
+        where = f"as a local process; log: {state_dir / 'router.log'}"
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
+        failed = None
         if proc is not None and proc.poll() is not None:
-            raise CliError(f"router exited during start-up: {_log_tail(log_path)}")
-        if proc is None and not _container_running():
-            raise CliError(f"router container exited during start-up: {_container_log_tail()}")
+            failed = f"router exited during start-up: {_first_error(errors)}"
+        elif proc is None and not _container_running():
+            failed = f"router container exited during start-up: {_container_log_tail()}"
+        if failed is not None:
+            _undo_launch(state_dir, a.bridge)
+            raise CliError(failed)
         if _router_running(state_dir):
+            atomic_write(state_dir / "launch.json", json.dumps(launch_cfg).encode())
             n = attach_mod.reattach_all(attach_mod.Registry(state_dir), a.bridge)
             status = _status(state_dir)
             extra = f", {n} container(s) re-attached" if n else ""
@@ -155,9 +177,53 @@ def cmd_launch(a: argparse.Namespace) -> int:
             )
             return 0
         time.sleep(0.1)
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+    _undo_launch(state_dir, a.bridge)
     raise CliError(
-        f"router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {where.split('; ')[-1]}"
+        f"router did not answer within {LAUNCH_TIMEOUT:.0f}s and was stopped; "
+        f"see {where.split('; ')[-1]}"
     )
+
+
+def preflight(a: argparse.Namespace) -> None:
+    """What a launch needs, checked before anything is made: one line for
+    the first thing that is wrong."""
+    from meshrouter import preflight as pre  # sockets and files: only for launch
+
+    try:
+        read_password(a.password_file)
+        pre.check_names(a.bridge, a.tap)
+        pre.check_listen(a.listen, a.port)
+        for peer in a.peers:
+            pre.check_peer(peer, a.port)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    _check_ranges(a)
+
+
+def _undo_launch(state_dir: Path, bridge: str) -> None:
+    """A launch that failed leaves nothing: the bridge the router made this
+    time, its pid file."""
+    (state_dir / "router.pid").unlink(missing_ok=True)
+    if take_bridge_made(state_dir, bridge) and link_exists(bridge):
+        delete_link(bridge)
+
+
+ROUTER_ERRORS = "router.err"  # the router's stderr of its last launch: errors and crashes
+
+
+def _first_error(path: Path) -> str:
+    """Why the router of this launch stopped: the first error it wrote (the
+    exception, when it crashed with a traceback)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    if not lines:
+        return "(no error output)"
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def _check_ranges(a: argparse.Namespace) -> None:
@@ -259,15 +325,6 @@ def _launch_docker(a: argparse.Namespace) -> None:
         raise CliError(f"docker run {ROUTER_IMAGE} failed: {why[-1]}")
 
 
-def _log_tail(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except OSError:
-        return "(no log)"
-    errors = [ln for ln in lines if " ERROR " in ln]
-    return (errors or lines or ["(empty log)"])[-1]
-
-
 def cmd_stop(a: argparse.Namespace) -> int:
     state_dir: Path = a.state_dir
     cfg = _launch_config(state_dir)
@@ -277,7 +334,8 @@ def cmd_stop(a: argparse.Namespace) -> int:
     if _router_running(state_dir):
         _router_call(state_dir, {"op": "stop"})
     elif pid is None and not link_exists(bridge) and not container:
-        raise CliError(f"no router is running (state dir {state_dir})")
+        print(f"no router is running (state dir {state_dir}): nothing to stop")
+        return 0
     if pid is not None:
         _wait_exit(pid, 10.0)
         (state_dir / "router.pid").unlink(missing_ok=True)
@@ -369,9 +427,22 @@ def _wants(a: argparse.Namespace, specs: list[str]) -> list[attach_mod.Want]:
 
 
 def cmd_attach(a: argparse.Namespace) -> int:
+    with Interrupts() as interrupts:
+        try:
+            return _attach(a, interrupts)
+        except attach_mod.AttachInterrupted as exc:
+            print(f"mesh: {exc}", file=sys.stderr)
+            return 130
+
+
+def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
     registry = attach_mod.Registry(a.state_dir)
     container = a.args[-1]
-    settings = _attach_settings(a)
+    try:
+        with interrupts.abortable():
+            settings = _attach_settings(a)
+    except Interrupted:
+        raise attach_mod.AttachInterrupted("interrupted: nothing was attached") from None
     try:
         rec, added = attach_mod.attach(
             registry,
@@ -384,7 +455,10 @@ def cmd_attach(a: argparse.Namespace) -> int:
             dns_address=settings.dns_address,
             guard_port=not a.no_guard,
             allow_outside=True,
+            interrupts=interrupts,
         )
+    except attach_mod.AttachInterrupted:
+        raise
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
     for cidr in added:
@@ -406,6 +480,13 @@ def cmd_attach(a: argparse.Namespace) -> int:
         name = "" if a.without_dns else a.hostname or rec.hostname
         _register_name(a.state_dir, registry, rec, settings, name, added)
     print(" ".join(rec.cidrs))
+    if interrupts.pending is not None:  # it came too late to stop: say what holds
+        print(
+            f"mesh: interrupted after {container} was attached: it keeps {' '.join(rec.cidrs)} "
+            f"('mesh detach {container}' undoes it)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -472,8 +553,12 @@ def cmd_reattach(a: argparse.Namespace) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    for rec in attach_mod.prune(attach_mod.Registry(a.state_dir)):
-        print(f"{rec.container} is gone: its record and anti-spoofing rules removed")
+    registry = attach_mod.Registry(a.state_dir)
+    for rec in attach_mod.prune(registry, attach_mod.RouterIpam(a.state_dir)):
+        if rec.state == attach_mod.PENDING:
+            print(f"{rec.container}: an interrupted attach was undone")
+        else:
+            print(f"{rec.container} is gone: its record and anti-spoofing rules removed")
     return 0
 
 
@@ -518,6 +603,15 @@ def _adopt_endpoints(a: argparse.Namespace, registry: attach_mod.Registry) -> in
 
 
 def cmd_detach(a: argparse.Namespace) -> int:
+    with Interrupts() as interrupts:  # a detach runs to its end once begun
+        code = _detach(a)
+    if interrupts.pending is not None:
+        print(f"mesh: interrupted after the detach of {a.args[-1]} had finished", file=sys.stderr)
+        return 130
+    return code
+
+
+def _detach(a: argparse.Namespace) -> int:
     container, addrs = a.args[-1], a.args[:-1]
     try:
         done = attach_mod.detach(
@@ -539,13 +633,43 @@ def cmd_detach(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    if not _router_running(a.state_dir):
+        down = _down(a.state_dir)
+        down["attached"] = [
+            asdict(r)
+            for r in sorted(attach_mod.Registry(a.state_dir).read().values(), key=_by_name)
+        ]
+        print(json.dumps(down, indent=2))
+        return 1
     st: dict[str, Any] = dict(_status(a.state_dir))
+    st["running"] = True
     st["attached"] = [
         asdict(r)
         for r in sorted(attach_mod.Registry(a.state_dir).read().values(), key=lambda r: r.container)
     ]
     print(json.dumps(st, indent=2))
     return 0
+
+
+def cmd_ping(a: argparse.Namespace) -> int:
+    """Like 'tailscale ping': over the mesh's own encrypted UDP path."""
+    res = _router_call(
+        a.state_dir, {"op": "ping", "peer": a.peer, "count": a.count, "interval": a.interval}
+    )
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        via = f" via relay {res['via_nickname']} ({res['via']})" if res["via"] else " direct"
+        for rtt in res["rtt_ms"]:
+            if rtt is None:
+                print(f"no answer from {res['nickname']} within 1s")
+            else:
+                print(
+                    f"pong from {res['nickname']} ({res['peer']}){via}, {res['address']}: {rtt} ms"
+                )
+        if res["via"]:
+            print(f"(the round trips are to the relay {res['via_nickname']}; it forwards the rest)")
+    return 0 if any(r is not None for r in res["rtt_ms"]) else 1
 
 
 def cmd_rmpeer(a: argparse.Namespace) -> int:
@@ -575,6 +699,9 @@ def cmd_password(a: argparse.Namespace) -> int:
 
 def cmd_ps(a: argparse.Namespace) -> int:
     records = attach_mod.Registry(a.state_dir).read()
+    if a.json:
+        print(json.dumps([_ps_record(r) for r in sorted(records.values(), key=_by_name)], indent=2))
+        return 0
     dropped = guard.counts()
     rows = [
         [
@@ -582,7 +709,7 @@ def cmd_ps(a: argparse.Namespace) -> int:
             r.kind,
             r.mac,
             " ".join(r.cidrs),
-            "up" if link_exists(r.host_veth) else "gone",
+            r.state or ("up" if link_exists(r.host_veth) else "gone"),
             dropped.get(r.host_veth, 0) if r.guard else "off",
         ]
         for r in sorted(records.values(), key=lambda r: r.container)
@@ -591,7 +718,72 @@ def cmd_ps(a: argparse.Namespace) -> int:
     return 0
 
 
+def _by_name(r: attach_mod.Attachment) -> str:
+    return r.container
+
+
+def _ps_record(r: attach_mod.Attachment) -> dict[str, Any]:
+    """One attachment for 'mesh ps --json': its record and the state of its link."""
+    link = r.state or ("up" if link_exists(r.host_veth) else "gone")
+    return {**asdict(r), "link": link}
+
+
+def _down(state_dir: Path) -> dict[str, Any]:
+    """What can be said of this host's mesh when no router answers."""
+    errors = state_dir / ROUTER_ERRORS
+    last = _first_error(errors) if errors.exists() and errors.stat().st_size else None
+    return {
+        "running": False,
+        "state_dir": str(state_dir),
+        "error": f"no router is running (state dir {state_dir}): start one with 'mesh launch'",
+        "last_error": last,  # what stopped the router of the last launch, if it failed
+        "launch": _launch_config(state_dir),
+        "attached": len(attach_mod.Registry(state_dir).read()),
+    }
+
+
+def cmd_version(a: argparse.Namespace) -> int:
+    from meshrouter.constants import protocol_versions
+
+    mine = {
+        "version": __version__,
+        "protocol": protocol_versions(),
+        "dataplane_built": _dataplane_built(),
+        "python": sys.version.split()[0],
+    }
+    router: dict[str, Any] | None = None
+    if _router_running(a.state_dir):
+        st = _status(a.state_dir)
+        router = {
+            "version": st["version"],
+            "dataplane": st["dataplane"],
+            "dataplane_built": st["dataplane_built"],
+        }
+    if a.json:
+        print(json.dumps({"client": mine, "router": router}, indent=2))
+        return 0
+    built = "built" if mine["dataplane_built"] else "not built (the Python loop runs)"
+    print(f"meshrouter {__version__}")
+    print(f"  protocol versions {mine['protocol']}")
+    print(f"  C data plane {built}")
+    print(f"  Python {mine['python']} ({sys.executable})")
+    if router is None:
+        print("  router: not running here")
+    else:
+        print(f"  router: meshrouter {router['version']}, data plane: {router['dataplane']}")
+    return 0
+
+
+def _dataplane_built() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("meshrouter._dataplane") is not None
+
+
 def cmd_status(a: argparse.Namespace) -> int:
+    if a.json and not _router_running(a.state_dir):
+        print(json.dumps(_down(a.state_dir), indent=2))
+        return 1
     st = _status(a.state_dir)
     if a.json:
         print(json.dumps(st, indent=2))
@@ -748,11 +940,13 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
     bin_dir.mkdir(parents=True, exist_ok=True)
     conf_dir.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parent.parent  # where the launcher package lives
+    # Isolated (-I): the runtime's working directory and environment cannot
+    # put other code in place of the plugin; only the package found at setup.
+    program = f"import sys; sys.path.insert(0, {str(root)!r}); import launcher.cni as c; c.run()"
     shim = (
         "#!/bin/sh\n"
         "# The mesh's CNI plugin, installed by 'mesh setup-cni'.\n"
-        f'PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}" '
-        f'exec "{sys.executable}" -m launcher.cni "$@"\n'
+        f'cd / && exec {shlex.quote(sys.executable)} -I -c {shlex.quote(program)} "$@"\n'
     )
     if a.exec_in_router:
         # Kubernetes: the host has no Python of ours; the plugin runs in the
@@ -812,8 +1006,10 @@ def cmd_kube_sync(a: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(config_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``config_defaults`` (from ``--config FILE``) are the
+    defaults of the router's options in 'launch' and 'router'."""
+    p = Parser(
         prog="mesh",
         description="meshrouter: an encrypted userspace mesh network for containers.",
         epilog="Each host runs 'mesh launch'; containers join with 'mesh attach'. "
@@ -821,7 +1017,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a netns-NAME subfolder inside a named network namespace).",
     )
     p.add_argument("--version", action="version", version=f"meshrouter {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--state-dir",
         type=Path,
@@ -840,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         "background (a local process, or with --engine docker a container) and return "
         "once it listens.",
     )
-    config.add_arguments(sp)
+    _router_options(sp, config_defaults)
     sp.add_argument(
         "--engine",
         choices=("local", "docker"),
@@ -859,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the router in the foreground (for the container "
         "image and service managers). Stops on SIGTERM/SIGINT.",
     )
-    config.add_arguments(sp)
+    _router_options(sp, config_defaults)
     sp.set_defaults(func=cmd_router)
 
     sp = sub.add_parser("connect", parents=[common], help="add connection targets at run time")
@@ -963,8 +1159,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("peer", metavar="PEER")
     sp.set_defaults(func=cmd_rmpeer)
 
+    sp = sub.add_parser(
+        "ping",
+        parents=[common],
+        help="round trips to a peer over the mesh's encrypted UDP path, and the path",
+        description="Ping PEER (its name or nickname) from this router over the encrypted "
+        "UDP path the data takes, like 'tailscale ping': says whether the path is direct or "
+        "through a relay, the UDP address, and each round trip. Exit status 1 when no "
+        "ping was answered.",
+    )
+    sp.add_argument("peer", metavar="PEER")
+    sp.add_argument("-c", "--count", type=int, default=3, help="pings (1-100, default 3)")
+    sp.add_argument(
+        "-i", "--interval", type=float, default=0.2, help="seconds between pings (default 0.2)"
+    )
+    sp.add_argument("--json", action="store_true", help="as JSON")
+    sp.set_defaults(func=cmd_ping)
+
     sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
+    sp.add_argument("--json", action="store_true", help="the records as JSON")
     sp.set_defaults(func=cmd_ps)
+
+    sp = sub.add_parser(
+        "version",
+        parents=[common],
+        help="versions: meshrouter, protocol, data plane, Python",
+        description="Print this client's versions (meshrouter, the protocol versions it "
+        "speaks, whether the C data plane is built, Python), and the running router's.",
+    )
+    sp.add_argument("--json", action="store_true", help="as JSON")
+    sp.set_defaults(func=cmd_version)
 
     sp = sub.add_parser(
         "password",
@@ -1116,14 +1340,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _router_options(sp: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    config.add_arguments(sp)
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from FILE (TOML; keys are the options' names, e.g. "
+        'password-file = "/etc/meshrouter/password", port = 6783, dns = false, '
+        'peers = ["192.0.2.1"]); options given here win',
+    )
+    if defaults:
+        sp.set_defaults(**defaults)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.state_dir is None:
-        args.state_dir = default_state_dir()
+    if getattr(args, "config", None):  # its values as defaults; flags given win
+        try:
+            defaults = config.read_config(args.config)
+        except ValueError as exc:
+            print(f"mesh: {exc}", file=sys.stderr)
+            return 1
+        args = build_parser(defaults).parse_args(argv)
+    args.state_dir = (args.state_dir or default_state_dir()).absolute()
     try:
         return int(args.func(args))
     except CliError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("mesh: interrupted", file=sys.stderr)
         return 130

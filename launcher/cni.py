@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from meshrouter import apiclient
+from meshrouter.errors import BadInput
+from meshrouter.inputs import json_untrusted
 from meshrouter.netdev import NetdevError, ip, link_exists
 from meshrouter.state import BASE_STATE_DIR
 
@@ -48,6 +50,8 @@ CODE_VERSION, CODE_FIELD, CODE_UNKNOWN_CONTAINER = 1, 2, 3
 CODE_ENV, CODE_IO, CODE_DECODE, CODE_CONFIG = 4, 5, 6, 7
 CODE_TRY_LATER, CODE_UNAVAILABLE = 11, 50
 CODE_ATTACH = 100  # this plugin's own: attaching failed (the message says why)
+CODE_INTERNAL = 999  # the specification's "unknown error": a bug of ours, never a traceback
+MAX_CONFIG = 1 << 20
 
 
 class CniError(Exception):
@@ -60,10 +64,10 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
-def parse_config(data: str) -> dict[str, Any]:
+def parse_config(data: str | bytes) -> dict[str, Any]:
     try:
-        conf = json.loads(data)
-    except ValueError as exc:
+        conf = json_untrusted(data, what="network configuration", max_bytes=MAX_CONFIG)
+    except BadInput as exc:
         raise CniError(CODE_DECODE, "the network configuration is not JSON", str(exc)) from None
     if not isinstance(conf, dict):
         raise CniError(CODE_DECODE, "the network configuration must be a JSON object")
@@ -107,7 +111,7 @@ def for_version(result: dict[str, Any], version: str) -> dict[str, Any]:
 class Plugin:
     """One invocation: the environment, the configuration, the router."""
 
-    def __init__(self, env: Mapping[str, str], stdin: str) -> None:
+    def __init__(self, env: Mapping[str, str], stdin: str | bytes) -> None:
         self.env = env
         self.command = env.get("CNI_COMMAND", "")
         if self.command == "VERSION":
@@ -320,11 +324,11 @@ def _chain(prev: Any, ours: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main(env: Mapping[str, str] | None = None, stdin: str | None = None) -> int:
+def main(env: Mapping[str, str] | None = None, stdin: str | bytes | None = None) -> int:
     env = os.environ if env is None else env
     version = "1.0.0"
     try:
-        data = sys.stdin.read() if stdin is None else stdin
+        data = sys.stdin.buffer.read(MAX_CONFIG + 1) if stdin is None else stdin
         plugin = Plugin(env, data)
         version = getattr(plugin, "version", version)
         result = plugin.run()
@@ -337,10 +341,22 @@ def main(env: Mapping[str, str] | None = None, stdin: str | None = None) -> int:
     except (NetdevError, OSError) as exc:
         print(json.dumps({"cniVersion": version, "code": CODE_IO, "msg": str(exc)}))
         return 1
+    except Exception as exc:  # never a traceback: the runtime reads JSON
+        msg = f"internal error ({type(exc).__name__}: {exc})"[:500]
+        print(json.dumps({"cniVersion": version, "code": CODE_INTERNAL, "msg": msg}))
+        return 1
+    except KeyboardInterrupt:
+        print(json.dumps({"cniVersion": version, "code": CODE_INTERNAL, "msg": "interrupted"}))
+        return 1
     if result is not None:
         print(json.dumps(result))
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``mesh-cni`` program."""
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

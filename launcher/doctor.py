@@ -123,7 +123,7 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 "a peer with another password, or garbage on port 6783: see router.log",
             )
         )
-    auth = st["drops"].get("authentication failed", 0)
+    auth = st["drops"].get("auth_failed", 0)
     if auth:
         out.append(Finding(WARN, f"{auth} datagram(s) failed authentication", "see router.log"))
     return out

@@ -1004,8 +1004,8 @@ PyMODINIT_FUNC PyInit__dataplane(void) {
     PyObject *names = Py_BuildValue(
         "(ssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
         "c_datagrams_to_python", "c_gso_sends", "tap_runt", "tap_read_error", "udp_recv_error",
-        "empty datagram", "tap_write_would_block", "tap_write_error",
-        "gso unsupported, fell back", "message too large", "packed frames lost to a failed send");
+        "empty_datagram", "tap_write_would_block", "tap_write_error", "gso_fallback",
+        "message_too_large", "packed_lost");
     if (!names || PyModule_AddObject(m, "COUNTS", names) < 0) return NULL;
     return m;
 }

@@ -13,6 +13,7 @@ Requests (``op`` and its fields)::
     password_rotate password [window]   -> what was done (a new mesh password, for every peer)
     ipam                                -> IpamStatus
     rmpeer   peer=NAME                  -> a sentence
+    ping     peer=NAME [count] [interval] -> PingResult (the path, round trips in ms)
     dns                                 -> DnsStatus (settings and entries)
     dns_add  container names addrs      -> how many entries are new
     dns_remove container [name] [addr]  -> how many entries went
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,8 +41,10 @@ from typing import Any, Protocol
 
 import trio
 
-from .errors import IpamError
-from .status import DnsStatus, RouterStatus
+from .boundary import Boundary
+from .errors import BadInput, IpamError
+from .inputs import json_untrusted
+from .status import DnsStatus, PingResult, RouterStatus
 
 log = logging.getLogger("meshrouter.api")
 
@@ -52,16 +56,22 @@ class RouterApi(Protocol):
     """What the API asks of the router (``router.Router``)."""
 
     stop_requested: trio.Event
+    boundary: Boundary
 
     def status(self) -> RouterStatus: ...
     def connect(self, address: str) -> str: ...
     def forget(self, address: str) -> str | None: ...
-    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str: ...
-    async def claim(self, cidr: str, container: str, ns_path: str) -> str: ...
+    async def allocate(
+        self, container: str, ns_path: str, subnet: str | None, asker: Asker | None = None
+    ) -> str: ...
+    async def claim(
+        self, cidr: str, container: str, ns_path: str, asker: Asker | None = None
+    ) -> str: ...
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]: ...
     def holder(self, address: str) -> str | None: ...
     async def rotate_password(self, password: str, window: float | None) -> str: ...
     def rmpeer(self, who: str) -> str: ...
+    async def ping(self, who: str, count: int, interval: float) -> PingResult: ...
     def dns_status(self) -> DnsStatus: ...
     def dns_add(self, container: str, names: list[str], addrs: list[str]) -> int: ...
     def dns_remove(self, container: str, name: str | None, addr: str | None) -> int: ...
@@ -71,7 +81,25 @@ class RouterApi(Protocol):
     async def reset(self) -> str: ...
 
 
-async def handle_request(router: RouterApi, request: Any, on_change: Callable[[], None]) -> Any:
+class Asker:
+    """The client at the other end of one request's connection."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def gone(self) -> bool:
+        """Whether it has closed its end (it sends nothing after its request,
+        so a hang-up is all there can be to read)."""
+        poll = select.poll()
+        poll.register(self.fd, select.POLLRDHUP | select.POLLHUP)
+        return any(
+            ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, ev in poll.poll(0)
+        )
+
+
+async def handle_request(
+    router: RouterApi, request: Any, on_change: Callable[[], None], asker: Asker | None = None
+) -> Any:
     """The result of one request.  Raises ValueError with a one-line reason."""
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         raise ValueError('request must be a JSON object with an "op" string')
@@ -99,9 +127,10 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
         try:
             if op == "allocate":
                 subnet = request.get("subnet")
-                return await router.allocate(container, ns_path, str(subnet) if subnet else None)
+                sub = str(subnet) if subnet else None
+                return await router.allocate(container, ns_path, sub, asker)
             if op == "claim":
-                return await router.claim(str(request.get("cidr")), container, ns_path)
+                return await router.claim(str(request.get("cidr")), container, ns_path, asker)
             addrs = request.get("addrs")
             if addrs is not None:
                 addrs = _strings(request, "addrs")
@@ -115,6 +144,19 @@ async def handle_request(router: RouterApi, request: Any, on_change: Callable[[]
             return router.holder(str(request.get("address")))
         except IpamError as exc:
             raise ValueError(str(exc)) from None
+    if op == "ping":
+        peer, count, interval = (
+            request.get("peer"),
+            request.get("count", 3),
+            request.get("interval", 0.2),
+        )
+        if not isinstance(peer, str) or not peer:
+            raise BadInput('"ping" needs a "peer" name')
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100:
+            raise BadInput('"ping": "count" must be a number from 1 to 100')
+        if not isinstance(interval, int | float) or not 0.01 <= interval <= 10:
+            raise BadInput('"ping": "interval" must be from 0.01 to 10 seconds')
+        return await router.ping(peer, count, float(interval))
     if op == "rmpeer":
         try:
             return router.rmpeer(str(request.get("peer")))
@@ -195,11 +237,22 @@ async def handle_stream(
                     break
                 buf += chunk
         try:
-            reply = {"ok": True, "result": await handle_request(router, json.loads(buf), on_change)}
-        except ValueError as exc:  # json.JSONDecodeError is one
-            reply = {"ok": False, "error": str(exc)}
+            request = json_untrusted(buf, what="request", max_bytes=MAX_REQUEST)
+            asker = Asker(stream.socket.fileno()) if isinstance(stream, trio.SocketStream) else None
+            result = await handle_request(router, request, on_change, asker)
+            reply = {"ok": True, "result": result}
+            data = json.dumps(reply).encode()
+        except Exception as exc:  # this request's alone: the next one is served
+            error = router.boundary.failed("api", exc, trio.current_time())
+            data = json.dumps({"ok": False, "error": error}).encode()
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            await stream.send_all(data + b"\n")
+            # What an oversized request has left unread would reset the
+            # connection, and the client would never see why it was refused.
+            with trio.move_on_after(1.0 if len(buf) >= MAX_REQUEST else 0):
+                for _ in range(MAX_REQUEST // 4096):
+                    if not await stream.receive_some(65536):
+                        break
 
 
 async def serve_unix(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ SOCKET_NAME = "router.sock"
 
 class ApiError(RuntimeError):
     """The router answered with an error; the message is for the operator."""
+
+
+def client_argv() -> list[str]:
+    """The command that runs the installed ``mesh`` (the router, and what the
+    router runs of the client): isolated mode (``-I``), so that neither the
+    working directory nor PYTHONPATH can put other code in its place; callers
+    start it in ``/`` and pass absolute paths."""
+    return [sys.executable, "-I", "-m", "launcher"]
 
 
 def socket_path(state_dir: Path) -> Path:

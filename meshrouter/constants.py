@@ -34,3 +34,10 @@ REKEY_AFTER_MESSAGES = 1 << 48
 NONCE_HARD_LIMIT = 1 << 60
 DNS_ADDRESS = "169.254.53.53"  # the DNS server's address on every host's bridge
 DNS_PORT = 53
+
+
+def protocol_versions() -> str:
+    """The protocol versions this release speaks: "1", or "1-2"."""
+    if PROTOCOL_MIN_VERSION == PROTOCOL_MAX_VERSION:
+        return str(PROTOCOL_MIN_VERSION)
+    return f"{PROTOCOL_MIN_VERSION}-{PROTOCOL_MAX_VERSION}"

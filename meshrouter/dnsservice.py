@@ -23,6 +23,7 @@ from pathlib import Path
 
 import trio
 
+from .boundary import Boundary
 from .dnsanswer import Answerer, Reply
 from .dnsrecords import Entry
 from .errors import BadPacket
@@ -73,8 +74,10 @@ class DnsServer:
         port: int,
         device: str | None,
         upstreams: list[tuple[str, int]],
+        boundary: Boundary | None = None,
     ) -> None:
         self.answerer = answerer
+        self.boundary = boundary if boundary is not None else Boundary(log)
         self.address = address
         self.port = port
         self.device = device
@@ -120,6 +123,9 @@ class DnsServer:
                 out = self.answerer.answer_untrusted(data, tcp=False)
             except BadPacket:
                 continue  # counted by the answerer
+            except Exception as exc:  # a bug: this query alone goes unanswered
+                self.boundary.failed("dns", exc, trio.current_time())
+                continue
             if isinstance(out, Reply):
                 with contextlib.suppress(OSError):
                     await sock.sendto(out.data, client)
@@ -155,6 +161,9 @@ class DnsServer:
                     try:
                         out = self.answerer.answer_untrusted(query, tcp=True)
                     except BadPacket:
+                        return
+                    except Exception as exc:  # a bug: this client alone is dropped
+                        self.boundary.failed("dns", exc, trio.current_time())
                         return
                     if isinstance(out, Reply):
                         answer: bytes | None = out.data

@@ -29,7 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadPacket
+from .errors import BadInput, BadPacket
+from .inputs import json_untrusted
 
 DRIVER = "mesh"
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
@@ -205,9 +206,9 @@ class Plugin:
         if verb != "POST":
             raise PluginError(f"{verb} {path[:60]}: the plugin API takes POST")
         try:
-            doc = json.loads(body) if body.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            raise PluginError(f"{method}: the request is not JSON") from None
+            doc = json_untrusted(body, what=method[:60], max_bytes=MAX_BODY) if body.strip() else {}
+        except BadInput as exc:
+            raise PluginError(str(exc)) from None
         if not isinstance(doc, dict):
             raise PluginError(f"{method}: the request is not a JSON object")
         handler = getattr(self, "_" + method.replace(".", "_"), None)

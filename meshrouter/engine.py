@@ -16,12 +16,12 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from . import dockerapi
+from .apiclient import client_argv
 
 log = logging.getLogger("meshrouter.engine")
 
@@ -63,6 +63,8 @@ async def watch(
                     await _follow(state_dir, nursery)
             except (OSError, dockerapi.DockerApiError) as exc:
                 log.warning("docker events failed: %s; trying again in %.0fs", exc, RETRY)
+            except Exception:  # whatever the engine sent: the watcher starts again
+                log.exception("following docker events failed; trying again in %.0fs", RETRY)
             await trio.sleep(RETRY)
 
 
@@ -103,13 +105,15 @@ async def _follow_api(state_dir: Path, nursery: trio.Nursery) -> None:
 
 
 async def _client(state_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """``mesh ARGS`` for this state directory (the client owns the records)."""
-    return await trio.run_process(
-        [sys.executable, "-m", "launcher", *args, "--state-dir", str(state_dir)],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
+    """``mesh ARGS`` for this state directory (the client owns the records):
+    the installed client, whatever directory the router was started from."""
+    argv = [*client_argv(), *args, "--state-dir", str(state_dir)]
+    try:
+        return await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, cwd="/"
+        )
+    except OSError as exc:
+        return subprocess.CompletedProcess(argv, 1, b"", str(exc).encode())
 
 
 async def prune(state_dir: Path) -> None:

@@ -21,7 +21,16 @@ class RemoteProtocolError(MeshError):
 
 
 class BadPacket(RemoteProtocolError):
-    """Bytes read from the network could not be parsed or authenticated."""
+    """Bytes read from the network could not be parsed or authenticated.
+
+    ``reason`` is the drop reason it is counted under: one of a fixed set of
+    snake_case names (``link.DROP_REASONS``), so that garbage cannot make new
+    metric series; the message, which may name values, is the detail for the
+    (rate-limited) log."""
+
+    def __init__(self, message: str, reason: str = "bad_packet") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class HandshakeRefused(RemoteProtocolError):
@@ -42,3 +51,11 @@ class HandshakeRefused(RemoteProtocolError):
 
 class IpamError(MeshError):
     """An address request that cannot be met; the message is one line for the operator."""
+
+
+class BadInput(MeshError, ValueError):
+    """Input from an operator, a local client or a file that cannot be used
+    (a malformed request, a host name that is no name, a JSON body nested too
+    deep).  The message is one line naming what was wrong; the request it
+    came with is refused and nothing else is affected.  A ``ValueError`` too,
+    so that every boundary that refuses bad values refuses these."""

@@ -16,15 +16,15 @@ MAC expiry, and ``statistics()``.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import HEARTBEAT_INTERVAL
 from .dataplane import Mode, native, use_native
-from .link import LinkView, PlaneStats
+from .link import Link, LinkView, PlaneStats
 from .mactable import MacTable
 from .receive import Receiver
 from .send import Sender
@@ -109,6 +109,11 @@ class Forwarder:
             links.subscribe(self.cloop.invalidate)
         self._macs_version = self.macs.version
         self._next_heartbeats = self._next_expiry = 0.0
+        # 'mesh ping': asked by the control plane (deque: appended there,
+        # taken here), answered here; results read there (one dict write each).
+        self._pings: deque[tuple[bytes, bytes]] = deque()
+        self._ping_sent: dict[bytes, float] = {}
+        self.pongs: dict[bytes, float] = {}
 
     @property
     def dataplane(self) -> str:
@@ -135,6 +140,12 @@ class Forwarder:
 
     def stop(self) -> None:
         os.write(self._wake_w, STOP)
+
+    def ping(self, peer: bytes, token: bytes) -> None:
+        """Send ``peer`` a ping over its link's encrypted UDP path; the answer
+        shows in ``pongs`` (token -> round trip, seconds)."""
+        self._pings.append((peer, token))
+        self.kick()
 
     def close(self) -> None:
         if self.cloop is not None:
@@ -242,7 +253,10 @@ class Forwarder:
         return False
 
     def _timers(self, now: float) -> None:
-        """Heartbeats and MAC expiry when due; the MAC table's news to whoever follows it."""
+        """Heartbeats and MAC expiry when due; the MAC table's news to whoever
+        follows it; pings asked for and pings to answer."""
+        if self._pings or self.receiver.pinged:
+            self._answer_pings(now)
         if now >= self._next_heartbeats:
             self._next_heartbeats = now + HEARTBEAT_INTERVAL / 2
             self.heartbeats(now)
@@ -283,6 +297,40 @@ class Forwarder:
                 self.sender.path_too_small(link)
         return ev
 
+    def _answer_pings(self, now: float) -> None:
+        while self._pings:
+            peer, token = self._pings.popleft()
+            link = self.links.by_name.get(peer)
+            if link is not None and link.udp_addr is not None:
+                self._ping_sent[token] = now
+                self._send_heartbeats(link, link.session.ping(token), link.udp_addr, now)
+        pinged, self.receiver.pinged = self.receiver.pinged, []
+        for link in pinged:
+            session, addr = link.session, link.udp_addr
+            due, session.pongs_due = session.pongs_due, []
+            if addr is not None:
+                for token in due:
+                    self._send_heartbeats(link, session.ping(token, pong=True), addr, now)
+            heard, session.pongs_heard = session.pongs_heard, []
+            for token, at in heard:
+                sent = self._ping_sent.pop(token, None)
+                if sent is not None:
+                    self.pongs[token] = at - sent
+        if len(self._ping_sent) > 64:  # answers that never came
+            self._ping_sent.clear()
+        if len(self.pongs) > 64:
+            self.pongs.clear()
+
+    def _send_heartbeats(
+        self, link: Link, dgrams: list[bytes], addr: tuple[str, int], now: float
+    ) -> None:
+        for dgram in dgrams:
+            try:
+                self.udp.sock.sendto(dgram, addr)
+            except OSError as exc:
+                self.stats.drops["heartbeat_send_failed"] += 1
+                self.stats.detail("heartbeat_send_failed", str(exc), now)
+
     def heartbeats(self, now: float) -> None:
         """Send each link's heartbeat when due, with path-MTU probes when due."""
         for link in list(self.links.by_name.values()):
@@ -293,9 +341,4 @@ class Forwarder:
             probe = now >= link.next_probe or not session.pmtu.confirmed
             if now >= link.next_probe:
                 link.next_probe = now + PROBE_INTERVAL
-            for dgram in session.heartbeats(now, probe=probe):
-                try:
-                    self.udp.sock.sendto(dgram, addr)
-                except OSError as exc:
-                    code = errno.errorcode.get(exc.errno or 0, "?")
-                    self.stats.drops["heartbeat send " + code] += 1
+            self._send_heartbeats(link, session.heartbeats(now, probe=probe), addr, now)

@@ -613,6 +613,11 @@ class IpamService:
             return addr, held.ident
         return addr, next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
 
+    def held(self, ident: str) -> set[int]:
+        """The addresses ``ident`` holds, in our share or claimed in another's."""
+        mine = {a for a, alloc in self.core.allocs.items() if alloc.ident == ident}
+        return mine | {a for _, a in self.remote.get(ident, [])}
+
     def holder(self, address: str) -> str | None:
         """The ident of ours that holds ``address`` (in our share or claimed
         in another's), or None."""

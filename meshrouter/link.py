@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
+from .errors import BadPacket
+from .lograte import LogLimiter
 from .session import DataSession
 from .topology import Routes
 
@@ -148,14 +150,65 @@ class LinkTable:
         return len(self._by_name)
 
 
+# Every reason the data plane drops a packet or frame for, in both loops (the
+# C loop's are its COUNTS without the c_ prefix): the label values of
+# mesh_drops_total.  A fixed set, so that no input can make new series; the
+# detail (which type, which errno) goes to the rate-limited log.
+DROP_REASONS = frozenset(
+    {
+        # what came in: garbage, forgeries, replays (BadPacket.reason)
+        "bad_packet",
+        "short_datagram",
+        "unknown_type",
+        "bad_segments",
+        "truncated_frame",
+        "replayed",
+        "auth_failed",
+        "unknown_receiver",
+        "own_frame",
+        "hop_limit",
+        "runt_frame",
+        "empty_datagram",
+        "message_too_large",
+        # where it could not go
+        "no_route",
+        "no_udp_address",
+        "next_hop_down",
+        # the host's sockets and TAP
+        "udp_recv_error",
+        "tap_read_error",
+        "tap_runt",
+        "tap_write_would_block",
+        "tap_write_error",
+        "send_would_block",
+        "send_failed",
+        "heartbeat_send_failed",
+        "gso_fallback",
+        "packed_lost",
+    }
+)
+
+
 class PlaneStats:
     """The forwarder's counters: written by its thread, copied by the control plane."""
 
-    __slots__ = ("counters", "drops")
+    __slots__ = ("_limit", "counters", "drops")
 
     def __init__(self) -> None:
-        self.drops: Counter[str] = Counter()  # input dropped, by reason
+        self.drops: Counter[str] = Counter()  # input dropped, by reason (DROP_REASONS)
         self.counters: Counter[str] = Counter()  # events (relayed, internal errors)
+        self._limit = LogLimiter()
+
+    def bad(self, exc: BadPacket, now: float) -> None:
+        """Count a bad packet under its reason; its detail to the log, rarely."""
+        self.drops[exc.reason] += 1
+        self.detail(exc.reason, str(exc), now)
+
+    def detail(self, reason: str, text: str, now: float) -> None:
+        held = self._limit.allow(reason, now)
+        if held is not None:
+            more = f"; {held} more since the last line" if held else ""
+            log.info("dropped (%s): %s%s", reason, text, more)
 
     def internal_error(self, where: str, exc: Exception) -> None:
         """A bug on the data path: count it, log the first of its kind, keep forwarding."""

@@ -65,7 +65,7 @@ from .control import (
 )
 from .crypto import SUITES
 from .dnsrecords import Entry, Records, decode_untrusted, encode_chunks
-from .errors import BadPacket, IpamError, LocalProtocolError
+from .errors import BadInput, BadPacket, IpamError, LocalProtocolError
 from .fastpath import FastPath
 from .handshake import HandshakeResult, Identity
 from .keyring import KeyRing, decode_rotate_untrusted, encode_rotate
@@ -266,12 +266,16 @@ class Mesh:
         self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
         self.dns = Records(name)
         self.targets = Targets(port)
+        self.counters: Counter[str] = Counter()
         for p in peers:
-            self.targets.add(p, now)
+            try:
+                self.targets.add(p, now)
+            except BadInput as exc:  # a saved target no release would take now: never fatal
+                self.counters["targets_skipped"] += 1
+                log.warning("skipping connection target %r: %s", p, exc)
         self.links = LinkTable(self.gossip.routes())
         self.conns: dict[int, Conn] = {}  # every live connection, by receiver index
         self.peers: dict[bytes, Conn] = {}  # handshake complete, not closed, by peer name
-        self.counters: Counter[str] = Counter()
         self._actions: deque[Action] = deque()
         self._limiter = LogLimiter()
         self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
@@ -456,6 +460,14 @@ class Mesh:
     # -- the handshake and its tie-breaks ------------------------------------------
 
     def _on_handshake(self, conn: Conn, res: HandshakeResult, now: float) -> None:
+        if res.peer.name == self.me:  # a target that is this router (a name of this host)
+            self.counters["connections_to_self"] += 1
+            if conn.target is not None and self.targets.remove(conn.target) is not None:
+                log.warning("target %s is this router itself: forgotten", conn.target)
+                self._actions.append(TargetsChanged())
+                conn.target = None
+            self._close(conn, "connection to self", now)
+            return
         conn.name = res.peer.name
         conn.key_epoch = self.keys.epoch_of(res.psk)
         old = self.peers.get(conn.name)

@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from .api import serve_unix
+from .boundary import Boundary
 from .constants import CONTAINER_GSO_MAX_SIZE
 from .dockerplugin import (
     Allocate,
@@ -52,8 +53,10 @@ class PluginService:
         bridge: str,
         mtu: int,
         dns_address: str | None = None,
+        boundary: Boundary | None = None,
     ) -> None:
         self.router = router
+        self.boundary = boundary if boundary is not None else Boundary(log)
         self.plugin = Plugin(mesh_range, dns_address)
         self.bridge = bridge
         self.mtu = mtu
@@ -75,6 +78,12 @@ class PluginService:
         await serve_unix(path, self._connection, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._requests(stream)
+        except Exception as exc:  # this connection's alone
+            self.boundary.failed("plugin", exc, trio.current_time())
+
+    async def _requests(self, stream: trio.SocketStream) -> None:
         parser = HttpRequests()
         async with stream:
             while True:
@@ -113,6 +122,10 @@ class PluginService:
             self._warn(path, "Docker %s refused: %s", path.lstrip("/")[:60], exc)
             # The network driver API reads "Err", the IPAM API "Error".
             return {"Err": str(exc), "Error": str(exc)}
+        except Exception as exc:  # a bug: this request alone fails, counted and logged
+            self.refused += 1
+            error = self.boundary.failed("plugin", exc, trio.current_time())
+            return {"Err": error, "Error": error}
 
     async def _do(self, action: Allocate | Claim | Release | MakeVeth | DeleteVeth) -> str:
         if isinstance(action, Allocate):

@@ -37,7 +37,7 @@ from .crypto import buffer_ptr
 from .dataplane import native
 from .errors import BadPacket
 from .gso import SEND_BUFFER, compact_untrusted
-from .link import LinkView, PlaneStats
+from .link import Link, LinkView, PlaneStats
 from .mactable import MacTable
 from .send import ETH_AT, MIN_FRAME, PREFIX, Sender
 from .session import DataSession
@@ -80,6 +80,7 @@ class Receiver:
         self.stats = stats
         self.sender = sender
         self._wrote_tap = False  # a UDP read led to TAP writes (step 7)
+        self.pinged: list[Link] = []  # links with pings to answer or answers heard
         self.cloop: native.Loop | None = None  # the C loop, which repeats our bindings
         self._recv = bytearray(RECV_BUFFER)  # what UDP gives
         self._recv_ptr = buffer_ptr(self._recv)
@@ -124,7 +125,7 @@ class Receiver:
                 return
             seg = (rm.control_int(SOL_UDP, UDP_GRO) or n) if msg.msg_controllen else n
             if n == 0:
-                drops["empty datagram"] += 1
+                drops["empty_datagram"] += 1
             self._wrote_tap = False
             self.finish_read(0, n, seg, now)
             if self._wrote_tap:  # 7.
@@ -133,12 +134,11 @@ class Receiver:
     def finish_read(self, off: int, n: int, seg: int, now: float) -> None:
         """Steps 2-6 for the datagrams from ``off`` on of the read of ``n`` bytes
         in the receive buffer, in segments of ``seg``."""
-        drops = self.stats.drops
         while off < n:
             try:
                 off = self._receive_run(off, n, seg, now)
             except BadPacket as exc:
-                drops[str(exc)] += 1
+                self.stats.bad(exc, now)
                 off += seg
             except Exception as exc:  # a bug: count it, keep forwarding
                 self.stats.internal_error("udp receive", exc)
@@ -149,16 +149,18 @@ class Receiver:
         plaintext buffer (``size`` bytes; ``length``: its first datagram's)."""
         link = self._by_index.get(index)
         if link is None:  # withdrawn since the loop learnt it
-            self.stats.drops["unknown receiver index"] += 1
+            self.stats.drops["unknown_receiver"] += 1
             return
         plain = self._plain_view[:size]
         try:
             if ptype == PacketType.HEARTBEAT:
                 link.session.on_heartbeat(plain, length, now)
+                if link.session.pongs_due or link.session.pongs_heard:
+                    self.pinged.append(link)
             else:
                 self._deliver(link.session, plain, now)
         except BadPacket as exc:
-            self.stats.drops[str(exc)] += 1
+            self.stats.bad(exc, now)
         except Exception as exc:  # a bug: count it, keep forwarding
             self.stats.internal_error("udp receive", exc)
 
@@ -170,7 +172,7 @@ class Receiver:
         ptype, index, counter, segno, nseg = parse_header_untrusted(self._recv, off, end)  # 2.
         link = self._by_index.get(index)
         if link is None:
-            raise BadPacket("unknown receiver index")
+            raise BadPacket("unknown receiver index", "unknown_receiver")
         session = link.session
         length = end - off
         if nseg == 1:  # 3. most messages: opened where they lie
@@ -230,6 +232,8 @@ class Receiver:
             self.cloop.bind(link.index, state)
         if ptype == PacketType.HEARTBEAT:  # 5.
             session.on_heartbeat(plain, length, now)
+            if session.pongs_due or session.pongs_heard:
+                self.pinged.append(link)
         else:
             self._deliver(session, plain, now)
         return end
@@ -238,10 +242,10 @@ class Receiver:
         origin, dst, hops, size = parse_route_untrusted(plain)
         end = len(plain)
         if origin == self.me:
-            raise BadPacket("own frame came back")
+            raise BadPacket("own frame came back", "own_frame")
         if dst != self.me:  # 5. relay
             if hops == 0:
-                raise BadPacket("hop limit reached")
+                raise BadPacket("hop limit reached", "hop_limit")
             relay = bytearray(plain)
             relay[ROUTE.size - 1] = hops - 1
             routes = self.links.routes
@@ -251,7 +255,7 @@ class Receiver:
             else:
                 hop = routes.next_hop.get(dst)
                 if hop is None:
-                    raise BadPacket("no route to relay destination")
+                    raise BadPacket("no route to relay destination", "no_route")
                 self.sender.relay(hop, relay)
                 return
         # 6. One frame (the common case) or several, each len(4) || virtio_net_hdr || frame.
@@ -262,7 +266,7 @@ class Receiver:
         seen = self.cloop.seen if self.cloop is not None else None
         for frame in frames:
             if len(frame) < MIN_FRAME:
-                raise BadPacket("runt frame")
+                raise BadPacket("runt frame", "runt_frame")
             src = frame[SRC_AT : SRC_AT + 6].tobytes()
             learn(src, origin, now)
             if seen is not None:

@@ -29,18 +29,19 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import trio
 
 from . import __version__, engine, hostaccess
+from .boundary import Boundary
 from .config import RouterOptions, parse_subnets
-from .constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
+from .constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL, protocol_versions
 from .dataplane import Mode, native_available, use_native
 from .dnsanswer import Answerer
 from .dnsrecords import normalise_name
 from .dnsservice import DnsServer, load_own, parse_upstreams, save_own
-from .errors import IpamError
+from .errors import BadInput, IpamError
 from .fastpath import FastPath
 from .fastpathservice import FastPathService
 from .forwarder import Forwarder
@@ -58,10 +59,16 @@ from .mesh import (
     Rng,
     TargetsChanged,
 )
+from .names import format_name
 from .netdev import NetdevError, Tap
+from .preflight import is_local_address
 from .state import atomic_write, load_json
-from .status import DnsStatus, ExposeStatus, RouterStatus
+from .status import DnsStatus, ExposeStatus, PingResult, RouterStatus
+from .targets import format_address, split_address
 from .udp import UdpSocket
+
+if TYPE_CHECKING:
+    from .api import Asker
 
 log = logging.getLogger("meshrouter")
 
@@ -95,6 +102,7 @@ class Router:
     ) -> None:
         self.opts = opts
         self.stop_requested = trio.Event()
+        self.boundary = Boundary(log)  # what one request to a server of ours did wrong
         self._wires: dict[int, _Wire] = {}
         self._wake_maker = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -102,6 +110,8 @@ class Router:
         self._tap: Tap | None = None
         self.forwarder: Forwarder | None = None
         self.started_at = 0.0
+        self.started_wall = 0.0
+        self.serving = False  # listening, start-up done
         peers = list(opts.peers) if peers is None else peers
         use_native(cast(Mode, opts.dataplane))  # --dataplane c without the C loop: ValueError
         fastpath = None
@@ -153,6 +163,7 @@ class Router:
                 port=DNS_PORT,
                 device=opts.bridge,
                 upstreams=parse_upstreams(opts.dns_upstream, opts.dns_listen_address),
+                boundary=self.boundary,
             )
         self.exposed: ExposeStatus = {"addresses": [], "masquerade": False}
         if state_dir is not None:
@@ -168,6 +179,7 @@ class Router:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         opts = self.opts
         self.started_at = trio.current_time()
+        self.started_wall = time.time()
         self._load_keys()
         udp = self._udp = UdpSocket(opts.listen, opts.port, gso=opts.offload, gro=opts.offload)
         self._tap = Tap(opts.tap, opts.bridge, opts.mtu, offload=opts.offload)
@@ -231,6 +243,7 @@ class Router:
                     opts.port,
                     opts.bridge,
                 )
+                self.serving = True
                 task_status.started()
         finally:
             if opts.dns:
@@ -420,8 +433,14 @@ class Router:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
-        except (OSError, trio.TooSlowError) as exc:
-            reason = "connection timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        except Exception as exc:  # one target's failure, whatever it is, is that target's
+            if isinstance(exc, trio.TooSlowError):
+                reason = "connection timed out"
+            elif isinstance(exc, OSError):
+                reason = str(exc) or type(exc).__name__
+            else:  # a resolver's UnicodeError, a bug: counted, never the router's end
+                self.mesh.counters["dial_errors"] += 1
+                reason = f"cannot dial: {type(exc).__name__}: {exc}"
             self.mesh.dial_failed(address, reason, trio.current_time())
             self._apply()
             return
@@ -463,6 +482,9 @@ class Router:
     # -- operator requests (the API) --------------------------------------
 
     def connect(self, address: str) -> str:
+        host, port = split_address(address, self.opts.port)
+        if port == self.opts.port and is_local_address(host):
+            raise BadInput(f"{address} is this router itself: give another host's address")
         result = self.mesh.connect(address, trio.current_time())
         self._apply()
         return result
@@ -472,6 +494,49 @@ class Router:
         self._apply()
         return result
 
+    async def ping(self, who: str, count: int, interval: float) -> PingResult:
+        """``count`` pings to peer ``who`` (name or nickname) over the encrypted
+        UDP path, ``interval`` apart: the path, and each round trip in ms
+        (None: no answer within a second).  A peer with no direct link is
+        reached through a relay: the path says which, and the pings measure
+        the first hop (relays forward frames, not pings)."""
+        names = [
+            n for n, r in self.mesh.gossip.records.items() if who in (format_name(n), r.nickname)
+        ]
+        if not names:
+            raise BadInput(f"no peer named {who!r} (see 'mesh status peers')")
+        name = names[0]
+        if name == self.mesh.me:
+            raise BadInput(f"{who} is this router")
+        hop = self.mesh.links.routes.next_hop.get(name)
+        if hop is None:
+            raise BadInput(f"{who} is not reachable from here (see 'mesh status peers')")
+        link = self.mesh.links.by_name.get(hop)
+        fwd = self.forwarder
+        if link is None or link.udp_addr is None or fwd is None:
+            raise BadInput(f"{who}: no encrypted UDP path yet (see 'mesh status connections')")
+        rtts: list[float | None] = []
+        for i in range(count):
+            if i:
+                await trio.sleep(interval)
+            token = os.urandom(8)
+            fwd.ping(hop, token)
+            rtt = None
+            with trio.move_on_after(1.0):
+                # The forwarder's thread writes the answer and never calls into trio.
+                while (rtt := fwd.pongs.pop(token, None)) is None:  # noqa: ASYNC110
+                    await trio.sleep(0.001)
+            rtts.append(None if rtt is None else round(rtt * 1000, 3))
+        address = format_address(*link.udp_addr)
+        return {
+            "peer": format_name(name),
+            "nickname": self.mesh.nickname_of(name),
+            "via": None if hop == name else format_name(hop),
+            "via_nickname": None if hop == name else self.mesh.nickname_of(hop),
+            "address": address,
+            "rtt_ms": rtts,
+        }
+
     def rmpeer(self, who: str) -> str:
         result = self.mesh.rmpeer(who)
         self._apply()
@@ -480,11 +545,34 @@ class Router:
     def _ident(self, container: str) -> str:
         return f"{self.mesh.name}/{container}"
 
-    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
-        return await self.ipam.allocate(self._ident(container), ns_path, subnet)
+    async def allocate(
+        self, container: str, ns_path: str, subnet: str | None, asker: Asker | None = None
+    ) -> str:
+        return await self._unless_gone(
+            container, self.ipam.allocate(self._ident(container), ns_path, subnet), asker
+        )
 
-    async def claim(self, cidr: str, container: str, ns_path: str) -> str:
-        return await self.ipam.claim(cidr, self._ident(container), ns_path)
+    async def claim(
+        self, cidr: str, container: str, ns_path: str, asker: Asker | None = None
+    ) -> str:
+        return await self._unless_gone(
+            container, self.ipam.claim(cidr, self._ident(container), ns_path), asker
+        )
+
+    async def _unless_gone(
+        self, container: str, request: Awaitable[str], asker: Asker | None
+    ) -> str:
+        """The address ``request`` gives ``container``; one new to it goes back
+        at once when its asker has gone meanwhile (an interrupted attach): no
+        allocation outlives the request that nobody will record."""
+        before = self.ipam.held(self._ident(container))
+        got = await request
+        if asker is not None and asker.gone():
+            addr = int(ipaddress.IPv4Interface(got).ip)
+            if addr not in before:
+                self.ipam.release(self._ident(container), [got])
+                log.info("%s for %s released: its asker went away", got, container)
+        return got
 
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
         return self.ipam.release(self._ident(container), addrs)
@@ -677,6 +765,7 @@ class Router:
         fstats = fwd.statistics() if fwd is not None else None
         base = mesh.status(now)
         counters = Counter(base["counters"])
+        counters.update(self.boundary.counts)
         if fstats is not None:
             counters.update(fstats.counters)
         if mesh.fastpath is not None:
@@ -704,6 +793,8 @@ class Router:
             },
             "dataplane": fwd.dataplane if fwd is not None else "python",
             "dataplane_built": native_available(),
+            "protocol": protocol_versions(),
+            "start_time": self.started_wall,
             "ipam": self.ipam.status(mesh.nickname_of, now),
             "dns": self.dns_status(),
             "expose": self.exposed,

@@ -118,7 +118,7 @@ class Sender:
         """Send the datagrams just sealed into ``self._out`` (GSO when several)."""
         addr = link.udp_addr
         if addr is None:
-            self.stats.drops["next hop has no UDP address"] += 1
+            self.stats.drops["no_udp_address"] += 1
             return
         total, size = sealed
         if total <= size:  # one datagram, the common case: no detour
@@ -150,7 +150,7 @@ class Sender:
         """Seal a relayed message's plaintext for the next hop and send it."""
         link = self.links.by_name.get(hop)
         if link is None or link.udp_addr is None:
-            self.stats.drops["relay next hop not connected"] += 1
+            self.stats.drops["next_hop_down"] += 1
             return
         self.stats.counters["messages_relayed"] += 1
         self.send(link, link.session.seal_into(PacketType.DATA, plain, self._out))
@@ -225,7 +225,7 @@ class Sender:
             else:
                 hop = routes.next_hop.get(owner)
                 if hop is None:
-                    self.stats.drops["no route to peer"] += 1
+                    self.stats.drops["no_route"] += 1
                     return
                 keys = [(hop, owner)]
             for key in keys:
@@ -287,7 +287,7 @@ class Sender:
             return
         link = self.links.by_name.get(key[0])
         if link is None or link.udp_addr is None:
-            self.stats.drops["next hop not connected"] += packer.frames
+            self.stats.drops["next_hop_down"] += packer.frames
             del self._packers[key]  # the peer is gone
             return
         self.send(link, link.session.seal_into(PacketType.DATA, packer.take(), self._out))

@@ -27,6 +27,12 @@ from .wire import AD_SIZE, HEADER, MAX_SEGMENTS, PacketType
 MAX_PARTIAL = 8  # messages being reassembled per session
 HEARD_YOU = 0x01
 PROBE = 0x02
+# 'mesh ping': a heartbeat with PING and a token after its fixed part is
+# answered at once with a heartbeat with PONG and the same token.  Routers
+# before 0.2 read only the fixed part: they ignore both (the ping times out).
+PING = 0x04
+PONG = 0x08
+PING_TOKEN = 8
 _HB = struct.Struct("!BH")
 
 
@@ -84,6 +90,8 @@ class DataSession:
         self.pmtu = PathMtu()
         self.state.datagram_size = self.pmtu.datagram_size
         self.reassembly_drops = 0
+        self.pongs_due: list[bytes] = []  # tokens of pings heard, to answer
+        self.pongs_heard: list[tuple[bytes, float]] = []  # answers to our pings, and when
 
     @property
     def datagram_size(self) -> int:
@@ -197,7 +205,7 @@ class DataSession:
         Returns the plaintext once the message is whole and authentic, else None.
         Raises only BadPacket."""
         if not self.state.would_accept(counter):
-            raise BadPacket("replayed or too old")
+            raise BadPacket("replayed or too old", "replayed")
         if count == nseg:
             return self.open_untrusted(ad, counter, bodies, nseg, now)
         partial = self._partial.get(counter)
@@ -208,7 +216,7 @@ class DataSession:
                 self.reassembly_drops += 1
             partial = self._partial[counter] = _Partial(nseg)
         elif partial.nseg != nseg:
-            raise BadPacket("segment count changed")
+            raise BadPacket("segment count changed", "bad_segments")
         partial.add(first, count, bodies)
         if partial.missing:
             return None
@@ -223,12 +231,12 @@ class DataSession:
         Returns the plaintext length.  Raises only BadPacket."""
         state = self.state
         if counter <= state.top and not state.would_accept(counter):
-            raise BadPacket("replayed or too old")
+            raise BadPacket("replayed or too old", "replayed")
         size = ct_len - self._tag
         if size < 0:
-            raise BadPacket("ciphertext too short")
+            raise BadPacket("ciphertext too short", "short_datagram")
         if not self._opener.open_ptr(counter, out, ct, ct_len, ad, AD_SIZE):
-            raise BadPacket("authentication failed")
+            raise BadPacket("authentication failed", "auth_failed")
         state.accept(counter)
         if self._partial:
             self._partial.pop(counter, None)
@@ -243,7 +251,7 @@ class DataSession:
         """``open_at_untrusted`` for bytes.  The plaintext is a view of a buffer
         this session reuses: valid until the next message is opened this way."""
         if len(ad) != AD_SIZE:
-            raise BadPacket("bad associated data")
+            raise BadPacket("bad associated data", "auth_failed")
         if len(self._plain) < len(ct):
             # A new buffer, not a resized one: views of the old stay valid.
             self._plain = bytearray(max(len(ct), 2048))
@@ -265,10 +273,22 @@ class DataSession:
                 out += self.seal(PacketType.HEARTBEAT, _HB.pack(flags | PROBE, 0) + pad, size)
         return out
 
+    def ping(self, token: bytes, *, pong: bool = False) -> list[bytes]:
+        """A heartbeat that asks the peer to answer at once (or the answer)."""
+        flags = PONG if pong else PING
+        return self.seal(PacketType.HEARTBEAT, _HB.pack(flags, 0) + token[:PING_TOKEN])
+
     def on_heartbeat(self, plain: bytes | memoryview, datagram_len: int, now: float) -> None:
         if len(plain) < _HB.size:
             return
         flags, peer_heard = _HB.unpack_from(plain)
+        if flags & (PING | PONG) and len(plain) >= _HB.size + PING_TOKEN:
+            token = bytes(plain[_HB.size : _HB.size + PING_TOKEN])
+            if flags & PING and len(self.pongs_due) < 16:  # bounded: a flood gets no echo
+                self.pongs_due.append(token)
+            elif flags & PONG and len(self.pongs_heard) < 16:
+                self.pongs_heard.append((token, now))
+            return  # no liveness or path MTU news in a ping
         if flags & HEARD_YOU:
             self._peer_heard_us_at = now
         if flags & PROBE:

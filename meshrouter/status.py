@@ -161,6 +161,17 @@ class MeshStatus(TypedDict):
     password: PasswordStatus
 
 
+class PingResult(TypedDict):
+    """What 'mesh ping' shows: the path and each round trip (None: no answer)."""
+
+    peer: str
+    nickname: str
+    via: str | None  # the relay, when the peer has no direct link
+    via_nickname: str | None
+    address: str  # the UDP address the pings went to
+    rtt_ms: list[float | None]
+
+
 class RouterStatus(MeshStatus):
     """Everything ``mesh status --json`` and ``mesh report`` show."""
 
@@ -179,6 +190,8 @@ class RouterStatus(MeshStatus):
     offload: OffloadStatus
     dataplane: str  # which loop forwards: "c" or "python"
     dataplane_built: bool  # whether the C loop was built (it may still be turned off)
+    protocol: str  # the protocol versions spoken, "1" or "1-2"
+    start_time: float  # when the router started, Unix time
     ipam: IpamStatus
     dns: DnsStatus
     expose: ExposeStatus

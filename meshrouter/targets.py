@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .errors import BadInput
+from .inputs import check_host
 from .status import TargetState
 
 INITIAL_DELAY = 0.5
@@ -21,31 +23,34 @@ GROWTH = 1.5
 
 
 def split_address(text: str, default_port: int) -> tuple[str, int]:
-    """Parse ``host``, ``host:port`` or ``[v6]:port``.  Raises ValueError with a clear reason."""
+    """Parse ``host``, ``host:port`` or ``[v6]:port``.  Raises BadInput (a
+    ValueError) with a clear reason: also for a host name no resolver takes."""
     text = text.strip()
     if not text:
-        raise ValueError("empty peer address")
+        raise BadInput("empty peer address")
     host, port = text, default_port
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise ValueError(f"peer address {text!r}: missing ']'")
+            raise BadInput(f"peer address {text!r}: missing ']'")
         host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise ValueError(f"peer address {text!r}: expected ':port' after ']'")
+                raise BadInput(f"peer address {text!r}: expected ':port' after ']'")
             port = _port(rest[1:], text)
     elif text.count(":") == 1:
         host, p = text.split(":")
         port = _port(p, text)
-    if not host or any(c.isspace() for c in host):
-        raise ValueError(f"peer address {text!r}: bad host")
+    try:
+        check_host(host)
+    except BadInput as exc:
+        raise BadInput(f"peer address {text!r}: {exc}") from None
     return host, port
 
 
 def _port(text: str, whole: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"peer address {whole!r}: port must be a number from 1 to 65535")
+        raise BadInput(f"peer address {whole!r}: port must be a number from 1 to 65535")
     return int(text)
 
 

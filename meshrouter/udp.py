@@ -92,6 +92,4 @@ class UdpSocket:
 
 def send_error(code: int) -> str:
     """The drop reason of a failed send with ``code`` (errno), whichever loop sent."""
-    if code == errno.EAGAIN:
-        return "send would block"
-    return "send " + errno.errorcode.get(code, "error")
+    return "send_would_block" if code == errno.EAGAIN else "send_failed"

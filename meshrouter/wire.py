@@ -55,12 +55,12 @@ def parse_header_untrusted(
     """Return ``(type, receiver_index, counter, segment, segments)`` of the
     datagram at ``packet[off:end]`` (``end`` -1: the end).  Raises only BadPacket."""
     if (len(packet) if end < 0 else end) - off < HEADER.size:
-        raise BadPacket("datagram shorter than the header")
+        raise BadPacket("datagram shorter than the header", "short_datagram")
     ptype, index, counter, seg, nseg = HEADER.unpack_from(packet, off)
     if ptype != PacketType.DATA and ptype != PacketType.HEARTBEAT:
-        raise BadPacket(f"unknown datagram type {ptype}")
+        raise BadPacket(f"unknown datagram type {ptype}", "unknown_type")
     if not seg < nseg <= MAX_SEGMENTS:
-        raise BadPacket("bad segment numbers")
+        raise BadPacket("bad segment numbers", "bad_segments")
     return ptype, index, counter, seg, nseg
 
 
@@ -68,7 +68,7 @@ def parse_route_header_untrusted(data: bytes | memoryview) -> tuple[bytes, bytes
     """``(origin, destination, hops_left)`` of anything relayed with a route
     header (DATA, relayed IPAM messages).  Raises only BadPacket."""
     if len(data) < ROUTE.size:
-        raise BadPacket("shorter than a route header")
+        raise BadPacket("shorter than a route header", "short_datagram")
     origin, dst, hops = ROUTE.unpack_from(data)
     return origin, dst, hops
 
@@ -77,7 +77,7 @@ def parse_route_untrusted(plain: bytes | memoryview) -> tuple[bytes, bytes, int,
     """``(origin, destination, hops_left, first_frame_length)`` of a DATA
     plaintext (the frame length is not checked here).  Raises only BadPacket."""
     if len(plain) < ROUTE_AND_LEN.size:
-        raise BadPacket("DATA shorter than its route header")
+        raise BadPacket("DATA shorter than its route header", "short_datagram")
     origin, dst, hops, size = ROUTE_AND_LEN.unpack_from(plain)
     return origin, dst, hops, size
 
@@ -91,11 +91,11 @@ def iter_frames_untrusted(plain: bytes | memoryview, start: int = 0) -> Iterator
     pos, end = start, len(plain)
     while pos < end:
         if end - pos < FRAME_LEN.size:
-            raise BadPacket("truncated frame length")
+            raise BadPacket("truncated frame length", "truncated_frame")
         (size,) = FRAME_LEN.unpack_from(plain, pos)
         pos += FRAME_LEN.size
         if size == 0 or pos + size > end:
-            raise BadPacket("truncated frame")
+            raise BadPacket("truncated frame", "truncated_frame")
         yield view[pos : pos + size]
         pos += size
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
 import pytest
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 from meshrouter import api
+from meshrouter.boundary import Boundary
 from meshrouter.errors import IpamError
 from meshrouter.status import RouterStatus
 
@@ -17,6 +19,7 @@ from meshrouter.status import RouterStatus
 class FakeRouter:
     def __init__(self) -> None:
         self.stop_requested = trio.Event()
+        self.boundary = Boundary(logging.getLogger("test"))
         self.targets: list[str] = []
         self.calls: list[tuple[str, ...]] = []
 
@@ -30,11 +33,13 @@ class FakeRouter:
     def forget(self, address: str) -> str | None:
         return address if address in self.targets else None
 
-    async def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+    async def allocate(
+        self, container: str, ns_path: str, subnet: str | None, asker: object = None
+    ) -> str:
         self.calls.append(("allocate", container, ns_path, str(subnet)))
         return "10.32.0.1/12"
 
-    async def claim(self, cidr: str, container: str, ns_path: str) -> str:
+    async def claim(self, cidr: str, container: str, ns_path: str, asker: object = None) -> str:
         raise IpamError(f"{cidr} is already in use")
 
     def release(self, container: str, addrs: list[str] | None = None) -> list[str]:
@@ -157,6 +162,10 @@ async def test_dns_and_host_requests() -> None:
         (b'{"op": "dns_lookup"}\n', '"dns_lookup" needs a "name"'),
         (b'{"op": "dns_fly"}\n', "unknown op 'dns_fly'"),
         (b"", "Expecting value"),
+        (b"[" * 60000 + b"\n", "request: JSON nested deeper than 32 levels"),
+        (b"\xff\xfe\n", "request: not UTF-8"),
+        (b'{"op": "ping"}\n', '"ping" needs a "peer" name'),
+        (b'{"op": "ping", "peer": "h2", "count": 1000}\n', '"count" must be a number from 1'),
     ],
 )
 async def test_bad_requests_get_a_reason(raw: bytes, error: str) -> None:
@@ -168,3 +177,20 @@ async def test_bad_requests_get_a_reason(raw: bytes, error: str) -> None:
 async def test_a_silent_client_is_answered_after_the_timeout(autojump_clock: object) -> None:
     reply, _ = await ask(FakeRouter(), b'{"op": "sta')
     assert reply["ok"] is False
+
+
+class BuggyRouter(FakeRouter):
+    def status(self) -> RouterStatus:
+        raise KeyError("a bug in the status")
+
+
+async def test_a_bug_behind_one_request_fails_that_request_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = BuggyRouter()
+    reply, _ = await ask(router, b'{"op": "status"}\n')
+    assert reply == {"ok": False, "error": "internal error (KeyError); the router logged it"}
+    assert router.boundary.counts["api_errors"] == 1
+    assert any("a request failed" in r.getMessage() and r.exc_info for r in caplog.records)
+    reply, _ = await ask(router, b'{"op": "connect", "peer": "h3"}\n')
+    assert reply["ok"] is True  # the next request is served

@@ -162,3 +162,31 @@ def test_cni_args_are_parsed() -> None:
     )
     assert args["K8S_POD_NAME"] == "web-0"
     assert args["IP"] == "10.32.0.9"
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [b"[" * 60000, b"\xff\xfe{", b'{"cniVersion": ' + b"{" * 5000, "{" * 200000],
+)
+def test_garbage_on_stdin_is_the_specifications_error_never_a_traceback(
+    stdin: bytes | str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = cni.main({"CNI_COMMAND": "ADD"}, stdin)
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "Traceback" not in captured.out + captured.err
+    check_error(json.loads(captured.out), cni.CODE_DECODE)
+
+
+def test_a_bug_is_the_specifications_error_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cni.Plugin, "run", broken)
+    rc = cni.main({"CNI_COMMAND": "ADD"}, conf(tmp_path))
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    check_error(doc, cni.CODE_INTERNAL)
+    assert "KeyError" in doc["msg"]

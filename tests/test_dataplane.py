@@ -92,7 +92,7 @@ def test_a_withdrawn_link_takes_no_frames_from_the_c_loop() -> None:
             assert cross(a, b, [f]) == [f]
         b.table.withdraw(b.link)  # the C loop must forget its binding
         assert cross(a, b, [f]) == []
-        assert b.fwd.statistics().drops["unknown receiver index"] == 1
+        assert b.fwd.statistics().drops["unknown_receiver"] == 1
         link = a.link
         sent = link.session.state.tx_messages
         a.table.withdraw(link)  # ... and its lane

@@ -60,7 +60,8 @@ def test_metrics_report_and_json_logs(lab_factory: LabFactory) -> None:
     rx = [
         ln
         for ln in text.splitlines()
-        if ln.startswith(f'mesh_frames_total{{peer="{lab.host(2)}",direction="rx"}}')
+        if ln.startswith("mesh_frames_total{")
+        and f'nickname="{lab.host(2)}",direction="rx"}}' in ln
     ]
     assert rx
     assert float(rx[0].split()[-1]) >= 3

@@ -30,6 +30,8 @@ ROOMS: list[tuple[str, set[str]]] = [
             "lograte",
             "state",
             "dockerapi",
+            "inputs",
+            "boundary",
         },
     ),
     (
@@ -79,6 +81,8 @@ ROOMS: list[tuple[str, set[str]]] = [
             "api",
             "metrics",
             "daemon",
+            # launch's checks of the host (sockets, /sys): the client imports it lazily
+            "preflight",
         },
     ),
     ("test support", {"testing"}),
