@@ -338,7 +338,7 @@ class Forwarder:
             if addr is None or now < link.next_heartbeat:
                 continue
             link.next_heartbeat = now + HEARTBEAT_INTERVAL
-            probe = now >= link.next_probe or not session.pmtu.confirmed
+            probe = now >= link.next_probe or session.pmtu.wants_probe()
             if now >= link.next_probe:
                 link.next_probe = now + PROBE_INTERVAL
             self._send_heartbeats(link, session.heartbeats(now, probe=probe), addr, now)
