@@ -602,6 +602,8 @@ def reattach_all(registry: Registry, bridge: str) -> int:
     n = 0
     with registry.locked() as records:
         for key, rec in list(records.items()):
+            if rec.state == PENDING:
+                continue  # a killed attach: prune or the next attach gives its addresses back
             if not link_exists(rec.host_veth):
                 del records[key]  # the container went away while we were down
                 continue
