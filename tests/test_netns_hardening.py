@@ -395,6 +395,17 @@ def test_start_up_checks_first_and_tells_this_runs_error(lab_factory: LabFactory
     assert json.loads(lab.mesh(1, "ps", "--json").stdout) == []
 
 
+def attach_command(lab: Lab, ns: str) -> tuple[list[str], dict[str, str]]:
+    """``mesh attach NS`` on host 1 as a process of its own (to signal), and its environment."""
+    env = dict(
+        os.environ,
+        MESH_STATE_DIR=str(lab.state_dir(1)),
+        MESH_NO_DOCKER="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    return ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", "attach", ns], env
+
+
 def attached_state(lab: Lab, ns: str) -> str:
     """'attached' (record, both veth ends, the address in IPAM), 'gone' (none
     of them), or what is half there."""
@@ -418,13 +429,7 @@ def test_attach_and_detach_interrupted_at_any_moment(lab_factory: LabFactory) ->
     c = lab.container("c1")
     lab.mesh(1, "attach", c)  # once, so that IPAM is ready and the code is warm
     lab.mesh(1, "detach", c)
-    env = dict(
-        os.environ,
-        MESH_STATE_DIR=str(lab.state_dir(1)),
-        MESH_NO_DOCKER="1",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-    )
-    cmd = ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", "attach", c]
+    cmd, env = attach_command(lab, c)
     seen: dict[str, int] = {}
     for delay in [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25, 0.3, 0.5]:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -470,13 +475,7 @@ def test_an_attach_waiting_for_ipam_stops_at_once_and_a_killed_one_is_finished(
     # IPAM waits for 2 of 2 peers: an attach waits with it.
     lab.launch(1, extra=("--ipalloc-init", "2"))
     c = lab.container("c1")
-    env = dict(
-        os.environ,
-        MESH_STATE_DIR=str(lab.state_dir(1)),
-        MESH_NO_DOCKER="1",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-    )
-    cmd = ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", "attach", c]
+    cmd, env = attach_command(lab, c)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     t0 = time.monotonic()
@@ -519,6 +518,12 @@ def test_mesh_ping_direct_and_through_a_relay(lab_factory: LabFactory) -> None:
     lab.launch(1, lab.addr(2))
     lab.launch(3, lab.addr(2))
     lab.wait_for("h2 hears both", lambda: established(lab, 2, 2))
+
+    def h1_reaches_both() -> bool:
+        peers = status(lab, 1)["peers"]
+        return len(peers) == 3 and all(p["reachable"] for p in peers)
+
+    lab.wait_for("h1's routes to h2 and, through it, h3", h1_reaches_both)
     r = lab.mesh(1, "ping", lab.host(2), "-c", "3")
     lines = r.stdout.splitlines()
     assert len(lines) == 3
