@@ -8,4 +8,4 @@ frames; the trio shell (``router``, ``api``, ``daemon``) owns sockets and
 timers; ``link`` is the one thing the two threads share.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from meshrouter import __version__
 from meshrouter.testing.netlab import Lab, established, sh, star, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
@@ -475,10 +476,10 @@ case "$1" in
   version) echo 20.10.24 ;;
   run)
     if [ -n "$FAKE_DOCKER_FAIL" ]; then
-      echo "Unable to find image 'meshrouter:0.1.0' locally" >&2
+      echo "Unable to find image 'IMAGE' locally" >&2
       echo created > "$dir/left"; exit 125
     fi
-    while [ "$1" != "meshrouter:0.1.0" ]; do shift; done; shift
+    while [ "$1" != "IMAGE" ]; do shift; done; shift
     python3 -m launcher "$@" > "$dir/log" 2>&1 &
     echo $! > "$dir/pid"; echo 0123abcd ;;
   inspect)
@@ -490,7 +491,7 @@ case "$1" in
     [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null; rm -f "$dir/pid" ;;
   *) exit 1 ;;
 esac
-"""
+""".replace("IMAGE", f"meshrouter:{__version__}")
 
 
 def test_launch_with_the_docker_engine_is_explicit_reported_and_cleans_up(
@@ -517,7 +518,7 @@ def test_launch_with_the_docker_engine_is_explicit_reported_and_cleans_up(
     t0 = time.monotonic()
     bad = mesh("launch", "--engine", "docker", *pw, FAKE_DOCKER_FAIL="1")
     assert bad.returncode == 1
-    assert "docker run meshrouter:0.1.0 failed: Unable to find image" in bad.stderr
+    assert f"docker run meshrouter:{__version__} failed: Unable to find image" in bad.stderr
     assert time.monotonic() - t0 < 10
     assert not (fake / "left").exists()
     # A working one says where the router runs and where its log is.
