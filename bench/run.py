@@ -444,6 +444,63 @@ def chart(results: list[Result], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+Paths = dict[
+    str, tuple[str, str, str, list[int]]
+]  # name -> (client ns, server ns, server IP, pids)
+
+
+def setup_paths(
+    lab: Lab,
+    only: list[str],
+    mesh_opts: str,
+    py_lab: Lab | None = None,
+    trusted_lab: Lab | None = None,
+) -> Paths:
+    """Each path of ``only`` set up in ``lab`` (mesh-py and trusted in labs of
+    their own), and up: a ping goes through each."""
+    paths: Paths = {}
+    if "underlay" in only:
+        paths["underlay"] = (lab.host(1), lab.host(2), lab.addr(2), [])
+    if "vxlan" in only:
+        paths["vxlan"] = (*setup_vxlan(lab), [])
+    daemons = (("tinc", "tincd", setup_tinc), ("fastd", "fastd", setup_fastd))
+    for name, program, setup in daemons:  # the Debian packages of the same name
+        if name not in only:
+            continue
+        if shutil.which(program):
+            a, b, ip, procs = setup(lab)
+            paths[name] = (a, b, ip, [p.pid for p in procs])
+        else:
+            print(f"bench: {program} not installed (apt-get install {name}); skipping {name}")
+    if "mesh" in only:
+        a, b, ip = setup_mesh(lab, tuple(mesh_opts.split()))
+        paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
+    if py_lab is not None:
+        a, b, ip = setup_mesh(py_lab, (*mesh_opts.split(), "--dataplane", "python"))
+        paths["mesh-py"] = (a, b, ip, [py_lab.router_pid(i) for i in (1, 2)])
+    if trusted_lab is not None:
+        opts = (*mesh_opts.split(), "--trusted-subnets", f"{UNDERLAY}.0/24")
+        a, b, ip = setup_mesh(trusted_lab, opts)
+        paths["trusted"] = (a, b, ip, [trusted_lab.router_pid(i) for i in (1, 2)])
+        trusted_lab.wait_for(
+            "trusted pair on the kernel path",
+            lambda: all(c.get("path") == "kernel" for c in status(trusted_lab, 1)["connections"]),
+            timeout=30,
+        )
+    for name, (a, _b, ip, _) in paths.items():
+        lab.wait_for(
+            f"{name} path up",
+            lambda a=a, ip=ip: (
+                lab.in_ns(  # type: ignore[misc]
+                    a, "ping", "-c", "1", "-W", "1", ip, check=False
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+        )
+    return paths
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3-second tests instead of 8")
@@ -476,48 +533,7 @@ def main() -> int:
         py_lab.create()
     results: list[Result] = []
     try:
-        paths: dict[str, tuple[str, str, str, list[int]]] = {}
-        if "underlay" in args.only:
-            paths["underlay"] = (lab.host(1), lab.host(2), lab.addr(2), [])
-        if "vxlan" in args.only:
-            paths["vxlan"] = (*setup_vxlan(lab), [])
-        daemons = (("tinc", "tincd", setup_tinc), ("fastd", "fastd", setup_fastd))
-        for name, program, setup in daemons:  # the Debian packages of the same name
-            if name not in args.only:
-                continue
-            if shutil.which(program):
-                a, b, ip, procs = setup(lab)
-                paths[name] = (a, b, ip, [p.pid for p in procs])
-            else:
-                print(f"bench: {program} not installed (apt-get install {name}); skipping {name}")
-        if "mesh" in args.only:
-            a, b, ip = setup_mesh(lab, tuple(args.mesh_opts.split()))
-            paths["mesh"] = (a, b, ip, [lab.router_pid(1), lab.router_pid(2)])
-        if py_lab is not None:
-            a, b, ip = setup_mesh(py_lab, (*args.mesh_opts.split(), "--dataplane", "python"))
-            paths["mesh-py"] = (a, b, ip, [py_lab.router_pid(i) for i in (1, 2)])
-        if trusted_lab is not None:
-            opts = (*args.mesh_opts.split(), "--trusted-subnets", f"{UNDERLAY}.0/24")
-            a, b, ip = setup_mesh(trusted_lab, opts)
-            paths["trusted"] = (a, b, ip, [trusted_lab.router_pid(i) for i in (1, 2)])
-            trusted_lab.wait_for(
-                "trusted pair on the kernel path",
-                lambda: all(
-                    c.get("path") == "kernel" for c in status(trusted_lab, 1)["connections"]
-                ),
-                timeout=30,
-            )
-        for name, (a, _b, ip, _) in paths.items():
-            lab.wait_for(
-                f"{name} path up",
-                lambda a=a, ip=ip: (
-                    lab.in_ns(  # type: ignore[misc]
-                        a, "ping", "-c", "1", "-W", "1", ip, check=False
-                    ).returncode
-                    == 0
-                ),
-                timeout=30,
-            )
+        paths = setup_paths(lab, args.only, args.mesh_opts, py_lab, trusted_lab)
         print("measuring RTT of every path, interleaved ...", flush=True)
         pings = rtts(lab, paths)
         for name, (a, b, ip, pids) in paths.items():
