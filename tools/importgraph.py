@@ -46,6 +46,7 @@ ROOMS: list[tuple[str, set[str]]] = [
             "wire",
             "pmtu",
             "gso",
+            "tso",
             "session",
             # The shared state of a data session (C or Python); the C module's
             # Loop runs only in the data-plane thread (forwarder).
