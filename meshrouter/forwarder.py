@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .constants import HEARTBEAT_INTERVAL
 from .dataplane import Mode, native, use_native
-from .link import Link, LinkView, PlaneStats
+from .link import LinkView, PlaneStats
 from .mactable import MacTable
 from .receive import Receiver
 from .send import Sender
@@ -303,14 +303,14 @@ class Forwarder:
             link = self.links.by_name.get(peer)
             if link is not None and link.udp_addr is not None:
                 self._ping_sent[token] = now
-                self._send_heartbeats(link, link.session.ping(token), link.udp_addr, now)
+                self._send_heartbeats(link.session.ping(token), link.udp_addr, now)
         pinged, self.receiver.pinged = self.receiver.pinged, []
         for link in pinged:
             session, addr = link.session, link.udp_addr
             due, session.pongs_due = session.pongs_due, []
             if addr is not None:
                 for token in due:
-                    self._send_heartbeats(link, session.ping(token, pong=True), addr, now)
+                    self._send_heartbeats(session.ping(token, pong=True), addr, now)
             heard, session.pongs_heard = session.pongs_heard, []
             for token, at in heard:
                 sent = self._ping_sent.pop(token, None)
@@ -321,9 +321,7 @@ class Forwarder:
         if len(self.pongs) > 64:
             self.pongs.clear()
 
-    def _send_heartbeats(
-        self, link: Link, dgrams: list[bytes], addr: tuple[str, int], now: float
-    ) -> None:
+    def _send_heartbeats(self, dgrams: list[bytes], addr: tuple[str, int], now: float) -> None:
         for dgram in dgrams:
             try:
                 self.udp.sock.sendto(dgram, addr)
@@ -341,4 +339,4 @@ class Forwarder:
             probe = now >= link.next_probe or session.pmtu.wants_probe()
             if now >= link.next_probe:
                 link.next_probe = now + PROBE_INTERVAL
-            self._send_heartbeats(link, session.heartbeats(now, probe=probe), addr, now)
+            self._send_heartbeats(session.heartbeats(now, probe=probe), addr, now)

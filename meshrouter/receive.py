@@ -154,9 +154,7 @@ class Receiver:
         plain = self._plain_view[:size]
         try:
             if ptype == PacketType.HEARTBEAT:
-                link.session.on_heartbeat(plain, length, now)
-                if link.session.pongs_due or link.session.pongs_heard:
-                    self.pinged.append(link)
+                self._heartbeat(link, plain, length, now)
             else:
                 self._deliver(link.session, plain, now)
         except BadPacket as exc:
@@ -231,12 +229,18 @@ class Receiver:
             assert isinstance(state, native.Session)
             self.cloop.bind(link.index, state)
         if ptype == PacketType.HEARTBEAT:  # 5.
-            session.on_heartbeat(plain, length, now)
-            if session.pongs_due or session.pongs_heard:
-                self.pinged.append(link)
+            self._heartbeat(link, plain, length, now)
         else:
             self._deliver(session, plain, now)
         return end
+
+    def _heartbeat(self, link: Link, plain: memoryview, length: int, now: float) -> None:
+        """A heartbeat for ``link`` (from either loop): liveness and path MTU,
+        and pings to answer or answers to ours for the forwarder's timers."""
+        session = link.session
+        session.on_heartbeat(plain, length, now)
+        if session.pongs_due or session.pongs_heard:
+            self.pinged.append(link)
 
     def _deliver(self, session: DataSession, plain: memoryview, now: float) -> None:
         origin, dst, hops, size = parse_route_untrusted(plain)
