@@ -3,7 +3,7 @@
 Everything here raises ``BadInput`` (a ``ValueError``) with one line naming
 what was wrong, and nothing else: a JSON body nested too deep or too large, a
 host name that no resolver could take (``node1..example.com``, a 64-character
-label), a port outside 1-65535.  It imports nothing heavy: the client loads it.
+label).  It imports nothing heavy: the client loads it.
 """
 
 from __future__ import annotations
@@ -70,9 +70,3 @@ def check_host(host: str) -> str:
                 "(letters, digits and '-', not at either end)"
             )
     return host
-
-
-def check_port(value: int, what: str = "port") -> int:
-    if not 0 < value < 65536:
-        raise BadInput(f"{what} {value}: must be a number from 1 to 65535")
-    return value

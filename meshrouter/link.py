@@ -189,6 +189,9 @@ DROP_REASONS = frozenset(
 )
 
 
+INTERNAL_ERROR = "internal error in "  # the counters' key of a bug on the data path, then where
+
+
 class PlaneStats:
     """The forwarder's counters: written by its thread, copied by the control plane."""
 
@@ -212,7 +215,7 @@ class PlaneStats:
 
     def internal_error(self, where: str, exc: Exception) -> None:
         """A bug on the data path: count it, log the first of its kind, keep forwarding."""
-        key = f"internal error in {where}: {type(exc).__name__}"
+        key = f"{INTERNAL_ERROR}{where}: {type(exc).__name__}"
         if not self.counters[key]:
             log.error("%s (logged once; counted in 'mesh status --json')", key, exc_info=exc)
         self.counters[key] += 1

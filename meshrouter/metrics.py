@@ -64,7 +64,7 @@ from collections.abc import Callable
 import trio
 
 from .boundary import Boundary
-from .link import DROP_REASONS
+from .link import DROP_REASONS, INTERNAL_ERROR
 from .status import ConnectionStatus, ConnState, RouterStatus
 
 
@@ -82,7 +82,6 @@ def _labels(**labels: object) -> str:
 DATAPLANE_COUNTERS = frozenset(
     {"frames_sent", "messages_delivered", "frames_to_python", "datagrams_to_python", "gso_sends"}
 )
-INTERNAL_ERROR = "internal error in "  # link.PlaneStats.internal_error's keys
 _EVENT = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
