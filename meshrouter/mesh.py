@@ -938,9 +938,7 @@ class Mesh:
     def rmpeer(self, who: str) -> str:
         """Take over the address share of a dead peer named ``who`` (name or
         nickname).  Raises IpamError with the reason."""
-        match = [
-            n for n, r in self.gossip.records.items() if who in (format_name(n), r.nickname)
-        ] or [n for n in self.ipam.owners() if format_name(n) == who]
+        match = self.peers_named(who) or [n for n in self.ipam.owners() if format_name(n) == who]
         if not match:
             raise IpamError(
                 f"no peer named {who!r} (see 'mesh status peers' or 'mesh status ipam')"
@@ -956,6 +954,10 @@ class Mesh:
         return f"{n} range(s) of {format_name(name)} reclaimed"
 
     # -- introspection --------------------------------------------------------------
+
+    def peers_named(self, who: str) -> list[bytes]:
+        """The peers of the topology whose name or nickname is ``who``."""
+        return [n for n, r in self.gossip.records.items() if who in (format_name(n), r.nickname)]
 
     def nickname_of(self, name: bytes) -> str:
         rec = self.gossip.records.get(name)

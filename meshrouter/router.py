@@ -500,9 +500,7 @@ class Router:
         (None: no answer within a second).  A peer with no direct link is
         reached through a relay: the path says which, and the pings measure
         the first hop (relays forward frames, not pings)."""
-        names = [
-            n for n, r in self.mesh.gossip.records.items() if who in (format_name(n), r.nickname)
-        ]
+        names = self.mesh.peers_named(who)
         if not names:
             raise BadInput(f"no peer named {who!r} (see 'mesh status peers')")
         name = names[0]
