@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from meshrouter import __version__, apiclient, config, dockerapi
 from meshrouter.config import RouterOptions
 from meshrouter.constants import FASTPATH_DEVICE
-from meshrouter.netdev import delete_link, link_exists
+from meshrouter.netdev import delete_bridge_made, delete_link, link_exists
 from meshrouter.state import (
     atomic_write,
     default_state_dir,
@@ -207,8 +207,7 @@ def _undo_launch(state_dir: Path, bridge: str) -> None:
     """A launch that failed leaves nothing: the bridge the router made this
     time, its pid file."""
     (state_dir / "router.pid").unlink(missing_ok=True)
-    if take_bridge_made(state_dir, bridge) and link_exists(bridge):
-        delete_link(bridge)
+    delete_bridge_made(state_dir, bridge)
 
 
 ROUTER_ERRORS = "router.err"  # the router's stderr of its last launch: errors and crashes
@@ -924,7 +923,7 @@ def cmd_reset(a: argparse.Namespace) -> int:
     guard.remove()
     if cfg.get("engine") == "docker":
         _docker("rm", "-f", CONTAINER)
-    if take_bridge_made(state_dir, bridge) and delete_link(bridge):
+    if delete_bridge_made(state_dir, bridge):
         print(f"bridge {bridge} removed")
     shutil.rmtree(state_dir, ignore_errors=True)
     print(f"state {state_dir} removed")

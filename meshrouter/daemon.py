@@ -21,7 +21,7 @@ from .apiclient import socket_path
 from .config import RouterOptions
 from .errors import MeshError
 from .handshake import derive_psk
-from .netdev import delete_link, ensure_bridge
+from .netdev import delete_bridge_made, ensure_bridge
 from .pluginservice import PluginService
 from .router import Router
 from .state import (
@@ -32,7 +32,6 @@ from .state import (
     peer_name,
     read_password,
     save_targets,
-    take_bridge_made,
 )
 
 log = logging.getLogger("meshrouter")
@@ -223,5 +222,5 @@ def describe(exc: BaseException, opts: RouterOptions) -> str:
 
 
 def _undo_bridge(state_dir: Path, bridge: str, made: bool) -> None:
-    if made and take_bridge_made(state_dir, bridge):
-        delete_link(bridge)
+    if made:  # this run made it: a start that failed leaves none behind
+        delete_bridge_made(state_dir, bridge)

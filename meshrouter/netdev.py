@@ -8,11 +8,13 @@ import shutil
 import socket
 import struct
 import subprocess
+from pathlib import Path
 
 import pytun
 
 from .constants import VNET_HDR_LEN
 from .errors import MeshError
+from .state import take_bridge_made
 
 # linux/if_tun.h
 TUNSETOFFLOAD = 0x400454D0
@@ -79,6 +81,12 @@ def ensure_bridge(name: str, mtu: int) -> bool:
 
 def delete_link(name: str) -> bool:
     return ip("link", "del", "dev", name, check=False).returncode == 0
+
+
+def delete_bridge_made(state_dir: Path, bridge: str) -> bool:
+    """Remove ``bridge`` if the router made it (``state.take_bridge_made``,
+    which forgets that it did); whether it went."""
+    return take_bridge_made(state_dir, bridge) and delete_link(bridge)
 
 
 class Tap:
