@@ -46,6 +46,18 @@ class AttachInterrupted(AttachError):
     asked the router for was given back."""
 
 
+@contextlib.contextmanager
+def before_anything(interrupts: Interrupts | None) -> Iterator[None]:
+    """A step of an attach before anything is made or asked for: a signal
+    here ends it at once with AttachInterrupted (without ``interrupts``,
+    signals behave as usual)."""
+    try:
+        with interrupts.abortable() if interrupts is not None else contextlib.nullcontext():
+            yield
+    except Interrupted:
+        raise AttachInterrupted("interrupted: nothing was attached") from None
+
+
 class IpamRefused(Exception):
     """The router's IPAM said no (taken, no space, not ready): its reason."""
 
@@ -284,12 +296,10 @@ def attach(
         for w in wants
     ]
     try:
-        with abort():
+        with before_anything(interrupts):
             c = container if container is not None else resolve(name)
     except ContainerError as exc:
         raise AttachError(str(exc)) from None
-    except Interrupted:
-        raise AttachInterrupted("interrupted: nothing was attached") from None
     if not link_exists(bridge):
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
     try:

@@ -33,7 +33,7 @@ from meshrouter.status import RouterStatus
 from . import attach as attach_mod
 from . import guard, views
 from .containers import ContainerError, docker_endpoints, docker_engine_available, resolve
-from .interrupts import Interrupted, Interrupts
+from .interrupts import Interrupts
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
@@ -437,11 +437,8 @@ def cmd_attach(a: argparse.Namespace) -> int:
 def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
     registry = attach_mod.Registry(a.state_dir)
     container = a.args[-1]
-    try:
-        with interrupts.abortable():
-            settings = _attach_settings(a)
-    except Interrupted:
-        raise attach_mod.AttachInterrupted("interrupted: nothing was attached") from None
+    with attach_mod.before_anything(interrupts):
+        settings = _attach_settings(a)
     try:
         rec, added = attach_mod.attach(
             registry,
