@@ -6,8 +6,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "meshrouter._dataplane",
-            ["meshrouter/_dataplane.c"],
+            "meshrouter.dataplane._dataplane",
+            ["meshrouter/dataplane/_dataplane.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

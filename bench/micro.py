@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from meshrouter.dataplane import Mode, native_available
+from meshrouter.dataplane.sessionstate import Mode, native_available
 from meshrouter.testing.fwdpair import frame, pair
 
 

@@ -20,16 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshrouter import apiclient
-from meshrouter.constants import CONTAINER_GSO_MAX_SIZE
-from meshrouter.netdev import NetdevError, ip, link_exists
-from meshrouter.state import atomic_write, load_json
-
-from . import guard
-from .containers import Container, ContainerError, find_container, resolve
-from .garp import send_garp
-from .interrupts import Interrupted, Interrupts
-from .netns import has_link, ip_batch
+from launcher import guard
+from launcher.containers import Container, ContainerError, find_container, resolve
+from launcher.garp import send_garp
+from launcher.interrupts import Interrupted, Interrupts
+from launcher.netns import has_link, ip_batch
+from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
+from meshrouter.contract import apiclient
+from meshrouter.contract.state import atomic_write, load_json
+from meshrouter.host.netdev import NetdevError, ip, link_exists
 
 CONTAINER_IFACE = "ethwe"
 

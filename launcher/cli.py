@@ -17,23 +17,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from meshrouter import __version__, apiclient, config, dockerapi
-from meshrouter.config import RouterOptions
-from meshrouter.constants import FASTPATH_DEVICE
-from meshrouter.netdev import delete_bridge_made, delete_link, link_exists
-from meshrouter.state import (
+from launcher import attach as attach_mod
+from launcher import guard, views
+from launcher.containers import ContainerError, docker_endpoints, docker_engine_available, resolve
+from launcher.interrupts import Interrupts
+from meshrouter import __version__
+from meshrouter.base.constants import FASTPATH_DEVICE
+from meshrouter.contract import apiclient, config
+from meshrouter.contract.config import RouterOptions
+from meshrouter.contract.state import (
     atomic_write,
     default_state_dir,
     load_json,
     read_password,
     take_bridge_made,
 )
-from meshrouter.status import RouterStatus
-
-from . import attach as attach_mod
-from . import guard, views
-from .containers import ContainerError, docker_endpoints, docker_engine_available, resolve
-from .interrupts import Interrupts
+from meshrouter.contract.status import RouterStatus
+from meshrouter.engines import dockerapi
+from meshrouter.host.netdev import delete_bridge_made, delete_link, link_exists
 
 LAUNCH_TIMEOUT = 30.0
 ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
@@ -111,9 +112,12 @@ def _router_args(a: argparse.Namespace) -> list[str]:
 
 
 def cmd_router(a: argparse.Namespace) -> int:
-    from meshrouter.daemon import run  # the router's own imports: only for this command
-
-    return run(_options(a), a.state_dir)
+    """The daemon in this process's place (same pid for a service manager or a
+    container runtime): the client imports none of the router's packages."""
+    argv = [*apiclient.daemon_argv(), "--state-dir", str(a.state_dir), *config.to_argv(_options(a))]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 def cmd_launch(a: argparse.Namespace) -> int:
@@ -147,7 +151,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
     else:
         with open(errors, "wb") as errf:  # this run's errors only: never an older run's
             proc = subprocess.Popen(
-                [*apiclient.client_argv(), "router", *router_args],
+                [*apiclient.daemon_argv(), *router_args],
                 stdin=subprocess.DEVNULL,
                 stdout=errf,
                 stderr=errf,
@@ -190,7 +194,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
 def preflight(a: argparse.Namespace) -> None:
     """What a launch needs, checked before anything is made: one line for
     the first thing that is wrong."""
-    from meshrouter import preflight as pre  # sockets and files: only for launch
+    from meshrouter.host import preflight as pre  # sockets and files: only for launch
 
     try:
         read_password(a.password_file)
@@ -739,7 +743,7 @@ def _down(state_dir: Path) -> dict[str, Any]:
 
 
 def cmd_version(a: argparse.Namespace) -> int:
-    from meshrouter.constants import protocol_versions
+    from meshrouter.base.constants import protocol_versions
 
     mine = {
         "version": __version__,
@@ -773,7 +777,7 @@ def cmd_version(a: argparse.Namespace) -> int:
 def _dataplane_built() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("meshrouter._dataplane") is not None
+    return importlib.util.find_spec("meshrouter.dataplane._dataplane") is not None
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -980,7 +984,7 @@ def cmd_setup_cni(a: argparse.Namespace) -> int:
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
-    from . import doctor
+    from launcher import doctor
 
     st = _status(a.state_dir)  # no router: says so, exit 1
     findings = doctor.diagnose(st, doctor.gather(st))
@@ -994,7 +998,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def cmd_kube_sync(a: argparse.Namespace) -> int:
-    from . import kube
+    from launcher import kube
 
     return kube.run(a.state_dir, a.port, a.interval, a.once)
 

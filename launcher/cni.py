@@ -35,15 +35,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meshrouter import apiclient
-from meshrouter.errors import BadInput
-from meshrouter.inputs import json_untrusted
-from meshrouter.netdev import NetdevError, ip, link_exists
-from meshrouter.state import BASE_STATE_DIR
-
-from . import attach as attach_mod
-from .containers import Container
-from .netns import has_link
+from launcher import attach as attach_mod
+from launcher.containers import Container
+from launcher.netns import has_link
+from meshrouter.base.errors import BadInput
+from meshrouter.base.inputs import json_untrusted
+from meshrouter.contract import apiclient
+from meshrouter.contract.state import BASE_STATE_DIR
+from meshrouter.host.netdev import NetdevError, ip, link_exists
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 CODE_VERSION, CODE_FIELD, CODE_UNKNOWN_CONTAINER = 1, 2, 3

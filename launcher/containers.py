@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from meshrouter import dockerapi
+from meshrouter.engines import dockerapi
 
 
 class ContainerError(Exception):

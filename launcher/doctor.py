@@ -12,8 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshrouter.constants import ETH_HEADER
-from meshrouter.status import ConnState, RouterStatus
+from meshrouter.base.constants import ETH_HEADER
+from meshrouter.contract.status import ConnState, RouterStatus
 
 SKEW_LIMIT = 1.0  # seconds of clock difference worth a warning
 TUNNEL_OVERHEAD = 74  # what a lone frame needs in a datagram beyond itself (constants.py)

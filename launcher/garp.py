@@ -15,7 +15,7 @@ import socket
 import struct
 import sys
 
-from .netns import entered
+from launcher.netns import entered
 
 ETH_P_ARP = 0x0806
 SIOCGIFHWADDR = 0x8927

@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Iterable
 from typing import Protocol
 
-from meshrouter.netdev import delete_table, nft
+from meshrouter.host.netdev import delete_table, nft
 
 TABLE = "meshrouter_guard"
 

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshrouter import apiclient
-from meshrouter.state import atomic_write, load_json
-from meshrouter.status import RouterStatus
+from meshrouter.contract import apiclient
+from meshrouter.contract.state import atomic_write, load_json
+from meshrouter.contract.status import RouterStatus
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 import subprocess
 from collections.abc import Iterator, Sequence
 
-from meshrouter.netdev import NetdevError, link_exists
+from meshrouter.host.netdev import NetdevError, link_exists
 
 CLONE_NEWNET = 0x40000000
 

@@ -1,6 +1,6 @@
 """What ``mesh status`` and ``mesh ps`` print: the words and tables a person reads.
 
-The data comes as ``meshrouter.status`` types; nothing here talks to the router.
+The data comes as ``meshrouter.contract.status`` types; nothing here talks to the router.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from meshrouter.status import ConnectionStatus, ConnState, RouterStatus
+from meshrouter.contract.status import ConnectionStatus, ConnState, RouterStatus
 
 STATE_WORDS = {
     ConnState.HANDSHAKE: "handshake",

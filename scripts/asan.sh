@@ -8,12 +8,12 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cp -r meshrouter tests pyproject.toml "$tmp"/
-rm -f "$tmp"/meshrouter/_dataplane*.so
+rm -f "$tmp"/meshrouter/dataplane/_dataplane*.so
 inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 ext=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 gcc -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
     -fno-omit-frame-pointer -fPIC -shared -I"$inc" \
-    meshrouter/_dataplane.c -o "$tmp/meshrouter/_dataplane$ext"
+    meshrouter/dataplane/_dataplane.c -o "$tmp/meshrouter/dataplane/_dataplane$ext"
 cd "$tmp"
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \

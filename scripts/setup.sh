@@ -11,7 +11,7 @@ for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nfta
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)  # CNI reference plugins
-# The C data plane (meshrouter/_dataplane.c) compiles against this Python's headers.
+# The C data plane (meshrouter/dataplane/_dataplane.c) compiles against this Python's headers.
 python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need+=(python3-dev)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from meshrouter import api
-from meshrouter.boundary import Boundary
-from meshrouter.errors import IpamError
-from meshrouter.status import RouterStatus
+from meshrouter.base.boundary import Boundary
+from meshrouter.base.errors import IpamError
+from meshrouter.contract.status import RouterStatus
+from meshrouter.daemon import api
 
 
 class FakeRouter:

@@ -10,7 +10,7 @@ import pytest
 
 from launcher import cli
 from meshrouter import __version__
-from meshrouter.constants import protocol_versions
+from meshrouter.base.constants import protocol_versions
 
 
 def test_version_says_what_this_client_is(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter import config
-from meshrouter.config import RouterOptions
+from meshrouter.contract import config
+from meshrouter.contract.config import RouterOptions
 
 
 def parser() -> argparse.ArgumentParser:

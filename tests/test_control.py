@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from meshrouter.control import (
+from meshrouter.base.errors import LocalProtocolError
+from meshrouter.proto.control import (
     ConnectionClosed,
     ControlConnection,
     MessageReceived,
     MessageType,
     State,
 )
-from meshrouter.errors import LocalProtocolError
 from meshrouter.testing.control import ConnectionPair, identity, psk, seeded_key
 
 

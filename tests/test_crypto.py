@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshrouter.crypto import PREFERENCE, Opener, Sealer, Suite, choose_suite, suites_mask
-from meshrouter.errors import BadPacket, LocalProtocolError
+from meshrouter.base.errors import BadPacket, LocalProtocolError
+from meshrouter.proto.crypto import PREFERENCE, Opener, Sealer, Suite, choose_suite, suites_mask
 
 KEY = bytes(range(32))
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter import dataplane
-from meshrouter.crypto import Suite
-from meshrouter.dataplane import Mode, PySessionState, new_state
-from meshrouter.replay import ReplayWindow
+from meshrouter.dataplane import sessionstate as dataplane
+from meshrouter.dataplane.sessionstate import Mode, PySessionState, new_state
+from meshrouter.proto.crypto import Suite
+from meshrouter.proto.replay import ReplayWindow
 from meshrouter.testing.fwdpair import (
     A_NAME,
     DST_MAC,
@@ -29,7 +29,9 @@ from meshrouter.testing.fwdpair import (
     pair,
 )
 
-native = pytest.importorskip("meshrouter._dataplane", reason="the C data plane is not built")
+native = pytest.importorskip(
+    "meshrouter.dataplane._dataplane", reason="the C data plane is not built"
+)
 
 MODES: list[tuple[Mode, Mode]] = [("c", "c"), ("c", "python"), ("python", "c")]
 
@@ -217,8 +219,8 @@ def test_the_c_loop_survives_forged_datagrams_for_a_known_link(
 def test_a_router_told_to_use_a_c_loop_it_lacks_refuses_to_start_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from meshrouter.config import RouterOptions
-    from meshrouter.router import Router
+    from meshrouter.contract.config import RouterOptions
+    from meshrouter.daemon.router import Router
 
     monkeypatch.setattr(dataplane, "native", None)
     with pytest.raises(ValueError, match=r"^--dataplane c: the C data plane is not built"):

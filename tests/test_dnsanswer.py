@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.dnsanswer import Answerer, Forward, Reply
-from meshrouter.dnsrecords import Records
-from meshrouter.errors import BadPacket
+from meshrouter.base.errors import BadPacket
+from meshrouter.dns.answer import Answerer, Forward, Reply
+from meshrouter.dns.records import Records
 
 ME = bytes([2, 0, 0, 0, 0, 1])
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter.dnsrecords import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.dns.records import (
     TOMBSTONE_LIFETIME,
     Entry,
     Records,
@@ -18,7 +19,6 @@ from meshrouter.dnsrecords import (
     encode_chunks,
     normalise_name,
 )
-from meshrouter.errors import BadPacket
 
 P1, P2, P3 = (bytes([2, 0, 0, 0, 0, i]) for i in (1, 2, 3))
 WEB = "web.mesh.local."

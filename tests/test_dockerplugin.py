@@ -15,7 +15,8 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.dockerplugin import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.engines.plugin import (
     Allocate,
     Claim,
     DeleteVeth,
@@ -27,8 +28,7 @@ from meshrouter.dockerplugin import (
     parse_pool_id,
     veth_names,
 )
-from meshrouter.errors import BadPacket
-from meshrouter.pluginservice import PluginService
+from meshrouter.engines.pluginservice import PluginService
 
 EP = "0123456789abcdef" * 4
 
@@ -167,7 +167,7 @@ class StandInRouter:
     async def claim(self, cidr: str, container: str, ns_path: str) -> str:
         ip = cidr.split("/")[0]
         if ip in self.held:
-            from meshrouter.errors import IpamError
+            from meshrouter.base.errors import IpamError
 
             raise IpamError(f"{ip} is already in use")
         self.held[ip] = container

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from launcher.doctor import FAIL, OK, WARN, HostFacts, diagnose
-from meshrouter.status import RouterStatus
+from meshrouter.contract.status import RouterStatus
 
 GOOD = HostFacts(bridge_up=True, tap_on_bridge=True, tun_device=True, nft=True, ip_forward=True)
 

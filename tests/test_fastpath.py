@@ -1,5 +1,5 @@
-"""The kernel fast path's decisions (``meshrouter.fastpath``) and its netlink
-messages (``meshrouter.fdb``): no root, no network, no clock."""
+"""The kernel fast path's decisions (``meshrouter.fastpath.core``) and its netlink
+messages (``meshrouter.fastpath.fdb``): no root, no network, no clock."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.config import parse_subnets
-from meshrouter.errors import BadPacket
-from meshrouter.fastpath import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.contract.config import parse_subnets
+from meshrouter.fastpath.core import (
     HEARS,
     PROBE_TIMEOUT,
     TRUSTS,
@@ -24,7 +24,7 @@ from meshrouter.fastpath import (
     encode_message,
     encode_probe,
 )
-from meshrouter.fdb import NTF_MASTER, NTF_SELF, NTF_STICKY, RTM_NEWNEIGH, neigh_message
+from meshrouter.fastpath.fdb import NTF_MASTER, NTF_SELF, NTF_STICKY, RTM_NEWNEIGH, neigh_message
 from meshrouter.testing.fakes import MeshNet, name
 
 A, B, C = (bytes([2, 0, 0, 0, 0, i]) for i in (1, 2, 3))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from meshrouter.dataplane import Mode, native_available
+from meshrouter.dataplane.sessionstate import Mode, native_available
 from meshrouter.testing.fwdpair import SRC_MAC, cross, frame, pair, probed_pair
 
 

@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.gso import SendBuffer, compact_untrusted
+from meshrouter.dataplane.gso import SendBuffer, compact_untrusted
+from meshrouter.proto.wire import HEADER, PacketType, parse_header_untrusted
 from meshrouter.testing.sessions import session_pair
-from meshrouter.wire import HEADER, PacketType, parse_header_untrusted
 
 
 def test_seal_layout_and_compact_roundtrip() -> None:

@@ -5,14 +5,14 @@ import contextlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.control import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.proto.control import (
     ControlConnection,
     HandshakeComplete,
     State,
 )
-from meshrouter.crypto import Suite, suites_mask
-from meshrouter.errors import BadPacket
-from meshrouter.handshake import (
+from meshrouter.proto.crypto import Suite, suites_mask
+from meshrouter.proto.handshake import (
     Hello,
     decode_hello_untrusted,
     encode_hello,

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter import config, daemon
-from meshrouter.boundary import Boundary
-from meshrouter.errors import BadInput
-from meshrouter.inputs import MAX_JSON_DEPTH, check_host, json_untrusted
-from meshrouter.targets import Targets, split_address
+from meshrouter.base.boundary import Boundary
+from meshrouter.base.errors import BadInput
+from meshrouter.base.inputs import MAX_JSON_DEPTH, check_host, json_untrusted, split_address
+from meshrouter.contract import config
+from meshrouter.daemon import main as daemon
+from meshrouter.mesh.targets import Targets
 
 
 def test_json_untrusted_bounds_depth_and_size() -> None:
@@ -82,7 +83,7 @@ def test_peer_addresses_raise_only_bad_input(text: str) -> None:
 def test_a_saved_target_no_release_takes_is_skipped() -> None:
     import random
 
-    from meshrouter.mesh import Mesh
+    from meshrouter.mesh.core import Mesh
     from meshrouter.testing.control import psk
     from meshrouter.testing.fakes import FakeIpam, name
 

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter.errors import BadPacket
-from meshrouter.ipam import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.ipam.reclaim import Reclaimer
+from meshrouter.ipam.ring import (
     CLAIM_NOT_OWNER,
     CLAIM_OK,
     CLAIM_TAKEN,
@@ -21,7 +22,6 @@ from meshrouter.ipam import (
     encode_donate,
     encode_ring,
 )
-from meshrouter.reclaim import Reclaimer
 
 P = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 6)]
 RANGE = "10.32.0.0/26"  # 64 addresses: small enough to run out
@@ -186,7 +186,7 @@ def test_message_roundtrips() -> None:
 def test_store_survives_reopen_and_refuses_another_range(tmp_path: object) -> None:
     from pathlib import Path
 
-    from meshrouter.ipamstore import IpamStore, IpamStoreError
+    from meshrouter.ipam.store import IpamStore, IpamStoreError
 
     path = Path(str(tmp_path)) / "ipam.db"
     (a,) = mesh(1)

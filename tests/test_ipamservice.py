@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from meshrouter.errors import IpamError
-from meshrouter.ipam import CLAIM
-from meshrouter.ipamservice import CLAIM_TIMEOUT, IpamService
+from meshrouter.base.errors import IpamError
+from meshrouter.ipam.ring import CLAIM
+from meshrouter.ipam.service import CLAIM_TIMEOUT, IpamService
 
 A = bytes.fromhex("020000000001")
 B = bytes.fromhex("020000000002")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.control import HandshakeComplete, State
-from meshrouter.errors import BadPacket
-from meshrouter.keyring import KeyRing, decode_rotate_untrusted, encode_rotate
+from meshrouter.base.errors import BadPacket
+from meshrouter.proto.control import HandshakeComplete, State
+from meshrouter.proto.keyring import KeyRing, decode_rotate_untrusted, encode_rotate
 from meshrouter.testing.control import ConnectionPair, identity, psk
 
 OLD, NEW = psk(b"secret"), psk(b"the new secret")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from meshrouter.mactable import LOCAL, MacTable, is_multicast
+from meshrouter.dataplane.mactable import LOCAL, MacTable, is_multicast
 
 
 def test_mac_table_learn_lookup_expire() -> None:

@@ -6,15 +6,15 @@ import logging
 
 import pytest
 
-from meshrouter.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
-from meshrouter.control import MessageType
-from meshrouter.dataplane import PySessionState
-from meshrouter.errors import IpamError, LocalProtocolError
-from meshrouter.mesh import TRANSITIONS, Close, Input
-from meshrouter.status import ConnState, TargetState
+from meshrouter.base.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
+from meshrouter.base.errors import IpamError, LocalProtocolError
+from meshrouter.contract.status import ConnState, TargetState
+from meshrouter.dataplane.sessionstate import PySessionState
+from meshrouter.mesh.core import TRANSITIONS, Close, Input
+from meshrouter.proto.control import MessageType
+from meshrouter.proto.wire import ROUTE
 from meshrouter.testing.control import psk
 from meshrouter.testing.fakes import MeshNet, address, name
-from meshrouter.wire import ROUTE
 
 
 def only_conn(net: MeshNet, i: int, j: int):  # type: ignore[no-untyped-def]

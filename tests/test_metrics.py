@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import cast
 
-from meshrouter.metrics import render
-from meshrouter.status import ConnectionStatus, RouterStatus
+from meshrouter.contract.status import ConnectionStatus, RouterStatus
+from meshrouter.daemon.metrics import render
 
 
 def conn(state: str, peer: str | None = "02:00:00:00:00:02", **kw: int) -> ConnectionStatus:
@@ -124,7 +124,7 @@ def test_values_are_exact_and_labels_a_fixed_set() -> None:
 
 
 def test_process_figures_are_read_from_proc() -> None:
-    from meshrouter.metrics import process_stats
+    from meshrouter.daemon.metrics import process_stats
 
     p = process_stats()
     assert p["process_open_fds"] >= 3

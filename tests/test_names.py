@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshrouter.names import format_name, parse_name
+from meshrouter.base.names import format_name, parse_name
 
 
 def test_name_format_roundtrip() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from meshrouter.link import DROP_REASONS
+from meshrouter.dataplane.link import DROP_REASONS
 from meshrouter.testing.netlab import NO_UPSTREAM, Lab, established, status
 
 pytestmark = pytest.mark.netns

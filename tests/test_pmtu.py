@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from meshrouter.pmtu import PROBE_SIZES, SAFE_DATAGRAM
+from meshrouter.dataplane.pmtu import PROBE_SIZES, SAFE_DATAGRAM
 from meshrouter.testing.sessions import deliver, session_pair
 
 
@@ -36,7 +36,7 @@ def test_a_probe_lost_in_a_burst_costs_heartbeats_not_a_probe_interval() -> None
     link): the size settles lower, the larger sizes are tried again on the next
     heartbeats, and the next one that gets through raises it.  On a path that
     really is smaller, the tries end after GROWTH_TRIES rounds."""
-    from meshrouter.pmtu import GROWTH_TRIES
+    from meshrouter.dataplane.pmtu import GROWTH_TRIES
 
     a, b = session_pair()
     probes = a.heartbeats(0.0, probe=True)

@@ -1,4 +1,4 @@
-"""Dead peers taken over by quorum: the sans-IO rules (``meshrouter.reclaim``)
+"""Dead peers taken over by quorum: the sans-IO rules (``meshrouter.ipam.reclaim``)
 and the take-over itself (``Ipam.take_over``).  No network, no clock."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.errors import BadPacket
-from meshrouter.ipam import ALLOCS, Ipam, decode_untrusted
-from meshrouter.reclaim import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.ipam.reclaim import (
     AllocSet,
     Reclaimer,
     acks_needed,
@@ -19,6 +18,7 @@ from meshrouter.reclaim import (
     encode_allocs,
     majority,
 )
+from meshrouter.ipam.ring import ALLOCS, Ipam, decode_untrusted
 
 P = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 8)]
 

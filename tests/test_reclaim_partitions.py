@@ -22,9 +22,9 @@ import pytest
 import trio
 import trio.testing
 
-from meshrouter.errors import IpamError
-from meshrouter.ipamservice import IpamService
-from meshrouter.names import format_name
+from meshrouter.base.errors import IpamError
+from meshrouter.base.names import format_name
+from meshrouter.ipam.service import IpamService
 
 PEERS = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 6)]
 RANGE = "10.32.0.0/24"

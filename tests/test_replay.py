@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.replay import ReplayWindow
+from meshrouter.proto.replay import ReplayWindow
 
 KEY = bytes(range(32))
 

@@ -6,7 +6,12 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter.routes import bfs_parents, broadcast_children, symmetric_graph, unicast_next_hops
+from meshrouter.dataplane.routes import (
+    bfs_parents,
+    broadcast_children,
+    symmetric_graph,
+    unicast_next_hops,
+)
 
 NAMES = [bytes([2, 0, 0, 0, 0, i]) for i in range(6)]
 

@@ -6,16 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.errors import BadPacket
-from meshrouter.pmtu import SAFE_DATAGRAM
-from meshrouter.testing.sessions import deliver, session_pair
-from meshrouter.wire import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.dataplane.pmtu import SAFE_DATAGRAM
+from meshrouter.proto.wire import (
     HEADER,
     FramePacker,
     PacketType,
     iter_frames_untrusted,
     parse_header_untrusted,
 )
+from meshrouter.testing.sessions import deliver, session_pair
 
 
 def test_data_roundtrip_and_replay_dropped() -> None:
@@ -94,10 +94,10 @@ def test_receive_garbage_raises_only_bad_packet(datagrams: list[bytes]) -> None:
 
 @pytest.mark.parametrize("pure", [True, False], ids=["python-state", "c-state"])
 def test_sessions_ask_for_rekeying_before_counters_could_wrap(pure: bool) -> None:
-    from meshrouter.constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES
-    from meshrouter.crypto import Suite
-    from meshrouter.dataplane import new_state
-    from meshrouter.errors import LocalProtocolError
+    from meshrouter.base.constants import NONCE_HARD_LIMIT, REKEY_AFTER_MESSAGES
+    from meshrouter.base.errors import LocalProtocolError
+    from meshrouter.dataplane.sessionstate import new_state
+    from meshrouter.proto.crypto import Suite
 
     a, _ = session_pair()
     assert not a.needs_rekey()

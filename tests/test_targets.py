@@ -2,7 +2,7 @@ from __future__ import annotations
 
 
 def test_targets_backoff_jitter_cap_and_discovery() -> None:
-    from meshrouter.targets import MAX_DELAY, Targets
+    from meshrouter.mesh.targets import MAX_DELAY, Targets
 
     t = Targets(6783)
     t.add("198.18.0.1", 0.0)
@@ -37,7 +37,7 @@ def test_targets_backoff_jitter_cap_and_discovery() -> None:
 def test_split_address_errors() -> None:
     import pytest
 
-    from meshrouter.targets import split_address
+    from meshrouter.base.inputs import split_address
 
     assert split_address("[fd00::1]:7000", 6783) == ("fd00::1", 7000)
     assert split_address("host", 6783) == ("host", 6783)

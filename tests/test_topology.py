@@ -5,8 +5,8 @@ import contextlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.errors import BadPacket
-from meshrouter.topology import (
+from meshrouter.base.errors import BadPacket
+from meshrouter.mesh.topology import (
     ConnInfo,
     Gossip,
     PeerRecord,

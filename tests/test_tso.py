@@ -1,4 +1,4 @@
-"""The superframe segmenter and coalescer (meshrouter/tso.py), under hypothesis:
+"""The superframe segmenter and coalescer (meshrouter/dataplane/tso.py), under hypothesis:
 any superframe in the kernel's form, cut and put back, is the same bytes;
 every segment's checksums are valid (and scapy agrees); loss and reordering
 never join what is not contiguous; garbage raises only BadPacket."""
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrouter import tso
-from meshrouter.errors import BadPacket
+from meshrouter.base.errors import BadPacket
+from meshrouter.dataplane import tso
 
 FLAG_SETS = [tso.ACK, tso.ACK | tso.PSH, tso.ACK | tso.FIN, tso.ACK | tso.PSH | tso.FIN]
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrouter.errors import BadPacket
-from meshrouter.wire import FramePacker, iter_frames_untrusted, parse_header_untrusted
+from meshrouter.base.errors import BadPacket
+from meshrouter.proto.wire import FramePacker, iter_frames_untrusted, parse_header_untrusted
 
 
 def test_packer_keeps_route_prefix() -> None:
@@ -21,7 +21,7 @@ def test_packer_keeps_route_prefix() -> None:
 
 
 def test_route_header_and_frames_from_offset() -> None:
-    from meshrouter.wire import ROUTE, parse_route_header_untrusted, parse_route_untrusted
+    from meshrouter.proto.wire import ROUTE, parse_route_header_untrusted, parse_route_untrusted
 
     plain = ROUTE.pack(b"A" * 6, b"B" * 6, 7) + b"\x00\x00\x00\x02hi"
     assert parse_route_untrusted(plain) == (b"A" * 6, b"B" * 6, 7, 2)

@@ -1,6 +1,6 @@
 """Simulate topology gossip among many peers over an in-memory network (sans-IO cores, no sockets).
 
-Peers are ``meshrouter.topology.Gossip`` instances joined in a random connected
+Peers are ``meshrouter.mesh.topology.Gossip`` instances joined in a random connected
 graph; messages are delayed and dropped at random (seeded) and time is trio's
 MockClock, so a 200-peer run takes seconds of real time.  Each peer sends its
 full view when a connection comes up and every 30 s (anti-entropy, as the
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 import trio.testing
 
-from meshrouter.topology import ConnInfo, Gossip
+from meshrouter.mesh.topology import ConnInfo, Gossip
 
 FULL_INTERVAL = 30.0
 

@@ -1,5 +1,5 @@
 """Check the import graph of meshrouter and launcher: no cycle, and every import
-goes down the rooms of docs/architecture.md.
+goes down the package table (PACKAGES) of docs/architecture.md.
 
     python3 -m tools.importgraph           # print the graph; exit 1 on a violation
 
@@ -15,98 +15,83 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Rooms, lowest first: a module may import its own room and the rooms below.
-ROOMS: list[tuple[str, set[str]]] = [
-    (
-        "leaves",
+# The packages, lowest first, and what each may import of ours (besides
+# ``meshrouter`` itself, which holds only the version).  docs/architecture.md
+# says why each boundary is where it is.  A package never imports one listed
+# after it, so the graph between packages runs one way.
+PACKAGES: dict[str, frozenset[str]] = {
+    "base": frozenset(),
+    "contract": frozenset({"base"}),
+    "host": frozenset({"base", "contract"}),
+    "proto": frozenset({"base"}),
+    "dataplane": frozenset({"base", "proto", "host"}),
+    "mesh": frozenset({"base", "contract", "proto", "dataplane"}),
+    "ipam": frozenset({"base", "contract", "mesh"}),
+    "dns": frozenset({"base", "contract", "mesh", "host"}),
+    "fastpath": frozenset({"base", "contract", "mesh", "dataplane", "host"}),
+    "engines": frozenset({"base", "contract", "host"}),
+    "daemon": frozenset(
         {
-            "__init__",
-            "constants",
-            "errors",
-            "names",
-            "status",
-            "config",
-            "apiclient",
-            "lograte",
-            "state",
-            "dockerapi",
-            "inputs",
-            "boundary",
-        },
-    ),
-    (
-        "sans-IO cores",
-        {
-            "crypto",
-            "replay",
-            "handshake",
-            "keyring",
-            "framing",
-            "control",
-            "wire",
-            "pmtu",
-            "gso",
-            "tso",
-            "session",
-            # The shared state of a data session (C or Python); the C module's
-            # Loop runs only in the data-plane thread (forwarder).
+            "base",
+            "contract",
+            "host",
+            "proto",
             "dataplane",
-            "_dataplane",
-            "topology",
-            "routes",
-            "targets",
-            "mactable",
-            "fastpath",
+            "mesh",
             "ipam",
-            "reclaim",
-            "dnsrecords",
-            "dnsanswer",
-            "dockerplugin",
-        },
+            "dns",
+            "fastpath",
+            "engines",
+        }
     ),
-    ("thread boundary", {"link"}),
-    ("mesh core", {"mesh"}),
-    ("data-plane thread", {"libc", "udp", "netdev", "send", "receive", "forwarder"}),
-    (
-        "trio shell",
+    "testing": frozenset(
         {
-            "ipamstore",
-            "ipamservice",
-            "fdb",
-            "fastpathservice",
-            "dnsservice",
-            "hostaccess",
-            "engine",
-            "pluginservice",
-            "router",
-            "api",
-            "metrics",
+            "base",
+            "contract",
+            "host",
+            "proto",
+            "dataplane",
+            "mesh",
+            "ipam",
+            "dns",
+            "fastpath",
+            "engines",
             "daemon",
-            # launch's checks of the host (sockets, /sys): the client imports it lazily
-            "preflight",
-        },
+        }
     ),
-    ("test support", {"testing"}),
-]
-SANS_IO_FORBIDDEN = {"trio", "socket", "time", "random", "select"}
-CLIENT_FORBIDDEN = {"trio", "numpy", "nacl", "cffi"}
-CLIENT_MAY_USE = ROOMS[0][1] | {"netdev"}  # the leaves, and ip/link helpers
-# Leaves that are clients of a local socket (the router's API, the Docker
-# engine's) or write files: blocking I/O, used by the client and by threads.
-IO_LEAVES = {"meshrouter.apiclient", "meshrouter.state", "meshrouter.dockerapi"}
+    # The client: the shared contract, this host's devices and the engines'
+    # API client; never the daemon, the mesh core or the data plane.
+    "launcher": frozenset({"base", "contract", "host", "engines"}),
+}
+# The modules of a package that do I/O (sockets, files, processes, threads,
+# trio); every other module is a sans-IO core and imports none of CORE_FORBIDDEN.
+SHELLS: dict[str, frozenset[str]] = {
+    "base": frozenset(),
+    "contract": frozenset({"apiclient", "state"}),
+    "host": frozenset({"netdev", "hostaccess", "preflight", "unixserver"}),
+    "proto": frozenset(),
+    "dataplane": frozenset({"udp", "libc", "tap", "send", "receive", "forwarder"}),
+    "mesh": frozenset(),
+    "ipam": frozenset({"store", "service"}),
+    "dns": frozenset({"service"}),
+    "fastpath": frozenset({"service", "fdb"}),
+    "engines": frozenset({"dockerapi", "watcher", "pluginservice"}),
+}
+CORE_FORBIDDEN = {"trio", "socket", "time", "random", "os", "select", "subprocess", "threading"}
+# Never loaded by these packages, at any depth of their own modules' imports.
+NEVER = {"dataplane": {"trio"}, "launcher": {"trio", "numpy", "nacl", "cffi", "pytun"}}
 
 
-def short_name(module: str) -> str:
-    """``meshrouter.testing.netlab`` -> ``testing``; ``meshrouter`` -> ``__init__``."""
-    return module.split(".")[1] if module.startswith("meshrouter.") else "__init__"
-
-
-def room_of(module: str) -> int:
-    short = short_name(module)
-    for rank, (_, members) in enumerate(ROOMS):
-        if short in members:
-            return rank
-    raise KeyError(f"{module} is in no room: add it to tools/importgraph.py ROOMS")
+def package_of(module: str) -> str:
+    """``meshrouter.ipam.ring`` -> ``ipam``; ``launcher.cli`` -> ``launcher``."""
+    parts = module.split(".")
+    if parts[0] == "launcher":
+        return "launcher"
+    if len(parts) < 2:
+        return ""  # meshrouter itself (the version)
+    if parts[1] not in PACKAGES:
+        raise KeyError(f"{module} is in no package of tools/importgraph.py PACKAGES")
+    return parts[1]
 
 
 def imports_of(path: Path, module: str, *, top_level: bool = False) -> set[str]:
@@ -148,6 +133,26 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def loaded_by(module: str) -> set[str]:
+    """What importing ``module`` loads: its module-level imports, and theirs,
+    through our own modules (imports deferred into functions are not followed)."""
+    mods = modules()
+    seen: set[str] = set()
+    out: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in mods:
+            continue
+        seen.add(m)
+        found = imports_of(mods[m], m, top_level=True)
+        out |= found
+        todo += [i for i in found if i in mods]
+        # ``import a.b.c`` runs the __init__ of a and a.b too
+        todo += [".".join(i.split(".")[:k]) for i in found for k in range(1, i.count(".") + 1)]
+    return out
+
+
 def graph() -> dict[str, set[str]]:
     mods = modules()
     return {m: {i for i in imports_of(p, m) if i in mods and i != m} for m, p in mods.items()}
@@ -157,26 +162,24 @@ def problems() -> list[str]:
     mods = modules()
     g = graph()
     out: list[str] = []
-    for m, deps in g.items():
-        raw = imports_of(mods[m], m)
-        top = {i.split(".")[0] for i in raw}
-        if m.startswith("launcher"):
-            loaded = imports_of(mods[m], m, top_level=True)
-            bad = {i.split(".")[0] for i in loaded} & CLIENT_FORBIDDEN
-            for d in loaded & set(mods):
-                if d.startswith("meshrouter") and short_name(d) not in CLIENT_MAY_USE:
-                    out.append(f"{m} imports {d}: the client may use only {sorted(CLIENT_MAY_USE)}")
-            if bad:
-                out.append(f"{m} imports {sorted(bad)}: the client stays light")
+    for m, deps in sorted(g.items()):
+        pkg = package_of(m)
+        if not pkg:
             continue
-        rank = room_of(m)
-        if ROOMS[rank][0] in ("sans-IO cores", "thread boundary", "mesh core", "leaves"):
-            bad = top & SANS_IO_FORBIDDEN
-            if bad and m not in IO_LEAVES:
-                out.append(f"{m} ({ROOMS[rank][0]}) imports {sorted(bad)}")
-        for d in deps:
-            if d.startswith("meshrouter") and room_of(d) > rank:
-                out.append(f"{m} ({ROOMS[rank][0]}) imports {d} ({ROOMS[room_of(d)][0]})")
+        for d in sorted(deps):
+            dpkg = package_of(d)
+            if dpkg and dpkg != pkg and dpkg not in PACKAGES[pkg]:
+                out.append(f"{m} ({pkg}) imports {d} ({dpkg}): not in PACKAGES[{pkg!r}]")
+        leaf = m.split(".")[-1]
+        if pkg in SHELLS and leaf not in SHELLS[pkg] and leaf != pkg:
+            bad = {i.split(".")[0] for i in imports_of(mods[m], m)} & CORE_FORBIDDEN
+            if bad:
+                out.append(f"{m} ({pkg} core) imports {sorted(bad)}")
+        never = NEVER.get(pkg)
+        if never:
+            loaded = {i.split(".")[0] for i in loaded_by(m)} & never
+            if loaded:
+                out.append(f"{m} ({pkg}) loads {sorted(loaded)}")
     # cycles
     state: dict[str, int] = {}
     stack: list[str] = []

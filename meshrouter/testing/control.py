@@ -7,8 +7,8 @@ import functools
 import hashlib
 from typing import Any
 
-from ..control import ConnectionClosed, ControlConnection, Event
-from ..handshake import Identity, PskSource, derive_psk
+from meshrouter.proto.control import ConnectionClosed, ControlConnection, Event
+from meshrouter.proto.handshake import Identity, PskSource, derive_psk
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .netlab import sh
+from meshrouter.testing.netlab import sh
 
 START_TIMEOUT = 60.0
 ROUTER = "meshrouter"  # the router's container, as 'mesh launch --engine docker' names it

@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..errors import BadPacket
-from ..mesh import Close, FastPathWork, Flush, LinkUp, Mesh, Redial, TargetsChanged
-from ..wire import parse_header_untrusted
-from .control import psk
+from meshrouter.base.errors import BadPacket
+from meshrouter.mesh.core import Close, FastPathWork, Flush, LinkUp, Mesh, Redial, TargetsChanged
+from meshrouter.proto.wire import parse_header_untrusted
+from meshrouter.testing.control import psk
 
 
 @dataclass

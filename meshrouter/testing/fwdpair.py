@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..dataplane import Mode
-from ..forwarder import Forwarder
-from ..link import Link, LinkTable
-from ..session import DataSession
-from ..topology import Routes
-from ..udp import UdpSocket
-from .sessions import session_pair
+from meshrouter.dataplane.forwarder import Forwarder
+from meshrouter.dataplane.link import Link, LinkTable
+from meshrouter.dataplane.routes import Routes
+from meshrouter.dataplane.session import DataSession
+from meshrouter.dataplane.sessionstate import Mode
+from meshrouter.dataplane.udp import UdpSocket
+from meshrouter.testing.sessions import session_pair
 
 VNET = bytes(10)
 A_NAME = b"\x02\x00\x00\x00\x00\x01"

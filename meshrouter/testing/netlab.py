@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..status import RouterStatus
+from meshrouter.contract.status import RouterStatus
 
 REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..crypto import Suite
-from ..session import DataSession
-from ..wire import PacketType, parse_header_untrusted
+from meshrouter.dataplane.session import DataSession
+from meshrouter.proto.crypto import Suite
+from meshrouter.proto.wire import PacketType, parse_header_untrusted
 
 
 def session_pair() -> tuple[DataSession, DataSession]:

@@ -1,0 +1,1011 @@
+/*
+ * meshrouter.dataplane._dataplane: the data plane's per-message loop in C.
+ *
+ * The Python forwarder (forwarder.py, send.py, receive.py) decides where every
+ * frame goes; this loop only repeats decisions it was told, with no Python on
+ * the way:
+ *
+ *   TAP -> UDP  a frame whose destination MAC has a *lane* (set by Python when
+ *               it routed a frame there: next hop's session, destination peer,
+ *               our source MAC) is sealed with one AEAD call and sent with one
+ *               sendmsg; a message larger than a datagram goes as one UDP GSO
+ *               send whose iovec alternates segment headers and ciphertext
+ *               slices, so the kernel lays the headers out (no copy).
+ *   UDP -> TAP  a datagram (or a whole GRO-coalesced message) for a *bound*
+ *               receiver index, from the address Python knows, is checked
+ *               against the replay window, opened, and if it is DATA for us
+ *               whose frames come from MACs Python has *seen* at that origin
+ *               within the last second, written to the TAP frame by frame.
+ *
+ * Anything else (an unknown MAC, a broadcast, a relay, a heartbeat, a bad
+ * packet, a moved peer) is an event: run() returns, Python handles it with
+ * the same code the pure-Python forwarder uses, and calls run() again.
+ * Lanes, bindings and seen MACs are caches filled by Python; invalidate()
+ * (any thread: one atomic increment) empties them all at the next drain.
+ *
+ * Session holds what both sides share about one link's data path: the send
+ * counter (the nonce), the replay window, the path's datagram size, the
+ * peer's address and the counters.  Python's seal/open paths use the same
+ * object, so a nonce is never used twice and a message never accepted twice.
+ *
+ * AEAD functions are libsodium's, called through pointers handed over by
+ * Python (PyNaCl's own libsodium, which has AEGIS-128L): nothing to link.
+ * Threads: run() releases the GIL for its whole duration and touches only C
+ * memory owned by this loop and its sessions; every other method is called
+ * by the forwarder's thread while run() is not running, except invalidate().
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HDR 15          /* type, receiver index, counter, segment, segments */
+#define AD 13           /* the associated data: type, index, counter */
+#define ROUTE_SIZE 13   /* origin, destination, hops left */
+#define PREFIX 17       /* ... and the first frame's length */
+#define ETH_AT 10       /* virtio_net_hdr before the Ethernet header */
+#define MIN_FRAME (ETH_AT + 14)
+#define MAX_HOPS 16
+#define MAX_SEGMENTS 64
+#define GSO_MAX 65000
+#define DRAIN 64
+#define RELEARN 1.0     /* a lane or a seen MAC goes back to Python this often */
+#define WINDOW 4096     /* replay window, as replay.ReplayWindow's default */
+#define T_DATA 1
+#define T_HEARTBEAT 2
+#define SOL_UDP_ 17
+#define UDP_SEGMENT_ 103
+#define UDP_GRO_ 104
+#define NLANES 1024
+#define NBOUND 256
+#define NSEEN 1024
+#define NERRNO 160
+
+enum { EV_TIMEOUT, EV_WAKE, EV_TAP, EV_TAP_DONE, EV_UDP, EV_PLAIN, EV_TOO_SMALL };
+enum {
+    C_FRAMES_SENT, C_MESSAGES_DELIVERED, C_FRAMES_TO_PYTHON, C_DATAGRAMS_TO_PYTHON, C_GSO_SENDS,
+    D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
+    D_TAP_WRITE_ERROR, D_GSO_FALLBACK, D_TOO_LARGE, D_PACK_LOST, NCOUNTS
+};
+
+typedef int (*enc_fn)(unsigned char *, unsigned long long *, const unsigned char *,
+                      unsigned long long, const unsigned char *, unsigned long long,
+                      const unsigned char *, const unsigned char *, const unsigned char *);
+typedef int (*dec_fn)(unsigned char *, unsigned long long *, unsigned char *,
+                      const unsigned char *, unsigned long long, const unsigned char *,
+                      unsigned long long, const unsigned char *, const unsigned char *);
+
+static inline void be32(unsigned char *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void be64(unsigned char *p, uint64_t v) {
+    for (int i = 7; i >= 0; i--) { p[i] = v & 0xff; v >>= 8; }
+}
+static inline void le64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) { p[i] = v & 0xff; v >>= 8; }
+}
+static inline uint32_t rd32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t rd64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+    return v;
+}
+static inline unsigned mac_hash(const unsigned char *m, unsigned size) {
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 6; i++) h = (h ^ m[i]) * 16777619u;
+    return (h ^ (h >> 15)) & (size - 1);
+}
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ Session */
+
+typedef struct {
+    PyObject_HEAD
+    enc_fn enc;
+    dec_fn dec;
+    unsigned char skey[32], rkey[32];
+    unsigned char snonce[32], rnonce[32]; /* counter little-endian in the first 8 bytes */
+    int tag;
+    unsigned int peer_index;
+    unsigned long long counter, limit;
+    int any;                  /* anything accepted yet */
+    unsigned long long top;   /* highest counter accepted */
+    uint64_t bits[WINDOW / 64];
+    int datagram_size;
+    struct sockaddr_in addr;
+    int has_addr;
+    double heard_at;
+    unsigned long long tx_packets, tx_messages, tx_frames, tx_bytes;
+    unsigned long long rx_packets, rx_messages, rx_frames, rx_bytes;
+} Session;
+
+static int replay_would(const Session *s, uint64_t c) {
+    if (!s->any || c > s->top) return 1;
+    if (s->top - c >= WINDOW) return 0;
+    return !((s->bits[(c % WINDOW) / 64] >> (c % 64)) & 1);
+}
+
+static int replay_accept(Session *s, uint64_t c) {
+    if (!s->any || c > s->top) {
+        if (s->any) {
+            uint64_t shift = c - s->top;
+            if (shift >= WINDOW) {
+                memset(s->bits, 0, sizeof s->bits);
+            } else {
+                for (uint64_t x = s->top + 1; x < c; x++)
+                    s->bits[(x % WINDOW) / 64] &= ~((uint64_t)1 << (x % 64));
+            }
+        } else {
+            memset(s->bits, 0, sizeof s->bits);
+        }
+        s->bits[(c % WINDOW) / 64] |= (uint64_t)1 << (c % 64);
+        s->top = c;
+        s->any = 1;
+        return 1;
+    }
+    if (s->top - c >= WINDOW) return 0;
+    uint64_t bit = (uint64_t)1 << (c % 64);
+    if (s->bits[(c % WINDOW) / 64] & bit) return 0;
+    s->bits[(c % WINDOW) / 64] |= bit;
+    return 1;
+}
+
+static int Session_init(Session *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"encrypt", "decrypt", "send_key", "recv_key", "nonce_bytes",
+                            "tag_bytes", "peer_index", "limit", NULL};
+    unsigned long long enc, dec, limit;
+    Py_buffer sk, rk;
+    int nonce_bytes, tag;
+    unsigned int peer_index;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKy*y*iiIK", names, &enc, &dec, &sk, &rk,
+                                     &nonce_bytes, &tag, &peer_index, &limit))
+        return -1;
+    int bad = sk.len != 32 || rk.len != 32 || nonce_bytes < 8 || nonce_bytes > 32 || tag < 0 ||
+              tag > 64 || !enc || !dec;
+    if (!bad) {
+        memcpy(self->skey, sk.buf, 32);
+        memcpy(self->rkey, rk.buf, 32);
+    }
+    PyBuffer_Release(&sk);
+    PyBuffer_Release(&rk);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "bad session parameters");
+        return -1;
+    }
+    self->enc = (enc_fn)(uintptr_t)enc;
+    self->dec = (dec_fn)(uintptr_t)dec;
+    memset(self->snonce, 0, sizeof self->snonce);
+    memset(self->rnonce, 0, sizeof self->rnonce);
+    self->tag = tag;
+    self->peer_index = peer_index;
+    self->limit = limit;
+    self->counter = 0;
+    self->any = 0;
+    self->top = 0;
+    memset(self->bits, 0, sizeof self->bits);
+    self->datagram_size = 1232;
+    self->has_addr = 0;
+    self->heard_at = -INFINITY;
+    return 0;
+}
+
+static PyObject *Session_next_counter(Session *self, PyObject *unused) {
+    if (self->counter >= self->limit) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(self->counter++);
+}
+
+static int counter_arg(PyObject *arg, uint64_t *c) {
+    *c = PyLong_AsUnsignedLongLong(arg);
+    return !(*c == (unsigned long long)-1 && PyErr_Occurred());
+}
+
+static PyObject *Session_would_accept(Session *self, PyObject *arg) {
+    uint64_t c;
+    if (!counter_arg(arg, &c)) return NULL;
+    return PyBool_FromLong(replay_would(self, c));
+}
+
+static PyObject *Session_accept(Session *self, PyObject *arg) {
+    uint64_t c;
+    if (!counter_arg(arg, &c)) return NULL;
+    return PyBool_FromLong(replay_accept(self, c));
+}
+
+static PyObject *Session_set_addr(Session *self, PyObject *args) {
+    PyObject *addr;
+    if (!PyArg_ParseTuple(args, "O", &addr)) return NULL;
+    if (addr == Py_None) {
+        self->has_addr = 0;
+        Py_RETURN_NONE;
+    }
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(addr, "si", &host, &port)) return NULL;
+    struct in_addr in;
+    if (inet_pton(AF_INET, host, &in) != 1 || port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "not an IPv4 address and port");
+        return NULL;
+    }
+    memset(&self->addr, 0, sizeof self->addr);
+    self->addr.sin_family = AF_INET;
+    self->addr.sin_port = htons((uint16_t)port);
+    self->addr.sin_addr = in;
+    self->has_addr = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_get_top(Session *self, void *unused) {
+    if (!self->any) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(self->top);
+}
+
+static PyMethodDef Session_methods[] = {
+    {"next_counter", (PyCFunction)Session_next_counter, METH_NOARGS,
+     "The next send counter (nonce), or -1 once the limit is reached."},
+    {"would_accept", (PyCFunction)Session_would_accept, METH_O,
+     "True if the counter is new and not too old (records nothing)."},
+    {"accept", (PyCFunction)Session_accept, METH_O,
+     "Record the counter; False if it is a replay or too old."},
+    {"set_addr", (PyCFunction)Session_set_addr, METH_VARARGS,
+     "The peer's UDP address, (host, port), or None."},
+    {NULL}};
+
+static PyMemberDef Session_members[] = {
+    {"counter", T_ULONGLONG, offsetof(Session, counter), READONLY, "next send counter"},
+    {"datagram_size", T_INT, offsetof(Session, datagram_size), 0, "path's datagram size"},
+    {"heard_at", T_DOUBLE, offsetof(Session, heard_at), 0, "last authentic message"},
+    {"tx_packets", T_ULONGLONG, offsetof(Session, tx_packets), 0, NULL},
+    {"tx_messages", T_ULONGLONG, offsetof(Session, tx_messages), 0, NULL},
+    {"tx_frames", T_ULONGLONG, offsetof(Session, tx_frames), 0, NULL},
+    {"tx_bytes", T_ULONGLONG, offsetof(Session, tx_bytes), 0, NULL},
+    {"rx_packets", T_ULONGLONG, offsetof(Session, rx_packets), 0, NULL},
+    {"rx_messages", T_ULONGLONG, offsetof(Session, rx_messages), 0, NULL},
+    {"rx_frames", T_ULONGLONG, offsetof(Session, rx_frames), 0, NULL},
+    {"rx_bytes", T_ULONGLONG, offsetof(Session, rx_bytes), 0, NULL},
+    {NULL}};
+
+static PyGetSetDef Session_getset[] = {
+    {"top", (getter)Session_get_top, NULL, "highest counter accepted, -1 if none", NULL},
+    {NULL}};
+
+static PyTypeObject SessionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshrouter.dataplane._dataplane.Session",
+    .tp_basicsize = sizeof(Session),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What Python and the C loop share about one link's data path.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Session_init,
+    .tp_methods = Session_methods,
+    .tp_members = Session_members,
+    .tp_getset = Session_getset,
+};
+
+/* --------------------------------------------------------------------- Loop */
+
+typedef struct {
+    unsigned char mac[6], src[6], peer[6], hop[6];
+    unsigned gen;
+    Session *s; /* owned reference */
+    double learned_at;
+    long alone_above;
+} Lane;
+
+typedef struct {
+    unsigned int index;
+    unsigned gen;
+    Session *s; /* owned reference */
+} Bound;
+
+typedef struct {
+    unsigned char mac[6], origin[6];
+    unsigned gen;
+    double learned_at;
+} Seen;
+
+typedef struct {
+    PyObject_HEAD
+    int tap_fd, udp_fd, wake_fd, epfd;
+    unsigned char me[6];
+    Py_buffer frame_b, recv_b, plain_b, name_b;
+    int have_buffers;
+    unsigned char *frame, *recv, *plain, *name;
+    size_t frame_cap, recv_cap, plain_cap, ct_cap;
+    unsigned char *ct;
+    unsigned char *pack; /* small frames of one drain to one (next hop, peer), as Python packs */
+    size_t pack_len, pack_limit;
+    int pack_frames;
+    Session *pack_s; /* borrowed: a lane holds it */
+    unsigned char pack_hop[6];
+    unsigned char hdrs[MAX_SEGMENTS][HDR];
+    struct iovec iov[2 * MAX_SEGMENTS];
+    unsigned char control[64];
+    unsigned gen, seen_epoch, epoch;
+    Lane lanes[NLANES];
+    Bound bound[NBOUND];
+    Seen seen[NSEEN];
+    int gso;
+    int tap_more, udp_more, first, handed, wrote;
+    double busy_poll;
+    /* what the last event is about */
+    int ev_n, ev_first, ev_off, ev_seg, ev_next, ev_len, ev_dlen, ev_type;
+    unsigned int ev_index;
+    unsigned char ev_hop[6];
+    unsigned long long counts[NCOUNTS];
+    unsigned long long send_errors[NERRNO];
+} Loop;
+
+static void sync_epoch(Loop *L) {
+    unsigned e = __atomic_load_n(&L->epoch, __ATOMIC_ACQUIRE);
+    if (e != L->seen_epoch) {
+        L->seen_epoch = e;
+        L->gen++;
+    }
+}
+
+static int send_failed(Loop *L, const unsigned char *hop) {
+    int e = errno;
+    if (e == EMSGSIZE) {
+        memcpy(L->ev_hop, hop, 6);
+        L->send_errors[EMSGSIZE]++;
+        return EV_TOO_SMALL;
+    }
+    L->send_errors[e > 0 && e < NERRNO ? e : 0]++;
+    return 0;
+}
+
+/* Seal ``size`` bytes at ``pt`` as one message of ``type`` and send it. */
+static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, size_t size,
+                     const unsigned char *hop) {
+    if (s->datagram_size < HDR + s->tag + 64) { /* never from pmtu: a caller's mistake */
+        L->counts[D_TOO_LARGE]++;
+        return 0;
+    }
+    uint64_t c = s->counter++;
+    size_t room = (size_t)s->datagram_size - HDR;
+    size_t ctlen = size + (size_t)s->tag;
+    unsigned char *h = L->hdrs[0];
+    h[0] = (unsigned char)type;
+    be32(h + 1, s->peer_index);
+    be64(h + 5, c);
+    le64(s->snonce, c);
+    if (ctlen <= room) {
+        h[13] = 0;
+        h[14] = 1;
+        s->enc(L->ct, NULL, pt, size, h, AD, NULL, s->snonce, s->skey);
+        struct iovec iov[2] = {{h, HDR}, {L->ct, ctlen}};
+        struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
+                           .msg_iov = iov, .msg_iovlen = 2};
+        s->tx_packets++;
+        s->tx_messages++;
+        if (sendmsg(L->udp_fd, &m, 0) < 0) return send_failed(L, hop);
+        return 0;
+    }
+    size_t nseg = (ctlen + room - 1) / room;
+    if (nseg > MAX_SEGMENTS || ctlen > L->ct_cap) {
+        L->counts[D_TOO_LARGE]++;
+        return 0;
+    }
+    h[13] = 0;
+    h[14] = (unsigned char)nseg;
+    s->enc(L->ct, NULL, pt, size, h, AD, NULL, s->snonce, s->skey);
+    for (size_t i = 0; i < nseg; i++) {
+        if (i) memcpy(L->hdrs[i], h, HDR);
+        L->hdrs[i][13] = (unsigned char)i;
+        L->iov[2 * i].iov_base = L->hdrs[i];
+        L->iov[2 * i].iov_len = HDR;
+        L->iov[2 * i + 1].iov_base = L->ct + i * room;
+        L->iov[2 * i + 1].iov_len = i + 1 < nseg ? room : ctlen - i * room;
+    }
+    s->tx_packets += nseg;
+    s->tx_messages++;
+    size_t dsize = room + HDR;
+    size_t start = 0;
+    while (start < nseg) {
+        size_t per = L->gso ? GSO_MAX / dsize : 1;
+        if (per < 1) per = 1;
+        size_t cnt = nseg - start < per ? nseg - start : per;
+        union {
+            char buf[CMSG_SPACE(sizeof(uint16_t))];
+            struct cmsghdr align;
+        } cm;
+        struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
+                           .msg_iov = L->iov + 2 * start, .msg_iovlen = 2 * cnt};
+        if (cnt > 1) {
+            memset(&cm, 0, sizeof cm);
+            m.msg_control = cm.buf;
+            m.msg_controllen = sizeof cm.buf;
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m);
+            cmsg->cmsg_level = SOL_UDP_;
+            cmsg->cmsg_type = UDP_SEGMENT_;
+            cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)dsize;
+            memcpy(CMSG_DATA(cmsg), &seg, sizeof seg);
+        }
+        if (sendmsg(L->udp_fd, &m, 0) < 0) {
+            if (cnt > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+                L->gso = 0; /* the kernel or device cannot: plain sends from now on */
+                L->counts[D_GSO_FALLBACK]++;
+                continue;
+            }
+            return send_failed(L, hop);
+        }
+        if (cnt > 1) L->counts[C_GSO_SENDS]++;
+        start += cnt;
+    }
+    return 0;
+}
+
+/* Send the small frames packed so far as one message. */
+static int flush_pack(Loop *L) {
+    if (!L->pack_frames) return 0;
+    L->pack_frames = 0;
+    return seal_send(L, L->pack_s, T_DATA, L->pack, L->pack_len, L->pack_hop);
+}
+
+/* Pack a small frame behind others of this drain to the same peer (the
+   message's route header names the destination peer, not the MAC). */
+static int pack_frame(Loop *L, const Lane *ln, const unsigned char *frame, size_t n) {
+    int r = 0;
+    size_t limit = (size_t)ln->alone_above + PREFIX;
+    if (L->pack_frames && (L->pack_s != ln->s || memcmp(L->pack + 6, ln->peer, 6) != 0 ||
+                           L->pack_len + 4 + n > L->pack_limit))
+        r = flush_pack(L);
+    if (!L->pack_frames) {
+        memcpy(L->pack, L->me, 6);
+        memcpy(L->pack + 6, ln->peer, 6);
+        L->pack[12] = MAX_HOPS;
+        L->pack_len = ROUTE_SIZE;
+        L->pack_limit = limit < L->ct_cap ? limit : L->ct_cap;
+        L->pack_s = ln->s;
+        memcpy(L->pack_hop, ln->hop, 6);
+    }
+    be32(L->pack + L->pack_len, (uint32_t)n);
+    memcpy(L->pack + L->pack_len + 4, frame, n);
+    L->pack_len += 4 + n;
+    L->pack_frames++;
+    return r;
+}
+
+/* Read the TAP until it would block; returns an event for Python, or 0. */
+static int drain_tap(Loop *L, double now) {
+    unsigned char *buf = L->frame;
+    size_t cap = L->frame_cap - PREFIX;
+    int r;
+    for (int i = 0; i < DRAIN; i++) {
+        ssize_t n = read(L->tap_fd, buf + PREFIX, cap);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) L->counts[D_TAP_READ_ERROR]++;
+            L->tap_more = 0;
+            L->first = 1;
+            if ((r = flush_pack(L))) return r;
+            if (L->handed) {
+                L->handed = 0;
+                return EV_TAP_DONE;
+            }
+            return 0;
+        }
+        if (n < MIN_FRAME) {
+            L->counts[D_TAP_RUNT]++;
+            continue;
+        }
+        const unsigned char *eth = buf + PREFIX + ETH_AT;
+        Lane *ln = &L->lanes[mac_hash(eth, NLANES)];
+        Session *s = ln->s;
+        if (s && ln->gen == L->gen && memcmp(ln->mac, eth, 6) == 0 &&
+            memcmp(ln->src, eth + 6, 6) == 0 && now - ln->learned_at <= RELEARN &&
+            s->has_addr && s->counter < s->limit) {
+            s->tx_frames++;
+            s->tx_bytes += (unsigned long long)(n - ETH_AT);
+            L->counts[C_FRAMES_SENT]++;
+            if (!L->first && n <= ln->alone_above) {
+                if ((r = pack_frame(L, ln, buf + PREFIX, (size_t)n))) return r;
+                continue;
+            }
+            L->first = 0;
+            if ((r = flush_pack(L))) return r; /* what came before goes first */
+            memcpy(buf, L->me, 6);
+            memcpy(buf + 6, ln->peer, 6);
+            buf[12] = MAX_HOPS;
+            be32(buf + 13, (uint32_t)n);
+            if ((r = seal_send(L, s, T_DATA, buf, PREFIX + (size_t)n, ln->hop))) return r;
+            continue;
+        }
+        if ((r = flush_pack(L))) { /* rare: the frame is lost with the failed send */
+            L->first = 0;
+            return r;
+        }
+        L->ev_n = (int)n;
+        L->ev_first = L->first;
+        L->first = 0;
+        L->handed = 1;
+        L->counts[C_FRAMES_TO_PYTHON]++;
+        return EV_TAP;
+    }
+    if ((r = flush_pack(L))) return r;
+    if (L->handed) { /* Python's packed frames go before the next batch */
+        L->handed = 0;
+        return EV_TAP_DONE;
+    }
+    return 0;
+}
+
+/* One datagram at ``off`` of a read of ``n`` bytes in segments of ``seg``
+   (several, when GRO coalesced them): 0 if handled (``*next`` is where the
+   next datagram starts), else the event that hands it to Python. */
+static int fast_datagram(Loop *L, int off, int n, int seg, double now, int *next) {
+    unsigned char *b = L->recv + off;
+    int end = off + seg < n ? off + seg : n;
+    int len = end - off;
+    *next = end;
+    if (len < HDR) return EV_UDP;
+    int type = b[0], sg = b[13], ns = b[14];
+    unsigned int index = rd32(b + 1);
+    uint64_t c = rd64(b + 5);
+    if ((type != T_DATA && type != T_HEARTBEAT) || !(sg < ns && ns <= MAX_SEGMENTS))
+        return EV_UDP;
+    Bound *bd = &L->bound[index & (NBOUND - 1)];
+    Session *s = bd->s;
+    if (!s || bd->gen != L->gen || bd->index != index) return EV_UDP;
+    if (!s->has_addr || memcmp(L->name + 2, &s->addr.sin_port, 2) != 0 ||
+        memcmp(L->name + 4, &s->addr.sin_addr, 4) != 0)
+        return EV_UDP; /* the peer moved: Python follows it */
+    const unsigned char *ct;
+    size_t ctlen;
+    int stop = end;
+    if (ns == 1) {
+        ct = b + HDR;
+        ctlen = (size_t)(len - HDR);
+    } else {
+        /* A whole message in this read, in order (GRO coalesces one GSO send). */
+        if (sg != 0 || seg <= HDR) return EV_UDP;
+        long last = off + (long)(ns - 1) * seg;
+        if (last + HDR >= n) return EV_UDP;
+        const unsigned char *lb = L->recv + last;
+        if (lb[13] != ns - 1 || rd64(lb + 5) != c) return EV_UDP;
+        stop = last + seg < n ? (int)(last + seg) : n;
+        size_t room = (size_t)(seg - HDR), lastlen = (size_t)(stop - last - HDR);
+        ctlen = (size_t)(ns - 1) * room + lastlen;
+        if (ctlen > L->ct_cap) return EV_UDP;
+        for (int i = 0; i < ns - 1; i++)
+            memcpy(L->ct + (size_t)i * room, L->recv + off + (long)i * seg + HDR, room);
+        memcpy(L->ct + (size_t)(ns - 1) * room, lb + HDR, lastlen);
+        ct = L->ct;
+    }
+    if (ctlen < (size_t)s->tag || ctlen > L->plain_cap || !replay_would(s, c)) return EV_UDP;
+    le64(s->rnonce, c);
+    if (s->dec(L->plain, NULL, NULL, ct, ctlen, b, AD, s->rnonce, s->rkey) != 0) return EV_UDP;
+    replay_accept(s, c);
+    *next = stop;
+    s->heard_at = now;
+    s->rx_packets += (unsigned long long)ns;
+    s->rx_messages++;
+    size_t plen = ctlen - (size_t)s->tag;
+    L->ev_index = index;
+    L->ev_type = type;
+    L->ev_len = (int)plen;
+    L->ev_dlen = len;
+    const unsigned char *p = L->plain;
+    if (type != T_DATA || plen < PREFIX || memcmp(p + 6, L->me, 6) != 0 ||
+        memcmp(p, L->me, 6) == 0)
+        return EV_PLAIN; /* a heartbeat, a relay, a broadcast, or wrong */
+    size_t pos = ROUTE_SIZE;
+    while (pos < plen) { /* every frame whole, from a MAC seen at that origin lately */
+        if (plen - pos < 4) return EV_PLAIN;
+        size_t fl = rd32(p + pos);
+        pos += 4;
+        if (fl < MIN_FRAME || fl > plen - pos) return EV_PLAIN;
+        const unsigned char *src = p + pos + ETH_AT + 6;
+        const Seen *sn = &L->seen[mac_hash(src, NSEEN)];
+        if (sn->gen != L->gen || memcmp(sn->mac, src, 6) != 0 || memcmp(sn->origin, p, 6) != 0 ||
+            now - sn->learned_at > RELEARN)
+            return EV_PLAIN;
+        pos += fl;
+    }
+    for (pos = ROUTE_SIZE; pos < plen;) {
+        size_t fl = rd32(p + pos);
+        pos += 4;
+        if (L->tap_fd >= 0 && write(L->tap_fd, p + pos, fl) < 0)
+            L->counts[errno == EAGAIN ? D_TAP_WRITE_BLOCK : D_TAP_WRITE_ERROR]++;
+        s->rx_frames++;
+        s->rx_bytes += fl - ETH_AT;
+        pos += fl;
+    }
+    L->wrote = 1;
+    L->counts[C_MESSAGES_DELIVERED]++;
+    return 0;
+}
+
+static int drain_udp(Loop *L, double now) {
+    for (int i = 0; i < DRAIN; i++) {
+        struct iovec iov = {L->recv, L->recv_cap};
+        struct msghdr m = {.msg_name = L->name, .msg_namelen = 16, .msg_iov = &iov,
+                           .msg_iovlen = 1, .msg_control = L->control,
+                           .msg_controllen = sizeof L->control};
+        ssize_t got = recvmsg(L->udp_fd, &m, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) L->counts[D_UDP_RECV_ERROR]++;
+            L->udp_more = 0;
+            return 0;
+        }
+        int n = (int)got, seg = n;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+            if (c->cmsg_level == SOL_UDP_ && c->cmsg_type == UDP_GRO_) {
+                int v;
+                memcpy(&v, CMSG_DATA(c), sizeof v);
+                if (v > 0) seg = v;
+            }
+        }
+        if (n == 0) L->counts[D_EMPTY]++;
+        for (int off = 0; off < n;) {
+            int next, r = fast_datagram(L, off, n, seg, now, &next);
+            if (r) {
+                L->ev_off = off;
+                L->ev_n = n;
+                L->ev_seg = seg;
+                L->ev_next = next;
+                L->tap_more = 1; /* a reply may wait (and Python may write the TAP) */
+                L->counts[C_DATAGRAMS_TO_PYTHON]++;
+                return r;
+            }
+            off = next;
+        }
+        if (L->wrote) { /* the kernel handled what we wrote: a reply may wait already */
+            L->wrote = 0;
+            L->tap_more = 1;
+            if (L->tap_fd >= 0) {
+                int r = drain_tap(L, now);
+                if (r) return r;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Return ``ev`` to Python.  A pack still pending here (a send failed while
+   flushing it) is dropped: its session must not be used once Python may
+   change the lanes. */
+static int leave(Loop *L, int ev) {
+    if (L->pack_frames) {
+        L->counts[D_PACK_LOST] += (unsigned long long)L->pack_frames;
+        L->pack_frames = 0;
+    }
+    return ev;
+}
+
+static int loop_run(Loop *L, double now0, double timeout) {
+    double t0 = mono(), busy_until = 0.0;
+    struct epoll_event evs[8];
+    for (;;) {
+        sync_epoch(L);
+        double t = mono();
+        int expired = t - t0 >= timeout, wait_ms = 0;
+        if (!expired && !L->tap_more && !L->udp_more && t >= busy_until)
+            wait_ms = (int)((timeout - (t - t0)) * 1000.0) + 1;
+        int n = epoll_wait(L->epfd, evs, 8, wait_ms);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return EV_TIMEOUT;
+        }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == L->wake_fd) return EV_WAKE;
+            if (fd == L->udp_fd) L->udp_more = 1;
+            else if (fd == L->tap_fd) L->tap_more = 1;
+        }
+        double now = now0 + (mono() - t0);
+        if (n > 0 && L->busy_poll > 0) busy_until = mono() + L->busy_poll;
+        int r;
+        if (L->udp_more && (r = drain_udp(L, now))) return leave(L, r);
+        if (L->tap_fd < 0) L->tap_more = 0;
+        if (L->tap_more && (r = drain_tap(L, now))) return leave(L, r);
+        if (expired || (n == 0 && wait_ms > 0)) return EV_TIMEOUT; /* Python's timers */
+        if (n == 0 && mono() < busy_until) sched_yield();
+    }
+}
+
+static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"tap_fd", "udp_fd", "wake_fd", "me", "frame", "recv",
+                            "plain", "name", "gso", "busy_poll", NULL};
+    Py_buffer me;
+    if (self->have_buffers) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiy*w*w*w*w*pd", names, &self->tap_fd,
+                                     &self->udp_fd, &self->wake_fd, &me, &self->frame_b,
+                                     &self->recv_b, &self->plain_b, &self->name_b, &self->gso,
+                                     &self->busy_poll))
+        return -1;
+    self->have_buffers = 1;
+    int ok = me.len == 6 && self->frame_b.len > PREFIX + MIN_FRAME && self->name_b.len >= 16 &&
+             self->recv_b.len > HDR && self->plain_b.len > PREFIX;
+    if (ok) memcpy(self->me, me.buf, 6);
+    PyBuffer_Release(&me);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "bad loop buffers or name");
+        return -1;
+    }
+    self->frame = self->frame_b.buf;
+    self->frame_cap = (size_t)self->frame_b.len;
+    self->recv = self->recv_b.buf;
+    self->recv_cap = (size_t)self->recv_b.len;
+    self->plain = self->plain_b.buf;
+    self->plain_cap = (size_t)self->plain_b.len;
+    self->name = self->name_b.buf;
+    self->ct_cap = (self->frame_cap > self->plain_cap ? self->frame_cap : self->plain_cap) + 128;
+    self->ct = PyMem_RawMalloc(self->ct_cap);
+    self->pack = PyMem_RawMalloc(self->ct_cap);
+    if (!self->ct || !self->pack) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int fds[3] = {self->wake_fd, self->udp_fd, self->tap_fd};
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] < 0) continue;
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
+        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fds[i], &ev) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    self->gen = 1;
+    self->first = 1;
+    self->tap_more = self->udp_more = 1; /* look before the first wait */
+    return 0;
+}
+
+static void Loop_clear_refs(Loop *self) {
+    for (int i = 0; i < NLANES; i++) Py_CLEAR(self->lanes[i].s);
+    for (int i = 0; i < NBOUND; i++) Py_CLEAR(self->bound[i].s);
+}
+
+static void Loop_dealloc(Loop *self) {
+    Loop_clear_refs(self);
+    if (self->have_buffers) {
+        PyBuffer_Release(&self->frame_b);
+        PyBuffer_Release(&self->recv_b);
+        PyBuffer_Release(&self->plain_b);
+        PyBuffer_Release(&self->name_b);
+    }
+    if (self->epfd > 0) close(self->epfd);
+    PyMem_RawFree(self->ct);
+    PyMem_RawFree(self->pack);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Loop_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Loop *self = (Loop *)type->tp_alloc(type, 0); /* zeroed */
+    if (self) self->epfd = -1;
+    return (PyObject *)self;
+}
+
+static PyObject *Loop_run(Loop *self, PyObject *args) {
+    double now, timeout;
+    if (!PyArg_ParseTuple(args, "dd", &now, &timeout)) return NULL;
+    if (!self->have_buffers || self->epfd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Loop not initialised");
+        return NULL;
+    }
+    int ev;
+    Py_BEGIN_ALLOW_THREADS
+    ev = loop_run(self, now, timeout);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(ev);
+}
+
+static int mac_arg(Py_buffer *b, const char *what) {
+    if (b->len != 6) {
+        PyErr_Format(PyExc_ValueError, "%s must be 6 bytes", what);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Loop_set_lane(Loop *self, PyObject *args) {
+    Py_buffer dst, src, peer, hop;
+    Session *s;
+    long alone_above;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!ld", &dst, &src, &peer, &hop, &SessionType, &s,
+                          &alone_above, &now))
+        return NULL;
+    PyObject *res = NULL;
+    if (mac_arg(&dst, "dst") && mac_arg(&src, "src") && mac_arg(&peer, "peer") &&
+        mac_arg(&hop, "hop")) {
+        sync_epoch(self);
+        Lane *ln = &self->lanes[mac_hash(dst.buf, NLANES)];
+        memcpy(ln->mac, dst.buf, 6);
+        memcpy(ln->src, src.buf, 6);
+        memcpy(ln->peer, peer.buf, 6);
+        memcpy(ln->hop, hop.buf, 6);
+        Py_INCREF(s);
+        Py_XSETREF(ln->s, s);
+        ln->gen = self->gen;
+        ln->learned_at = now;
+        ln->alone_above = alone_above;
+        res = Py_None;
+        Py_INCREF(res);
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&peer);
+    PyBuffer_Release(&hop);
+    return res;
+}
+
+static PyObject *Loop_bind(Loop *self, PyObject *args) {
+    unsigned int index;
+    Session *s;
+    if (!PyArg_ParseTuple(args, "IO!", &index, &SessionType, &s)) return NULL;
+    sync_epoch(self);
+    Bound *bd = &self->bound[index & (NBOUND - 1)];
+    Py_INCREF(s);
+    Py_XSETREF(bd->s, s);
+    bd->index = index;
+    bd->gen = self->gen;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_seen(Loop *self, PyObject *args) {
+    Py_buffer mac, origin;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*y*d", &mac, &origin, &now)) return NULL;
+    PyObject *res = NULL;
+    if (mac_arg(&mac, "mac") && mac_arg(&origin, "origin")) {
+        sync_epoch(self);
+        Seen *sn = &self->seen[mac_hash(mac.buf, NSEEN)];
+        memcpy(sn->mac, mac.buf, 6);
+        memcpy(sn->origin, origin.buf, 6);
+        sn->gen = self->gen;
+        sn->learned_at = now;
+        res = Py_None;
+        Py_INCREF(res);
+    }
+    PyBuffer_Release(&mac);
+    PyBuffer_Release(&origin);
+    return res;
+}
+
+static PyObject *Loop_invalidate(Loop *self, PyObject *unused) {
+    __atomic_add_fetch(&self->epoch, 1, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_release(Loop *self, PyObject *unused) {
+    Loop_clear_refs(self);
+    self->gen++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_counts(Loop *self, PyObject *unused) {
+    PyObject *t = PyTuple_New(NCOUNTS);
+    if (!t) return NULL;
+    for (int i = 0; i < NCOUNTS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(self->counts[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+static PyObject *Loop_send_errors(Loop *self, PyObject *unused) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < NERRNO; i++) {
+        if (!self->send_errors[i]) continue;
+        PyObject *k = PyLong_FromLong(i), *v = PyLong_FromUnsignedLongLong(self->send_errors[i]);
+        int bad = !k || !v || PyDict_SetItem(d, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (bad) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+static PyObject *Loop_get_ev_hop(Loop *self, void *unused) {
+    return PyBytes_FromStringAndSize((const char *)self->ev_hop, 6);
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"run", (PyCFunction)Loop_run, METH_VARARGS,
+     "run(now, timeout) -> event: forward until something needs Python, or timeout."},
+    {"set_lane", (PyCFunction)Loop_set_lane, METH_VARARGS,
+     "set_lane(dst_mac, src_mac, dst_peer, hop, session, alone_above, now)"},
+    {"bind", (PyCFunction)Loop_bind, METH_VARARGS, "bind(receiver_index, session)"},
+    {"seen", (PyCFunction)Loop_seen, METH_VARARGS, "seen(src_mac, origin, now)"},
+    {"invalidate", (PyCFunction)Loop_invalidate, METH_NOARGS,
+     "Forget every lane, binding and seen MAC (any thread)."},
+    {"release", (PyCFunction)Loop_release, METH_NOARGS, "Drop the sessions held."},
+    {"counts", (PyCFunction)Loop_counts, METH_NOARGS, "The loop's counters, in COUNTS order."},
+    {"send_errors", (PyCFunction)Loop_send_errors, METH_NOARGS, "Failed sends by errno."},
+    {NULL}};
+
+static PyMemberDef Loop_members[] = {
+    {"ev_n", T_INT, offsetof(Loop, ev_n), READONLY, NULL},
+    {"ev_first", T_INT, offsetof(Loop, ev_first), READONLY, NULL},
+    {"ev_off", T_INT, offsetof(Loop, ev_off), READONLY, NULL},
+    {"ev_seg", T_INT, offsetof(Loop, ev_seg), READONLY, NULL},
+    {"ev_next", T_INT, offsetof(Loop, ev_next), READONLY, NULL},
+    {"ev_len", T_INT, offsetof(Loop, ev_len), READONLY, NULL},
+    {"ev_dlen", T_INT, offsetof(Loop, ev_dlen), READONLY, NULL},
+    {"ev_type", T_INT, offsetof(Loop, ev_type), READONLY, NULL},
+    {"ev_index", T_UINT, offsetof(Loop, ev_index), READONLY, NULL},
+    {"gso", T_INT, offsetof(Loop, gso), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef Loop_getset[] = {
+    {"ev_hop", (getter)Loop_get_ev_hop, NULL, "next hop of an EV_TOO_SMALL send", NULL},
+    {NULL}};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshrouter.dataplane._dataplane.Loop",
+    .tp_basicsize = sizeof(Loop),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The per-message forwarding loop (see the module's docstring).",
+    .tp_new = Loop_new,
+    .tp_init = (initproc)Loop_init,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+    .tp_members = Loop_members,
+    .tp_getset = Loop_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "meshrouter.dataplane._dataplane",
+    .m_doc = "The data plane's per-message loop in C (see _dataplane.c).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__dataplane(void) {
+    if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&SessionType);
+    Py_INCREF(&LoopType);
+    if (PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0 ||
+        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0)
+        return NULL;
+    const char *evs[] = {"EV_TIMEOUT", "EV_WAKE", "EV_TAP", "EV_TAP_DONE",
+                         "EV_UDP", "EV_PLAIN", "EV_TOO_SMALL"};
+    for (int i = 0; i < 7; i++)
+        if (PyModule_AddIntConstant(m, evs[i], i) < 0) return NULL;
+    PyObject *names = Py_BuildValue(
+        "(ssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
+        "c_datagrams_to_python", "c_gso_sends", "tap_runt", "tap_read_error", "udp_recv_error",
+        "empty_datagram", "tap_write_would_block", "tap_write_error", "gso_fallback",
+        "message_too_large", "packed_lost");
+    if (!names || PyModule_AddObject(m, "COUNTS", names) < 0) return NULL;
+    return m;
+}

@@ -1,0 +1,1 @@
+"""Names: the records CRDT, the answerer, the trio DNS server."""

@@ -1,0 +1,107 @@
+"""What the router changes on its host beside the bridge and the TAP: the DNS
+server's address and the nftables tables that keep it per host, and what
+``mesh expose`` makes (an address on the bridge, masquerading out of the mesh).
+
+Every table here is the mesh's own, made whole with one ``nft -f`` and
+deleted whole, so nothing of the operator's rules is touched.  These run
+rarely (start, stop, expose, hide): plain ``ip`` and ``nft`` processes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from meshrouter.host.netdev import NetdevError, delete_table, ip, nft
+
+log = logging.getLogger("meshrouter")
+
+DNS_TABLE = "meshrouter_dns"  # bridge family: the DNS address stays off the mesh
+NAT_TABLE = "meshrouter_nat"  # ip family: masquerading for exposed hosts
+
+
+def has_address(dev: str, addr: str) -> bool:
+    out = ip("-o", "-4", "addr", "show", "dev", dev, check=False).stdout
+    return any(f" {addr}/" in line for line in out.splitlines())
+
+
+def add_address(dev: str, cidr: str, *, scope: str = "global") -> bool:
+    """Put ``cidr`` on ``dev``; False if it was there already."""
+    iface = ipaddress.IPv4Interface(cidr)
+    if has_address(dev, str(iface.ip)):
+        return False
+    ip("addr", "add", str(iface), "dev", dev, "scope", scope)
+    return True
+
+
+def del_address(dev: str, cidr: str) -> None:
+    ip("addr", "del", str(ipaddress.IPv4Interface(cidr)), "dev", dev, check=False)
+
+
+def dns_up(bridge: str, tap: str, addr: str) -> None:
+    """The DNS address on the bridge, and kept off the mesh: every host has the
+    same one, so ARP for it and packets to or from it must not cross the TAP
+    (a container would otherwise be answered by another host's router)."""
+    add_address(bridge, f"{addr}/32", scope="link")
+    rules = [
+        f'oifname "{tap}" arp daddr ip {addr} drop',
+        f'iifname "{tap}" arp saddr ip {addr} drop',
+        f'oifname "{tap}" ip daddr {addr} drop',
+        f'iifname "{tap}" ip saddr {addr} drop',
+    ]
+    chains = {
+        "forward": rules,
+        "output": [
+            f'oifname "{tap}" arp saddr ip {addr} drop',
+            f'oifname "{tap}" ip saddr {addr} drop',
+        ],
+        "input": [
+            f'iifname "{tap}" arp saddr ip {addr} drop',
+            f'iifname "{tap}" arp daddr ip {addr} drop',
+        ],
+    }
+    script = [
+        f"table bridge {DNS_TABLE}",
+        f"delete table bridge {DNS_TABLE}",
+        f"table bridge {DNS_TABLE} {{",
+    ]
+    for hook, body in chains.items():
+        script.append(f"  chain {hook} {{ type filter hook {hook} priority 0; policy accept;")
+        script += [f"    {r}" for r in body]
+        script.append("  }")
+    script.append("}")
+    nft("\n".join(script) + "\n")
+
+
+def dns_down(bridge: str, addr: str) -> None:
+    delete_table("bridge", DNS_TABLE)
+    del_address(bridge, f"{addr}/32")
+
+
+def masquerade_up(mesh_range: str, bridge: str) -> None:
+    """Containers reach what is outside the mesh through this host: their packets
+    leaving by another interface get the host's address.  Forwarding is turned on."""
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    try:
+        if forward.read_text().strip() != "1":
+            forward.write_text("1")
+    except OSError as exc:  # a router container without write access to /proc/sys
+        raise NetdevError(
+            f"cannot turn on IPv4 forwarding ({exc.strerror}): run "
+            "'sysctl -w net.ipv4.ip_forward=1' on the host"
+        ) from None
+    script = (
+        f"table ip {NAT_TABLE}\n"
+        f"delete table ip {NAT_TABLE}\n"
+        f"table ip {NAT_TABLE} {{\n"
+        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    ip saddr {mesh_range} ip daddr != {mesh_range} oifname != "{bridge}" masquerade\n'
+        "  }\n"
+        "}\n"
+    )
+    nft(script)
+
+
+def masquerade_down() -> None:
+    delete_table("ip", NAT_TABLE)

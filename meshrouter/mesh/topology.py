@@ -1,0 +1,241 @@
+"""Topology gossip (sans-IO): peer records, their merge, their encoding, and the Gossip core.
+
+Each peer owns one record: its name, uid (random per start), a version that
+it bumps on every change, its nickname, and its connections (to whom, at what
+listening address, established or not).  Records spread to every peer over the
+control connections.
+
+Merge is a join on a total order: for each name keep the record with the
+greatest ``(version, uid)``.  That makes it commutative, associative and
+idempotent (a state-based CRDT), so peers converge whatever order gossip
+arrives in.  A restarted peer that sees a record of its own name from an
+earlier life with a higher version jumps its version above it.
+
+Peers that are unreachable from us over established connections are dropped
+after ``gc_after`` seconds (a grace period so a short partition does not make
+us forget whom to reconnect to).
+
+Wire format of a TOPOLOGY gossip payload::
+
+    kind=1 (u8) | count (u16) | count x record
+    record: name(6) uid(u64) version(u64) nick_len(u8) nick n_conns(u16) n x conn
+    conn:   peer(6) flags(u8: 1=established 2=outbound) addr_len(u8) addr(utf-8 "host:port")
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from meshrouter.base.errors import BadPacket
+from meshrouter.dataplane.routes import Routes, symmetric_graph, unicast_next_hops
+
+TOPOLOGY = 1
+
+_REC = struct.Struct("!6sQQB")
+_CONN = struct.Struct("!6sBB")
+_U16 = struct.Struct("!H")
+MAX_RECORDS = 10_000
+MAX_CONNS = 10_000
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ConnInfo:
+    peer: bytes
+    address: str  # the remote peer's listening address, host:port
+    established: bool
+    outbound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    name: bytes
+    uid: int
+    version: int
+    nickname: str
+    connections: tuple[ConnInfo, ...] = ()
+
+    def key(self) -> tuple[int, int, str, tuple[ConnInfo, ...]]:
+        """Total order for the merge; content breaks ties so the merge is a true join."""
+        return (self.version, self.uid, self.nickname, self.connections)
+
+    def established_peers(self) -> set[bytes]:
+        return {c.peer for c in self.connections if c.established}
+
+
+def merge(records: dict[bytes, PeerRecord], incoming: Iterable[PeerRecord]) -> list[PeerRecord]:
+    """Merge ``incoming`` into ``records`` in place; return the records that won."""
+    won = []
+    for rec in incoming:
+        cur = records.get(rec.name)
+        if cur is None or rec.key() > cur.key():
+            records[rec.name] = rec
+            won.append(rec)
+    return won
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def encode_records(records: Iterable[PeerRecord]) -> bytes:
+    recs = list(records)
+    out = bytearray([TOPOLOGY])
+    out += _U16.pack(len(recs))
+    for r in recs:
+        nick = r.nickname.encode()[:64]
+        out += _REC.pack(r.name, r.uid, r.version, len(nick)) + nick
+        out += _U16.pack(len(r.connections))
+        for c in r.connections:
+            addr = c.address.encode()[:255]
+            flags = (1 if c.established else 0) | (2 if c.outbound else 0)
+            out += _CONN.pack(c.peer, flags, len(addr)) + addr
+    return bytes(out)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
+        if self.pos + st.size > len(self.data):
+            raise BadPacket("truncated gossip")
+        v = st.unpack_from(self.data, self.pos)
+        self.pos += st.size
+        return v
+
+    def text(self, n: int) -> str:
+        if self.pos + n > len(self.data):
+            raise BadPacket("truncated gossip")
+        raw = self.data[self.pos : self.pos + n]
+        self.pos += n
+        try:
+            return raw.decode()
+        except UnicodeDecodeError as exc:
+            raise BadPacket("gossip text is not UTF-8") from exc
+
+
+def decode_records_untrusted(payload: bytes) -> list[PeerRecord]:
+    """Parse a TOPOLOGY payload.  Raises only BadPacket."""
+    if not payload or payload[0] != TOPOLOGY:
+        raise BadPacket("not a topology gossip payload")
+    r = _Reader(payload)
+    r.pos = 1
+    (count,) = r.unpack(_U16)
+    out = []
+    for _ in range(count):
+        name, uid, version, nick_len = r.unpack(_REC)
+        nick = r.text(nick_len)
+        (n_conns,) = r.unpack(_U16)
+        conns = []
+        for _ in range(n_conns):
+            peer, flags, alen = r.unpack(_CONN)
+            conns.append(ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2)))
+        out.append(PeerRecord(name, uid, version, nick, tuple(sorted(conns))))
+    if r.pos != len(payload):
+        raise BadPacket("trailing bytes after gossip")
+    return out
+
+
+# -- the gossip core --------------------------------------------------------------
+
+
+class Gossip:
+    """Our view of the mesh.  The shell tells it our connections and feeds it gossip.
+
+    Every method that changes the view returns the payload to send, and to whom
+    (``"all"`` neighbours, or all but the sender), so the shell stays thin.
+    """
+
+    def __init__(self, name: bytes, uid: int, nickname: str, *, gc_after: float = 60.0) -> None:
+        self.me = name
+        self.records: dict[bytes, PeerRecord] = {name: PeerRecord(name, uid, 1, nickname)}
+        self.gc_after = gc_after
+        self._unreachable_since: dict[bytes, float] = {}
+        self._routes: Routes | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def own(self) -> PeerRecord:
+        return self.records[self.me]
+
+    def set_connections(self, conns: Iterable[ConnInfo]) -> bytes | None:
+        """Update our own record; returns the update to send to all neighbours, if any."""
+        new = tuple(sorted(conns))
+        own = self.own
+        if new == own.connections:
+            return None
+        self.records[self.me] = PeerRecord(own.name, own.uid, own.version + 1, own.nickname, new)
+        self._routes = None
+        return self._out(encode_records([self.records[self.me]]))
+
+    def full(self) -> bytes:
+        """Everything we know, for a new neighbour or periodic anti-entropy."""
+        return self._out(encode_records(self.records.values()))
+
+    def receive_untrusted(self, payload: bytes) -> bytes | None:
+        """Merge a gossip payload; return what to pass on to the other neighbours.
+
+        Raises only BadPacket.
+        """
+        self.bytes_received += len(payload)
+        incoming = decode_records_untrusted(payload)
+        mine = [r for r in incoming if r.name == self.me]
+        others = [r for r in incoming if r.name != self.me]
+        won = merge(self.records, others)
+        for r in mine:
+            own = self.own
+            if r.key() > own.key() or (r.version == own.version and r.uid != own.uid):
+                # A record of ours from an earlier life: jump above it.
+                self.records[self.me] = PeerRecord(
+                    own.name, own.uid, r.version + 1, own.nickname, own.connections
+                )
+                won.append(self.records[self.me])
+        if not won:
+            return None
+        self._routes = None
+        return self._out(encode_records(won))
+
+    def _out(self, payload: bytes) -> bytes:
+        self.bytes_sent += len(payload)
+        return payload
+
+    def routes(self) -> Routes:
+        if self._routes is None:
+            edges = {n: r.established_peers() for n, r in self.records.items()}
+            graph = symmetric_graph(edges)
+            self._routes = Routes(unicast_next_hops(graph, self.me), graph, {}, self.me)
+        return self._routes
+
+    def reachable(self) -> set[bytes]:
+        return set(self.routes().next_hop) | {self.me}
+
+    def gc(self, now: float) -> list[bytes]:
+        """Forget peers that have been unreachable for ``gc_after`` seconds."""
+        reach = self.reachable()
+        gone = []
+        for name in list(self.records):
+            if name in reach:
+                self._unreachable_since.pop(name, None)
+                continue
+            since = self._unreachable_since.setdefault(name, now)
+            if now - since >= self.gc_after:
+                del self.records[name]
+                del self._unreachable_since[name]
+                gone.append(name)
+        if gone:
+            self._routes = None
+        return gone
+
+    def addresses_of(self, name: bytes) -> set[str]:
+        """Listening addresses other peers report for ``name``."""
+        return {
+            c.address
+            for r in self.records.values()
+            for c in r.connections
+            if c.peer == name and c.address
+        }
