@@ -168,21 +168,21 @@ def test_netlink_requests_say_what_the_bridge_command_would() -> None:
 def test_two_mesh_cores_agree_on_the_kernel_path_over_their_control_connection() -> None:
     """The mesh core carries FASTPATH messages and probes work (MeshNet: real
     handshakes, in memory); a peer at an untrusted address stays on the router."""
-    net = MeshNet(3)
     trusted = parse_subnets("198.18.0.1/32,198.18.0.2/32")
-    for i in (1, 2, 3):
-        net.mesh(i).fastpath = FastPath(name(i), bytes([0x0A, 0, 0, 0, 0, i]), trusted, 1390)
+    net = MeshNet(
+        3, fastpath=lambda i: FastPath(name(i), bytes([0x0A, 0, 0, 0, 0, i]), trusted, 1390)
+    )
     net.dial(1, 2)
     net.dial(1, 3)
     host_of = {n.host: k for k, n in enumerate(net.nodes, 1)}
     for _ in range(8):
         net.tick()
         for _sender, host, dgram in net.probes:
-            core = net.mesh(host_of[host]).fastpath
-            assert core is not None
-            core.on_probe_untrusted(dgram[8:], net.now)
+            channel = net.nodes[host_of[host] - 1].fastpath
+            assert channel is not None
+            channel.core.on_probe_untrusted(dgram[8:], net.now)
         net.probes.clear()
-    by_peer = {c["nickname"]: c["path"] for c in net.mesh(1).status(net.now)["connections"]}
+    by_peer = {c["nickname"]: c["path"] for c in net.connections(1)}
     assert by_peer == {"host2": "kernel", "host3": "sleeve"}
-    assert net.mesh(2).status(net.now)["connections"][0]["path"] == "kernel"
-    assert net.mesh(3).status(net.now)["connections"][0]["path"] == "sleeve"
+    assert net.connections(2)[0]["path"] == "kernel"
+    assert net.connections(3)[0]["path"] == "sleeve"

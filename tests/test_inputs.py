@@ -85,7 +85,7 @@ def test_a_saved_target_no_release_takes_is_skipped() -> None:
 
     from meshrouter.mesh.core import Mesh
     from meshrouter.testing.control import psk
-    from meshrouter.testing.fakes import FakeIpam, name
+    from meshrouter.testing.fakes import name
 
     m = Mesh(
         name=name(1),
@@ -95,7 +95,6 @@ def test_a_saved_target_no_release_takes_is_skipped() -> None:
         ipalloc_range="10.32.0.0/12",
         peers=["198.18.0.2", "node1..example.com", "x" * 64 + ".com"],
         rng=random.Random(0),
-        ipam=FakeIpam(),
     )
     assert [t.address for t in m.targets] == ["198.18.0.2:6783"]
     assert m.counters["targets_skipped"] == 2

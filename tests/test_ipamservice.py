@@ -13,6 +13,7 @@ import trio.testing
 from meshrouter.base.errors import IpamError
 from meshrouter.ipam.ring import CLAIM
 from meshrouter.ipam.service import CLAIM_TIMEOUT, IpamService
+from meshrouter.testing.ipamnet import IpamNet
 
 A = bytes.fromhex("020000000001")
 B = bytes.fromhex("020000000002")
@@ -25,50 +26,37 @@ class Wire:
     each peer sends (a connection that died without anyone noticing yet) and
     counts the claims in ``sent``."""
 
-    services: dict[bytes, IpamService] = field(default_factory=dict)
     lose: dict[bytes, int] = field(default_factory=dict)
     sent: dict[bytes, int] = field(default_factory=dict)
+    net: IpamNet = field(init=False)
 
-    def endpoint(self, me: bytes) -> Endpoint:
-        return Endpoint(self, me)
+    def __post_init__(self) -> None:
+        self.net = IpamNet(self.deliver)
 
-
-@dataclass
-class Endpoint:
-    wire: Wire
-    me: bytes
-
-    def send_ipam(self, name: bytes, payload: bytes) -> bool:
+    def deliver(self, src: bytes, dst: bytes, payload: bytes) -> bool:
         if payload[0] != CLAIM:
-            self.wire.services[name].on_message(self.me, payload)
             return True
-        self.wire.sent[self.me] = self.wire.sent.get(self.me, 0) + 1
-        if self.wire.lose.get(self.me, 0) > 0:
-            self.wire.lose[self.me] -= 1
-            return True  # accepted by a dead connection: gone
-        self.wire.services[name].on_message(self.me, payload)
+        self.sent[src] = self.sent.get(src, 0) + 1
+        if self.lose.get(src, 0) > 0:
+            self.lose[src] -= 1
+            return False  # accepted by a dead connection: gone
         return True
 
-    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
-        for name in self.neighbours():
-            if name != but:
-                self.send_ipam(name, payload)
 
-    def neighbours(self) -> list[bytes]:
-        return [n for n in self.wire.services if n != self.me]
+def ring_of_a(wire: Wire, state_dir: Path | None = None) -> tuple[IpamService, IpamService]:
+    """A owns the whole ring (made alone); B has merged it and owns nothing."""
+    a = wire.net.add(A, RANGE, 1)
+    wire.net.tick(A, 0.0, {A})
+    wire.net.tick(A, a.core.settle, {A})  # quorum held for the settle time
+    assert a.core.ready
+    b = wire.net.add(B, RANGE, 1, state_dir)
+    wire.net.greet(A, B)
+    return a, b
 
 
 def pair() -> tuple[Wire, IpamService, IpamService]:
-    """A owns the whole ring (made alone); B has merged it and owns nothing."""
     wire = Wire()
-    a = IpamService(A, RANGE, 1, None, wire.endpoint(A))
-    wire.services[A] = a
-    a.tick(0.0, {A})
-    a.tick(a.core.settle, {A})  # quorum held for the settle time
-    assert a.core.ready
-    b = IpamService(B, RANGE, 1, None, wire.endpoint(B))
-    wire.services[B] = b
-    a.transport.broadcast_ipam(a.ring_payload() or b"", None)
+    a, b = ring_of_a(wire)
     assert b.core.ready
     assert b.core.owner_of(int.from_bytes(bytes([10, 32, 0, 9]), "big")) == A
     return wire, a, b
@@ -87,14 +75,13 @@ async def test_one_of_several_addresses_is_released_alone() -> None:
     another's: releasing one leaves the other held, on both sides; the
     release hook hears which; a repeated claim is recorded once."""
     _wire, a, b = pair()
-    heard: list[tuple[str, list[int] | None]] = []
-    b.on_release = lambda ident, addrs: heard.append((ident, addrs))
     assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
     assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
     assert await b.claim("10.32.0.10/24", "h2/web", "") == "10.32.0.10/24"
     assert len(b.remote["h2/web"]) == 2
     assert b.release("h2/web", ["10.32.0.9/24"]) == ["10.32.0.9"]
     nine, ten = (int.from_bytes(bytes([10, 32, 0, x]), "big") for x in (9, 10))
+    heard = b.peer.take_released()
     assert heard == [("h2/web", [nine])]
     assert set(a.core.allocs) == {ten}
     assert b.remote == {"h2/web": [(A, ten)]}
@@ -144,22 +131,16 @@ async def test_claims_in_another_share_are_released_when_the_container_goes(
     """The claimer watches its container's namespace and sends RELEASE; the
     claim survives a restart of the claimer (persisted)."""
     wire = Wire()
-    a = IpamService(A, RANGE, 1, None, wire.endpoint(A))
-    wire.services[A] = a
-    a.tick(0.0, {A})
-    a.tick(a.core.settle, {A})
-    b = IpamService(B, RANGE, 1, tmp_path, wire.endpoint(B))
-    wire.services[B] = b
-    a.transport.broadcast_ipam(a.ring_payload() or b"", None)
+    a, b = ring_of_a(wire, tmp_path)
     ns = tmp_path / "netns-web"
     ns.write_text("")
     await b.claim("10.32.0.9/24", "h2/web", str(ns))
     b.close()
-    b = IpamService(B, RANGE, 1, tmp_path, wire.endpoint(B))  # restarted
-    wire.services[B] = b
+    b = wire.net.add(B, RANGE, 1, tmp_path)  # restarted
     assert b.remote_ns == {"h2/web": str(ns)}
     ns.unlink()  # the container is removed without detach
-    b.tick(100.0, {A, B})
+    b.reap()  # what its namespace watch finds within RECLAIM_INTERVAL
+    wire.net.tick(B, 100.0, {A, B})
     assert a.core.allocs == {}
     assert b.remote == {}
 
@@ -169,7 +150,8 @@ async def test_a_namespace_the_router_cannot_see_is_never_taken_for_gone(
 ) -> None:
     _wire, a, _b = pair()
     got = await a.allocate("h1/web", "/proc/999999999/ns/net", None)
-    a.tick(100.0, {A})
+    a.reap()
+    _wire.net.tick(A, 100.0, {A})
     assert [al.ident for al in a.core.allocs.values()] == ["h1/web"]
     assert got.startswith("10.32.0.")
     assert "--pid host" in caplog.text

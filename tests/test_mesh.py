@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from meshrouter.base.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
-from meshrouter.base.errors import IpamError, LocalProtocolError
+from meshrouter.base.errors import LocalProtocolError, OperatorError
 from meshrouter.contract.status import ConnState, TargetState
+from meshrouter.daemon import commands
 from meshrouter.dataplane.sessionstate import PySessionState
 from meshrouter.mesh.core import TRANSITIONS, Close, Input
 from meshrouter.proto.control import MessageType
@@ -200,50 +201,58 @@ def test_discovery_dials_peers_learnt_from_gossip() -> None:
 # -- IPAM over the mesh ---------------------------------------------------------------
 
 
+def send_ipam(net: MeshNet, i: int, to: bytes, payload: bytes) -> bool:
+    """IPAM at node ``i`` sends ``payload`` to ``to``; whether the mesh could."""
+    unsent = net.mesh(i).counters["ipam_unsent"]
+    net.fake_ipam(i).send(to, payload)
+    net.mesh(i).flush()
+    return net.mesh(i).counters["ipam_unsent"] == unsent
+
+
 def test_ipam_reaches_a_peer_without_a_direct_connection_through_a_relay() -> None:
-    net = MeshNet(3)
+    net = MeshNet(3, ipam="fake")
     establish(net, (1, 2), (2, 3))
-    assert net.mesh(1).send_ipam(name(3), b"claim") is True
+    assert send_ipam(net, 1, name(3), b"claim") is True
     net.pump()
-    assert net.nodes[2].ipam.received == [(name(1), b"claim")]
+    assert net.fake_ipam(3).received == [(name(1), b"claim")]
     assert net.mesh(2).counters["ipam_relayed"] == 1
     # Directly connected: no relay.
-    assert net.mesh(1).send_ipam(name(2), b"direct") is True
+    assert send_ipam(net, 1, name(2), b"direct") is True
     net.pump()
-    assert net.nodes[1].ipam.received == [(name(1), b"direct")]
+    assert net.fake_ipam(2).received == [(name(1), b"direct")]
     # Unreachable: not sent.
-    assert net.mesh(1).send_ipam(name(9), b"x") is False
+    assert send_ipam(net, 1, name(9), b"x") is False
 
 
 def test_a_relayed_ipam_message_out_of_hops_is_dropped() -> None:
-    net = MeshNet(3)
+    net = MeshNet(3, ipam="fake")
     establish(net, (1, 2), (2, 3))
     conn = only_conn(net, 1, 2)
     conn.control.send_message(MessageType.IPAM_RELAYED, ROUTE.pack(name(1), name(3), 0) + b"x")
     net.pump()
     assert net.mesh(2).counters["ipam_relay_dropped"] == 1
-    assert net.nodes[2].ipam.received == []
+    assert net.fake_ipam(3).received == []
 
 
 def test_bad_ipam_closes_a_direct_connection_but_not_a_relaying_one() -> None:
-    net = MeshNet(3)
+    net = MeshNet(3, ipam="fake")
     establish(net, (1, 2), (2, 3))
-    net.nodes[2].ipam.bad.add(b"poison")
-    net.mesh(1).send_ipam(name(3), b"poison")  # relayed by 2: 2 is not to blame
+    net.fake_ipam(3).bad.add(b"poison")
+    send_ipam(net, 1, name(3), b"poison")  # relayed by 2: 2 is not to blame
     net.pump()
     assert net.mesh(3).counters["ipam_errors"] == 1
     assert name(2) in net.mesh(3).peers
-    net.mesh(2).send_ipam(name(3), b"poison")  # direct: the sender broke the protocol
+    send_ipam(net, 2, name(3), b"poison")  # direct: the sender broke the protocol
     net.pump()
     assert name(2) not in net.mesh(3).peers
     assert net.mesh(3).counters["ipam_errors"] == 2
 
 
 def test_a_new_peer_gets_the_ring() -> None:
-    net = MeshNet(2)
-    net.nodes[0].ipam.ring = b"ring!"
+    net = MeshNet(2, ipam="fake")
+    net.fake_ipam(1).ring = b"ring!"
     net.dial(1, 2)
-    assert (name(1), b"ring!") in net.nodes[1].ipam.received
+    assert (name(1), b"ring!") in net.fake_ipam(2).received
 
 
 # -- DNS over the mesh -------------------------------------------------------------------
@@ -252,18 +261,18 @@ WEB = "web.mesh.local."
 
 
 def names_at(net: MeshNet, i: int) -> list[int]:
-    return sorted(e.addr for e in net.mesh(i).dns.lookup(WEB))
+    return sorted(e.addr for e in net.dns(i).records.lookup(WEB))
 
 
 def test_dns_entries_spread_through_a_relay_and_tombstones_follow() -> None:
     net = MeshNet(3)
     establish(net, (1, 2), (2, 3))
-    assert net.mesh(1).dns_add("c1", [WEB], [11], net.now) == 1
-    assert net.mesh(1).dns_add("c1", [WEB], [11], net.now) == 0  # already there
-    net.mesh(3).dns_add("c3", [WEB], [33], net.now)
+    assert net.dns(1).add("c1", [WEB], [11], net.now) == 1
+    assert net.dns(1).add("c1", [WEB], [11], net.now) == 0  # already there
+    net.dns(3).add("c3", [WEB], [33], net.now)
     net.pump()
     assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [11, 33]
-    assert net.mesh(1).dns_remove("c1", net.now) == 1
+    assert net.dns(1).remove("c1", net.now) == 1
     net.pump()
     assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [33]
 
@@ -271,14 +280,14 @@ def test_dns_entries_spread_through_a_relay_and_tombstones_follow() -> None:
 def test_a_new_peer_gets_every_entry_and_a_partition_heals_to_one_view() -> None:
     net = MeshNet(3)
     establish(net, (1, 2))
-    net.mesh(1).dns_add("c1", [WEB], [11], net.now)
-    net.mesh(3).dns_add("c3", [WEB], [33], net.now)  # alone, for now
+    net.dns(1).add("c1", [WEB], [11], net.now)
+    net.dns(3).add("c3", [WEB], [33], net.now)  # alone, for now
     net.pump()
-    net.mesh(1).dns_remove("c1", net.now)  # a tombstone 3 never saw the entry of
+    net.dns(1).remove("c1", net.now)  # a tombstone 3 never saw the entry of
     net.pump()
     establish(net, (2, 3))
     assert names_at(net, 1) == names_at(net, 2) == names_at(net, 3) == [33]
-    assert {e.key: e for e in net.mesh(3).dns.all()} == net.mesh(1).dns.entries
+    assert {e.key: e for e in net.dns(3).records.all()} == net.dns(1).records.entries
 
 
 def test_bad_dns_gossip_closes_the_connection() -> None:
@@ -293,7 +302,7 @@ def test_bad_dns_gossip_closes_the_connection() -> None:
 def test_the_entries_of_a_forgotten_peer_are_dropped() -> None:
     net = MeshNet(2)
     establish(net, (1, 2))
-    net.mesh(2).dns_add("c2", [WEB], [22], net.now)
+    net.dns(2).add("c2", [WEB], [22], net.now)
     net.pump()
     assert names_at(net, 1) == [22]
     net.restart(2)  # gone without a word; never comes back
@@ -327,19 +336,22 @@ def test_peers_learn_each_others_clock_skew_and_version() -> None:
 
 
 def test_rmpeer_resolves_names_and_refuses_what_it_must() -> None:
-    net = MeshNet(3)
+    net = MeshNet(3, ipam="fake")
     establish(net, (1, 2))
-    m1 = net.mesh(1)
-    with pytest.raises(IpamError, match="no peer named 'ghost'"):
-        m1.rmpeer("ghost")
-    with pytest.raises(IpamError, match="this peer"):
-        m1.rmpeer("host1")
-    with pytest.raises(IpamError, match="is connected"):
-        m1.rmpeer("host2")
+
+    def rmpeer(who: str) -> str:
+        return commands.rmpeer(net.mesh(1), net.fake_ipam(1), net.dns(1), who)
+
+    with pytest.raises(OperatorError, match="no peer named 'ghost'"):
+        rmpeer("ghost")
+    with pytest.raises(OperatorError, match="this peer"):
+        rmpeer("host1")
+    with pytest.raises(OperatorError, match="is connected"):
+        rmpeer("host2")
     # A peer only IPAM remembers (gone from the topology) is found by its name.
-    net.nodes[0].ipam.owner_names.add(name(7))
-    assert m1.rmpeer("02:00:00:00:00:07") == "1 range(s) of 02:00:00:00:00:07 reclaimed"
-    assert net.nodes[0].ipam.removed == [name(7)]
+    net.fake_ipam(1).owner_names.add(name(7))
+    assert rmpeer("02:00:00:00:00:07") == "1 range(s) of 02:00:00:00:00:07 reclaimed"
+    assert net.fake_ipam(1).removed == [name(7)]
 
 
 def test_close_all_closes_every_connection_with_the_reason() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 import trio
@@ -25,46 +24,15 @@ import trio.testing
 from meshrouter.base.errors import IpamError
 from meshrouter.base.names import format_name
 from meshrouter.ipam.service import IpamService
+from meshrouter.testing.ipamnet import IpamNet
 
 PEERS = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 6)]
 RANGE = "10.32.0.0/24"
 AFTER = 300.0
 
 
-@dataclass
-class Net:
-    services: dict[bytes, IpamService] = field(default_factory=dict)
-    side: dict[bytes, int] = field(default_factory=dict)  # peer -> which side it is on
-
-    def together(self, a: bytes, b: bytes) -> bool:
-        return self.side.get(a, 0) == self.side.get(b, 0)
-
-    def reachable(self, me: bytes) -> set[bytes]:
-        return {p for p in self.services if self.together(me, p)}
-
-
-@dataclass
-class Port:
-    net: Net
-    me: bytes
-
-    def send_ipam(self, name: bytes, payload: bytes) -> bool:
-        if name not in self.net.services or not self.net.together(self.me, name):
-            return False
-        self.net.services[name].on_message(self.me, payload)
-        return True
-
-    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
-        for name in self.neighbours():
-            if name != but:
-                self.send_ipam(name, payload)
-
-    def neighbours(self) -> list[bytes]:
-        return [p for p in self.net.reachable(self.me) if p != self.me]
-
-
 def watched(
-    net: Net, svc: IpamService, counts: dict[str, int]
+    net: IpamNet, svc: IpamService, counts: dict[str, int]
 ) -> Callable[[bytes, dict[int, str]], tuple[int, int]]:
     """``svc.core.take_over``, checking that only a majority side takes over."""
     real = svc.core.take_over
@@ -79,34 +47,19 @@ def watched(
     return take_over
 
 
-def connect(net: Net, side: dict[bytes, int]) -> None:
-    """Move to a new partition; peers newly together greet each other as a
-    new connection does (the ring and allocation sets first)."""
-    before = {(a, b) for a in PEERS for b in PEERS if net.together(a, b)}
-    net.side = side
-    for a in PEERS:
-        for b in PEERS:
-            if a != b and (a, b) not in before and net.together(a, b):
-                for payload in net.services[a].hello_payloads():
-                    net.services[b].on_message(a, payload)
-
-
-def tick_all(net: Net) -> None:
-    now = trio.current_time()
-    for p, svc in net.services.items():
-        svc.tick(now, net.reachable(p))
-
-
 async def run(seed: int) -> dict[str, int]:
     rng = random.Random(seed)
-    net = Net()
+    net = IpamNet()
     counts = {"allocated": 0, "refused": 0, "takeovers": 0, "partitions": 0}
     for p in PEERS:
-        svc = IpamService(p, RANGE, len(PEERS), None, Port(net, p), AFTER)
-        net.services[p] = svc
+        svc = net.add(p, RANGE, len(PEERS), None, AFTER)
         svc.core.take_over = watched(net, svc, counts)  # type: ignore[method-assign]
+    for a in PEERS:  # everyone connected
+        for b in PEERS:
+            if a < b:
+                net.greet(a, b)
     for _ in range(2):  # the ring is made with everyone connected
-        tick_all(net)
+        net.tick_all()
         await trio.sleep(3)
     assert all(s.core.ready for s in net.services.values())
     live: dict[str, tuple[bytes, str]] = {}  # ident -> (its peer, address)
@@ -115,7 +68,7 @@ async def run(seed: int) -> dict[str, int]:
         r = rng.random()
         if r < 0.12:  # a new partition (or a heal)
             k = rng.choice([1, 2, 2, 3])
-            connect(net, {p: rng.randrange(k) for p in PEERS})
+            net.partition({p: rng.randrange(k) for p in PEERS})
             counts["partitions"] += 1
         elif r < 0.55:  # attach a container somewhere
             p = rng.choice(PEERS)
@@ -135,15 +88,16 @@ async def run(seed: int) -> dict[str, int]:
             net.services[p].release(ident)
         else:  # time passes
             await trio.sleep(rng.choice([5.0, 60.0, 200.0]))
-            tick_all(net)
+            net.tick_all()
         addresses = [addr for _, addr in live.values()]
         assert len(addresses) == len(set(addresses)), "an address is held twice"
     # Heal and let everything settle: rings meet, cut-off peers re-home.
-    connect(net, {})
+    net.partition({})
     for _ in range(6):
-        tick_all(net)
+        net.tick_all()
         for s in net.services.values():
-            s.transport.broadcast_ipam(s.ring_payload() or b"", None)
+            s.peer.resend_ring()
+        net.pump()
         await trio.sleep(3)
     rings = {tuple(sorted(s.core.tokens.items())) for s in net.services.values()}
     assert len(rings) == 1, "the rings did not converge"

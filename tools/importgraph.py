@@ -26,9 +26,9 @@ PACKAGES: dict[str, frozenset[str]] = {
     "proto": frozenset({"base"}),
     "dataplane": frozenset({"base", "proto", "host"}),
     "mesh": frozenset({"base", "contract", "proto", "dataplane"}),
-    "ipam": frozenset({"base", "contract", "mesh"}),
-    "dns": frozenset({"base", "contract", "mesh", "host"}),
-    "fastpath": frozenset({"base", "contract", "mesh", "dataplane", "host"}),
+    "ipam": frozenset({"base", "contract", "proto", "mesh"}),
+    "dns": frozenset({"base", "contract", "proto", "mesh", "host"}),
+    "fastpath": frozenset({"base", "contract", "proto", "dataplane", "mesh", "host"}),
     "engines": frozenset({"base", "contract", "host"}),
     "daemon": frozenset(
         {

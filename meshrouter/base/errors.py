@@ -49,8 +49,14 @@ class HandshakeRefused(RemoteProtocolError):
         self.tell_peer = tell_peer
 
 
-class IpamError(MeshError):
-    """An address request that cannot be met; the message is one line for the operator."""
+class OperatorError(MeshError, ValueError):
+    """An operator's request the router refuses; the message is one line for the
+    operator (what was wrong, what to do).  A ValueError: every server answers
+    it as that request's error."""
+
+
+class IpamError(OperatorError):
+    """An address request that cannot be met."""
 
 
 class BadInput(MeshError, ValueError):

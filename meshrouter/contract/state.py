@@ -111,15 +111,6 @@ def read_password(path: str | None) -> bytes:
     return data
 
 
-def save_targets(state_dir: Path, targets: list[str]) -> None:
-    atomic_write(state_dir / "targets.json", json.dumps(sorted(targets)).encode())
-
-
-def load_targets(state_dir: Path) -> list[str]:
-    data = load_json(state_dir / "targets.json", [])
-    return [t for t in data if isinstance(t, str)] if isinstance(data, list) else []
-
-
 BRIDGE_MADE = "bridge-made"
 
 

@@ -20,15 +20,13 @@ from meshrouter.base.errors import MeshError
 from meshrouter.contract.apiclient import socket_path
 from meshrouter.contract.config import RouterOptions
 from meshrouter.contract.state import (
-    atomic_write,
     current_netns_name,
-    load_targets,
     mark_bridge_made,
     peer_name,
     read_password,
-    save_targets,
 )
 from meshrouter.daemon import api, metrics
+from meshrouter.daemon.persist import StateFiles
 from meshrouter.daemon.router import Router
 from meshrouter.engines import watcher as engine
 from meshrouter.engines.pluginservice import PluginService
@@ -113,12 +111,12 @@ def close_logging() -> None:
 
 async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
     def persist() -> None:
-        save_targets(state_dir, router.target_addresses())
+        router.files.save_targets(router.target_addresses())
 
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
         persist()
-        await nursery.start(api.serve, router, socket_path(state_dir), persist)
+        await nursery.start(api.serve, router.commands, socket_path(state_dir), persist)
         nursery.start_soon(engine.watch, state_dir)
         plugin_path = (
             Path(opts.docker_plugin)
@@ -128,7 +126,7 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         if plugin_path is not None and plugin_path.parent.parent.is_dir():
             dns = opts.dns_listen_address if opts.dns else None
             service = PluginService(
-                router, opts.ipalloc_range, opts.bridge, opts.mtu, dns, router.boundary
+                router.commands, opts.ipalloc_range, opts.bridge, opts.mtu, dns, router.boundary
             )
             try:
                 await nursery.start(service.serve, plugin_path)
@@ -174,14 +172,14 @@ def run(opts: RouterOptions, state_dir: Path) -> int:
             mark_bridge_made(state_dir, opts.bridge)
         # Who runs the router (also when a service manager or a Kubernetes pod
         # started it, not 'mesh launch'): 'mesh stop' and the CNI shim read it.
-        atomic_write(state_dir / "router.pid", f"{os.getpid()}\n".encode(), 0o644)
+        StateFiles(state_dir).write_pid()
         router = Router(
             opts,
             name=peer_name(state_dir),
             psk=psk,
             nickname=opts.nickname or current_netns_name() or socket.gethostname(),
             state_dir=state_dir,
-            peers=list(dict.fromkeys(load_targets(state_dir) + opts.peers)),
+            peers=list(dict.fromkeys(StateFiles(state_dir).load_targets() + opts.peers)),
         )
     except (ValueError, MeshError, OSError) as exc:
         log.error("cannot start router: %s", exc)

@@ -14,7 +14,6 @@ queries wait at once (more are dropped: the client asks again).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import struct
@@ -25,9 +24,7 @@ import trio
 
 from meshrouter.base.boundary import Boundary
 from meshrouter.base.errors import BadPacket
-from meshrouter.contract.state import atomic_write, load_json
 from meshrouter.dns.answer import Answerer, Reply
-from meshrouter.dns.records import Entry
 
 log = logging.getLogger("meshrouter.dns")
 
@@ -237,24 +234,3 @@ async def _read_message(stream: trio.abc.ReceiveStream) -> bytes:
             buf = buf[_LEN.size :]
             need = size
     return buf
-
-
-# -- our own entries across a restart ---------------------------------------------------
-
-
-def save_own(path: Path, entries: list[Entry]) -> None:
-    """Our live entries, written atomically (tombstones need not survive: a
-    restarted origin retracts what it no longer holds when it hears of it)."""
-    rows = [[e.container, e.name, e.addr, e.version] for e in entries if not e.tombstone]
-    atomic_write(path, json.dumps(rows).encode())
-
-
-def load_own(path: Path, me: bytes) -> list[Entry]:
-    rows = load_json(path, [])
-    out = []
-    if isinstance(rows, list):
-        for row in rows:
-            with contextlib.suppress(TypeError, ValueError):
-                container, name, addr, version = row
-                out.append(Entry(me, str(container), str(name), int(addr), int(version)))
-    return out

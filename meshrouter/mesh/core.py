@@ -33,12 +33,12 @@ Rules that span connections:
 * Only handshaken connections are *peers*; their ``Link`` (the data path) is
   published in the ``LinkTable`` the forwarder reads, and withdrawn when the
   connection closes.  Our own gossip record lists them, established or not.
-* IPAM messages to a peer with no direct connection are relayed like data:
-  a route header (origin, destination, hops left) in front, passed hop by hop.
-* DNS entries (``dnsrecords.Records``, a CRDT) go whole to a new peer and
-  then as changes: what a merge changed is passed on to the other peers.
-  The entries of a peer the topology forgets, or that is removed with
-  rmpeer, are dropped.
+* Subsystems (IPAM, DNS, the fast path) are *channels* (``channel``): each
+  owns one message type, and the core dispatches from one table, sends each
+  new peer their ``hello``, ticks them and drains their outboxes.  A
+  channel's message to a peer with no direct connection is relayed like
+  data: a route header (origin, destination, hops left) in front, passed hop
+  by hop (IPAM's, as IPAM_RELAYED).
 
 Randomness (receiver indices, the uid, backoff jitter) comes from the ``rng``
 the shell passes in; time only ever comes in as ``now``.
@@ -50,12 +50,12 @@ import logging
 import math
 import struct
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from meshrouter.base.errors import BadInput, BadPacket, IpamError, LocalProtocolError
+from meshrouter.base.errors import BadInput, BadPacket, LocalProtocolError
 from meshrouter.base.inputs import format_address
 from meshrouter.base.lograte import LogLimiter
 from meshrouter.base.names import format_name
@@ -69,8 +69,7 @@ from meshrouter.contract.status import (
 )
 from meshrouter.dataplane.link import Link, LinkTable
 from meshrouter.dataplane.session import DataSession
-from meshrouter.dns.records import Entry, Records, decode_untrusted, encode_chunks
-from meshrouter.fastpath.core import FastPath
+from meshrouter.mesh.channel import Broadcast, Channel, View
 from meshrouter.mesh.targets import Target, Targets
 from meshrouter.mesh.topology import ConnInfo, Gossip
 from meshrouter.proto.control import (
@@ -136,25 +135,6 @@ class Rng(Protocol):
     def uniform(self, a: float, b: float, /) -> float: ...
 
 
-class IpamEndpoint(Protocol):
-    """What the mesh needs of IPAM (``ipamservice.IpamService``)."""
-
-    def on_message(self, sender: bytes, payload: bytes) -> None:
-        """Handle a message from peer ``sender``.  Raises only BadPacket."""
-
-    def ring_payload(self) -> bytes | None: ...
-
-    def hello_payloads(self) -> list[bytes]:
-        """What a new connection is sent first (the ring, allocation sets)."""
-
-    def tick(self, now: float, reachable: set[bytes]) -> None: ...
-
-    def rmpeer(self, peer: bytes) -> int: ...
-
-    def owners(self) -> set[bytes]:
-        """Peers that own part of the address range."""
-
-
 @dataclass(frozen=True, slots=True)
 class Flush:
     index: int
@@ -176,15 +156,6 @@ class LinkUp:
 
 
 @dataclass(frozen=True, slots=True)
-class FastPathWork:
-    """Probes to send through the kernel path (ip, VXLAN datagram); and
-    whether any peer's path changed (the forwarding entries must follow)."""
-
-    probes: list[tuple[str, bytes]]
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Redial:
     """Dial ``address`` now, beside the connection it has (re-keying it)."""
 
@@ -196,7 +167,7 @@ class KeysChanged:
     """The key ring changed (a rotation adopted, a key retired): persist it."""
 
 
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | FastPathWork
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
 
 
 @dataclass(eq=False)
@@ -244,16 +215,14 @@ class Mesh:
         ipalloc_range: str,
         peers: list[str],
         rng: Rng,
-        ipam: IpamEndpoint,
+        channels: Sequence[Channel] = (),
         conn_limit: int = 100,
         gc_after: float = 60.0,
         now: float = 0.0,
         version: str = "",
         keys: KeyRing | None = None,
-        fastpath: FastPath | None = None,
     ) -> None:
         self.me = name
-        self.fastpath = fastpath
         self.name = format_name(name)
         self.nickname = nickname
         self.keys = keys if keys is not None else KeyRing(current=psk)
@@ -262,10 +231,18 @@ class Mesh:
         self.identity = Identity(
             name=name, nickname=nickname, uid=self.uid, udp_port=port, ipalloc_range=ipalloc_range
         )
-        self.ipam = ipam
+        self.channels = list(channels)
+        self._handlers: dict[int, Callable[[Conn, bytes, float], None]] = {
+            MessageType.GOSSIP: self._on_gossip,
+            MessageType.CLOCK: self._on_clock,
+            MessageType.ROTATE: self._on_rotate,
+        }
+        for ch in self.channels:
+            self._handlers[ch.mtype] = self._receiver(ch)
+            if ch.relayed is not None:
+                self._handlers[ch.relayed] = self._relay_receiver(ch)
         self.conn_limit = conn_limit
         self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
-        self.dns = Records(name)
         self.targets = Targets(port)
         self.counters: Counter[str] = Counter()
         for p in peers:
@@ -423,8 +400,9 @@ class Mesh:
         if self.peers.get(conn.name) is conn:
             del self.peers[conn.name]
             self._update_own_record()
-            if self.fastpath is not None and self.fastpath.connection_down(conn.name):
-                self._actions.append(FastPathWork([], True))
+            for ch in self.channels:
+                ch.peer_down(conn.name)
+            self._flush_channels()
 
     def _log_closed(self, conn: Conn, reason: str, cause: str, now: float) -> None:
         if conn.result is None:
@@ -532,15 +510,10 @@ class Mesh:
         )
         self._send_rotate(conn)
         self._send_gossip(conn, self.gossip.full())
-        for payload in self.ipam.hello_payloads():
-            self._send(conn, MessageType.IPAM, payload)
-        for chunk in encode_chunks(self.dns.all()):
-            self._send(conn, MessageType.DNS, chunk)
         self._send_clock(conn, now)
-        if self.fastpath is not None:
-            self._send(
-                conn, MessageType.FASTPATH, self.fastpath.connection_up(conn.name, conn.remote[0])
-            )
+        for ch in self.channels:
+            for payload in ch.hello(conn.name, conn.remote[0], now):
+                self._send(conn, ch.mtype, payload)
         if replaced is not None and conn.link.session.established(now):
             self._transition(conn, Input.UDP_UP)  # it inherited a working path
         self._update_own_record()
@@ -568,82 +541,64 @@ class Mesh:
     # -- control messages -----------------------------------------------------------
 
     def _on_message(self, conn: Conn, ev: MessageReceived, now: float) -> None:
-        if ev.type == MessageType.IPAM:
-            try:
-                self.ipam.on_message(conn.name, ev.payload)
-            except BadPacket as exc:
-                self.counters["ipam_errors"] += 1
-                self._close(conn, f"bad IPAM message: {exc}", now, cause="error")
-        elif ev.type == MessageType.IPAM_RELAYED:
-            self._on_relayed_ipam(ev.payload, now)
-        elif ev.type == MessageType.FASTPATH:
-            if self.fastpath is not None:
-                try:
-                    self.fastpath.on_message_untrusted(conn.name, ev.payload)
-                except BadPacket:
-                    self.counters["fastpath_errors"] += 1
-        elif ev.type == MessageType.GOSSIP:
-            try:
-                fwd = self.gossip.receive_untrusted(ev.payload)
-            except BadPacket as exc:
-                self.counters["gossip_errors"] += 1
-                self._close(conn, f"bad gossip: {exc}", now, cause="error")
-                return
-            if fwd is not None:
-                self._topology_changed()
-                self._gossip_to_all(fwd, but=conn)
-        elif ev.type == MessageType.CLOCK:
-            try:
-                wall, version = parse_clock_untrusted(ev.payload)
-            except BadPacket:
-                self.counters["control_messages_bad"] += 1
-                return
-            conn.peer_version = version
-            if self._wall_offset is not None:
-                conn.clock_skew = wall - (now + self._wall_offset)
-        elif ev.type == MessageType.ROTATE:
-            try:
-                epoch, key, window = decode_rotate_untrusted(ev.payload)
-            except BadPacket:
-                self.counters["control_messages_bad"] += 1
-                return
-            before = self.keys.epoch
-            adopted = self.keys.receive(conn.name, epoch, key, window, now)
-            if not adopted and self.keys.epoch != before:
-                # Our key came by hand (a new password file) and now has its
-                # number: connections made under it are under the current key.
-                for c in self.peers.values():
-                    if c.key_epoch == before:
-                        c.key_epoch = self.keys.epoch
-                self._actions.append(KeysChanged())
-            if adopted:
-                self.counters["key_rotations_adopted"] += 1
-                log.info(
-                    "the mesh password was rotated (epoch %d, from %s): the old one is "
-                    "accepted for %.0fs more",
-                    epoch,
-                    conn.label,
-                    window,
-                )
-                self._actions.append(KeysChanged())
-                for other in list(self.peers.values()):
-                    self._send_rotate(other)  # the sender too: now it knows we hold it
-            elif epoch < self.keys.epoch:
-                self._send_rotate(conn)  # it is behind: it learns ours
-        elif ev.type == MessageType.DNS:
-            try:
-                entries = decode_untrusted(ev.payload)
-            except BadPacket as exc:
-                self.counters["dns_gossip_errors"] += 1
-                self._close(conn, f"bad DNS gossip: {exc}", now, cause="error")
-                return
-            changed, corrections = self.dns.merge(entries, now)
-            self._dns_to_all(changed, but=conn)
-            self._dns_to_all(corrections)
-        else:
+        handler = self._handlers.get(ev.type)
+        if handler is None:
             self.counters["control_messages_unknown"] += 1
+        else:
+            handler(conn, ev.payload, now)
 
-    def _send(self, conn: Conn, mtype: MessageType, payload: bytes) -> bool:
+    def _on_gossip(self, conn: Conn, payload: bytes, now: float) -> None:
+        try:
+            fwd = self.gossip.receive_untrusted(payload)
+        except BadPacket as exc:
+            self.counters["gossip_errors"] += 1
+            self._close(conn, f"bad gossip: {exc}", now, cause="error")
+            return
+        if fwd is not None:
+            self._topology_changed()
+            self._gossip_to_all(fwd, but=conn)
+
+    def _on_clock(self, conn: Conn, payload: bytes, now: float) -> None:
+        try:
+            wall, version = parse_clock_untrusted(payload)
+        except BadPacket:
+            self.counters["control_messages_bad"] += 1
+            return
+        conn.peer_version = version
+        if self._wall_offset is not None:
+            conn.clock_skew = wall - (now + self._wall_offset)
+
+    def _on_rotate(self, conn: Conn, payload: bytes, now: float) -> None:
+        try:
+            epoch, key, window = decode_rotate_untrusted(payload)
+        except BadPacket:
+            self.counters["control_messages_bad"] += 1
+            return
+        before = self.keys.epoch
+        adopted = self.keys.receive(conn.name, epoch, key, window, now)
+        if not adopted and self.keys.epoch != before:
+            # Our key came by hand (a new password file) and now has its
+            # number: connections made under it are under the current key.
+            for c in self.peers.values():
+                if c.key_epoch == before:
+                    c.key_epoch = self.keys.epoch
+            self._actions.append(KeysChanged())
+        if adopted:
+            self.counters["key_rotations_adopted"] += 1
+            log.info(
+                "the mesh password was rotated (epoch %d, from %s): the old one is "
+                "accepted for %.0fs more",
+                epoch,
+                conn.label,
+                window,
+            )
+            self._actions.append(KeysChanged())
+            for other in list(self.peers.values()):
+                self._send_rotate(other)  # the sender too: now it knows we hold it
+        elif epoch < self.keys.epoch:
+            self._send_rotate(conn)  # it is behind: it learns ours
+
+    def _send(self, conn: Conn, mtype: int, payload: bytes) -> bool:
         if conn.control.state is not State.OPEN:
             return False
         conn.control.send_message(mtype, payload)
@@ -715,14 +670,6 @@ class Mesh:
                 CLOCK.pack(now + self._wall_offset) + self.version.encode()[:64],
             )
 
-    def _dns_to_all(self, entries: list[Entry], but: Conn | None = None) -> None:
-        if not entries:
-            return
-        for chunk in encode_chunks(entries):
-            for conn in list(self.peers.values()):
-                if conn is not but:
-                    self._send(conn, MessageType.DNS, chunk)
-
     def _update_own_record(self) -> None:
         conns = [
             ConnInfo(c.name, c.listen_addr, c.state is ConnState.ESTABLISHED, c.initiator)
@@ -737,52 +684,92 @@ class Mesh:
         """Publish fresh routes for the forwarder (an object replaced whole)."""
         self.links.set_routes(self.gossip.routes())
 
-    # -- IPAM transport (``ipamservice.IpamTransport``) ------------------------------
+    # -- channels -------------------------------------------------------------------
 
-    def send_ipam(self, name: bytes, payload: bytes) -> bool:
-        """Send an IPAM message to peer ``name``: directly, or relayed through
-        the mesh (like a data frame) when there is no connection to it."""
+    def _receiver(self, ch: Channel) -> Callable[[Conn, bytes, float], None]:
+        def receive(conn: Conn, payload: bytes, now: float) -> None:
+            try:
+                ch.receive_untrusted(conn.name, payload, now)
+            except BadPacket as exc:
+                self.counters[f"{ch.name}_errors"] += 1
+                if ch.close_on_bad:
+                    self._close(conn, f"bad {ch.what}: {exc}", now, cause="error")
+            self._flush_channels()
+
+        return receive
+
+    def _relay_receiver(self, ch: Channel) -> Callable[[Conn, bytes, float], None]:
+        def receive(conn: Conn, payload: bytes, now: float) -> None:
+            self._on_relayed(ch, payload, now)
+            self._flush_channels()
+
+        return receive
+
+    def drop_channel(self, ch: Channel) -> None:
+        """Stop carrying ``ch`` (its subsystem could not start): its messages
+        are then unknown ones."""
+        self.channels.remove(ch)
+        self._handlers.pop(ch.mtype, None)
+        if ch.relayed is not None:
+            self._handlers.pop(ch.relayed, None)
+
+    def flush(self) -> None:
+        """Send what the channels want sent (the shell calls this after it
+        asked a channel for something outside a mesh event)."""
+        self._flush_channels()
+
+    def _flush_channels(self) -> None:
+        for ch in self.channels:
+            for msg in ch.messages_to_send():
+                if isinstance(msg, Broadcast):
+                    for name, conn in list(self.peers.items()):
+                        if name != msg.but:
+                            self._send(conn, ch.mtype, msg.payload)
+                else:
+                    self._send_to(ch, msg.peer, msg.payload)
+
+    def _send_to(self, ch: Channel, name: bytes, payload: bytes) -> None:
+        """To peer ``name``: directly, or relayed through the mesh (like a data
+        frame) when there is no connection to it and the channel relays."""
         conn = self.peers.get(name)
-        if conn is not None and self._send(conn, MessageType.IPAM, payload):
-            return True
-        return self._relay_ipam(ROUTE.pack(self.me, name, MAX_HOPS) + payload)
+        if conn is not None and self._send(conn, ch.mtype, payload):
+            return
+        if ch.relayed is None or not self._relay(ch, ROUTE.pack(self.me, name, MAX_HOPS) + payload):
+            self.counters[f"{ch.name}_unsent"] += 1
 
-    def broadcast_ipam(self, payload: bytes, but: bytes | None) -> None:
-        for name, conn in list(self.peers.items()):
-            if name != but:
-                self._send(conn, MessageType.IPAM, payload)
-
-    def _relay_ipam(self, message: bytes) -> bool:
-        """Pass a relayed IPAM message (route header first) one hop on."""
+    def _relay(self, ch: Channel, message: bytes) -> bool:
+        """Pass a relayed message (route header first) one hop on."""
+        assert ch.relayed is not None
         _origin, dst, _hops = ROUTE.unpack_from(message)
         hop = self.links.routes.next_hop.get(dst)
         conn = self.peers.get(hop) if hop is not None else None
-        return conn is not None and self._send(conn, MessageType.IPAM_RELAYED, message)
+        return conn is not None and self._send(conn, ch.relayed, message)
 
-    def _on_relayed_ipam(self, payload: bytes, now: float) -> None:
+    def _on_relayed(self, ch: Channel, payload: bytes, now: float) -> None:
         try:
             origin, dst, hops = parse_route_header_untrusted(payload)
         except BadPacket:
-            self.counters["ipam_errors"] += 1
+            self.counters[f"{ch.name}_errors"] += 1
             return
         if dst != self.me:
             onward = payload[: ROUTE.size - 1] + bytes([max(hops - 1, 0)]) + payload[ROUTE.size :]
-            if hops == 0 or origin == self.me or not self._relay_ipam(onward):
-                self.counters["ipam_relay_dropped"] += 1
+            if hops == 0 or origin == self.me or not self._relay(ch, onward):
+                self.counters[f"{ch.name}_relay_dropped"] += 1
             else:
-                self.counters["ipam_relayed"] += 1
+                self.counters[f"{ch.name}_relayed"] += 1
             return
         try:
-            self.ipam.on_message(origin, payload[ROUTE.size :])
+            ch.receive_untrusted(origin, payload[ROUTE.size :], now)
         except BadPacket as exc:
             # The relaying peer is not to blame: count it, keep the connection.
-            self.counters["ipam_errors"] += 1
+            self.counters[f"{ch.name}_errors"] += 1
             who = format_name(origin)
             self._log_limited(
                 logging.WARNING,
                 who,
-                "bad relayed IPAM",
-                "bad IPAM message relayed from %s: %s",
+                f"bad relayed {ch.name}",
+                "bad %s relayed from %s: %s",
+                ch.what,
                 who,
                 exc,
                 now=now,
@@ -807,26 +794,6 @@ class Mesh:
             if conn.target == t.address:
                 self._close(conn, "peer forgotten by operator", now)
         return t.address
-
-    def dns_add(self, container: str, names: list[str], addrs: list[int], now: float) -> int:
-        """Register our ``container``'s names (fully qualified, normalised) with
-        its addresses, mesh-wide.  Returns how many entries are new."""
-        new = [
-            e
-            for name in names
-            for addr in addrs
-            if (e := self.dns.add(container, name, addr, now)) is not None
-        ]
-        self._dns_to_all(new)
-        return len(new)
-
-    def dns_remove(
-        self, container: str, now: float, *, name: str | None = None, addr: int | None = None
-    ) -> int:
-        """Withdraw our ``container``'s entries (only ``name``'s / ``addr``'s if given)."""
-        gone = self.dns.remove(container, now, name=name, addr=addr)
-        self._dns_to_all(gone)
-        return len(gone)
 
     def dials_due(self, now: float) -> list[str]:
         """Addresses to dial now (refused ones wait, at the connection limit)."""
@@ -873,14 +840,6 @@ class Mesh:
         if wall is not None:
             self._wall_offset = wall - now
         self._rekey_for_rotation(now)
-        if self.fastpath is not None:
-            work = self.fastpath.tick(now)
-            for name, payload in work.reports:
-                conn = self.peers.get(name)
-                if conn is not None:
-                    self._send(conn, MessageType.FASTPATH, payload)
-            if work.probes or work.changes:
-                self._actions.append(FastPathWork(work.probes, bool(work.changes)))
         for conn in list(self.conns.values()):
             if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
                 self._close(conn, "re-keyed under the rotated mesh password", now)
@@ -919,40 +878,20 @@ class Mesh:
                 "peer %s forgotten: unreachable for %.0fs", format_name(name), self.gossip.gc_after
             )
         for name in gone:
-            self.dns.drop_origin(name)
+            for ch in self.channels:
+                ch.peer_gone(name)
         if gone:
             self._topology_changed()
-        self.dns.expire(now)
-        self.ipam.tick(now, self.gossip.reachable())
+        view = View(reachable=self.gossip.reachable(), neighbours=set(self.peers))
+        for ch in self.channels:
+            ch.tick(now, view)
+        self._flush_channels()
         if now >= self._next_full_gossip:
             self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
             self._gossip_to_all(self.gossip.full())
             for conn in list(self.peers.values()):
                 self._send_clock(conn, now)
-            ring = self.ipam.ring_payload()
-            if ring is not None:
-                self.broadcast_ipam(ring, None)
         self._sync_discovered(now)
-
-    # -- operator requests ----------------------------------------------------------
-
-    def rmpeer(self, who: str) -> str:
-        """Take over the address share of a dead peer named ``who`` (name or
-        nickname).  Raises IpamError with the reason."""
-        match = self.peers_named(who) or [n for n in self.ipam.owners() if format_name(n) == who]
-        if not match:
-            raise IpamError(
-                f"no peer named {who!r} (see 'mesh status peers' or 'mesh status ipam')"
-            )
-        name = match[0]
-        if name == self.me:
-            raise IpamError("that is this peer")
-        if name in self.peers:
-            raise IpamError(f"peer {who} is connected: stop it ('mesh stop') before rmpeer")
-        n = self.ipam.rmpeer(name)
-        self.dns.drop_origin(name)
-        log.info("rmpeer %s: took over %d range(s) of its address share", who, n)
-        return f"{n} range(s) of {format_name(name)} reclaimed"
 
     # -- introspection --------------------------------------------------------------
 
@@ -1010,7 +949,7 @@ class Mesh:
                 "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
                 "peer_version": conn.peer_version,
                 "key_epoch": conn.key_epoch,
-                "path": self.fastpath.path_of(conn.name) if self.fastpath else "sleeve",
+                "path": "sleeve",  # the daemon says which, with a fast path
                 "datagram_size": s.datagram_size,
                 "pmtu_confirmed": s.pmtu.confirmed,
                 "tx_messages": s.state.tx_messages,

@@ -2,24 +2,38 @@
 
 ``MeshNet`` joins ``Mesh`` cores as the router shell would, but in memory:
 ``dial(a, b)`` opens a connection pair and ``pump()`` moves control bytes and
-carries out the cores' actions until nothing moves.  No sockets, no trio, no
-root: time is whatever the test says.
+carries out the cores' actions until nothing moves.  Each node runs the real
+IPAM (``IpamPeer``) and DNS (``DnsChannel``) channels beside its mesh core
+(``ipam="fake"`` puts a ``FakeIpam`` in IPAM's place, to test the relaying
+itself), and a fast path when ``fastpath`` makes one.  No sockets, no trio,
+no root: time is whatever the test says.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from meshrouter.base.errors import BadPacket
-from meshrouter.mesh.core import Close, FastPathWork, Flush, LinkUp, Mesh, Redial, TargetsChanged
+from meshrouter.contract.status import ConnectionStatus
+from meshrouter.dns.channel import DnsChannel
+from meshrouter.dns.records import Records
+from meshrouter.fastpath.channel import FastPathChannel
+from meshrouter.fastpath.core import FastPath
+from meshrouter.ipam.peer import IpamPeer
+from meshrouter.mesh.channel import Channel, Message, Outbox, View
+from meshrouter.mesh.core import Close, Flush, LinkUp, Mesh, Redial, TargetsChanged
+from meshrouter.proto.control import MessageType
 from meshrouter.proto.wire import parse_header_untrusted
 from meshrouter.testing.control import psk
 
 
 @dataclass
 class FakeIpam:
-    """Records IPAM traffic; raises BadPacket for payloads listed in ``bad``."""
+    """A stand-in IPAM channel: records what reaches it, sends what the test
+    says (``send``), raises BadPacket for payloads listed in ``bad``."""
 
     ring: bytes | None = None
     received: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -27,20 +41,36 @@ class FakeIpam:
     ticks: int = 0
     removed: list[bytes] = field(default_factory=list)
     owner_names: set[bytes] = field(default_factory=set)
+    out: Outbox = field(default_factory=Outbox)
 
-    def on_message(self, sender: bytes, payload: bytes) -> None:
-        if payload in self.bad:
-            raise BadPacket("bad test payload")
-        self.received.append((sender, payload))
+    mtype = MessageType.IPAM
+    relayed: int | None = MessageType.IPAM_RELAYED
+    name = "ipam"
+    what = "IPAM message"
+    close_on_bad = True
 
-    def ring_payload(self) -> bytes | None:
-        return self.ring
-
-    def hello_payloads(self) -> list[bytes]:
+    def hello(self, peer: bytes, ip: str, now: float) -> list[bytes]:
         return [] if self.ring is None else [self.ring]
 
-    def tick(self, now: float, reachable: set[bytes]) -> None:
+    def receive_untrusted(self, peer: bytes, payload: bytes, now: float) -> None:
+        if payload in self.bad:
+            raise BadPacket("bad test payload")
+        self.received.append((peer, payload))
+
+    def tick(self, now: float, view: View) -> None:
         self.ticks += 1
+
+    def peer_down(self, peer: bytes) -> None:
+        pass
+
+    def peer_gone(self, peer: bytes) -> None:
+        pass
+
+    def messages_to_send(self) -> list[Message]:
+        return self.out.take()
+
+    def send(self, peer: bytes, payload: bytes) -> None:
+        self.out.send(peer, payload)
 
     def rmpeer(self, peer: bytes) -> int:
         self.removed.append(peer)
@@ -61,21 +91,37 @@ def address(n: int) -> str:
 @dataclass
 class Node:
     mesh: Mesh
-    ipam: FakeIpam
+    ipam: FakeIpam | IpamPeer
+    dns: DnsChannel
     host: str
+    fastpath: FastPathChannel | None = None
+
+
+MakeFastPath = Callable[[int], FastPath | None]
 
 
 class MeshNet:
     """Mesh cores joined by in-memory connections."""
 
-    def __init__(self, count: int, *, password: bytes = b"secret", seed: int = 0) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        password: bytes = b"secret",
+        seed: int = 0,
+        ipam: Literal["real", "fake"] = "real",
+        ipam_range: str = "10.32.0.0/24",
+        fastpath: MakeFastPath | None = None,
+    ) -> None:
         rng = random.Random(seed)
         self.now = 0.0
+        self.count = count
+        self._ipam_kind = ipam
+        self._ipam_range = ipam_range
+        self._fastpath = fastpath
         self.nodes: list[Node] = []
         for i in range(1, count + 1):
-            ipam = FakeIpam()
-            mesh = self._make(i, password, rng.getrandbits(32), ipam)
-            self.nodes.append(Node(mesh, ipam, f"198.18.0.{i}"))
+            self.nodes.append(self._node(i, password, rng.getrandbits(32)))
         # (mesh index, conn index) <-> (mesh index, conn index)
         self.wires: dict[tuple[int, int], tuple[int, int]] = {}
         self.closed: set[tuple[int, int]] = set()
@@ -84,31 +130,61 @@ class MeshNet:
         self.redials: list[tuple[int, str]] = []  # (node, address) asked, dialled by tick()
         self.probes: list[tuple[int, str, bytes]] = []  # fast-path probes: (from, to host, dgram)
 
-    @staticmethod
-    def _make(i: int, password: bytes, seed: int, ipam: FakeIpam) -> Mesh:
-        return Mesh(
+    def _node(self, i: int, password: bytes, seed: int) -> Node:
+        ipam: FakeIpam | IpamPeer
+        if self._ipam_kind == "fake":
+            ipam = FakeIpam()
+        else:
+            ipam = IpamPeer(name(i), self._ipam_range, init_count=self.count, reclaim_after=0)
+            ipam.restored({}, {})
+        dns = DnsChannel(Records(name(i)))
+        core = self._fastpath(i) if self._fastpath is not None else None
+        fastpath = FastPathChannel(core) if core is not None else None
+        channels: list[Channel] = [ipam, dns] + ([fastpath] if fastpath is not None else [])
+        mesh = Mesh(
             name=name(i),
             nickname=f"host{i}",
             psk=psk(password),
             port=6783,
-            ipalloc_range="10.32.0.0/12",
+            ipalloc_range=self._ipam_range,
             peers=[],
             rng=random.Random(seed),
-            ipam=ipam,
+            channels=channels,
         )
+        return Node(mesh, ipam, dns, f"198.18.0.{i}", fastpath)
 
     def restart(self, i: int, *, password: bytes = b"secret", seed: int = 99) -> None:
         """Node ``i`` comes back as a new process (same name, new uid).  Its old
         connections vanish without a word, as when a host dies: the far ends
         only find out from the new connection or their timers."""
-        ipam = FakeIpam()
-        self.nodes[i - 1] = Node(self._make(i, password, seed, ipam), ipam, self.nodes[i - 1].host)
+        self.nodes[i - 1] = self._node(i, password, seed)
         for key in [k for k in self.wires if k[0] == i]:
             far = self.wires.pop(key)
             self.wires.pop(far, None)
 
     def mesh(self, i: int) -> Mesh:
         return self.nodes[i - 1].mesh
+
+    def dns(self, i: int) -> DnsChannel:
+        return self.nodes[i - 1].dns
+
+    def ipam(self, i: int) -> IpamPeer:
+        ipam = self.nodes[i - 1].ipam
+        assert isinstance(ipam, IpamPeer), "MeshNet(ipam='fake') has no real IPAM"
+        return ipam
+
+    def fake_ipam(self, i: int) -> FakeIpam:
+        ipam = self.nodes[i - 1].ipam
+        assert isinstance(ipam, FakeIpam), "MeshNet(ipam='fake') has the fake IPAM"
+        return ipam
+
+    def connections(self, i: int) -> list[ConnectionStatus]:
+        """Node ``i``'s connections as its status shows them (with the fast path's say)."""
+        conns = self.mesh(i).status(self.now)["connections"]
+        node = self.nodes[i - 1]
+        if node.fastpath is not None:
+            node.fastpath.annotate(conns)
+        return conns
 
     def dial(self, a: int, b: int, target: str | None = None) -> tuple[int, int]:
         """A TCP connection from node ``a`` to node ``b``; returns both indices."""
@@ -134,7 +210,12 @@ class MeshNet:
         return ia, ib
 
     def _apply(self, i: int) -> None:
-        for action in self.mesh(i).take_actions():
+        node = self.nodes[i - 1]
+        node.mesh.flush()
+        if node.fastpath is not None:
+            probes, _changed = node.fastpath.take_work()
+            self.probes += [(i, host, dgram) for host, dgram in probes]
+        for action in node.mesh.take_actions():
             if isinstance(action, Close):
                 self._move(i, action.index)
                 self._hang_up(i, action.index)
@@ -146,8 +227,6 @@ class MeshNet:
                 self.links_up += 1
             elif isinstance(action, Redial):
                 self.redials.append((i, action.address))
-            elif isinstance(action, FastPathWork):
-                self.probes += [(i, host, dgram) for host, dgram in action.probes]
 
     def _move(self, i: int, index: int) -> bool:
         far = self.wires.get((i, index))
@@ -175,6 +254,8 @@ class MeshNet:
     def pump(self) -> None:
         for _ in range(1000):
             moved = False
+            for node in self.nodes:
+                node.mesh.flush()  # what a channel was asked outside a mesh event
             for i, index in list(self.wires):
                 if (i, index) in self.closed:
                     continue

@@ -1,0 +1,715 @@
+"""This peer's IPAM, sans-IO: every decision, none of the waiting.
+
+``IpamPeer`` is the mesh channel of IPAM (``mesh.channel``) and what the trio
+service (``service``) asks on behalf of the API.  It takes messages, time
+(``now``), the mesh's view and the set of containers whose namespace has
+vanished; it gives back messages (its outbox, drained by the mesh core), a
+``version`` that moves whenever the state to persist changed (the service
+saves then), a ``changes`` count that moves whenever an API call waiting for
+the mesh may go on, and the releases the DNS must follow (``take_released``).
+
+What it decides, after weave's ``ipam/`` operations:
+
+* the ring: made among the initial peers at quorum, merged from peers;
+* allocation in our share, donations asked of and given to neighbours;
+* claims: in our share (answered once enough other owners recorded them, see
+  ``reclaim``) and in another owner's (a request, resent until answered);
+* takeover of a peer unreachable for ``--reclaim-after`` (``Reclaimer``);
+* re-homing: our containers' addresses in space another peer now owns are
+  claimed from it (our share was taken over while we were cut off).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshrouter.base.errors import BadPacket, IpamError
+from meshrouter.base.names import format_name
+from meshrouter.contract.status import IpamStatus, ShareStatus
+from meshrouter.ipam.reclaim import (
+    ALLOCS,
+    ALLOCS_ACK,
+    AllocSet,
+    Reclaimer,
+    encode_ack,
+    encode_allocs,
+)
+from meshrouter.ipam.ring import (
+    CLAIM,
+    CLAIM_NOT_OWNER,
+    CLAIM_OK,
+    CLAIM_REPLY,
+    CLAIM_TAKEN,
+    DONATE,
+    RELEASE,
+    RING,
+    Ipam,
+    decode_untrusted,
+    encode_claim,
+    encode_claim_reply,
+    encode_donate,
+    encode_ring,
+)
+from meshrouter.mesh.channel import Message, Outbox, View
+from meshrouter.proto.control import MessageType
+
+log = logging.getLogger("meshrouter.ipam")
+
+CLAIM_RESEND = 2.0
+RECORD_TIMEOUT = 10.0  # for other owners to acknowledge a new allocation
+ALLOCS_INTERVAL = 30.0  # our allocation set is sent again this often (anti-entropy)
+RING_INTERVAL = 30.0  # and the ring
+RECLAIM_AFTER = 1800.0  # default: a peer unreachable this long is taken over
+
+
+@dataclass
+class PendingReply:
+    """A claim granted in our share, answered once other owners recorded it."""
+
+    sender: bytes
+    request: int
+    addr: int
+    ident: str
+    version: int
+    deadline: float
+
+
+@dataclass
+class Rehoming:
+    """One of our addresses in space now owned by another peer, being claimed there."""
+
+    ident: str
+    addr: int
+    owner: bytes
+    ns_path: str
+
+
+class IpamPeer:
+    mtype = MessageType.IPAM
+    relayed = MessageType.IPAM_RELAYED
+    name = "ipam"
+    what = "IPAM message"
+    close_on_bad = True
+
+    def __init__(
+        self, me: bytes, cidr: str, init_count: int, reclaim_after: float = RECLAIM_AFTER
+    ) -> None:
+        self.me = me
+        self.core = Ipam(me, cidr, init_count=init_count)
+        self.reclaimer = Reclaimer(me, reclaim_after)
+        self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
+        self.remote_ns: dict[str, str] = {}  # ... and their containers' namespaces
+        self.changes = 0  # moves when a waiting API call may go on
+        self._out = Outbox()
+        self._claiming: dict[int, tuple[int, str]] = {}  # request -> (addr, ident)
+        self._answers: dict[int, tuple[int, str]] = {}  # request -> (status, msg)
+        self._published: dict[int, str] = {}
+        self._reachable: set[bytes] = {me}
+        self._neighbours: set[bytes] = set()
+        self._pending: list[PendingReply] = []
+        self._rehoming: dict[int, Rehoming] = {}
+        self._next_allocs = 0.0
+        self._next_ring = RING_INTERVAL
+        self._next_rehome = 0.0
+        self._requests = itertools.count(1)
+        self._released: list[tuple[str, list[int] | None]] = []
+
+    def restored(
+        self, remote: dict[str, list[tuple[bytes, int]]], remote_ns: dict[str, str]
+    ) -> None:
+        """The claims of an earlier run (``core`` and ``reclaimer`` were loaded in place)."""
+        self.remote, self.remote_ns = remote, remote_ns
+        self._published = self._holdings()
+
+    # -- state and change ---------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Moves whenever what the store keeps changed."""
+        return self.core.version
+
+    def _holdings(self) -> dict[int, str]:
+        """Our ALLOCS set: what we handed out and what our containers claimed
+        in others' shares."""
+        held = self.core.handed_out()
+        for ident, claims in self.remote.items():
+            for _, addr in claims:
+                held[addr] = ident
+        for addr, ident in self._claiming.values():  # listed before they are sent
+            held[addr] = ident
+        return held
+
+    def _bump(self) -> None:
+        self.core.version += 1
+
+    def _commit(self) -> None:
+        held = self._holdings()
+        if held != self._published:  # others must learn of it (see ``reclaim``)
+            self._published = held
+            self.reclaimer.bump()
+            self._bump()
+            self._out.broadcast(self._allocs_payload())
+        self.changes += 1
+
+    def _allocs_payload(self) -> bytes:
+        return encode_allocs(self.me, self.reclaimer.version, self._published)
+
+    def _release_if_held(self, addr: int, ident: str) -> bool:
+        held = self.core.allocs.get(addr)
+        if held is not None and held.ident == ident:
+            self.core.release_addr(addr)
+            return True
+        return False
+
+    def _broadcast_ring(self, but: bytes | None = None) -> None:
+        self._out.broadcast(encode_ring(self.core.tokens), but)
+
+    def take_released(self) -> list[tuple[str, list[int] | None]]:
+        """Each release since the last call: the container, and which addresses
+        (None: all of them)."""
+        out, self._released = self._released, []
+        return out
+
+    def owners(self) -> set[bytes]:
+        return {t.owner for t in self.core.tokens.values()}
+
+    def can_reach(self, peer: bytes) -> bool:
+        return peer in self._neighbours or peer in self._reachable
+
+    @property
+    def neighbours(self) -> set[bytes]:
+        return set(self._neighbours)
+
+    # -- the channel ---------------------------------------------------------
+
+    def hello(self, peer: bytes, ip: str, now: float) -> list[bytes]:
+        """For a new connection: the ring, our allocation set and those we know."""
+        self._neighbours.add(peer)
+        if not self.core.ready:
+            return []
+        sets = [encode_allocs(k.owner, k.version, k.allocs) for k in self.reclaimer.known.values()]
+        return [encode_ring(self.core.tokens), self._allocs_payload(), *sets]
+
+    def peer_down(self, peer: bytes) -> None:
+        self._neighbours.discard(peer)
+
+    def peer_gone(self, peer: bytes) -> None:
+        pass  # a share is taken over by ``Reclaimer``'s rules, not by the topology's GC
+
+    def messages_to_send(self) -> list[Message]:
+        return self._out.take()
+
+    def receive_untrusted(self, peer: bytes, payload: bytes, now: float) -> None:
+        """An IPAM message from ``peer``.  Raises only BadPacket."""
+        kind, value = decode_untrusted(payload)
+        handler = self._HANDLERS.get(kind)
+        if handler is None:  # pragma: no cover - decode_untrusted knows no other kinds
+            raise BadPacket("unknown IPAM message")
+        handler(self, peer, value, payload, now)
+
+    def _on_ring(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        assert isinstance(value, dict)
+        if self.core.merge(value):
+            self._rehome()
+            self._commit()
+            self._broadcast_ring(but=sender)
+
+    def _on_donate(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        start, prefix = value
+        subnet = ipaddress.IPv4Network((start, prefix)) if prefix else None
+        ring = self.core.donate(sender, subnet)
+        if ring is not None:
+            log.info("gave part of our address share to %s", format_name(sender))
+            self._commit()
+            self._out.broadcast(ring)
+
+    def _on_claim(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        request, addr, ident = value
+        status = self.core.claim(addr, ident)
+        msg = ""
+        if status != CLAIM_OK:
+            holder = self.core.allocs.get(addr)
+            msg = f"in use by {holder.ident}" if holder else "not ours to give"
+        self._commit()
+        if status == CLAIM_OK and not self._recorded():
+            # Granted once enough other owners know of it (see ``reclaim``).
+            self._pending.append(
+                PendingReply(
+                    sender, request, addr, ident, self.reclaimer.version, now + RECORD_TIMEOUT
+                )
+            )
+            return
+        self._out.send(sender, encode_claim_reply(request, status, msg))
+
+    def _on_claim_reply(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        request, status, msg = value
+        if request in self._rehoming:
+            self._rehomed(self._rehoming.pop(request), status, msg)
+        elif request in self._claiming and request not in self._answers:
+            self._answers[request] = (status, msg)
+            self.changes += 1
+
+    def _on_release(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        _, addr, ident = value
+        if self._release_if_held(addr, ident):
+            self._commit()
+
+    def _on_allocs(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        assert isinstance(value, AllocSet)
+        changed = self.reclaimer.merge(value)
+        if changed:
+            for addr in self.reclaimer.stale(value, self.core.handed_out()):
+                self.core.release_addr(addr)  # its holder no longer needs it
+            self._bump()  # saved with the rest
+            self._commit()
+            self._out.broadcast(payload, sender)
+        if self.reclaimer.should_ack(value, sender, changed):
+            self._out.send(value.owner, encode_ack(value.owner, value.version))
+
+    def _on_allocs_ack(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+        owner, version = value
+        if self.reclaimer.on_ack(sender, owner, version):
+            self._settle(now)
+            self._commit()
+
+    _HANDLERS = {
+        RING: _on_ring,
+        DONATE: _on_donate,
+        CLAIM: _on_claim,
+        CLAIM_REPLY: _on_claim_reply,
+        RELEASE: _on_release,
+        ALLOCS: _on_allocs,
+        ALLOCS_ACK: _on_allocs_ack,
+    }
+
+    def tick(self, now: float, view: View) -> None:
+        if view.reachable != self._reachable:
+            self._reachable = set(view.reachable)
+            self.changes += 1  # a wait for owners to record an allocation may go on
+        self._neighbours = set(view.neighbours)
+        ring = self.core.maybe_init(self._reachable, now)
+        if ring is not None:
+            log.info(
+                "made the address ring for %s among %d peer(s)",
+                self.core.network,
+                len(self._reachable),
+            )
+            self._commit()
+            self._out.broadcast(ring)
+        if self.core.ready:
+            self._take_over_dead(now)
+            if now >= self._next_allocs:
+                self._next_allocs = now + ALLOCS_INTERVAL
+                self._out.broadcast(self._allocs_payload())
+            if now >= self._next_ring:
+                self._next_ring = now + RING_INTERVAL
+                self._broadcast_ring()
+            if self._rehoming and now >= self._next_rehome:
+                self._next_rehome = now + CLAIM_RESEND
+                for request, r in list(self._rehoming.items()):
+                    self._out.send(r.owner, encode_claim(request, r.addr, r.ident))
+        if self._pending:
+            self._settle(now)
+
+    # -- recording allocations with other owners ---------------------------------
+
+    def _recorded(self, version: int | None = None) -> bool:
+        v = self.reclaimer.version if version is None else version
+        return self.reclaimer.recorded(v, self.owners())
+
+    def recorded_since(self, version: int) -> bool:
+        return self._recorded(version)
+
+    def can_record(self) -> bool:
+        return self.reclaimer.can_record(self.owners(), self._reachable)
+
+    def _settle(self, now: float) -> None:
+        """Answer the claims other owners have now recorded; refuse those they
+        did not record in time."""
+        waiting: list[PendingReply] = []
+        for p in self._pending:
+            if self._recorded(p.version):
+                self._out.send(p.sender, encode_claim_reply(p.request, CLAIM_OK, ""))
+            elif now >= p.deadline:
+                self._release_if_held(p.addr, p.ident)
+                self._out.send(
+                    p.sender,
+                    encode_claim_reply(p.request, CLAIM_TAKEN, self.unrecorded_reason()),
+                )
+            else:
+                waiting.append(p)
+        self._pending = waiting
+
+    def unrecorded_reason(self) -> str:
+        owners = self.owners() | {self.me}
+        reach = len(owners & (self._reachable | {self.me}))
+        return (
+            f"peer {format_name(self.me)} reaches {reach} of {len(owners)} address owners; "
+            f"a new address needs {self.reclaimer.needed(owners)} other owner(s) to record "
+            "it, so that it survives a takeover (--reclaim-after): wait for the mesh to "
+            "reconnect, or run the routers with --reclaim-after 0"
+        )
+
+    def not_ready_reason(self) -> str:
+        return (
+            f"the mesh has not agreed on address ownership yet: it needs "
+            f"{self.core.quorum} of {self.core.init_count} initial peers connected "
+            "(see 'mesh status peers'; --ipalloc-init sets how many)"
+        )
+
+    def unrecorded(self, addr: int, ident: str) -> str:
+        """Other owners did not record our allocation of ``addr`` in time: let it go."""
+        if self._release_if_held(addr, ident):
+            self._commit()
+        return self.unrecorded_reason()
+
+    def resend_ring(self) -> None:
+        """The ring to every neighbour now (anti-entropy before its interval)."""
+        if self.core.ready:
+            self._broadcast_ring()
+
+    def resend_allocs(self) -> None:
+        self._out.broadcast(self._allocs_payload())
+
+    # -- takeovers and re-homing -------------------------------------------------
+
+    def _take_over_dead(self, now: float) -> None:
+        owners = self.owners()
+        for peer in self.reclaimer.observe(now, owners, self._reachable):
+            since = self.reclaimer.unreachable_since[peer]
+            ranges, kept = self.core.take_over(peer, self.reclaimer.handed_out_by(peer))
+            if not ranges:
+                continue
+            log.warning(
+                "peer %s unreachable for %.0fs: took over its address share (%d range(s), "
+                "%d address(es) kept for its containers) with %d of %d owners reachable",
+                format_name(peer),
+                now - since,
+                ranges,
+                len(kept),
+                len(owners & (self._reachable | {self.me})),
+                len(owners),
+            )
+            self._commit()
+            self._broadcast_ring()
+
+    def _rehome(self) -> None:
+        """Our addresses in space another peer now owns (our share was taken
+        over while we were cut off, or two rings were made): claim each from
+        its new owner, which kept it reserved for the same container.  Claims
+        other peers made in our former share are theirs to re-home."""
+        mine = format_name(self.me) + "/"
+        busy = {(r.ident, r.addr) for r in self._rehoming.values()}
+        for a in self.core.misplaced():
+            owner = self.core.owner_of(a.addr)
+            if owner is None:
+                continue
+            if not a.ident.startswith(mine):
+                self.core.release_addr(a.addr)
+            elif (a.ident, a.addr) not in busy:
+                self._rehome_one(Rehoming(a.ident, a.addr, owner, a.ns_path))
+        for ident, claims in list(self.remote.items()):
+            for was, addr in claims:
+                owner = self.core.owner_of(addr)
+                if owner in (None, was) or (ident, addr) in busy:
+                    continue
+                assert owner is not None
+                ns_path = self.remote_ns.get(ident, "")
+                if owner == self.me:  # taken over by us: we kept it reserved
+                    self._drop_remote(ident, addr)
+                    self.core.claim(addr, ident, ns_path)
+                else:
+                    self._rehome_one(Rehoming(ident, addr, owner, ns_path))
+
+    def _rehome_one(self, r: Rehoming) -> None:
+        request = next(self._requests)
+        self._rehoming[request] = r
+        self._out.send(r.owner, encode_claim(request, r.addr, r.ident))
+
+    def _drop_remote(self, ident: str, addr: int) -> None:
+        kept = [(o, a) for o, a in self.remote.get(ident, []) if a != addr]
+        if kept:
+            self.remote[ident] = kept
+        else:
+            self.remote.pop(ident, None)
+        self._bump()
+
+    def _rehomed(self, r: Rehoming, status: int, msg: str) -> None:
+        if status == CLAIM_NOT_OWNER:
+            self._rehome()  # the ring moved on: ask whoever owns it now
+            return
+        self._release_if_held(r.addr, r.ident)
+        self._drop_remote(r.ident, r.addr)
+        if status == CLAIM_OK:
+            self.remote.setdefault(r.ident, []).append((r.owner, r.addr))
+            if r.ns_path:
+                self.remote_ns[r.ident] = r.ns_path
+            log.info(
+                "address %s of %s is now held in the share of %s",
+                ipaddress.IPv4Address(r.addr),
+                r.ident,
+                format_name(r.owner),
+            )
+        else:
+            log.error(
+                "address %s of %s was given to another container while this peer was cut "
+                "off (%s): detach and attach %s again",
+                ipaddress.IPv4Address(r.addr),
+                r.ident,
+                msg,
+                r.ident.split("/", 1)[-1],
+            )
+        self._commit()
+
+    # -- containers whose namespace vanished --------------------------------------
+
+    def watched(self) -> dict[str, str]:
+        """The namespace of each container holding an address (ident -> path;
+        those the router cannot see are not listed)."""
+        out = {a.ident: a.ns_path for a in self.core.allocs.values() if a.ns_path}
+        out.update({i: p for i, p in self.remote_ns.items() if p})
+        return out
+
+    def containers_gone(self, idents: set[str]) -> None:
+        """These containers' namespaces are gone: release their addresses."""
+        for ident in sorted(idents):
+            log.info("container %s is gone: releasing its address", ident)
+            self._release(ident)
+        if idents:
+            self._commit()
+
+    # -- the API's steps -----------------------------------------------------------
+
+    def subnet(self, subnet: str | None) -> ipaddress.IPv4Network | None:
+        if subnet is None:
+            return None
+        try:
+            net = ipaddress.IPv4Network(subnet)
+        except ValueError as exc:
+            raise IpamError(f"invalid subnet {subnet!r}: {exc}") from None
+        if not net.subnet_of(self.core.network):
+            raise IpamError(f"subnet {net} is not inside the mesh range {self.core.network}")
+        return net
+
+    def allocate(self, ident: str, net: ipaddress.IPv4Network | None, ns_path: str) -> int:
+        """An address in our share; raises NotReady or NoSpace (the service waits)."""
+        addr = self.core.allocate(ident, net, ns_path)
+        self._commit()
+        return addr
+
+    def pick_donor(self, net: ipaddress.IPv4Network | None, asked: set[bytes]) -> bytes | None:
+        lo, hi = self.core.bounds(net)
+        space: dict[bytes, int] = {}
+        for s, e, owner in self.core.intervals():
+            n = min(e, hi) - max(s, lo)
+            if n > 0 and owner != self.me:
+                space[owner] = space.get(owner, 0) + n
+        candidates = [p for p in self._neighbours if p in space and p not in asked]
+        return max(candidates, key=lambda p: (space[p], p), default=None)
+
+    def ask_donation(self, donor: bytes, net: ipaddress.IPv4Network | None) -> None:
+        self._out.send(donor, encode_donate(net))
+
+    def claim_here(self, addr: int, ident: str, ns_path: str) -> None:
+        """A claim in our own share.  Raises IpamError when it is in use."""
+        status = self.core.claim(addr, ident, ns_path)
+        if status != CLAIM_OK:
+            holder = self.core.allocs.get(addr)
+            who = f" by {holder.ident.split('/', 1)[-1]}" if holder else ""
+            raise IpamError(f"{ipaddress.IPv4Address(addr)} is already in use{who}")
+        self._commit()
+
+    def start_claim(self, owner: bytes, addr: int, ident: str) -> int:
+        """A claim at ``owner``: sent now, and again by ``resend_claim``.
+        Listed in our set before it is sent: an owner that granted it never
+        sees a newer set of ours without it (see ``Reclaimer.stale``)."""
+        if not self.can_reach(owner):
+            raise IpamError(
+                f"{ipaddress.IPv4Address(addr)} belongs to peer {format_name(owner)}, which "
+                "cannot be reached: use an address of this host's share, or none"
+            )
+        request = next(self._requests)
+        self._claiming[request] = (addr, ident)
+        self._commit()
+        self.resend_claim(request, owner)
+        return request
+
+    def resend_claim(self, request: int, owner: bytes) -> None:
+        """A claim is idempotent for one ident, so it is sent again until
+        answered: a direct connection that died unnoticed is dropped by the
+        heartbeat timeout and the next copy goes round it by relay."""
+        addr, ident = self._claiming[request]
+        self._out.send(owner, encode_claim(request, addr, ident))
+
+    def answer(self, request: int) -> tuple[int, str] | None:
+        return self._answers.get(request)
+
+    def end_claim(self, request: int) -> tuple[int, str] | None:
+        """The claim is over (answered or given up): its answer, if any."""
+        self._claiming.pop(request, None)
+        return self._answers.pop(request, None)
+
+    def claimed_at(self, owner: bytes, addr: int, ident: str, ns_path: str) -> None:
+        """``owner`` granted our claim of ``addr``."""
+        held = self.remote.setdefault(ident, [])
+        if (owner, addr) not in held:  # claimed again (reattach): one record
+            held.append((owner, addr))
+        if ns_path:
+            self.remote_ns[ident] = ns_path
+        self._bump()  # the remote claims are saved with the rest
+        self._commit()
+
+    def release(self, ident: str, addrs: list[str] | None = None) -> list[str]:
+        """Let ``ident``'s addresses go (only ``addrs``, when given); the
+        released ones, in dotted form."""
+        if addrs is None:
+            gone = self._release(ident)
+        else:
+            try:
+                which = {int(ipaddress.IPv4Interface(a).ip) for a in addrs}
+            except ValueError:
+                raise IpamError(f"invalid address in {addrs}: expected IPv4 addresses") from None
+            gone = self._release_some(ident, which)
+        self._commit()
+        return gone
+
+    def _holder(self, address: str) -> tuple[int, str | None]:
+        try:
+            addr = int(ipaddress.IPv4Address(address.split("/")[0]))
+        except ValueError:
+            raise IpamError(f"invalid address {address!r}") from None
+        held = self.core.allocs.get(addr)
+        if held is not None:
+            return addr, held.ident
+        return addr, next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
+
+    def held(self, ident: str) -> set[int]:
+        """The addresses ``ident`` holds, in our share or claimed in another's."""
+        mine = {a for a, alloc in self.core.allocs.items() if alloc.ident == ident}
+        return mine | {a for _, a in self.remote.get(ident, [])}
+
+    def holder(self, address: str) -> str | None:
+        """The ident of ours that holds ``address`` (in our share or claimed
+        in another's), or None."""
+        return self._holder(address)[1]
+
+    def release_address(self, address: str) -> str | None:
+        """Let ``address`` go, whoever of ours holds it; the holder's ident, or None."""
+        addr, ident = self._holder(address)
+        if ident is not None:
+            self._release_some(ident, {addr})
+            self._commit()
+        return ident
+
+    def _release(self, ident: str) -> list[str]:
+        self._released.append((ident, None))
+        gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
+        self.remote_ns.pop(ident, None)
+        for owner, addr in self.remote.pop(ident, []):
+            self._send_release(owner, addr, ident)
+            gone.append(str(ipaddress.IPv4Address(addr)))
+            self._bump()
+        return gone
+
+    def _send_release(self, owner: bytes, addr: int, ident: str) -> None:
+        """RELEASE a claim of ours, to whoever owns the address now (``owner``
+        claimed it for us; its share may have been taken over since)."""
+        owner = self.core.owner_of(addr) or owner
+        self._out.send(owner, encode_claim(0, addr, ident, RELEASE))
+
+    def _release_some(self, ident: str, which: set[int]) -> list[str]:
+        released = [addr for addr in sorted(which) if self._release_if_held(addr, ident)]
+        had_claims = ident in self.remote
+        for owner, addr in list(self.remote.get(ident, [])):
+            if addr in which:
+                self._send_release(owner, addr, ident)
+                self._drop_remote(ident, addr)
+                released.append(addr)
+        gone = had_claims and ident not in self.remote
+        if gone and not any(a.ident == ident for a in self.core.allocs.values()):
+            self.remote_ns.pop(ident, None)
+        if released:
+            self._released.append((ident, released))
+        return [str(ipaddress.IPv4Address(a)) for a in released]
+
+    def hand_over(self) -> str:
+        """Leave the mesh for good (``mesh reset``): release our containers'
+        addresses, give our whole share to a neighbour and tell it of the
+        addresses other peers' containers hold in it.  Returns what was done."""
+        mine = format_name(self.me) + "/"
+        idents = {a.ident for a in self.core.allocs.values() if a.ident.startswith(mine)}
+        for ident in sorted(idents | set(self.remote)):
+            self._release(ident)
+        neighbours = sorted(self._neighbours)
+        if not self.core.mine():
+            self._commit()
+            return "this peer owned no addresses"
+        if not neighbours:
+            self._commit()
+            return (
+                "no peer is connected: this peer's address share stays its own; "
+                f"run 'mesh rmpeer {format_name(self.me)}' on another peer"
+            )
+        to = neighbours[0]
+        kept = list(self.core.allocs.values())
+        ring = self.core.hand_over(to)
+        if ring is not None:
+            self._out.broadcast(ring)
+        for a in kept:  # now in ``to``'s share: it records them as claims
+            self._out.send(to, encode_claim(0, a.addr, a.ident))
+        self.core.allocs.clear()
+        self._bump()
+        self._commit()
+        return f"address share handed to {format_name(to)}"
+
+    def rmpeer(self, peer: bytes) -> int:
+        """The operator says ``peer`` is dead: take over its share now, and let
+        go of what we held for its containers (after a takeover by quorum)."""
+        n, ring = self.core.rmpeer(peer)
+        theirs = format_name(peer) + "/"
+        for ident in {a.ident for a in self.core.allocs.values() if a.ident.startswith(theirs)}:
+            self.core.release(ident)
+        self.reclaimer.forget(peer)
+        self._commit()
+        if ring is not None:
+            self._out.broadcast(ring)
+        return n
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self, nick: Callable[[bytes], str], now: float) -> IpamStatus:
+        shares: list[ShareStatus] = []
+        for share in self.core.status():
+            owner = share["owner"]
+            assert isinstance(owner, bytes)
+            owned, used = share["owned"], share["used"]
+            assert isinstance(owned, int)
+            assert used is None or isinstance(used, int)
+            since = self.reclaimer.unreachable_since.get(owner)
+            shares.append(
+                {
+                    "peer": format_name(owner),
+                    "nickname": nick(owner),
+                    "owned": owned,
+                    "used": used,
+                    "free": None if used is None else owned - used,
+                    "unreachable_for": None if since is None else round(now - since, 1),
+                }
+            )
+        return {
+            "range": str(self.core.network),
+            "ready": self.core.ready,
+            "init_count": self.core.init_count,
+            "quorum": self.core.quorum,
+            "reclaim_after": self.reclaimer.after,
+            "shares": shares,
+            "allocations": [
+                {"address": str(ipaddress.IPv4Address(a.addr)), "container": a.ident}
+                for a in sorted(self.core.allocs.values(), key=lambda a: a.addr)
+            ],
+        }
