@@ -158,7 +158,6 @@ def cmd_launch(a: argparse.Namespace) -> int:
                 cwd="/",
                 start_new_session=True,
             )
-        atomic_write(state_dir / "router.pid", f"{proc.pid}\n".encode(), 0o644)
         where = f"as a local process; log: {state_dir / 'router.log'}"
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
