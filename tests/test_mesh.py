@@ -11,7 +11,8 @@ from meshrouter.base.errors import LocalProtocolError, OperatorError
 from meshrouter.contract.status import ConnState, TargetState
 from meshrouter.daemon import commands
 from meshrouter.dataplane.sessionstate import PySessionState
-from meshrouter.mesh.core import TRANSITIONS, Close, Input
+from meshrouter.mesh.actions import Close
+from meshrouter.mesh.core import TRANSITIONS, Input
 from meshrouter.proto.control import MessageType
 from meshrouter.proto.wire import ROUTE
 from meshrouter.testing.control import psk
@@ -89,8 +90,8 @@ def test_udp_both_ways_establishes_and_its_loss_goes_back_to_pending() -> None:
 
 def test_duplicate_connections_keep_the_one_dialled_by_the_larger_name() -> None:
     net = MeshNet(2)
-    net.mesh(1).connect(address(2), net.now)
-    [addr] = net.mesh(1).dials_due(net.now)
+    net.mesh(1).maker.connect(address(2), net.now)
+    [addr] = net.mesh(1).maker.dials_due(net.now)
     lost, _ = net.dial(1, 2, target=addr)  # dialled by name(1): loses
     kept, _ = net.dial(2, 1)  # dialled by name(2), the larger
     for i, j in ((1, 2), (2, 1)):
@@ -156,8 +157,8 @@ def test_conn_limit_refuses_inbound_and_holds_back_dials() -> None:
         is None
     )
     assert m1.counters["connections_refused_limit"] == 1
-    m1.connect(address(3), net.now)
-    assert m1.dials_due(net.now) == []
+    m1.maker.connect(address(3), net.now)
+    assert m1.maker.dials_due(net.now) == []
     t = m1.targets.get(address(3))
     assert t is not None
     assert t.last_error == "at the connection limit (--conn-limit)"
@@ -165,31 +166,31 @@ def test_conn_limit_refuses_inbound_and_holds_back_dials() -> None:
 
 def test_forget_closes_the_targets_connection() -> None:
     net = MeshNet(2)
-    addr = net.mesh(1).connect(address(2), net.now)
-    assert net.mesh(1).dials_due(net.now) == [addr]
+    addr = net.mesh(1).maker.connect(address(2), net.now)
+    assert net.mesh(1).maker.dials_due(net.now) == [addr]
     net.dial(1, 2, target=addr)
-    assert net.mesh(1).forget(addr, net.now) == addr
+    assert net.mesh(1).maker.forget(addr, net.now) == addr
     net.pump()
     assert net.mesh(1).peers == {}
     assert net.mesh(2).peers == {}
-    assert net.mesh(1).forget(addr, net.now) is None
+    assert net.mesh(1).maker.forget(addr, net.now) is None
 
 
 def test_dial_failures_back_off_with_jitter() -> None:
     net = MeshNet(1)
     m = net.mesh(1)
-    addr = m.connect(address(9), 0.0)
-    assert m.dials_due(0.0) == [addr]
-    m.dial_failed(addr, "connection refused", 0.0)
-    assert 0.25 <= m.next_dial_at() <= 0.75  # 0.5 s x jitter in [0.5, 1.5)
-    assert m.dials_due(0.1) == []
+    addr = m.maker.connect(address(9), 0.0)
+    assert m.maker.dials_due(0.0) == [addr]
+    m.maker.dial_failed(addr, "connection refused", 0.0)
+    assert 0.25 <= m.maker.next_dial_at() <= 0.75  # 0.5 s x jitter in [0.5, 1.5)
+    assert m.maker.dials_due(0.1) == []
 
 
 def test_discovery_dials_peers_learnt_from_gossip() -> None:
     net = MeshNet(3)
     establish(net, (1, 2), (2, 3))
     net.tick()
-    due = net.mesh(1).dials_due(net.now)
+    due = net.mesh(1).maker.dials_due(net.now)
     assert due == [address(3)]
     net.dial(1, 3, target=due[0])
     net.exchange_heartbeats(1, 3)

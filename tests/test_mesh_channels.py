@@ -51,17 +51,17 @@ def test_a_partition_heals_to_one_ring_and_one_set_of_names() -> None:
         name(2),
         name(3),
     }
-    web1 = net.ipam(1).allocate("r1/web", None, "")
+    web1 = net.ipam(1).requests.allocate("r1/web", None, "")
     net.dns(1).add("r1/web", [WEB], [web1], net.now)
     alive(net, full, 2)
 
     cut(net, 3)  # {1, 2} | {3}
     assert name(3) not in net.mesh(1).peers
-    db2 = net.ipam(2).allocate("r2/db", None, "")
+    db2 = net.ipam(2).requests.allocate("r2/db", None, "")
     net.dns(2).add("r2/db", [DB], [db2], net.now)
-    web3 = net.ipam(3).allocate("r3/web", None, "")  # in its own share: no one to ask
+    web3 = net.ipam(3).requests.allocate("r3/web", None, "")  # in its own share: no one to ask
     net.dns(3).add("r3/web", [WEB], [web3], net.now)
-    net.ipam(1).release("r1/web")  # detached: a release and a tombstone 3 misses
+    net.ipam(1).requests.release("r1/web")  # detached: a release and a tombstone 3 misses
     net.dns(1).remove("r1/web", net.now)
     alive(net, [(1, 2)], 10)
     assert sorted(e.addr for e in net.dns(3).records.lookup(WEB)) == sorted([web1, web3])

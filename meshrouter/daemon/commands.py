@@ -85,12 +85,12 @@ class Commands:
         host, port = split_address(address, self.r.opts.port)
         if port == self.r.opts.port and is_local_address(host):
             raise BadInput(f"{address} is this router itself: give another host's address")
-        result = self.r.mesh.connect(address, trio.current_time())
+        result = self.r.mesh.maker.connect(address, trio.current_time())
         self.r.pump()
         return result
 
     def forget(self, address: str) -> str | None:
-        result = self.r.mesh.forget(address, trio.current_time())
+        result = self.r.mesh.maker.forget(address, trio.current_time())
         self.r.pump()
         return result
 

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from meshrouter.mesh.core import Action, Close, Flush, Mesh, Redial, TargetsChanged
+from meshrouter.mesh.actions import Action, Close, Flush, Redial, TargetsChanged
+from meshrouter.mesh.core import Mesh
 
 log = logging.getLogger("meshrouter")
 
@@ -160,12 +161,12 @@ class Connections:
 
     async def _maker_loop(self) -> None:
         while True:
-            for address in self.mesh.dials_due(trio.current_time()):
+            for address in self.mesh.maker.dials_due(trio.current_time()):
                 assert self.nursery is not None
                 self.nursery.start_soon(self._dial, address)
             self._pump()
             self._wake_maker = trio.Event()
-            with trio.move_on_at(self.mesh.next_dial_at()):
+            with trio.move_on_at(self.mesh.maker.next_dial_at()):
                 await self._wake_maker.wait()
 
     async def _dial(self, address: str) -> None:
@@ -181,7 +182,7 @@ class Connections:
             else:  # a resolver's UnicodeError, a bug: counted, never the router's end
                 self.mesh.counters["dial_errors"] += 1
                 reason = f"cannot dial: {type(exc).__name__}: {exc}"
-            self.mesh.dial_failed(address, reason, trio.current_time())
+            self.mesh.maker.dial_failed(address, reason, trio.current_time())
             self._pump()
             return
         await self._run_connection(stream, initiator=True, target=address)

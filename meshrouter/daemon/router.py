@@ -51,8 +51,9 @@ from meshrouter.fastpath.service import FastPathService
 from meshrouter.host import hostaccess
 from meshrouter.host.netdev import NetdevError
 from meshrouter.ipam.service import IpamService
+from meshrouter.mesh.actions import KeysChanged, LinkUp
 from meshrouter.mesh.channel import Channel
-from meshrouter.mesh.core import KeysChanged, LinkUp, Mesh, Rng
+from meshrouter.mesh.core import Mesh, Rng
 
 log = logging.getLogger("meshrouter")
 

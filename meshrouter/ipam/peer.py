@@ -24,13 +24,11 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meshrouter.base.errors import BadPacket, IpamError
+from meshrouter.base.errors import BadPacket
 from meshrouter.base.names import format_name
-from meshrouter.contract.status import IpamStatus, ShareStatus
 from meshrouter.ipam.reclaim import (
     ALLOCS,
     ALLOCS_ACK,
@@ -39,6 +37,7 @@ from meshrouter.ipam.reclaim import (
     encode_ack,
     encode_allocs,
 )
+from meshrouter.ipam.requests import Requests
 from meshrouter.ipam.ring import (
     CLAIM,
     CLAIM_NOT_OWNER,
@@ -52,7 +51,6 @@ from meshrouter.ipam.ring import (
     decode_untrusted,
     encode_claim,
     encode_claim_reply,
-    encode_donate,
     encode_ring,
 )
 from meshrouter.mesh.channel import Message, Outbox, View
@@ -105,9 +103,9 @@ class IpamPeer:
         self.remote: dict[str, list[tuple[bytes, int]]] = {}  # our claims in others' shares
         self.remote_ns: dict[str, str] = {}  # ... and their containers' namespaces
         self.changes = 0  # moves when a waiting API call may go on
-        self._out = Outbox()
-        self._claiming: dict[int, tuple[int, str]] = {}  # request -> (addr, ident)
-        self._answers: dict[int, tuple[int, str]] = {}  # request -> (status, msg)
+        self.out = Outbox()
+        self.claiming: dict[int, tuple[int, str]] = {}  # request -> (addr, ident)
+        self.answers: dict[int, tuple[int, str]] = {}  # request -> (status, msg)
         self._published: dict[int, str] = {}
         self._reachable: set[bytes] = {me}
         self._neighbours: set[bytes] = set()
@@ -116,8 +114,9 @@ class IpamPeer:
         self._next_allocs = 0.0
         self._next_ring = RING_INTERVAL
         self._next_rehome = 0.0
-        self._requests = itertools.count(1)
+        self.request_ids = itertools.count(1)
         self._released: list[tuple[str, list[int] | None]] = []
+        self.requests = Requests(self)
 
     def restored(
         self, remote: dict[str, list[tuple[bytes, int]]], remote_ns: dict[str, str]
@@ -140,20 +139,20 @@ class IpamPeer:
         for ident, claims in self.remote.items():
             for _, addr in claims:
                 held[addr] = ident
-        for addr, ident in self._claiming.values():  # listed before they are sent
+        for addr, ident in self.claiming.values():  # listed before they are sent
             held[addr] = ident
         return held
 
-    def _bump(self) -> None:
+    def bump(self) -> None:
         self.core.version += 1
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         held = self._holdings()
         if held != self._published:  # others must learn of it (see ``reclaim``)
             self._published = held
             self.reclaimer.bump()
-            self._bump()
-            self._out.broadcast(self._allocs_payload())
+            self.bump()
+            self.out.broadcast(self._allocs_payload())
         self.changes += 1
 
     def _allocs_payload(self) -> bytes:
@@ -167,7 +166,7 @@ class IpamPeer:
         return False
 
     def _broadcast_ring(self, but: bytes | None = None) -> None:
-        self._out.broadcast(encode_ring(self.core.tokens), but)
+        self.out.broadcast(encode_ring(self.core.tokens), but)
 
     def take_released(self) -> list[tuple[str, list[int] | None]]:
         """Each release since the last call: the container, and which addresses
@@ -202,7 +201,7 @@ class IpamPeer:
         pass  # a share is taken over by ``Reclaimer``'s rules, not by the topology's GC
 
     def messages_to_send(self) -> list[Message]:
-        return self._out.take()
+        return self.out.take()
 
     def receive_untrusted(self, peer: bytes, payload: bytes, now: float) -> None:
         """An IPAM message from ``peer``.  Raises only BadPacket."""
@@ -216,7 +215,7 @@ class IpamPeer:
         assert isinstance(value, dict)
         if self.core.merge(value):
             self._rehome()
-            self._commit()
+            self.commit()
             self._broadcast_ring(but=sender)
 
     def _on_donate(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
@@ -225,8 +224,8 @@ class IpamPeer:
         ring = self.core.donate(sender, subnet)
         if ring is not None:
             log.info("gave part of our address share to %s", format_name(sender))
-            self._commit()
-            self._out.broadcast(ring)
+            self.commit()
+            self.out.broadcast(ring)
 
     def _on_claim(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
         request, addr, ident = value
@@ -235,7 +234,7 @@ class IpamPeer:
         if status != CLAIM_OK:
             holder = self.core.allocs.get(addr)
             msg = f"in use by {holder.ident}" if holder else "not ours to give"
-        self._commit()
+        self.commit()
         if status == CLAIM_OK and not self._recorded():
             # Granted once enough other owners know of it (see ``reclaim``).
             self._pending.append(
@@ -244,20 +243,20 @@ class IpamPeer:
                 )
             )
             return
-        self._out.send(sender, encode_claim_reply(request, status, msg))
+        self.out.send(sender, encode_claim_reply(request, status, msg))
 
     def _on_claim_reply(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
         request, status, msg = value
         if request in self._rehoming:
             self._rehomed(self._rehoming.pop(request), status, msg)
-        elif request in self._claiming and request not in self._answers:
-            self._answers[request] = (status, msg)
+        elif request in self.claiming and request not in self.answers:
+            self.answers[request] = (status, msg)
             self.changes += 1
 
     def _on_release(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
         _, addr, ident = value
         if self._release_if_held(addr, ident):
-            self._commit()
+            self.commit()
 
     def _on_allocs(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
         assert isinstance(value, AllocSet)
@@ -265,17 +264,17 @@ class IpamPeer:
         if changed:
             for addr in self.reclaimer.stale(value, self.core.handed_out()):
                 self.core.release_addr(addr)  # its holder no longer needs it
-            self._bump()  # saved with the rest
-            self._commit()
-            self._out.broadcast(payload, sender)
+            self.bump()  # saved with the rest
+            self.commit()
+            self.out.broadcast(payload, sender)
         if self.reclaimer.should_ack(value, sender, changed):
-            self._out.send(value.owner, encode_ack(value.owner, value.version))
+            self.out.send(value.owner, encode_ack(value.owner, value.version))
 
     def _on_allocs_ack(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
         owner, version = value
         if self.reclaimer.on_ack(sender, owner, version):
             self._settle(now)
-            self._commit()
+            self.commit()
 
     _HANDLERS = {
         RING: _on_ring,
@@ -299,20 +298,20 @@ class IpamPeer:
                 self.core.network,
                 len(self._reachable),
             )
-            self._commit()
-            self._out.broadcast(ring)
+            self.commit()
+            self.out.broadcast(ring)
         if self.core.ready:
             self._take_over_dead(now)
             if now >= self._next_allocs:
                 self._next_allocs = now + ALLOCS_INTERVAL
-                self._out.broadcast(self._allocs_payload())
+                self.out.broadcast(self._allocs_payload())
             if now >= self._next_ring:
                 self._next_ring = now + RING_INTERVAL
                 self._broadcast_ring()
             if self._rehoming and now >= self._next_rehome:
                 self._next_rehome = now + CLAIM_RESEND
                 for request, r in list(self._rehoming.items()):
-                    self._out.send(r.owner, encode_claim(request, r.addr, r.ident))
+                    self.out.send(r.owner, encode_claim(request, r.addr, r.ident))
         if self._pending:
             self._settle(now)
 
@@ -334,10 +333,10 @@ class IpamPeer:
         waiting: list[PendingReply] = []
         for p in self._pending:
             if self._recorded(p.version):
-                self._out.send(p.sender, encode_claim_reply(p.request, CLAIM_OK, ""))
+                self.out.send(p.sender, encode_claim_reply(p.request, CLAIM_OK, ""))
             elif now >= p.deadline:
                 self._release_if_held(p.addr, p.ident)
-                self._out.send(
+                self.out.send(
                     p.sender,
                     encode_claim_reply(p.request, CLAIM_TAKEN, self.unrecorded_reason()),
                 )
@@ -365,7 +364,7 @@ class IpamPeer:
     def unrecorded(self, addr: int, ident: str) -> str:
         """Other owners did not record our allocation of ``addr`` in time: let it go."""
         if self._release_if_held(addr, ident):
-            self._commit()
+            self.commit()
         return self.unrecorded_reason()
 
     def resend_ring(self) -> None:
@@ -374,7 +373,7 @@ class IpamPeer:
             self._broadcast_ring()
 
     def resend_allocs(self) -> None:
-        self._out.broadcast(self._allocs_payload())
+        self.out.broadcast(self._allocs_payload())
 
     # -- takeovers and re-homing -------------------------------------------------
 
@@ -395,7 +394,7 @@ class IpamPeer:
                 len(owners & (self._reachable | {self.me})),
                 len(owners),
             )
-            self._commit()
+            self.commit()
             self._broadcast_ring()
 
     def _rehome(self) -> None:
@@ -427,9 +426,9 @@ class IpamPeer:
                     self._rehome_one(Rehoming(ident, addr, owner, ns_path))
 
     def _rehome_one(self, r: Rehoming) -> None:
-        request = next(self._requests)
+        request = next(self.request_ids)
         self._rehoming[request] = r
-        self._out.send(r.owner, encode_claim(request, r.addr, r.ident))
+        self.out.send(r.owner, encode_claim(request, r.addr, r.ident))
 
     def _drop_remote(self, ident: str, addr: int) -> None:
         kept = [(o, a) for o, a in self.remote.get(ident, []) if a != addr]
@@ -437,7 +436,7 @@ class IpamPeer:
             self.remote[ident] = kept
         else:
             self.remote.pop(ident, None)
-        self._bump()
+        self.bump()
 
     def _rehomed(self, r: Rehoming, status: int, msg: str) -> None:
         if status == CLAIM_NOT_OWNER:
@@ -464,7 +463,7 @@ class IpamPeer:
                 msg,
                 r.ident.split("/", 1)[-1],
             )
-        self._commit()
+        self.commit()
 
     # -- containers whose namespace vanished --------------------------------------
 
@@ -479,150 +478,29 @@ class IpamPeer:
         """These containers' namespaces are gone: release their addresses."""
         for ident in sorted(idents):
             log.info("container %s is gone: releasing its address", ident)
-            self._release(ident)
+            self.release_all(ident)
         if idents:
-            self._commit()
+            self.commit()
 
     # -- the API's steps -----------------------------------------------------------
 
-    def subnet(self, subnet: str | None) -> ipaddress.IPv4Network | None:
-        if subnet is None:
-            return None
-        try:
-            net = ipaddress.IPv4Network(subnet)
-        except ValueError as exc:
-            raise IpamError(f"invalid subnet {subnet!r}: {exc}") from None
-        if not net.subnet_of(self.core.network):
-            raise IpamError(f"subnet {net} is not inside the mesh range {self.core.network}")
-        return net
-
-    def allocate(self, ident: str, net: ipaddress.IPv4Network | None, ns_path: str) -> int:
-        """An address in our share; raises NotReady or NoSpace (the service waits)."""
-        addr = self.core.allocate(ident, net, ns_path)
-        self._commit()
-        return addr
-
-    def pick_donor(self, net: ipaddress.IPv4Network | None, asked: set[bytes]) -> bytes | None:
-        lo, hi = self.core.bounds(net)
-        space: dict[bytes, int] = {}
-        for s, e, owner in self.core.intervals():
-            n = min(e, hi) - max(s, lo)
-            if n > 0 and owner != self.me:
-                space[owner] = space.get(owner, 0) + n
-        candidates = [p for p in self._neighbours if p in space and p not in asked]
-        return max(candidates, key=lambda p: (space[p], p), default=None)
-
-    def ask_donation(self, donor: bytes, net: ipaddress.IPv4Network | None) -> None:
-        self._out.send(donor, encode_donate(net))
-
-    def claim_here(self, addr: int, ident: str, ns_path: str) -> None:
-        """A claim in our own share.  Raises IpamError when it is in use."""
-        status = self.core.claim(addr, ident, ns_path)
-        if status != CLAIM_OK:
-            holder = self.core.allocs.get(addr)
-            who = f" by {holder.ident.split('/', 1)[-1]}" if holder else ""
-            raise IpamError(f"{ipaddress.IPv4Address(addr)} is already in use{who}")
-        self._commit()
-
-    def start_claim(self, owner: bytes, addr: int, ident: str) -> int:
-        """A claim at ``owner``: sent now, and again by ``resend_claim``.
-        Listed in our set before it is sent: an owner that granted it never
-        sees a newer set of ours without it (see ``Reclaimer.stale``)."""
-        if not self.can_reach(owner):
-            raise IpamError(
-                f"{ipaddress.IPv4Address(addr)} belongs to peer {format_name(owner)}, which "
-                "cannot be reached: use an address of this host's share, or none"
-            )
-        request = next(self._requests)
-        self._claiming[request] = (addr, ident)
-        self._commit()
-        self.resend_claim(request, owner)
-        return request
-
-    def resend_claim(self, request: int, owner: bytes) -> None:
-        """A claim is idempotent for one ident, so it is sent again until
-        answered: a direct connection that died unnoticed is dropped by the
-        heartbeat timeout and the next copy goes round it by relay."""
-        addr, ident = self._claiming[request]
-        self._out.send(owner, encode_claim(request, addr, ident))
-
-    def answer(self, request: int) -> tuple[int, str] | None:
-        return self._answers.get(request)
-
-    def end_claim(self, request: int) -> tuple[int, str] | None:
-        """The claim is over (answered or given up): its answer, if any."""
-        self._claiming.pop(request, None)
-        return self._answers.pop(request, None)
-
-    def claimed_at(self, owner: bytes, addr: int, ident: str, ns_path: str) -> None:
-        """``owner`` granted our claim of ``addr``."""
-        held = self.remote.setdefault(ident, [])
-        if (owner, addr) not in held:  # claimed again (reattach): one record
-            held.append((owner, addr))
-        if ns_path:
-            self.remote_ns[ident] = ns_path
-        self._bump()  # the remote claims are saved with the rest
-        self._commit()
-
-    def release(self, ident: str, addrs: list[str] | None = None) -> list[str]:
-        """Let ``ident``'s addresses go (only ``addrs``, when given); the
-        released ones, in dotted form."""
-        if addrs is None:
-            gone = self._release(ident)
-        else:
-            try:
-                which = {int(ipaddress.IPv4Interface(a).ip) for a in addrs}
-            except ValueError:
-                raise IpamError(f"invalid address in {addrs}: expected IPv4 addresses") from None
-            gone = self._release_some(ident, which)
-        self._commit()
-        return gone
-
-    def _holder(self, address: str) -> tuple[int, str | None]:
-        try:
-            addr = int(ipaddress.IPv4Address(address.split("/")[0]))
-        except ValueError:
-            raise IpamError(f"invalid address {address!r}") from None
-        held = self.core.allocs.get(addr)
-        if held is not None:
-            return addr, held.ident
-        return addr, next((i for i, cl in self.remote.items() if addr in (a for _, a in cl)), None)
-
-    def held(self, ident: str) -> set[int]:
-        """The addresses ``ident`` holds, in our share or claimed in another's."""
-        mine = {a for a, alloc in self.core.allocs.items() if alloc.ident == ident}
-        return mine | {a for _, a in self.remote.get(ident, [])}
-
-    def holder(self, address: str) -> str | None:
-        """The ident of ours that holds ``address`` (in our share or claimed
-        in another's), or None."""
-        return self._holder(address)[1]
-
-    def release_address(self, address: str) -> str | None:
-        """Let ``address`` go, whoever of ours holds it; the holder's ident, or None."""
-        addr, ident = self._holder(address)
-        if ident is not None:
-            self._release_some(ident, {addr})
-            self._commit()
-        return ident
-
-    def _release(self, ident: str) -> list[str]:
+    def release_all(self, ident: str) -> list[str]:
         self._released.append((ident, None))
         gone = [str(ipaddress.IPv4Address(a)) for a in self.core.release(ident)]
         self.remote_ns.pop(ident, None)
         for owner, addr in self.remote.pop(ident, []):
             self._send_release(owner, addr, ident)
             gone.append(str(ipaddress.IPv4Address(addr)))
-            self._bump()
+            self.bump()
         return gone
 
     def _send_release(self, owner: bytes, addr: int, ident: str) -> None:
         """RELEASE a claim of ours, to whoever owns the address now (``owner``
         claimed it for us; its share may have been taken over since)."""
         owner = self.core.owner_of(addr) or owner
-        self._out.send(owner, encode_claim(0, addr, ident, RELEASE))
+        self.out.send(owner, encode_claim(0, addr, ident, RELEASE))
 
-    def _release_some(self, ident: str, which: set[int]) -> list[str]:
+    def release_some(self, ident: str, which: set[int]) -> list[str]:
         released = [addr for addr in sorted(which) if self._release_if_held(addr, ident)]
         had_claims = ident in self.remote
         for owner, addr in list(self.remote.get(ident, [])):
@@ -637,79 +515,4 @@ class IpamPeer:
             self._released.append((ident, released))
         return [str(ipaddress.IPv4Address(a)) for a in released]
 
-    def hand_over(self) -> str:
-        """Leave the mesh for good (``mesh reset``): release our containers'
-        addresses, give our whole share to a neighbour and tell it of the
-        addresses other peers' containers hold in it.  Returns what was done."""
-        mine = format_name(self.me) + "/"
-        idents = {a.ident for a in self.core.allocs.values() if a.ident.startswith(mine)}
-        for ident in sorted(idents | set(self.remote)):
-            self._release(ident)
-        neighbours = sorted(self._neighbours)
-        if not self.core.mine():
-            self._commit()
-            return "this peer owned no addresses"
-        if not neighbours:
-            self._commit()
-            return (
-                "no peer is connected: this peer's address share stays its own; "
-                f"run 'mesh rmpeer {format_name(self.me)}' on another peer"
-            )
-        to = neighbours[0]
-        kept = list(self.core.allocs.values())
-        ring = self.core.hand_over(to)
-        if ring is not None:
-            self._out.broadcast(ring)
-        for a in kept:  # now in ``to``'s share: it records them as claims
-            self._out.send(to, encode_claim(0, a.addr, a.ident))
-        self.core.allocs.clear()
-        self._bump()
-        self._commit()
-        return f"address share handed to {format_name(to)}"
-
-    def rmpeer(self, peer: bytes) -> int:
-        """The operator says ``peer`` is dead: take over its share now, and let
-        go of what we held for its containers (after a takeover by quorum)."""
-        n, ring = self.core.rmpeer(peer)
-        theirs = format_name(peer) + "/"
-        for ident in {a.ident for a in self.core.allocs.values() if a.ident.startswith(theirs)}:
-            self.core.release(ident)
-        self.reclaimer.forget(peer)
-        self._commit()
-        if ring is not None:
-            self._out.broadcast(ring)
-        return n
-
     # -- status ------------------------------------------------------------------
-
-    def status(self, nick: Callable[[bytes], str], now: float) -> IpamStatus:
-        shares: list[ShareStatus] = []
-        for share in self.core.status():
-            owner = share["owner"]
-            assert isinstance(owner, bytes)
-            owned, used = share["owned"], share["used"]
-            assert isinstance(owned, int)
-            assert used is None or isinstance(used, int)
-            since = self.reclaimer.unreachable_since.get(owner)
-            shares.append(
-                {
-                    "peer": format_name(owner),
-                    "nickname": nick(owner),
-                    "owned": owned,
-                    "used": used,
-                    "free": None if used is None else owned - used,
-                    "unreachable_for": None if since is None else round(now - since, 1),
-                }
-            )
-        return {
-            "range": str(self.core.network),
-            "ready": self.core.ready,
-            "init_count": self.core.init_count,
-            "quorum": self.core.quorum,
-            "reclaim_after": self.reclaimer.after,
-            "shares": shares,
-            "allocations": [
-                {"address": str(ipaddress.IPv4Address(a.addr)), "container": a.ident}
-                for a in sorted(self.core.allocs.values(), key=lambda a: a.addr)
-            ],
-        }

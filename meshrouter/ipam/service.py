@@ -168,7 +168,7 @@ class IpamService:
 
     async def allocate(self, ident: str, ns_path: str, subnet: str | None) -> str:
         ns_path = self._watchable(ns_path)
-        net = self.peer.subnet(subnet)
+        net = self.peer.requests.subnet(subnet)
         deadline = trio.current_time() + WAIT
         asked: set[bytes] = set()
         donor_wait: float | None = None
@@ -176,7 +176,7 @@ class IpamService:
             try:
                 if self.peer.core.ready:
                     await self._wait_recordable(deadline)
-                addr = self.peer.allocate(ident, net, ns_path)
+                addr = self.peer.requests.allocate(ident, net, ns_path)
             except NotReady:
                 await self._wait_change(deadline, self.peer.not_ready_reason())
                 continue
@@ -185,13 +185,13 @@ class IpamService:
                 # (acks, gossip) wake us meanwhile without counting as a refusal.
                 now = trio.current_time()
                 if donor_wait is None or now >= donor_wait:
-                    donor = self.peer.pick_donor(net, asked)
+                    donor = self.peer.requests.pick_donor(net, asked)
                     if donor is None:
                         raise IpamError(
                             f"no free address in {net or self.peer.core.network} anywhere reachable"
                         ) from None
                     asked.add(donor)
-                    self.peer.ask_donation(donor, net)
+                    self.peer.requests.ask_donation(donor, net)
                     self._output()
                     donor_wait = now + DONOR_WAIT
                 if donor_wait >= deadline:
@@ -217,23 +217,23 @@ class IpamService:
             raise IpamError(f"{iface.ip} is outside the mesh range {self.peer.core.network}")
         if owner == self.peer.me:
             await self._wait_recordable(deadline)
-            self.peer.claim_here(addr, ident, ns_path)
+            self.peer.requests.claim_here(addr, ident, ns_path)
             self._step()
             await self._record(addr, ident, deadline)
             return str(iface)
-        request = self.peer.start_claim(owner, addr, ident)
+        request = self.peer.requests.start_claim(owner, addr, ident)
         try:
             self._step()
             with trio.move_on_after(CLAIM_TIMEOUT):
-                while self.peer.answer(request) is None:
+                while self.peer.requests.answer(request) is None:
                     with trio.move_on_after(CLAIM_RESEND) as wait:
-                        while self.peer.answer(request) is None:
+                        while self.peer.requests.answer(request) is None:
                             await self.changed.wait()
                     if wait.cancelled_caught:
-                        self.peer.resend_claim(request, owner)
+                        self.peer.requests.resend_claim(request, owner)
                         self._output()
         finally:
-            answer = self.peer.end_claim(request)
+            answer = self.peer.requests.end_claim(request)
             self._step()
         if answer is None:
             raise IpamError(f"peer {format_name(owner)} did not answer the claim of {iface.ip}")
@@ -242,41 +242,41 @@ class IpamService:
             raise IpamError(f"{iface.ip}: ownership moved while claiming; try again")
         if status != CLAIM_OK:
             raise IpamError(f"{iface.ip} is already in use ({msg})")
-        self.peer.claimed_at(owner, addr, ident, ns_path)
+        self.peer.requests.claimed_at(owner, addr, ident, ns_path)
         self._step()
         return str(iface)
 
     def release(self, ident: str, addrs: list[str] | None = None) -> list[str]:
-        gone = self.peer.release(ident, addrs)
+        gone = self.peer.requests.release(ident, addrs)
         self._step()
         return gone
 
     def release_address(self, address: str) -> str | None:
-        ident = self.peer.release_address(address)
+        ident = self.peer.requests.release_address(address)
         self._step()
         return ident
 
     def hand_over(self) -> str:
-        done = self.peer.hand_over()
+        done = self.peer.requests.hand_over()
         self._step()
         return done
 
     def rmpeer(self, peer: bytes) -> int:
-        n = self.peer.rmpeer(peer)
+        n = self.peer.requests.rmpeer(peer)
         self._step()
         return n
 
     def held(self, ident: str) -> set[int]:
-        return self.peer.held(ident)
+        return self.peer.requests.held(ident)
 
     def holder(self, address: str) -> str | None:
-        return self.peer.holder(address)
+        return self.peer.requests.holder(address)
 
     def owners(self) -> set[bytes]:
         return self.peer.owners()
 
     def status(self, nick: Callable[[bytes], str], now: float) -> IpamStatus:
-        return self.peer.status(nick, now)
+        return self.peer.requests.status(nick, now)
 
     def close(self) -> None:
         if self.store is not None:

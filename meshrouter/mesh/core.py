@@ -47,31 +47,38 @@ the shell passes in; time only ever comes in as ``now``.
 from __future__ import annotations
 
 import logging
-import math
-import struct
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from meshrouter.base.errors import BadInput, BadPacket, LocalProtocolError
+from meshrouter.base.errors import BadInput, LocalProtocolError
 from meshrouter.base.inputs import format_address
 from meshrouter.base.lograte import LogLimiter
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import (
-    ConnectionStatus,
     ConnState,
     MeshStatus,
-    PeerStatus,
     TargetState,
-    TargetStatus,
 )
 from meshrouter.dataplane.link import Link, LinkTable
 from meshrouter.dataplane.session import DataSession
-from meshrouter.mesh.channel import Broadcast, Channel, View
-from meshrouter.mesh.targets import Target, Targets
-from meshrouter.mesh.topology import ConnInfo, Gossip
+from meshrouter.mesh.actions import (
+    Action,
+    Close,
+    Flush,
+    LinkUp,
+    TargetsChanged,
+)
+from meshrouter.mesh.announce import Announcer
+from meshrouter.mesh.channel import Channel, View
+from meshrouter.mesh.channels import Channels, Handler
+from meshrouter.mesh.maker import Maker
+from meshrouter.mesh.rotation import Rotation
+from meshrouter.mesh.statusview import mesh_status
+from meshrouter.mesh.targets import Targets
+from meshrouter.mesh.topology import Gossip
 from meshrouter.proto.control import (
     ConnectionClosed,
     ControlConnection,
@@ -82,25 +89,10 @@ from meshrouter.proto.control import (
 )
 from meshrouter.proto.crypto import SUITES
 from meshrouter.proto.handshake import HandshakeResult, Identity
-from meshrouter.proto.keyring import KeyRing, decode_rotate_untrusted, encode_rotate
-from meshrouter.proto.wire import MAX_HOPS, ROUTE, parse_route_header_untrusted
+from meshrouter.proto.keyring import KeyRing
 
 SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
-REKEY_RETRY = 10.0  # a rotation's replacement connection not made by then: dialled again
 log = logging.getLogger("meshrouter")
-
-FULL_GOSSIP_INTERVAL = 30.0
-CLOCK = struct.Struct("!d")
-
-
-def parse_clock_untrusted(payload: bytes) -> tuple[float, str]:
-    """A CLOCK message: (wall clock, version).  Raises only BadPacket."""
-    if len(payload) < CLOCK.size or len(payload) > CLOCK.size + 64:
-        raise BadPacket("CLOCK message of the wrong length")
-    (wall,) = CLOCK.unpack_from(payload)
-    if not math.isfinite(wall):
-        raise BadPacket("CLOCK is not a finite time")
-    return wall, payload[CLOCK.size :].decode("utf-8", "replace")
 
 
 class Input(Enum):
@@ -133,41 +125,6 @@ TRANSITIONS: dict[ConnState, dict[Input, ConnState]] = {
 class Rng(Protocol):
     def getrandbits(self, k: int, /) -> int: ...
     def uniform(self, a: float, b: float, /) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Flush:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class TargetsChanged:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Redial:
-    """Dial ``address`` now, beside the connection it has (re-keying it)."""
-
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class KeysChanged:
-    """The key ring changed (a rotation adopted, a key retired): persist it."""
-
-
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
 
 
 @dataclass(eq=False)
@@ -226,21 +183,22 @@ class Mesh:
         self.name = format_name(name)
         self.nickname = nickname
         self.keys = keys if keys is not None else KeyRing(current=psk)
-        self._rng = rng
+        self.rng = rng
         self.uid = rng.getrandbits(64)
         self.identity = Identity(
             name=name, nickname=nickname, uid=self.uid, udp_port=port, ipalloc_range=ipalloc_range
         )
-        self.channels = list(channels)
-        self._handlers: dict[int, Callable[[Conn, bytes, float], None]] = {
-            MessageType.GOSSIP: self._on_gossip,
-            MessageType.CLOCK: self._on_clock,
-            MessageType.ROTATE: self._on_rotate,
+        self.announce = Announcer(self, now)
+        self.rotation = Rotation(self)
+        self.maker = Maker(self)
+        own: dict[int, Handler] = {
+            MessageType.GOSSIP: self.announce.on_gossip,
+            MessageType.CLOCK: self.announce.on_clock,
+            MessageType.ROTATE: self.rotation.on_message,
         }
-        for ch in self.channels:
-            self._handlers[ch.mtype] = self._receiver(ch)
-            if ch.relayed is not None:
-                self._handlers[ch.relayed] = self._relay_receiver(ch)
+        self.hub = Channels(self, channels, own)
+        self.channels = self.hub.channels
+        self._handlers = self.hub.handlers
         self.conn_limit = conn_limit
         self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
         self.targets = Targets(port)
@@ -256,11 +214,12 @@ class Mesh:
         self.peers: dict[bytes, Conn] = {}  # handshake complete, not closed, by peer name
         self._actions: deque[Action] = deque()
         self._limiter = LogLimiter()
-        self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
         self.version = version
-        self._wall_offset: float | None = None  # wall clock minus ``now``, from tick()
 
     # -- output -----------------------------------------------------------------
+
+    def act(self, action: Action) -> None:
+        self._actions.append(action)
 
     def take_actions(self) -> list[Action]:
         out = list(self._actions)
@@ -297,7 +256,7 @@ class Mesh:
         if not initiator and len(self.conns) >= self.conn_limit:
             self.counters["connections_refused_limit"] += 1
             where = format_address(*remote)
-            self._log_limited(
+            self.log_limited(
                 logging.WARNING,
                 where,
                 "limit",
@@ -321,7 +280,7 @@ class Mesh:
 
     def _new_index(self) -> int:
         while True:
-            index = self._rng.getrandbits(32)
+            index = self.rng.getrandbits(32)
             if index and index not in self.conns:
                 return index
 
@@ -355,13 +314,13 @@ class Mesh:
             # one as a duplicate first): that connection serves the target now.
             self._hand_target(conn, survivor)
         if conn.target is not None:
-            self._target_failed(conn.target, conn.control.close_reason or "connection closed", now)
+            self.maker.failed(conn.target, conn.control.close_reason or "connection closed", now)
 
     def close_all(self, reason: str, now: float) -> None:
         for conn in list(self.conns.values()):
-            self._close(conn, reason, now)
+            self.close_connection(conn, reason, now)
 
-    def _close(self, conn: Conn, reason: str, now: float, cause: str = "local") -> None:
+    def close_connection(self, conn: Conn, reason: str, now: float, cause: str = "local") -> None:
         """Close ``conn`` with ``reason`` (told to the peer), log it, and have
         the shell end its task."""
         if conn.control.state is State.CLOSED:
@@ -399,17 +358,17 @@ class Mesh:
             self.links.withdraw(conn.link)
         if self.peers.get(conn.name) is conn:
             del self.peers[conn.name]
-            self._update_own_record()
+            self.announce.own_record_changed()
             for ch in self.channels:
                 ch.peer_down(conn.name)
-            self._flush_channels()
+            self.hub.flush()
 
     def _log_closed(self, conn: Conn, reason: str, cause: str, now: float) -> None:
         if conn.result is None:
             # Before the handshake anyone can cause this line (connect, close,
             # again): at most one a minute per address and reason.
             self.counters["handshake_failures" if cause == "error" else "connections_closed"] += 1
-            self._log_limited(
+            self.log_limited(
                 logging.WARNING if cause == "error" else logging.INFO,
                 conn.where,
                 reason,
@@ -424,7 +383,7 @@ class Mesh:
             self.counters["connections_closed"] += 1
             log.info("connection %s at %s closed: %s", conn.label, conn.where, reason)
 
-    def _log_limited(
+    def log_limited(
         self, level: int, where: str, kind: str, msg: str, *args: object, now: float
     ) -> None:
         """The same kind of complaint about the same address at most once per
@@ -445,7 +404,7 @@ class Mesh:
                 log.warning("target %s is this router itself: forgotten", conn.target)
                 self._actions.append(TargetsChanged())
                 conn.target = None
-            self._close(conn, "connection to self", now)
+            self.close_connection(conn, "connection to self", now)
             return
         conn.name = res.peer.name
         conn.key_epoch = self.keys.epoch_of(res.psk)
@@ -453,7 +412,7 @@ class Mesh:
         replaced: Conn | None = None  # a connection this one re-keys
         if old is not None:
             if old.result is not None and old.result.peer.uid != res.peer.uid:
-                self._close(old, "peer restarted; replaced by new connection", now)
+                self.close_connection(old, "peer restarted; replaced by new connection", now)
             else:
                 loser = self._duplicate_loser(old, conn)
                 self._hand_target(loser, old if loser is conn else conn)
@@ -467,11 +426,18 @@ class Mesh:
                     # arrives on the old link is still taken.
                     old.superseded_at = now
                 elif rekeyed:
-                    self._close(loser, "re-keyed under the rotated mesh password", now)
+                    self.close_connection(loser, "re-keyed under the rotated mesh password", now)
                 else:
-                    self._close(loser, "duplicate connection", now)
+                    self.close_connection(loser, "duplicate connection", now)
                 if loser is conn:
                     return
+        self._became_peer(conn, res, replaced, now)
+
+    def _became_peer(
+        self, conn: Conn, res: HandshakeResult, replaced: Conn | None, now: float
+    ) -> None:
+        """``conn`` is the peer's connection now: its data path is published,
+        and the peer is sent what a new neighbour gets."""
         self._transition(conn, Input.HANDSHAKE_DONE)
         self.peers[conn.name] = conn
         keys = res.keys
@@ -508,15 +474,15 @@ class Mesh:
             SUITES[keys.suite].name,
             keys.version,
         )
-        self._send_rotate(conn)
-        self._send_gossip(conn, self.gossip.full())
-        self._send_clock(conn, now)
+        self.rotation.send(conn)
+        self.announce.send_gossip(conn, self.gossip.full())
+        self.announce.send_clock(conn, now)
         for ch in self.channels:
             for payload in ch.hello(conn.name, conn.remote[0], now):
-                self._send(conn, ch.mtype, payload)
+                self.send_message(conn, ch.mtype, payload)
         if replaced is not None and conn.link.session.established(now):
             self._transition(conn, Input.UDP_UP)  # it inherited a working path
-        self._update_own_record()
+        self.announce.own_record_changed()
         self._actions.append(LinkUp())  # first UDP heartbeat now, not at the next tick
 
     def _hand_target(self, loser: Conn, winner: Conn) -> None:
@@ -547,302 +513,45 @@ class Mesh:
         else:
             handler(conn, ev.payload, now)
 
-    def _on_gossip(self, conn: Conn, payload: bytes, now: float) -> None:
-        try:
-            fwd = self.gossip.receive_untrusted(payload)
-        except BadPacket as exc:
-            self.counters["gossip_errors"] += 1
-            self._close(conn, f"bad gossip: {exc}", now, cause="error")
-            return
-        if fwd is not None:
-            self._topology_changed()
-            self._gossip_to_all(fwd, but=conn)
-
-    def _on_clock(self, conn: Conn, payload: bytes, now: float) -> None:
-        try:
-            wall, version = parse_clock_untrusted(payload)
-        except BadPacket:
-            self.counters["control_messages_bad"] += 1
-            return
-        conn.peer_version = version
-        if self._wall_offset is not None:
-            conn.clock_skew = wall - (now + self._wall_offset)
-
-    def _on_rotate(self, conn: Conn, payload: bytes, now: float) -> None:
-        try:
-            epoch, key, window = decode_rotate_untrusted(payload)
-        except BadPacket:
-            self.counters["control_messages_bad"] += 1
-            return
-        before = self.keys.epoch
-        adopted = self.keys.receive(conn.name, epoch, key, window, now)
-        if not adopted and self.keys.epoch != before:
-            # Our key came by hand (a new password file) and now has its
-            # number: connections made under it are under the current key.
-            for c in self.peers.values():
-                if c.key_epoch == before:
-                    c.key_epoch = self.keys.epoch
-            self._actions.append(KeysChanged())
-        if adopted:
-            self.counters["key_rotations_adopted"] += 1
-            log.info(
-                "the mesh password was rotated (epoch %d, from %s): the old one is "
-                "accepted for %.0fs more",
-                epoch,
-                conn.label,
-                window,
-            )
-            self._actions.append(KeysChanged())
-            for other in list(self.peers.values()):
-                self._send_rotate(other)  # the sender too: now it knows we hold it
-        elif epoch < self.keys.epoch:
-            self._send_rotate(conn)  # it is behind: it learns ours
-
-    def _send(self, conn: Conn, mtype: int, payload: bytes) -> bool:
+    def send_message(self, conn: Conn, mtype: int, payload: bytes) -> bool:
         if conn.control.state is not State.OPEN:
             return False
         conn.control.send_message(mtype, payload)
         self._actions.append(Flush(conn.index))
         return True
 
-    def _send_gossip(self, conn: Conn, payload: bytes) -> None:
-        if self._send(conn, MessageType.GOSSIP, payload):
-            self.counters["gossip_bytes_sent"] += len(payload)
-
-    def _gossip_to_all(self, payload: bytes, but: Conn | None = None) -> None:
-        for conn in list(self.peers.values()):
-            if conn is not but:
-                self._send_gossip(conn, payload)
-
-    def _send_rotate(self, conn: Conn) -> None:
-        """Tell a neighbour our key since a rotation (sealed by the connection)."""
-        if self.keys.epoch > 0:
-            payload = encode_rotate(self.keys.epoch, self.keys.current, self.keys.window)
-            self._send(conn, MessageType.ROTATE, payload)
-
-    def rotate(self, key: bytes, now: float, window: float) -> int:
-        """The operator gave a new mesh password (its key): adopt it and pass it
-        on.  Returns the new epoch.  Raises ValueError for a key in use."""
-        epoch = self.keys.rotate(key, now, window)
-        self.counters["key_rotations_started"] += 1
-        log.info(
-            "mesh password rotated here (epoch %d): the old one is accepted for %.0fs",
-            epoch,
-            window,
-        )
-        self._actions.append(KeysChanged())
-        for conn in list(self.peers.values()):
-            self._send_rotate(conn)
-        return epoch
-
-    def _rekey_for_rotation(self, now: float) -> None:
-        """One connection per tick made under an older key to a peer that holds
-        the current one is closed: its target reconnects under the current key.
-        When the window ends, connections under the retired key are closed."""
-        if self.keys.tick(now):
-            self._actions.append(KeysChanged())
-            log.info("the previous mesh password is retired: peers still using it are refused")
-        for conn in list(self.peers.values()):
-            if conn.key_epoch >= self.keys.epoch:
-                continue
-            if not self.keys.in_window():
-                self._close(conn, "its mesh password was rotated out", now)
-                continue
-            if self.keys.holders.get(conn.name, 0) < self.keys.epoch:
-                continue  # the peer has not got the new key yet
-            # Make before break: the side that dialled dials again beside it; the
-            # new connection replaces this one when its handshake completes.
-            if conn.target is not None and now - conn.rekey_asked >= REKEY_RETRY:
-                conn.rekey_asked = now
-                self.counters["rekeys_rotation"] += 1
-                self._actions.append(Redial(conn.target))
-                return
-            if conn.target is None and now - conn.connected_at >= 3 * REKEY_RETRY:
-                # The peer has not replaced it (no target for us): break, it redials.
-                self._close(conn, "re-keying under the rotated mesh password", now)
-                return
-
-    def _send_clock(self, conn: Conn, now: float) -> None:
-        if self._wall_offset is not None:
-            self._send(
-                conn,
-                MessageType.CLOCK,
-                CLOCK.pack(now + self._wall_offset) + self.version.encode()[:64],
-            )
-
-    def _update_own_record(self) -> None:
-        conns = [
-            ConnInfo(c.name, c.listen_addr, c.state is ConnState.ESTABLISHED, c.initiator)
-            for c in self.peers.values()
-        ]
-        update = self.gossip.set_connections(conns)
-        if update is not None:
-            self._topology_changed()
-            self._gossip_to_all(update)
-
-    def _topology_changed(self) -> None:
-        """Publish fresh routes for the forwarder (an object replaced whole)."""
-        self.links.set_routes(self.gossip.routes())
-
-    # -- channels -------------------------------------------------------------------
-
-    def _receiver(self, ch: Channel) -> Callable[[Conn, bytes, float], None]:
-        def receive(conn: Conn, payload: bytes, now: float) -> None:
-            try:
-                ch.receive_untrusted(conn.name, payload, now)
-            except BadPacket as exc:
-                self.counters[f"{ch.name}_errors"] += 1
-                if ch.close_on_bad:
-                    self._close(conn, f"bad {ch.what}: {exc}", now, cause="error")
-            self._flush_channels()
-
-        return receive
-
-    def _relay_receiver(self, ch: Channel) -> Callable[[Conn, bytes, float], None]:
-        def receive(conn: Conn, payload: bytes, now: float) -> None:
-            self._on_relayed(ch, payload, now)
-            self._flush_channels()
-
-        return receive
-
-    def drop_channel(self, ch: Channel) -> None:
-        """Stop carrying ``ch`` (its subsystem could not start): its messages
-        are then unknown ones."""
-        self.channels.remove(ch)
-        self._handlers.pop(ch.mtype, None)
-        if ch.relayed is not None:
-            self._handlers.pop(ch.relayed, None)
-
-    def flush(self) -> None:
-        """Send what the channels want sent (the shell calls this after it
-        asked a channel for something outside a mesh event)."""
-        self._flush_channels()
-
-    def _flush_channels(self) -> None:
-        for ch in self.channels:
-            for msg in ch.messages_to_send():
-                if isinstance(msg, Broadcast):
-                    for name, conn in list(self.peers.items()):
-                        if name != msg.but:
-                            self._send(conn, ch.mtype, msg.payload)
-                else:
-                    self._send_to(ch, msg.peer, msg.payload)
-
-    def _send_to(self, ch: Channel, name: bytes, payload: bytes) -> None:
-        """To peer ``name``: directly, or relayed through the mesh (like a data
-        frame) when there is no connection to it and the channel relays."""
-        conn = self.peers.get(name)
-        if conn is not None and self._send(conn, ch.mtype, payload):
-            return
-        if ch.relayed is None or not self._relay(ch, ROUTE.pack(self.me, name, MAX_HOPS) + payload):
-            self.counters[f"{ch.name}_unsent"] += 1
-
-    def _relay(self, ch: Channel, message: bytes) -> bool:
-        """Pass a relayed message (route header first) one hop on."""
-        assert ch.relayed is not None
-        _origin, dst, _hops = ROUTE.unpack_from(message)
-        hop = self.links.routes.next_hop.get(dst)
-        conn = self.peers.get(hop) if hop is not None else None
-        return conn is not None and self._send(conn, ch.relayed, message)
-
-    def _on_relayed(self, ch: Channel, payload: bytes, now: float) -> None:
-        try:
-            origin, dst, hops = parse_route_header_untrusted(payload)
-        except BadPacket:
-            self.counters[f"{ch.name}_errors"] += 1
-            return
-        if dst != self.me:
-            onward = payload[: ROUTE.size - 1] + bytes([max(hops - 1, 0)]) + payload[ROUTE.size :]
-            if hops == 0 or origin == self.me or not self._relay(ch, onward):
-                self.counters[f"{ch.name}_relay_dropped"] += 1
-            else:
-                self.counters[f"{ch.name}_relayed"] += 1
-            return
-        try:
-            ch.receive_untrusted(origin, payload[ROUTE.size :], now)
-        except BadPacket as exc:
-            # The relaying peer is not to blame: count it, keep the connection.
-            self.counters[f"{ch.name}_errors"] += 1
-            who = format_name(origin)
-            self._log_limited(
-                logging.WARNING,
-                who,
-                f"bad relayed {ch.name}",
-                "bad %s relayed from %s: %s",
-                ch.what,
-                who,
-                exc,
-                now=now,
-            )
-
-    # -- targets and the connection maker -----------------------------------------
-
-    def connect(self, address: str, now: float) -> str:
-        """The operator asks for a connection target.  Raises ValueError on a bad address."""
-        t = self.targets.add(address, now)
-        self._actions.append(TargetsChanged())
-        log.info("target %s added", t.address)
-        return t.address
-
-    def forget(self, address: str, now: float) -> str | None:
-        """Drop an operator's target and its connection; None if it was none."""
-        t = self.targets.remove(address)
-        if t is None or t.discovered:
-            return None
-        log.info("target %s forgotten", t.address)
-        for conn in list(self.conns.values()):
-            if conn.target == t.address:
-                self._close(conn, "peer forgotten by operator", now)
-        return t.address
-
-    def dials_due(self, now: float) -> list[str]:
-        """Addresses to dial now (refused ones wait, at the connection limit)."""
-        out: list[str] = []
-        for t in self.targets.due(now):
-            if len(self.conns) + len(out) >= self.conn_limit:
-                self._target_failed(t.address, "at the connection limit (--conn-limit)", now)
-            else:
-                out.append(t.address)
-        return out
-
-    def next_dial_at(self) -> float:
-        return self.targets.next_deadline()
-
-    def dial_failed(self, address: str, reason: str, now: float) -> None:
-        self._target_failed(address, reason, now)
-
-    def _target_failed(self, address: str, reason: str, now: float) -> None:
-        self.targets.failed(address, reason, now, jitter=self._rng.uniform(0.5, 1.5))
-        t = self.targets.get(address)
-        if t is not None:
-            log.info(
-                "connection to %s failed: %s; retrying in %.1fs", address, reason, t.next_try - now
-            )
-        self._actions.append(TargetsChanged())
-
-    def _sync_discovered(self, now: float) -> None:
-        """Dial every peer the topology knows that we have no connection to."""
-        operator = {t.address for t in self.targets if not t.discovered}
-        wanted: set[str] = set()
-        for name in self.gossip.records:
-            if name != self.me and name not in self.peers:
-                wanted |= self.gossip.addresses_of(name) - operator
-        before = len(self.targets)
-        self.targets.sync_discovered(wanted, now)
-        if len(self.targets) != before:
-            self._actions.append(TargetsChanged())
-
     # -- periodic work --------------------------------------------------------------
 
     def tick(self, now: float, wall: float | None = None) -> None:
-        """Rekeys, UDP liveness, topology GC, IPAM, anti-entropy, discovery.
-        ``wall`` (the wall clock, seconds) lets peers compare clocks."""
+        """Rekeys, UDP liveness, topology GC, the channels, anti-entropy,
+        discovery.  ``wall`` (the wall clock, seconds) lets peers compare clocks."""
         if wall is not None:
-            self._wall_offset = wall - now
-        self._rekey_for_rotation(now)
+            self.announce.wall_offset = wall - now
+        self.rotation.tick(now)
         for conn in list(self.conns.values()):
             if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
-                self._close(conn, "re-keyed under the rotated mesh password", now)
+                self.close_connection(conn, "re-keyed under the rotated mesh password", now)
+        if self._udp_liveness(now):
+            self.announce.own_record_changed()
+        gone = self.gossip.gc(now)
+        for name in gone:
+            log.info(
+                "peer %s forgotten: unreachable for %.0fs", format_name(name), self.gossip.gc_after
+            )
+            for ch in self.channels:
+                ch.peer_gone(name)
+        if gone:
+            self.announce.topology_changed()
+        view = View(reachable=self.gossip.reachable(), neighbours=set(self.peers))
+        for ch in self.channels:
+            ch.tick(now, view)
+        self.hub.flush()
+        self.announce.tick(now, wall)
+        self.maker.sync_discovered(now)
+
+    def _udp_liveness(self, now: float) -> bool:
+        """Each peer's connection follows its UDP path (established or pending);
+        one whose session's nonces are used up is closed.  Whether any moved."""
         changed = False
         for conn in list(self.peers.values()):
             assert conn.link is not None
@@ -851,7 +560,7 @@ class Mesh:
                 # Fresh keys come with a fresh connection; the target (ours
                 # or the peer's) reconnects within a second.
                 self.counters["rekeys"] += 1
-                self._close(conn, "rekeying: the session's nonces are used up", now)
+                self.close_connection(conn, "rekeying: the session's nonces are used up", now)
                 continue
             est = session.established(now)
             if est == (conn.state is ConnState.ESTABLISHED):
@@ -870,28 +579,27 @@ class Mesh:
                     conn.label,
                     session.udp_timeout,
                 )
-        if changed:
-            self._update_own_record()
-        gone = self.gossip.gc(now)
-        for name in gone:
-            log.info(
-                "peer %s forgotten: unreachable for %.0fs", format_name(name), self.gossip.gc_after
-            )
-        for name in gone:
-            for ch in self.channels:
-                ch.peer_gone(name)
-        if gone:
-            self._topology_changed()
-        view = View(reachable=self.gossip.reachable(), neighbours=set(self.peers))
-        for ch in self.channels:
-            ch.tick(now, view)
-        self._flush_channels()
-        if now >= self._next_full_gossip:
-            self._next_full_gossip = now + FULL_GOSSIP_INTERVAL
-            self._gossip_to_all(self.gossip.full())
-            for conn in list(self.peers.values()):
-                self._send_clock(conn, now)
-        self._sync_discovered(now)
+        return changed
+
+    # -- for the shell --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the channels want sent (the shell calls this after it
+        asked a channel for something outside a mesh event)."""
+        self.hub.flush()
+
+    def drop_channel(self, ch: Channel) -> None:
+        """Stop carrying ``ch`` (its subsystem could not start): its messages
+        are then unknown ones."""
+        self.hub.drop(ch)
+
+    def rotate(self, key: bytes, now: float, window: float) -> int:
+        """The operator gave a new mesh password (its key): adopt it and pass it
+        on.  Returns the new epoch.  Raises ValueError for a key in use."""
+        return self.rotation.rotate(key, now, window)
+
+    def status(self, now: float) -> MeshStatus:
+        return mesh_status(self, now)
 
     # -- introspection --------------------------------------------------------------
 
@@ -902,112 +610,3 @@ class Mesh:
     def nickname_of(self, name: bytes) -> str:
         rec = self.gossip.records.get(name)
         return rec.nickname if rec is not None else "?"
-
-    def status(self, now: float) -> MeshStatus:
-        return {
-            "name": self.name,
-            "nickname": self.nickname,
-            "uid": self.uid,
-            "connections": list(self._connection_status(now)),
-            "targets": [self._target_status(t, now) for t in self.targets],
-            "peers": self._peer_status(),
-            "counters": dict(self.counters),
-            "gossip": {
-                "bytes_sent": self.gossip.bytes_sent,
-                "bytes_received": self.gossip.bytes_received,
-            },
-            "password": {
-                "epoch": self.keys.epoch,
-                "previous_accepted_for": (
-                    round(max(0.0, self.keys.window_ends - now), 1)
-                    if self.keys.in_window()
-                    else 0.0
-                ),
-                "peers_with_current": sum(
-                    self.keys.holders.get(n, 0) >= self.keys.epoch for n in self.peers
-                ),
-            },
-        }
-
-    def _connection_status(self, now: float) -> Iterator[ConnectionStatus]:
-        for conn in list(self.peers.values()):
-            res, link = conn.result, conn.link
-            assert res is not None
-            assert link is not None
-            s = link.session
-            yield {
-                "peer": format_name(conn.name),
-                "nickname": res.peer.nickname,
-                "address": conn.where,
-                "udp_address": format_address(*link.udp_addr) if link.udp_addr else None,
-                "direction": "outbound" if conn.initiator else "inbound",
-                "state": conn.state.value,
-                "encrypted": True,
-                "cipher": SUITES[res.keys.suite].name,
-                "protocol_version": res.keys.version,
-                "uptime": round(now - conn.connected_at, 1),
-                "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
-                "peer_version": conn.peer_version,
-                "key_epoch": conn.key_epoch,
-                "path": "sleeve",  # the daemon says which, with a fast path
-                "datagram_size": s.datagram_size,
-                "pmtu_confirmed": s.pmtu.confirmed,
-                "tx_messages": s.state.tx_messages,
-                "rx_messages": s.state.rx_messages,
-                "reassembly_drops": s.reassembly_drops,
-                "tx_packets": s.state.tx_packets,
-                "rx_packets": s.state.rx_packets,
-                "tx_frames": s.state.tx_frames,
-                "rx_frames": s.state.rx_frames,
-                "tx_bytes": s.state.tx_bytes,
-                "rx_bytes": s.state.rx_bytes,
-            }
-        for conn in list(self.conns.values()):
-            if conn.state is ConnState.HANDSHAKE:
-                yield {
-                    "peer": None,
-                    "address": conn.where,
-                    "direction": "outbound" if conn.initiator else "inbound",
-                    "state": conn.state.value,
-                    "encrypted": False,
-                }
-
-    @staticmethod
-    def _target_status(t: Target, now: float) -> TargetStatus:
-        return {
-            "address": t.address,
-            "state": t.state,
-            "discovered": t.discovered,
-            "peer": t.peer,
-            "attempts": t.attempts,
-            "last_error": t.last_error,
-            "next_try_in": (
-                round(max(0.0, t.next_try - now), 1) if t.state is TargetState.WAITING else None
-            ),
-        }
-
-    def _peer_status(self) -> list[PeerStatus]:
-        routes = self.links.routes
-        out: list[PeerStatus] = []
-        for name, rec in sorted(self.gossip.records.items()):
-            hop = routes.next_hop.get(name)
-            out.append(
-                {
-                    "peer": format_name(name),
-                    "nickname": rec.nickname,
-                    "uid": rec.uid,
-                    "version": rec.version,
-                    "reachable": name == self.me or hop is not None,
-                    "via": None if hop is None or hop == name else format_name(hop),
-                    "connections": [
-                        {
-                            "peer": format_name(c.peer),
-                            "address": c.address,
-                            "established": c.established,
-                            "outbound": c.outbound,
-                        }
-                        for c in rec.connections
-                    ],
-                }
-            )
-        return out

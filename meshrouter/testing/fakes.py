@@ -23,8 +23,9 @@ from meshrouter.dns.records import Records
 from meshrouter.fastpath.channel import FastPathChannel
 from meshrouter.fastpath.core import FastPath
 from meshrouter.ipam.peer import IpamPeer
+from meshrouter.mesh.actions import Close, Flush, LinkUp, Redial, TargetsChanged
 from meshrouter.mesh.channel import Channel, Message, Outbox, View
-from meshrouter.mesh.core import Close, Flush, LinkUp, Mesh, Redial, TargetsChanged
+from meshrouter.mesh.core import Mesh
 from meshrouter.proto.control import MessageType
 from meshrouter.proto.wire import parse_header_untrusted
 from meshrouter.testing.control import psk

@@ -1,0 +1,48 @@
+"""What the mesh core asks its shell to do (``Mesh.take_actions``): frozen
+values, carried out by the daemon in order.
+
+``Flush`` (a connection has bytes to send), ``Close`` (flush, then end the
+connection's task), ``TargetsChanged`` (wake the connection maker), ``LinkUp``
+(a link was published: let the forwarder send its first heartbeat now),
+``KeysChanged`` (persist the key ring), ``Redial`` (dial an address beside the
+connection it has: re-keying it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsChanged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Redial:
+    """Dial ``address`` now, beside the connection it has (re-keying it)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """The key ring changed (a rotation adopted, a key retired): persist it."""
+
+
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
