@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from launcher import guard
 from launcher.containers import Container, ContainerError, find_container, resolve
@@ -27,10 +27,13 @@ from launcher.interrupts import Interrupted, Interrupts
 from launcher.netns import has_link, ip_batch
 from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.contract import apiclient
+from meshrouter.contract import requests as rq
 from meshrouter.contract.state import atomic_write, load_json
 from meshrouter.host.netdev import NetdevError, ip, link_exists
 
 CONTAINER_IFACE = "ethwe"
+
+R = TypeVar("R")
 
 
 PENDING = "attaching"
@@ -222,34 +225,25 @@ class RouterIpam:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
 
-    def _call(self, request: dict[str, Any]) -> Any:
+    def _ask(self, request: rq.Request[R]) -> R:
         try:
-            return apiclient.call(apiclient.socket_path(self.state_dir), request)
-        except apiclient.ApiError as exc:
-            raise IpamRefused(str(exc)) from None
-        except OSError:
+            return apiclient.ask(self.state_dir, request)
+        except apiclient.RouterDown:
             raise IpamRefused(
                 "no router is running to hand out addresses: start one with 'mesh launch'"
             ) from None
+        except apiclient.ApiError as exc:
+            raise IpamRefused(str(exc)) from None
 
     def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
-        return str(
-            self._call(
-                {"op": "allocate", "container": container, "ns_path": ns_path, "subnet": subnet}
-            )
-        )
+        return self._ask(rq.Allocate(container, ns_path, subnet))
 
     def claim(self, cidr: str, container: str, ns_path: str) -> str:
-        return str(
-            self._call({"op": "claim", "cidr": cidr, "container": container, "ns_path": ns_path})
-        )
+        return self._ask(rq.Claim(container, cidr, ns_path))
 
     def release(self, container: str, addrs: list[str] | None = None) -> None:
-        request: dict[str, Any] = {"op": "release", "container": container}
-        if addrs is not None:
-            request["addrs"] = addrs
         try:
-            self._call(request)
+            self._ask(rq.Release(container, addrs))
         except IpamRefused as exc:
             what = ", ".join(addrs) if addrs else "address"
             print(f"mesh: warning: {what} of {container} not released: {exc}", file=sys.stderr)

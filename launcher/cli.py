@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from launcher import attach as attach_mod
 from launcher import guard, views
@@ -24,6 +24,7 @@ from launcher.interrupts import Interrupts
 from meshrouter import __version__
 from meshrouter.base.constants import FASTPATH_DEVICE
 from meshrouter.contract import apiclient, config
+from meshrouter.contract import requests as rq
 from meshrouter.contract.config import RouterOptions
 from meshrouter.contract.state import (
     atomic_write,
@@ -41,6 +42,8 @@ ROUTER_IMAGE = os.environ.get("MESH_IMAGE", f"meshrouter:{__version__}")
 CONTAINER = "meshrouter"  # the router's container when launched with --engine docker
 ROUTER_CAPS = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SYS_PTRACE", "SYS_ADMIN")
 
+R = TypeVar("R")
+
 
 class CliError(Exception):
     """Printed as 'mesh: <message>' with exit status 1."""
@@ -56,28 +59,22 @@ class Parser(argparse.ArgumentParser):
 # -- helpers ----------------------------------------------------------------
 
 
-def _router_call(state_dir: Path, request: dict[str, Any]) -> Any:
-    path = apiclient.socket_path(state_dir)
+def _ask(state_dir: Path, request: rq.Request[R]) -> R:
+    """The router's answer; its refusal (or its absence) as the command's error."""
     try:
-        return apiclient.call(path, request)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise CliError(
-            f"no router is running (state dir {state_dir}): start one with 'mesh launch'"
-        ) from None
-    except OSError as exc:
-        raise CliError(f"cannot reach the router at {path}: {exc}") from None
+        return apiclient.ask(state_dir, request)
     except apiclient.ApiError as exc:
         raise CliError(str(exc)) from None
 
 
 def _status(state_dir: Path) -> RouterStatus:
-    st: RouterStatus = _router_call(state_dir, {"op": "status"})
+    st = _ask(state_dir, rq.Status())
     return st
 
 
 def _router_running(state_dir: Path) -> bool:
     try:
-        apiclient.call(apiclient.socket_path(state_dir), {"op": "status"}, timeout=2)
+        apiclient.ask(state_dir, rq.Status(), timeout=2)
     except (OSError, apiclient.ApiError):
         return False
     return True
@@ -334,7 +331,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
     pid = _read_pid(state_dir)
     container = cfg.get("engine") == "docker" and _docker("inspect", CONTAINER).returncode == 0
     if _router_running(state_dir):
-        _router_call(state_dir, {"op": "stop"})
+        _ask(state_dir, rq.Stop())
     elif pid is None and not link_exists(bridge) and not container:
         print(f"no router is running (state dir {state_dir}): nothing to stop")
         return 0
@@ -378,13 +375,13 @@ def _wait_exit(pid: int, timeout: float) -> None:
 
 def cmd_connect(a: argparse.Namespace) -> int:
     for peer in a.peers:
-        print(f"target {_router_call(a.state_dir, {'op': 'connect', 'peer': peer})} added")
+        print(f"target {_ask(a.state_dir, rq.Connect(peer))} added")
     return 0
 
 
 def cmd_forget(a: argparse.Namespace) -> int:
     for peer in a.peers:
-        print(f"target {_router_call(a.state_dir, {'op': 'forget', 'peer': peer})} forgotten")
+        print(f"target {_ask(a.state_dir, rq.Forget(peer))} forgotten")
     return 0
 
 
@@ -502,10 +499,7 @@ def _register_name(
     assert settings.dns_address is not None
     try:
         if name:
-            _router_call(
-                state_dir,
-                {"op": "dns_add", "container": rec.ident, "names": [name], "addrs": addrs},
-            )
+            _ask(state_dir, rq.DnsAdd(rec.ident, [name], addrs))
         attach_mod.write_resolv_conf(registry, rec, settings.dns_address, settings.dns_domain)
     except (CliError, OSError) as exc:
         print(
@@ -574,7 +568,7 @@ def _adopt_endpoints(a: argparse.Namespace, registry: attach_mod.Registry) -> in
         return 0
     settings = _attach_settings(a)
     for ep in docker_endpoints(c.ident):
-        key = _router_call(a.state_dir, {"op": "holder", "address": ep.address.split("/")[0]})
+        key = _ask(a.state_dir, rq.Holder(ep.address.split("/")[0]))
         if not isinstance(key, str) or not key.startswith("docker-net/"):
             continue  # not an address of our driver
         try:
@@ -652,9 +646,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_ping(a: argparse.Namespace) -> int:
     """Like 'tailscale ping': over the mesh's own encrypted UDP path."""
-    res = _router_call(
-        a.state_dir, {"op": "ping", "peer": a.peer, "count": a.count, "interval": a.interval}
-    )
+    res = _ask(a.state_dir, rq.Ping(a.peer, a.count, a.interval))
     if a.json:
         print(json.dumps(res, indent=2))
     else:
@@ -672,7 +664,7 @@ def cmd_ping(a: argparse.Namespace) -> int:
 
 
 def cmd_rmpeer(a: argparse.Namespace) -> int:
-    print(_router_call(a.state_dir, {"op": "rmpeer", "peer": a.peer}))
+    print(_ask(a.state_dir, rq.Rmpeer(a.peer)))
     return 0
 
 
@@ -691,8 +683,7 @@ def cmd_password(a: argparse.Namespace) -> int:
         password = read_password(a.new_file).decode()
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CliError(f"cannot read the new password from {a.new_file}: {exc}") from None
-    request = {"op": "password_rotate", "password": password, "window": _duration(a.window)}
-    print(_router_call(a.state_dir, request))
+    print(_ask(a.state_dir, rq.PasswordRotate(password, _duration(a.window))))
     return 0
 
 
@@ -835,9 +826,7 @@ def cmd_dns_add(a: argparse.Namespace) -> int:
     addrs = addrs or attached
     if not addrs:
         raise CliError(f"{container} is not attached: give its address(es)")
-    n = _router_call(
-        a.state_dir, {"op": "dns_add", "container": key, "names": [name], "addrs": addrs}
-    )
+    n = _ask(a.state_dir, rq.DnsAdd(key, [name] if name else [], addrs))
     print(f"{name}: {', '.join(addrs)} ({n} new)")
     return 0
 
@@ -849,18 +838,13 @@ def cmd_dns_remove(a: argparse.Namespace) -> int:
     n = 0
     each: list[str | None] = list(addrs) or [None]
     for addr in each:
-        n += int(
-            _router_call(
-                a.state_dir,
-                {"op": "dns_remove", "container": key, "name": only, "addr": addr},
-            )
-        )
+        n += int(_ask(a.state_dir, rq.DnsRemove(key, only, addr)))
     print(f"{n} DNS entr{'y' if n == 1 else 'ies'} of {name or container} removed")
     return 0
 
 
 def cmd_dns_lookup(a: argparse.Namespace) -> int:
-    found = _router_call(a.state_dir, {"op": "dns_lookup", "name": a.name})
+    found = _ask(a.state_dir, rq.DnsLookup(a.name))
     if not found:
         raise CliError(f"no mesh DNS entry for {a.name}")
     print("\n".join(found))
@@ -868,7 +852,7 @@ def cmd_dns_lookup(a: argparse.Namespace) -> int:
 
 
 def cmd_dns_args(a: argparse.Namespace) -> int:
-    dns = _router_call(a.state_dir, {"op": "dns"})
+    dns = _ask(a.state_dir, rq.Dns())
     if not dns["enabled"]:
         raise CliError("the router serves no DNS (launched with --no-dns)")
     print(f"--dns={dns['address']} --dns-search={dns['domain'].rstrip('.')}")
@@ -881,21 +865,13 @@ def cmd_dns_args(a: argparse.Namespace) -> int:
 def cmd_expose(a: argparse.Namespace) -> int:
     cidrs = a.cidrs or [None]
     for cidr in cidrs:
-        got = _router_call(
-            a.state_dir,
-            {
-                "op": "expose",
-                "cidr": cidr,
-                "masquerade": not a.without_masquerade,
-                "fqdn": a.hostname,
-            },
-        )
+        got = _ask(a.state_dir, rq.Expose(cidr, not a.without_masquerade, a.hostname))
     print(got)
     return 0
 
 
 def cmd_hide(a: argparse.Namespace) -> int:
-    gone = _router_call(a.state_dir, {"op": "hide"})
+    gone = _ask(a.state_dir, rq.Hide())
     print(f"hidden: {gone}" if gone else "the host had no address on the mesh")
     return 0
 
@@ -906,7 +882,7 @@ def cmd_reset(a: argparse.Namespace) -> int:
     cfg = _launch_config(state_dir)
     bridge = str(cfg.get("bridge", "mesh"))
     if _router_running(state_dir):
-        print(_router_call(state_dir, {"op": "reset"}))
+        print(_ask(state_dir, rq.Reset()))
         pid = _read_pid(state_dir)
         if pid is not None:
             _wait_exit(pid, 10.0)

@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from launcher import attach as attach_mod
 from launcher.containers import Container
@@ -41,7 +41,9 @@ from launcher.netns import has_link
 from meshrouter.base.errors import BadInput
 from meshrouter.base.inputs import json_untrusted
 from meshrouter.contract import apiclient
+from meshrouter.contract import requests as rq
 from meshrouter.contract.state import BASE_STATE_DIR
+from meshrouter.contract.status import DnsStatus
 from meshrouter.host.netdev import NetdevError, ip, link_exists
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -51,6 +53,8 @@ CODE_TRY_LATER, CODE_UNAVAILABLE = 11, 50
 CODE_ATTACH = 100  # this plugin's own: attaching failed (the message says why)
 CODE_INTERNAL = 999  # the specification's "unknown error": a bug of ours, never a traceback
 MAX_CONFIG = 1 << 20
+
+R = TypeVar("R")
 
 
 class CniError(Exception):
@@ -128,17 +132,17 @@ class Plugin:
             raise CniError(CODE_ENV, f"missing environment variable(s): {', '.join(missing)}")
         return values
 
-    def _router(self, request: dict[str, Any]) -> Any:
+    def _ask(self, request: rq.Request[R]) -> R:
         try:
-            return apiclient.call(apiclient.socket_path(self.state_dir), request)
-        except apiclient.ApiError as exc:
-            raise CniError(CODE_ATTACH, str(exc)) from None
-        except OSError:
+            return apiclient.ask(self.state_dir, request)
+        except apiclient.RouterDown:
             raise CniError(
                 CODE_TRY_LATER,
                 f"the mesh router is not running (state dir {self.state_dir})",
                 "start it with 'mesh launch' (or the DaemonSet) and retry",
             ) from None
+        except apiclient.ApiError as exc:
+            raise CniError(CODE_ATTACH, str(exc)) from None
 
     def ident(self, container_id: str, ifname: str) -> str:
         return f"cni:{self.network}:{container_id}:{ifname}"
@@ -165,7 +169,7 @@ class Plugin:
         if not os.path.exists(netns):
             raise CniError(CODE_UNKNOWN_CONTAINER, f"network namespace {netns} does not exist")
         args = parse_args(self.env.get("CNI_ARGS", ""))
-        st = self._router({"op": "status"})
+        st = self._ask(rq.Status())
         pod = args.get("K8S_POD_NAME", "")
         where = args.get("K8S_POD_NAMESPACE", "")
         display = f"{where}/{pod}" if where and pod else pod or cid[:12]
@@ -174,7 +178,7 @@ class Plugin:
         routes: list[str] = []
         gateway = None
         if self.conf.get("defaultRoute", True):
-            exposed = str(self._router({"op": "expose", "masquerade": True}))
+            exposed = str(self._ask(rq.Expose(masquerade=True)))
             gateway = exposed.split(",")[0].split("/")[0].strip()
             routes.append(f"default via {gateway} dev {ifname}")
         dns = st["dns"] if st["dns"]["enabled"] and self.conf.get("meshDns", True) else None
@@ -196,8 +200,7 @@ class Plugin:
         except attach_mod.AttachError as exc:
             raise CniError(CODE_ATTACH, str(exc)) from None
         if dns and pod:
-            req = {"op": "dns_add", "container": rec.ident, "names": [pod], "addrs": rec.cidrs}
-            self._router(req)
+            self._ask(rq.DnsAdd(rec.ident, [pod], rec.cidrs))
         result = self._result(rec, netns, gateway, dns)
         return for_version(_chain(self.conf.get("prevResult"), result), self.version)
 
@@ -215,7 +218,7 @@ class Plugin:
         rec: attach_mod.Attachment,
         netns: str,
         gateway: str | None,
-        dns: dict[str, Any] | None,
+        dns: DnsStatus | None,
     ) -> dict[str, Any]:
         host_mac = ""
         if link_exists(rec.host_veth):
@@ -267,7 +270,7 @@ class Plugin:
             )
         # When the router is down it reclaims the address once the namespace is gone.
         with contextlib.suppress(CniError):
-            self._router({"op": "release", "container": ident})
+            self._ask(rq.Release(ident))
         return None
 
     def check(self) -> None:
@@ -281,7 +284,7 @@ class Plugin:
 
     def status(self) -> None:
         try:
-            self._router({"op": "status"})
+            self._ask(rq.Status())
         except CniError as exc:
             raise CniError(CODE_UNAVAILABLE, exc.msg, exc.details) from None
         return None
@@ -303,7 +306,7 @@ class Plugin:
         for r in stale:
             ip("link", "del", "dev", r.host_veth, check=False)
             with contextlib.suppress(CniError):
-                self._router({"op": "release", "container": r.ident})
+                self._ask(rq.Release(r.ident))
         return None
 
 

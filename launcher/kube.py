@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshrouter.contract import apiclient
+from meshrouter.contract import requests as rq
 from meshrouter.contract.state import atomic_write, load_json
 from meshrouter.contract.status import RouterStatus
 
@@ -87,16 +88,15 @@ def list_nodes() -> list[Node]:
 
 
 def sync_once(state_dir: Path, port: int) -> Plan:
-    sock = apiclient.socket_path(state_dir)
-    status: RouterStatus = apiclient.call(sock, {"op": "status"})
+    status = apiclient.ask(state_dir, rq.Status())
     path = state_dir / "kube-peers.json"
     known = load_json(path, {})
     p = plan(list_nodes(), status, known if isinstance(known, dict) else {}, port)
     for target in p.connect:
-        apiclient.call(sock, {"op": "connect", "peer": target})
+        apiclient.ask(state_dir, rq.Connect(target))
     for peer in p.rmpeer:
         try:
-            done = apiclient.call(sock, {"op": "rmpeer", "peer": peer})
+            done = apiclient.ask(state_dir, rq.Rmpeer(peer))
             print(f"node of peer {peer} deleted: {done}")
         except apiclient.ApiError as exc:
             print(f"rmpeer {peer}: {exc}", file=sys.stderr)

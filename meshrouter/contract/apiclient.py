@@ -11,13 +11,22 @@ import json
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from meshrouter.contract.requests import Request
+
+R = TypeVar("R")
 
 SOCKET_NAME = "router.sock"
 
 
 class ApiError(RuntimeError):
     """The router answered with an error; the message is for the operator."""
+
+
+class RouterDown(ApiError):
+    """No router answers at the state directory's socket."""
 
 
 def client_argv() -> list[str]:
@@ -58,3 +67,17 @@ def call(path: Path, request: dict[str, Any], timeout: float = 45.0) -> Any:
         error = reply.get("error") if isinstance(reply, dict) else None
         raise ApiError(str(error or "router returned an error"))
     return reply["result"]
+
+
+def ask(state_dir: Path, request: Request[R], timeout: float = 45.0) -> R:
+    """``request`` to the router of ``state_dir``, and its typed result.
+    Raises ApiError (its refusal, one line), or RouterDown when none answers."""
+    path = socket_path(state_dir)
+    try:
+        return cast(R, call(path, request.to_json(), timeout))
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise RouterDown(
+            f"no router is running (state dir {state_dir}): start one with 'mesh launch'"
+        ) from None
+    except OSError as exc:
+        raise RouterDown(f"cannot reach the router at {path}: {exc}") from None

@@ -1,30 +1,10 @@
 """The router's local-only API server: one JSON request and one JSON reply per
 connection, over a unix socket in the state directory (mode 0600).
 
-Requests (``op`` and its fields)::
-
-    status                              -> RouterStatus
-    connect  peer=ADDR                  -> the canonical address
-    forget   peer=ADDR                  -> the canonical address
-    allocate container ns_path [subnet] -> "ADDR/PREFIX"
-    claim    container ns_path cidr     -> "ADDR/PREFIX"
-    release  container [addrs]          -> [released addresses] (only addrs, if given)
-    holder   address                    -> the container of this host holding it, or null
-    password_rotate password [window]   -> what was done (a new mesh password, for every peer)
-    ipam                                -> IpamStatus
-    rmpeer   peer=NAME                  -> a sentence
-    ping     peer=NAME [count] [interval] -> PingResult (the path, round trips in ms)
-    dns                                 -> DnsStatus (settings and entries)
-    dns_add  container names addrs      -> how many entries are new
-    dns_remove container [name] [addr]  -> how many entries went
-    dns_lookup name                     -> [addresses]
-    expose   [cidr] masquerade [fqdn]   -> "ADDR/PREFIX, ..."
-    hide                                -> the addresses the host had
-    reset                               -> a sentence; the router then stops
-    stop                                -> "stopping"
-
-Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
-The client is ``apiclient``.
+The requests are the types of ``contract.requests`` (their fields and
+results are documented there); ``HANDLERS`` says what each does, one row a
+request.  Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false,
+"error": "..."}``.  The client is ``contract.apiclient``.
 """
 
 from __future__ import annotations
@@ -33,15 +13,16 @@ import contextlib
 import json
 import logging
 import select
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from meshrouter.base.boundary import Boundary
-from meshrouter.base.errors import BadInput, IpamError
+from meshrouter.base.errors import BadInput
 from meshrouter.base.inputs import json_untrusted
+from meshrouter.contract import requests as rq
 from meshrouter.contract.status import DnsStatus, PingResult, RouterStatus
 from meshrouter.host.unixserver import serve_unix
 
@@ -96,131 +77,71 @@ class Asker:
         )
 
 
+Handler = Callable[[RouterApi, Any, "Asker | None"], Awaitable[Any]]
+
+
+def _sync(fn: Callable[[RouterApi, Any], Any]) -> Handler:
+    async def run(router: RouterApi, q: Any, asker: Asker | None) -> Any:
+        return fn(router, q)
+
+    return run
+
+
+async def _allocate(router: RouterApi, q: rq.Allocate, asker: Asker | None) -> str:
+    return await router.allocate(q.container, q.ns_path, q.subnet, asker)
+
+
+async def _claim(router: RouterApi, q: rq.Claim, asker: Asker | None) -> str:
+    return await router.claim(q.cidr, q.container, q.ns_path, asker)
+
+
+def _forget(router: RouterApi, q: rq.Forget) -> str:
+    forgotten = router.forget(q.peer)
+    if forgotten is None:
+        raise BadInput(f"{q.peer} is not a connection target (see 'mesh status targets')")
+    return forgotten
+
+
+def _stop(router: RouterApi, q: rq.Stop) -> str:
+    router.stop_requested.set()
+    return "stopping"
+
+
+# What each request does; ``CHANGES_TARGETS``: those after which the targets are saved.
+HANDLERS: dict[type[rq.Request[Any]], Handler] = {
+    rq.Status: _sync(lambda r, q: r.status()),
+    rq.Connect: _sync(lambda r, q: r.connect(q.peer)),
+    rq.Forget: _sync(_forget),
+    rq.Allocate: _allocate,
+    rq.Claim: _claim,
+    rq.Release: _sync(lambda r, q: r.release(q.container, q.addrs)),
+    rq.Holder: _sync(lambda r, q: r.holder(q.address)),
+    rq.PasswordRotate: lambda r, q, a: r.rotate_password(q.password, q.window),
+    rq.Ipam: _sync(lambda r, q: r.status()["ipam"]),
+    rq.Rmpeer: _sync(lambda r, q: r.rmpeer(q.peer)),
+    rq.Ping: lambda r, q, a: r.ping(q.peer, q.count, q.interval),
+    rq.Dns: _sync(lambda r, q: r.dns_status()),
+    rq.DnsAdd: _sync(lambda r, q: r.dns_add(q.container, q.names, q.addrs)),
+    rq.DnsRemove: _sync(lambda r, q: r.dns_remove(q.container, q.name, q.addr)),
+    rq.DnsLookup: _sync(lambda r, q: r.dns_lookup(q.name)),
+    rq.Expose: lambda r, q, a: r.expose(q.cidr, q.masquerade, q.fqdn),
+    rq.Hide: _sync(lambda r, q: r.hide()),
+    rq.Reset: lambda r, q, a: r.reset(),
+    rq.Stop: _sync(_stop),
+}
+CHANGES_TARGETS = {rq.Connect, rq.Forget}
+
+
 async def handle_request(
     router: RouterApi, request: Any, on_change: Callable[[], None], asker: Asker | None = None
 ) -> Any:
-    """The result of one request.  Raises ValueError with a one-line reason."""
-    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-        raise ValueError('request must be a JSON object with an "op" string')
-    op = request["op"]
-    if op == "status":
-        return router.status()
-    if op in ("connect", "forget"):
-        peer = request.get("peer")
-        if not isinstance(peer, str):
-            raise ValueError(f'"{op}" needs a "peer" address string')
-        if op == "connect":
-            result = router.connect(peer)
-        else:
-            forgotten = router.forget(peer)
-            if forgotten is None:
-                raise ValueError(f"{peer} is not a connection target (see 'mesh status targets')")
-            result = forgotten
+    """The result of one request.  Raises ValueError (BadInput, OperatorError)
+    with a one-line reason."""
+    q = rq.parse_untrusted(request)
+    result = await HANDLERS[type(q)](router, q, asker)
+    if type(q) in CHANGES_TARGETS:
         on_change()
-        return result
-    if op in ("allocate", "claim", "release"):
-        container = request.get("container")
-        if not isinstance(container, str) or not container:
-            raise ValueError(f'"{op}" needs a "container" string')
-        ns_path = str(request.get("ns_path") or "")
-        try:
-            if op == "allocate":
-                subnet = request.get("subnet")
-                sub = str(subnet) if subnet else None
-                return await router.allocate(container, ns_path, sub, asker)
-            if op == "claim":
-                return await router.claim(str(request.get("cidr")), container, ns_path, asker)
-            addrs = request.get("addrs")
-            if addrs is not None:
-                addrs = _strings(request, "addrs")
-            return router.release(container, addrs)
-        except IpamError as exc:
-            raise ValueError(str(exc)) from None
-    if op == "ipam":
-        return router.status()["ipam"]
-    if op == "holder":
-        try:
-            return router.holder(str(request.get("address")))
-        except IpamError as exc:
-            raise ValueError(str(exc)) from None
-    if op == "ping":
-        peer, count, interval = (
-            request.get("peer"),
-            request.get("count", 3),
-            request.get("interval", 0.2),
-        )
-        if not isinstance(peer, str) or not peer:
-            raise BadInput('"ping" needs a "peer" name')
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100:
-            raise BadInput('"ping": "count" must be a number from 1 to 100')
-        if not isinstance(interval, int | float) or not 0.01 <= interval <= 10:
-            raise BadInput('"ping": "interval" must be from 0.01 to 10 seconds')
-        return await router.ping(peer, count, float(interval))
-    if op == "rmpeer":
-        try:
-            return router.rmpeer(str(request.get("peer")))
-        except IpamError as exc:
-            raise ValueError(str(exc)) from None
-    if op.startswith("dns") or op in ("expose", "hide", "reset"):
-        try:
-            return await _dns_and_host(router, op, request)
-        except IpamError as exc:
-            raise ValueError(str(exc)) from None
-    if op == "password_rotate":
-        password = request.get("password")
-        window = request.get("window")
-        if not isinstance(password, str) or (
-            window is not None and not isinstance(window, int | float)
-        ):
-            raise ValueError('"password_rotate" needs a "password" string (and a numeric "window")')
-        try:
-            return await router.rotate_password(password, float(window) if window else None)
-        except IpamError as exc:
-            raise ValueError(str(exc)) from None
-    if op == "stop":
-        router.stop_requested.set()
-        return "stopping"
-    raise ValueError(f"unknown op {op!r}")
-
-
-def _strings(request: dict[str, Any], key: str) -> list[str]:
-    value = request.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f'"{request["op"]}" needs "{key}", a list of strings')
-    return value
-
-
-def _opt_str(request: dict[str, Any], key: str) -> str | None:
-    value = request.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-async def _dns_and_host(router: RouterApi, op: str, request: dict[str, Any]) -> Any:
-    if op == "dns":
-        return router.dns_status()
-    if op == "dns_lookup":
-        name = _opt_str(request, "name")
-        if name is None:
-            raise ValueError('"dns_lookup" needs a "name" string')
-        return router.dns_lookup(name)
-    if op in ("dns_add", "dns_remove"):
-        container = _opt_str(request, "container")
-        if container is None:
-            raise ValueError(f'"{op}" needs a "container" string')
-        if op == "dns_add":
-            return router.dns_add(container, _strings(request, "names"), _strings(request, "addrs"))
-        return router.dns_remove(container, _opt_str(request, "name"), _opt_str(request, "addr"))
-    if op == "expose":
-        return await router.expose(
-            _opt_str(request, "cidr"),
-            bool(request.get("masquerade", True)),
-            _opt_str(request, "fqdn"),
-        )
-    if op == "hide":
-        return router.hide()
-    if op == "reset":
-        return await router.reset()
-    raise ValueError(f"unknown op {op!r}")
+    return result
 
 
 async def handle_stream(
