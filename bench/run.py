@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshrouter.host.netdev import veth_args
 from meshrouter.testing.netlab import UNDERLAY, Lab, sh, status
 
 PREFIX = "mbench"
@@ -72,25 +73,7 @@ class Result:
 def container_on_bridge(lab: Lab, host: int, name: str, bridge: str, cidr: str, mtu: int) -> str:
     ns = lab.container(name)
     veth = f"v{name[-6:]}"
-    lab.run(
-        host,
-        "ip",
-        "link",
-        "add",
-        "name",
-        veth,
-        "mtu",
-        str(mtu),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        str(mtu),
-        "netns",
-        ns,
-    )
+    lab.run(host, "ip", *veth_args(veth, "eth0", mtu, ns))
     lab.run(host, "ip", "link", "set", "dev", veth, "master", bridge, "up")
     lab.in_ns(ns, "ip", "addr", "add", cidr, "dev", "eth0")
     lab.in_ns(ns, "ip", "link", "set", "dev", "eth0", "up")

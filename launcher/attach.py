@@ -29,7 +29,7 @@ from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import atomic_write, load_json
-from meshrouter.host.netdev import NetdevError, ip, link_exists
+from meshrouter.host.netdev import NetdevError, ip, link_exists, make_veth
 
 CONTAINER_IFACE = "ethwe"
 
@@ -410,23 +410,7 @@ def _make_link(
     Raises NetdevError or OSError; the caller undoes."""
     host, ifname, got = rec.host_veth, rec.ifname, rec.cidrs
     try:
-        ip(
-            "link",
-            "add",
-            "name",
-            host,
-            "mtu",
-            str(mtu),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "mtu",
-            str(mtu),
-            "netns",
-            c.ns_ref,
-        )
+        make_veth(host, ifname, mtu, c.ns_ref)
     except NetdevError as exc:
         raise AttachError(f"cannot create veth pair for {rec.container}: {exc}") from None
     # One process per side.  TSO superframes small enough that one sealed

@@ -30,6 +30,7 @@ from meshrouter.contract.state import (
     atomic_write,
     default_state_dir,
     load_json,
+    password_from_env,
     read_password,
     take_bridge_made,
 )
@@ -312,7 +313,7 @@ def _launch_docker(a: argparse.Namespace) -> None:
     if a.password_file:
         pw = os.path.abspath(a.password_file)
         cmd += ["-v", f"{pw}:{pw}:ro"]
-    elif os.environ.get("MESH_PASSWORD"):
+    elif password_from_env():
         cmd += ["-e", "MESH_PASSWORD"]
     cmd += [ROUTER_IMAGE, "router", *_router_args(a)]
     out = _docker(*cmd)

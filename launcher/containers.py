@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from meshrouter.engines import dockerapi
+from meshrouter.engines import dockerapi, probe
 
 
 class ContainerError(Exception):
@@ -32,26 +32,8 @@ NETNS_DIR = "/run/netns"
 
 @functools.cache
 def docker_engine_available() -> bool:
-    """True when a Docker engine answers (not just a client on PATH).
-
-    Asks ``docker version`` for the server's version: podman's ``docker``
-    command answers that too (its ``docker info --format`` does not).  With
-    no ``docker`` command (the router image), asks the engine's socket."""
-    if os.environ.get("MESH_NO_DOCKER"):
-        return False
-    if shutil.which("docker") is None:
-        return dockerapi.available()
-    try:
-        proc = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0 and bool(proc.stdout.strip())
+    """``probe.docker_answers``, asked once per command."""
+    return probe.docker_answers()
 
 
 def _inspect_api(name: str) -> Container | None:
@@ -153,7 +135,7 @@ def docker_endpoints(ident: str) -> list[Endpoint]:
 
 
 def podman_available() -> bool:
-    return not os.environ.get("MESH_NO_DOCKER") and shutil.which("podman") is not None
+    return probe.podman_available()
 
 
 def resolve(name: str) -> Container:

@@ -75,7 +75,7 @@ SHELLS: dict[str, frozenset[str]] = {
     "ipam": frozenset({"store", "service"}),
     "dns": frozenset({"service"}),
     "fastpath": frozenset({"service", "fdb"}),
-    "engines": frozenset({"dockerapi", "watcher", "pluginservice"}),
+    "engines": frozenset({"dockerapi", "probe", "watcher", "pluginservice"}),
 }
 CORE_FORBIDDEN = {"trio", "socket", "time", "random", "os", "select", "subprocess", "threading"}
 # Never loaded by these packages, at any depth of their own modules' imports.

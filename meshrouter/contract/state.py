@@ -84,10 +84,15 @@ def peer_name(state_dir: Path) -> bytes:
     return name
 
 
+def password_from_env() -> str:
+    """``$MESH_PASSWORD`` (the one reader of it), or ""."""
+    return os.environ.get("MESH_PASSWORD", "")
+
+
 def read_password(path: str | None) -> bytes:
     """The mesh password from a file (or $MESH_PASSWORD).  Raises ValueError with a reason."""
     if path is None:
-        env = os.environ.get("MESH_PASSWORD")
+        env = password_from_env()
         if env:
             return env.encode()
         raise ValueError(

@@ -28,6 +28,7 @@ from meshrouter.contract.state import (
 from meshrouter.daemon import api, metrics
 from meshrouter.daemon.persist import StateFiles
 from meshrouter.daemon.router import Router
+from meshrouter.engines import probe
 from meshrouter.engines import watcher as engine
 from meshrouter.engines.pluginservice import PluginService
 from meshrouter.host.netdev import delete_bridge_made, ensure_bridge
@@ -120,7 +121,7 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         nursery.start_soon(engine.watch, state_dir)
         plugin_path = (
             Path(opts.docker_plugin)
-            if opts.docker_plugin and not os.environ.get("MESH_NO_DOCKER")
+            if opts.docker_plugin and not probe.engines_disabled()
             else None
         )
         if plugin_path is not None and plugin_path.parent.parent.is_dir():

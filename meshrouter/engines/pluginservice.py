@@ -30,7 +30,7 @@ from meshrouter.engines.plugin import (
     Release,
     http_response,
 )
-from meshrouter.host.netdev import NetdevError, ip, link_exists
+from meshrouter.host.netdev import NetdevError, ip, link_exists, make_veth
 from meshrouter.host.unixserver import serve_unix
 
 log = logging.getLogger("meshrouter.plugin")
@@ -154,22 +154,7 @@ class PluginService:
     def _make_veth(self, action: MakeVeth) -> str:
         if link_exists(action.host):  # an endpoint Docker made and lost before
             ip("link", "del", "dev", action.host, check=False)
-        mtu = str(self.mtu)
-        ip(
-            "link",
-            "add",
-            "name",
-            action.host,
-            "mtu",
-            mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            action.peer,
-            "mtu",
-            mtu,
-        )
+        make_veth(action.host, action.peer, self.mtu)
         try:
             ip(
                 "link",

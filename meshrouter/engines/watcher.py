@@ -13,7 +13,6 @@ with ``MESH_NO_DOCKER`` set) this does nothing.  If the event stream ends
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import trio
 
 from meshrouter.contract.apiclient import client_argv
-from meshrouter.engines import dockerapi
+from meshrouter.engines import dockerapi, probe
 
 log = logging.getLogger("meshrouter.engine")
 
@@ -29,20 +28,7 @@ RETRY = 5.0
 
 
 async def _engine_answers() -> bool:
-    if os.environ.get("MESH_NO_DOCKER"):
-        return False
-    if shutil.which("docker") is None:  # the router image: the engine's socket
-        return await trio.to_thread.run_sync(dockerapi.available)
-    try:
-        probe = await trio.run_process(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    except OSError:
-        return False
-    return probe.returncode == 0 and bool(probe.stdout.strip())
+    return await trio.to_thread.run_sync(probe.docker_answers)
 
 
 async def watch(

@@ -28,6 +28,20 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _tool("ip", args, check)
 
 
+def veth_args(host: str, peer: str, mtu: int | None = None, netns: str | None = None) -> list[str]:
+    """``ip`` arguments for a veth pair ``host``/``peer`` (the peer end in
+    ``netns``, a name or /proc path, when given): the one way this project
+    makes a veth, for containers, the Docker driver, the lab and the bench."""
+    size = ["mtu", str(mtu)] if mtu is not None else []
+    where = ["netns", netns] if netns is not None else []
+    return ["link", "add", "name", host, *size, "type", "veth", "peer", "name", peer, *size, *where]
+
+
+def make_veth(host: str, peer: str, mtu: int | None = None, netns: str | None = None) -> None:
+    """Make the veth pair (see ``veth_args``).  Raises NetdevError."""
+    ip(*veth_args(host, peer, mtu, netns))
+
+
 def bridge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """iproute2's ``bridge`` (port flags such as ``isolated``)."""
     return _tool("bridge", args, check)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshrouter.contract.status import RouterStatus
+from meshrouter.host.netdev import veth_args
 
 REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
@@ -84,22 +85,7 @@ class Lab:
         for i in range(1, self.n + 1):
             h = self.host(i)
             self._netns(h)
-            sh(
-                "ip",
-                "-n",
-                h,
-                "link",
-                "add",
-                "name",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"u{i}",
-                "netns",
-                self.switch,
-            )
+            sh("ip", "-n", h, *veth_args("eth0", f"u{i}", netns=self.switch))
             sh("ip", "-n", self.switch, "link", "set", "dev", f"u{i}", "master", "br0", "up")
             sh("ip", "-n", h, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
             sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
