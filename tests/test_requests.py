@@ -4,7 +4,6 @@ handler table serves every request type the contract has."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from meshrouter.daemon import api
 TEXT = st.text(min_size=1, max_size=20)
 
 
-def value_for(f: dataclasses.Field[Any]) -> st.SearchStrategy[Any]:
+def value_for(f: rq.Arg) -> st.SearchStrategy[Any]:
     kind = str(f.type)
     base: st.SearchStrategy[Any]
     if kind.startswith("list"):
@@ -37,12 +36,17 @@ def value_for(f: dataclasses.Field[Any]) -> st.SearchStrategy[Any]:
 @st.composite
 def requests(draw: st.DrawFn) -> rq.Request[Any]:
     cls = draw(st.sampled_from(sorted(rq.REQUESTS.values(), key=lambda c: c.op)))
-    return cls(**{f.name: draw(value_for(f)) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: draw(value_for(f)) for f in cls.FIELDS})
 
 
 @given(requests())
 def test_a_request_reads_back_as_it_was_sent(q: rq.Request[Any]) -> None:
-    assert rq.parse_untrusted(q.to_json()) == q
+    back = rq.parse_untrusted(q.to_json())
+    assert back == q
+    for f in type(q).FIELDS:  # each field reads as its value, never as its spec
+        assert getattr(back, f.name) == q.to_json().get(f.name, f.default if f.default else None)
+    with pytest.raises(AttributeError):
+        back.op = "stop"  # type: ignore[misc]
 
 
 JSON = st.recursive(
@@ -56,7 +60,7 @@ JSON = st.recursive(
 
 @given(st.sampled_from(sorted(rq.REQUESTS)), st.dictionaries(st.text(max_size=10), JSON))
 def test_garbage_is_refused_with_bad_input_alone(op: str, doc: dict[str, Any]) -> None:
-    fields = {f.name for f in dataclasses.fields(rq.REQUESTS[op])}
+    fields = {f.name for f in rq.REQUESTS[op].FIELDS}
     doc = {**{k: v for k, v in doc.items() if k != "op"}, "op": op}
     for name in fields:  # give every field a shot at garbage
         doc.setdefault(name, None)

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,8 @@ def peer_name(state_dir: Path) -> bytes:
     path = state_dir / "peer-name"
     with contextlib.suppress(FileNotFoundError, ValueError):
         return parse_name(path.read_text().strip())
+    import secrets  # only when a peer name is made
+
     raw = bytearray(secrets.token_bytes(6))
     raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
     name = bytes(raw)
