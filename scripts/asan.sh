@@ -17,5 +17,5 @@ gcc -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 cd "$tmp"
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
-    python3 -m pytest -q -p no:cacheprovider tests/test_dataplane.py tests/test_forwarder.py \
-    tests/test_session.py
+    python3 -m pytest -q -p no:cacheprovider tests/unit/dataplane/test_dataplane.py tests/unit/dataplane/test_forwarder.py \
+    tests/unit/dataplane/test_session.py

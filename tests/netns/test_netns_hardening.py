@@ -412,7 +412,7 @@ def attach_command(lab: Lab, ns: str) -> tuple[list[str], dict[str, str]]:
         os.environ,
         MESH_STATE_DIR=str(lab.state_dir(1)),
         MESH_NO_DOCKER="1",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
     )
     return ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "launcher", "attach", ns], env
 
@@ -552,7 +552,7 @@ def test_the_systemd_unit_launches_at_boot_idempotently_from_its_config(
     """deploy/systemd/meshrouter.service's own commands, with its config file
     (its password file and peers pointed into the lab)."""
     lab = lab_factory(2)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     unit = (repo / "deploy" / "systemd" / "meshrouter.service").read_text()
     keys = dict(
         ln.split("=", 1) for ln in unit.splitlines() if "=" in ln and not ln.startswith("#")

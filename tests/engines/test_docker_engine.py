@@ -18,8 +18,7 @@ import pytest
 
 from meshrouter.testing.engines import Dockerd
 from meshrouter.testing.netlab import NO_UPSTREAM, Lab, established, sh, star, status
-
-from .conftest import TEST_IMAGE
+from tests.conftest import TEST_IMAGE
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from meshrouter.testing.netlab import REPO, Lab, star, status, tcp_transfer
-
-from .test_cni import check_error, check_result
+from tests.unit.launcher.test_cni import check_error, check_result
 
 pytestmark = pytest.mark.netns
 

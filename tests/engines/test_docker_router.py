@@ -23,8 +23,7 @@ import pytest
 
 from meshrouter.testing.engines import Dockerd
 from meshrouter.testing.netlab import NO_UPSTREAM, Lab, status
-
-from .conftest import ROUTER_IMAGE, TEST_IMAGE
+from tests.conftest import ROUTER_IMAGE, TEST_IMAGE
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
-
-from .conftest import require
+from tests.conftest import require
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import yaml
 from launcher.cli import build_parser
 from launcher.kube import Node, plan
 
-MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "meshrouter.yaml"
+MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "meshrouter.yaml"
 A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 
 
