@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -297,104 +297,148 @@ def attach(
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
     try:
         with registry.locked(abort()) as records:
-            for rec in records.values():
-                for iface in chosen:
-                    if iface is None or rec.ident == c.ident:
-                        continue
-                    if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
-                        raise AttachError(
-                            f"{iface.ip} is already attached to {rec.container} on this host"
-                        )
-            have = records.get(c.ident)
-            if have is not None and have.state == PENDING:  # an attach killed half-way
-                undo_pending(have, ipam)
-                del records[c.ident]
-                registry.save(records)
-                have = None
-            linked = has_link(ifname, c.ns_path)
-            if linked and (have is None or not link_exists(have.host_veth)):
-                raise AttachError(
-                    f"{name} has an interface {ifname} the mesh did not make: remove it, or "
-                    f"'mesh detach {name}' first"
-                )
-            if not linked:
-                have = None
+            _check_free(records, chosen, c.ident)
+            have = _reusable(registry, records, c, name, ifname, ipam)
             held = list(have.cidrs) if have else []
             # The addresses, mesh-wide: allocated, or claimed from whoever owns them.
-            got: list[str] = []
-            try:
-                with abort():  # an interrupted request's address: the router gives it back
-                    for want, iface in zip(wants, chosen, strict=True):
-                        if iface is None:
-                            one = str(
-                                ipaddress.IPv4Interface(
-                                    ipam.allocate(c.ident, c.ns_path, want.subnet)
-                                )
-                            )
-                        else:
-                            one = str(iface)
-                            if iface.ip in net:  # outside the range: the operator's, not IPAM's
-                                ipam.claim(one, c.ident, c.ns_path)
-                        if one not in held and one not in got:
-                            got.append(one)
-            except (IpamRefused, ValueError, Interrupted) as exc:
-                if got:
-                    ipam.release(c.ident, got)
-                if isinstance(exc, Interrupted):
-                    back = f" ({', '.join(got)} given back)" if got else ""
-                    raise AttachInterrupted(f"interrupted: nothing was attached{back}") from None
-                if isinstance(exc, ValueError):
-                    raise AttachError("the router handed out a malformed address") from None
-                raise AttachError(str(exc)) from None
+            got = _addresses(ipam, c, wants, chosen, held, net, abort)
             if have is not None:
-                rec = have
-                if got:
-                    try:
-                        ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
-                        for a in got:
-                            send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
-                    except (NetdevError, OSError) as exc:
-                        for a in got:
-                            in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
-                        ipam.release(c.ident, got)
-                        raise AttachError(
-                            f"adding {', '.join(got)} to {name} failed: {exc}"
-                        ) from None
-                    rec.cidrs = [*held, *got]
-                return rec, got
-            host = veth_name(c.ident)
-            if link_exists(host):  # left over from a container that went away
-                ip("link", "del", "dev", host, check=False)
-            rec = Attachment(
-                name,
-                c.kind,
-                c.ident,
-                c.ns_path,
-                host,
-                got,
-                "",
-                c.hostname,
-                ifname=ifname,
-                guard=guard_port,
-                state=PENDING,
-            )
-            records[c.ident] = rec
-            registry.save(records)  # on disk before the veth: a killed attach is found
-            try:
-                _make_link(c, rec, mtu, bridge, dns_address, routes)
-            except BaseException as exc:
-                ip("link", "del", "dev", host, check=False)
-                ipam.release(c.ident, got)
-                del records[c.ident]
-                registry.save(records)
-                if isinstance(exc, NetdevError | OSError):
-                    raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
-                raise
-            rec.state = ""
-            return rec, got
-
+                _add_addresses(have, c, got, ifname, ipam, name)
+                return have, got
+            return _new_link(registry, records, c, name, got, ifname, guard_port, ipam,
+                             (mtu, bridge, dns_address, routes)), got  # fmt: skip
     except Interrupted:  # waiting for the lock: nothing asked, nothing made
         raise AttachInterrupted("interrupted: nothing was attached") from None
+
+
+def _check_free(
+    records: dict[str, Attachment], chosen: Sequence[ipaddress.IPv4Interface | None], ident: str
+) -> None:
+    """No address asked for is attached to another container of this host."""
+    for rec in records.values():
+        for iface in chosen:
+            if iface is None or rec.ident == ident:
+                continue
+            if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
+                raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
+
+
+def _reusable(
+    registry: Registry,
+    records: dict[str, Attachment],
+    c: Container,
+    name: str,
+    ifname: str,
+    ipam: AddressSource,
+) -> Attachment | None:
+    """The record of ``c`` whose link is still there (it gains addresses), or
+    None; an attach killed half-way is undone first."""
+    have = records.get(c.ident)
+    if have is not None and have.state == PENDING:  # an attach killed half-way
+        undo_pending(have, ipam)
+        del records[c.ident]
+        registry.save(records)
+        have = None
+    linked = has_link(ifname, c.ns_path)
+    if linked and (have is None or not link_exists(have.host_veth)):
+        raise AttachError(
+            f"{name} has an interface {ifname} the mesh did not make: remove it, or "
+            f"'mesh detach {name}' first"
+        )
+    return have if linked else None
+
+
+def _addresses(
+    ipam: AddressSource,
+    c: Container,
+    wants: Sequence[Want],
+    chosen: Sequence[ipaddress.IPv4Interface | None],
+    held: list[str],
+    net: ipaddress.IPv4Network,
+    abort: Callable[[], contextlib.AbstractContextManager[None]],
+) -> list[str]:
+    """Each address asked for that ``c`` does not hold yet: allocated, or
+    claimed (one outside the mesh range is the operator's, not IPAM's).  On
+    a refusal or a signal, what was got is given back."""
+    got: list[str] = []
+    try:
+        with abort():  # an interrupted request's address: the router gives it back
+            for want, iface in zip(wants, chosen, strict=True):
+                if iface is None:
+                    one = str(
+                        ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, want.subnet))
+                    )
+                else:
+                    one = str(iface)
+                    if iface.ip in net:
+                        ipam.claim(one, c.ident, c.ns_path)
+                if one not in held and one not in got:
+                    got.append(one)
+    except (IpamRefused, ValueError, Interrupted) as exc:
+        if got:
+            ipam.release(c.ident, got)
+        if isinstance(exc, Interrupted):
+            back = f" ({', '.join(got)} given back)" if got else ""
+            raise AttachInterrupted(f"interrupted: nothing was attached{back}") from None
+        if isinstance(exc, ValueError):
+            raise AttachError("the router handed out a malformed address") from None
+        raise AttachError(str(exc)) from None
+    return got
+
+
+def _add_addresses(
+    rec: Attachment, c: Container, got: list[str], ifname: str, ipam: AddressSource, name: str
+) -> None:
+    """``got`` on the link ``rec`` has already (with gratuitous ARPs)."""
+    if not got:
+        return
+    try:
+        ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
+        for a in got:
+            send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
+    except (NetdevError, OSError) as exc:
+        for a in got:
+            in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
+        ipam.release(c.ident, got)
+        raise AttachError(f"adding {', '.join(got)} to {name} failed: {exc}") from None
+    rec.cidrs = [*rec.cidrs, *got]
+
+
+def _new_link(
+    registry: Registry,
+    records: dict[str, Attachment],
+    c: Container,
+    name: str,
+    got: list[str],
+    ifname: str,
+    guard_port: bool,
+    ipam: AddressSource,
+    link: tuple[int, str, str | None, tuple[str, ...]],
+) -> Attachment:
+    """A new veth for ``c``, recorded PENDING on disk first (a killed attach
+    is found and undone); undone whole if it fails."""
+    mtu, bridge, dns_address, routes = link
+    host = veth_name(c.ident)
+    if link_exists(host):  # left over from a container that went away
+        ip("link", "del", "dev", host, check=False)
+    rec = Attachment(
+        name, c.kind, c.ident, c.ns_path, host, got, "", c.hostname,
+        ifname=ifname, guard=guard_port, state=PENDING,
+    )  # fmt: skip
+    records[c.ident] = rec
+    registry.save(records)  # on disk before the veth: a killed attach is found
+    try:
+        _make_link(c, rec, mtu, bridge, dns_address, routes)
+    except BaseException as exc:
+        ip("link", "del", "dev", host, check=False)
+        ipam.release(c.ident, got)
+        del records[c.ident]
+        registry.save(records)
+        if isinstance(exc, NetdevError | OSError):
+            raise AttachError(f"attaching {name} failed and was undone: {exc}") from None
+        raise
+    rec.state = ""
+    return rec
 
 
 def _make_link(

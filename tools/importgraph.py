@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 # ``meshrouter`` itself, which holds only the version).  docs/architecture.md
 # says why each boundary is where it is.  A package never imports one listed
 # after it, so the graph between packages runs one way.
+_BELOW_DAEMON = ("base", "contract", "host", "proto", "dataplane", "mesh", "ipam", "dns")
+_BELOW_DAEMON += ("fastpath", "engines")
 PACKAGES: dict[str, frozenset[str]] = {
     "base": frozenset(),
     "contract": frozenset({"base"}),
@@ -30,35 +32,9 @@ PACKAGES: dict[str, frozenset[str]] = {
     "dns": frozenset({"base", "contract", "proto", "mesh", "host"}),
     "fastpath": frozenset({"base", "contract", "proto", "dataplane", "mesh", "host"}),
     "engines": frozenset({"base", "contract", "host"}),
-    "daemon": frozenset(
-        {
-            "base",
-            "contract",
-            "host",
-            "proto",
-            "dataplane",
-            "mesh",
-            "ipam",
-            "dns",
-            "fastpath",
-            "engines",
-        }
-    ),
-    "testing": frozenset(
-        {
-            "base",
-            "contract",
-            "host",
-            "proto",
-            "dataplane",
-            "mesh",
-            "ipam",
-            "dns",
-            "fastpath",
-            "engines",
-            "daemon",
-        }
-    ),
+    # The daemon wires every package above; test support may use the daemon too.
+    "daemon": frozenset(_BELOW_DAEMON),
+    "testing": frozenset({*_BELOW_DAEMON, "daemon"}),
     # The client: the shared contract, this host's devices and the engines'
     # API client; never the daemon, the mesh core or the data plane.
     "launcher": frozenset({"base", "contract", "host", "engines"}),

@@ -14,6 +14,7 @@ from typing import Any
 from launcher import attach as attach_mod
 from launcher import guard, views
 from launcher.common import (
+    COMMANDS,
     CliError,
     Parser,
     _ask,
@@ -304,7 +305,7 @@ def register(
     sp = sub.add_parser(
         "attach",
         parents=[common],
-        help="attach a container: mesh attach [ADDR...] CONTAINER",
+        help=COMMANDS["attach"][1],
         description="Give CONTAINER (a named network namespace, or a Docker or podman "
         "container by name or id) an interface 'ethwe' on the mesh with each address "
         "asked for: CIDR (e.g. 10.32.0.5/12), net:SUBNET (one IPAM allocates in it) or "
@@ -335,7 +336,7 @@ def register(
     sp = sub.add_parser(
         "reattach",
         parents=[common],
-        help="attach a recorded container again after it restarted (the router runs it)",
+        help=COMMANDS["reattach"][1],
         description="If CONTAINER (a Docker id or name) was attached and has lost its link, "
         "attach it again with the same address and name. The router runs this on every "
         "container start the Docker engine reports.",
@@ -346,7 +347,7 @@ def register(
     sp = sub.add_parser(
         "prune",
         parents=[common],
-        help="forget containers removed without detach (the router runs it)",
+        help=COMMANDS["prune"][1],
         description="Drop the records (and anti-spoofing rules) of attached containers "
         "that no longer exist: removed from their engine, or their namespace deleted. "
         "The router runs this when it finds their namespaces gone.",
@@ -356,7 +357,7 @@ def register(
     sp = sub.add_parser(
         "detach",
         parents=[common],
-        help="detach a container from the mesh (or take some of its addresses away)",
+        help=COMMANDS["detach"][1],
         description="Without addresses: remove CONTAINER's link to the mesh and release all "
         "its addresses. With ADDR...: release only those; the link goes with the last one.",
     )
@@ -364,6 +365,6 @@ def register(
     sp.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_detach)
 
-    sp = sub.add_parser("ps", parents=[common], help="list containers attached on this host")
+    sp = sub.add_parser("ps", parents=[common], help=COMMANDS["ps"][1])
     sp.add_argument("--json", action="store_true", help="the records as JSON")
     sp.set_defaults(func=cmd_ps)

@@ -8,6 +8,7 @@ from typing import Any
 
 from launcher import attach as attach_mod
 from launcher.common import (
+    COMMANDS,
     CliError,
     Parser,
     _ask,
@@ -103,7 +104,7 @@ def register(
         sp = sub.add_parser(
             cmd,
             parents=[common],
-            help=f"{what} names in the mesh's DNS",
+            help=COMMANDS[cmd][1],
             description=f"mesh {cmd} [ADDR...] CONTAINER [-h FQDN] | mesh {cmd} ADDR... -h FQDN: "
             f"{what} the name of CONTAINER (its netns or Docker name, or FQDN) with ADDRs "
             "(default: its attached address), mesh-wide. Addresses outside the mesh are "
@@ -115,15 +116,13 @@ def register(
         sp.add_argument("-h", "--hostname", metavar="FQDN", help="the name")
         sp.set_defaults(func=func)
 
-    sp = sub.add_parser(
-        "dns-lookup", parents=[common], help="addresses of a name in the mesh's DNS"
-    )
+    sp = sub.add_parser("dns-lookup", parents=[common], help=COMMANDS["dns-lookup"][1])
     sp.add_argument("name", metavar="NAME")
     sp.set_defaults(func=cmd_dns_lookup)
 
     sp = sub.add_parser(
         "dns-args",
         parents=[common],
-        help="print the 'docker run' options that point a container at the mesh's DNS",
+        help=COMMANDS["dns-args"][1],
     )
     sp.set_defaults(func=cmd_dns_args)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from launcher.common import (
+    COMMANDS,
     Parser,
     _ask,
 )
@@ -35,7 +36,7 @@ def register(
     sp = sub.add_parser(
         "expose",
         parents=[common],
-        help="give this host an address on the mesh",
+        help=COMMANDS["expose"][1],
         description="Put an address of the mesh on the bridge (allocated, or each CIDR "
         "given) so this host reaches every container, and masquerade containers' traffic "
         "to addresses outside the mesh through this host (an nftables table "
@@ -51,7 +52,5 @@ def register(
     sp.add_argument("-h", "--hostname", metavar="FQDN", help="the host's name in DNS")
     sp.set_defaults(func=cmd_expose)
 
-    sp = sub.add_parser(
-        "hide", parents=[common], help="undo 'mesh expose' (addresses and masquerading)"
-    )
+    sp = sub.add_parser("hide", parents=[common], help=COMMANDS["hide"][1])
     sp.set_defaults(func=cmd_hide)

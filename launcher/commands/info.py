@@ -10,6 +10,7 @@ from typing import Any
 
 from launcher import views
 from launcher.common import (
+    COMMANDS,
     ROUTER_ERRORS,
     Parser,
     _by_name,
@@ -130,9 +131,7 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser(
-        "status", parents=[common], help="show the router, its connections and targets"
-    )
+    sp = sub.add_parser("status", parents=[common], help=COMMANDS["status"][1])
     sp.add_argument(
         "what", nargs="?", choices=["peers", "connections", "targets", "ipam", "dns", "expose"]
     )
@@ -142,7 +141,7 @@ def register(
     sp = sub.add_parser(
         "report",
         parents=[common],
-        help="everything the router knows, as JSON",
+        help=COMMANDS["report"][1],
         description="Print status, connections, peers, targets, IPAM, counters, drops "
         "and this host's attached containers as one JSON document.",
     )
@@ -151,7 +150,7 @@ def register(
     sp = sub.add_parser(
         "version",
         parents=[common],
-        help="versions: meshrouter, protocol, data plane, Python",
+        help=COMMANDS["version"][1],
         description="Print this client's versions (meshrouter, the protocol versions it "
         "speaks, whether the C data plane is built, Python), and the running router's.",
     )
@@ -161,7 +160,7 @@ def register(
     sp = sub.add_parser(
         "doctor",
         parents=[common],
-        help="check this host and every peer; say what is wrong and what to do",
+        help=COMMANDS["doctor"][1],
         description="Checks the router, the bridge and TAP, /dev/net/tun, kernel offloads, "
         "nftables, address agreement, DNS, expose, every target (TCP reachability, password) "
         "and connection (UDP both ways, path MTU, clock skew, version), and unreachable "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.common import (
+    COMMANDS,
     Parser,
 )
 from meshrouter.contract.state import (
@@ -81,7 +82,7 @@ def register(
     sp = sub.add_parser(
         "setup-cni",
         parents=[common],
-        help="install the CNI plugin and a network configuration for it",
+        help=COMMANDS["setup-cni"][1],
         description="Write BIN_DIR/mesh-cni (a small script that runs this installation's "
         "plugin, launcher.cni) and CONF_DIR/10-NETWORK.conflist naming it, with this "
         "host's state directory, so a CNI runtime (podman with the cni backend, "
@@ -111,7 +112,7 @@ def register(
     sp = sub.add_parser(
         "kube-sync",
         parents=[common],
-        help="connect to the Kubernetes cluster's nodes; rmpeer deleted ones",
+        help=COMMANDS["kube-sync"][1],
         description="Every INTERVAL seconds: list the nodes (in-cluster service account, "
         "else ~/.kube/config), ask the router to connect to each node's InternalIP, and "
         "reclaim the address share of a peer whose node was deleted (rmpeer; done by "

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from launcher.common import (
+    COMMANDS,
     CliError,
     Parser,
     _ask,
@@ -78,20 +79,18 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser("connect", parents=[common], help="add connection targets at run time")
+    sp = sub.add_parser("connect", parents=[common], help=COMMANDS["connect"][1])
     sp.add_argument("peers", nargs="+", metavar="PEER")
     sp.set_defaults(func=cmd_connect)
 
-    sp = sub.add_parser(
-        "forget", parents=[common], help="remove connection targets (and drop their connections)"
-    )
+    sp = sub.add_parser("forget", parents=[common], help=COMMANDS["forget"][1])
     sp.add_argument("peers", nargs="+", metavar="PEER")
     sp.set_defaults(func=cmd_forget)
 
     sp = sub.add_parser(
         "rmpeer",
         parents=[common],
-        help="reclaim the address share of a dead peer",
+        help=COMMANDS["rmpeer"][1],
         description="Take over the IP address share of PEER (name or nickname), which must "
         "be gone for good: its addresses become this host's to give out.",
     )
@@ -101,7 +100,7 @@ def register(
     sp = sub.add_parser(
         "ping",
         parents=[common],
-        help="round trips to a peer over the mesh's encrypted UDP path, and the path",
+        help=COMMANDS["ping"][1],
         description="Ping PEER (its name or nickname) from this router over the encrypted "
         "UDP path the data takes, like 'tailscale ping': says whether the path is direct or "
         "through a relay, the UDP address, and each round trip. Exit status 1 when no "
@@ -118,7 +117,7 @@ def register(
     sp = sub.add_parser(
         "password",
         parents=[common],
-        help="rotate the mesh password without downtime: mesh password rotate --new-file F",
+        help=COMMANDS["password"][1],
         description="'rotate' gives the mesh a new password, on one host: the mesh carries "
         "it to every peer (sealed on each connection). For WINDOW every peer accepts the "
         "old and the new one and re-keys its connections under the new one; then the old "

@@ -17,6 +17,7 @@ from typing import Any
 from launcher import attach as attach_mod
 from launcher import guard
 from launcher.common import (
+    COMMANDS,
     CONTAINER,
     ROUTER_ERRORS,
     ROUTER_IMAGE,
@@ -321,7 +322,7 @@ def register(
     sp = sub.add_parser(
         "launch",
         parents=[common],
-        help="start the router in the background",
+        help=COMMANDS["launch"][1],
         description="Create the bridge and TAP, start the router in the "
         "background (a local process, or with --engine docker a container) and return "
         "once it listens.",
@@ -341,7 +342,7 @@ def register(
     sp = sub.add_parser(
         "router",
         parents=[common],
-        help="run the router in the foreground",
+        help=COMMANDS["router"][1],
         description="Run the router in the foreground (for the container "
         "image and service managers). Stops on SIGTERM/SIGINT.",
     )
@@ -351,14 +352,12 @@ def register(
     sp = sub.add_parser(
         "reset",
         parents=[common],
-        help="leave the mesh for good: hand over the address share, remove everything",
+        help=COMMANDS["reset"][1],
         description="Stop the router after handing this peer's address share to a "
         "connected peer (no 'mesh rmpeer' needed later), then remove what 'expose' made, "
         "the containers' links, the bridge (if launch made it) and the state directory.",
     )
     sp.set_defaults(func=cmd_reset)
 
-    sp = sub.add_parser(
-        "stop", parents=[common], help="stop the router (and remove the bridge if it made it)"
-    )
+    sp = sub.add_parser("stop", parents=[common], help=COMMANDS["stop"][1])
     sp.set_defaults(func=cmd_stop)

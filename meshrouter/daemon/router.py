@@ -136,24 +136,26 @@ class Router:
         self.connections = Connections(self.mesh, self.pump)
         self.commands = Commands(self)
         self.dns_domain = normalise_name(opts.dns_domain)
-        self.dns_server: DnsServer | None = None
-        if opts.dns:
-            answerer = Answerer(
-                records,
-                domain=self.dns_domain,
-                ttl=opts.dns_ttl,
-                mesh_range=opts.ipalloc_range,
-                rng=random.Random(),
-            )
-            self.dns_server = DnsServer(
-                answerer,
-                address=opts.dns_listen_address,
-                port=DNS_PORT,
-                device=opts.bridge,
-                upstreams=parse_upstreams(opts.dns_upstream, opts.dns_listen_address),
-                boundary=self.boundary,
-            )
+        self.dns_server = self._dns_server(records) if opts.dns else None
         self.exposed: ExposeStatus = self.files.load_expose()
+
+    def _dns_server(self, records: Records) -> DnsServer:
+        opts = self.opts
+        answerer = Answerer(
+            records,
+            domain=self.dns_domain,
+            ttl=opts.dns_ttl,
+            mesh_range=opts.ipalloc_range,
+            rng=random.Random(),
+        )
+        return DnsServer(
+            answerer,
+            address=opts.dns_listen_address,
+            port=DNS_PORT,
+            device=opts.bridge,
+            upstreams=parse_upstreams(opts.dns_upstream, opts.dns_listen_address),
+            boundary=self.boundary,
+        )
 
     # -- lifecycle ------------------------------------------------------
 

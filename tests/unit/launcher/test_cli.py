@@ -4,6 +4,8 @@ one-line errors for bad arguments."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,38 @@ def test_a_bad_argument_is_one_line(
     assert err.startswith(words), err
     assert err.count("\n") == 1
     assert err.rstrip().endswith("--help')")
+
+
+def test_every_command_is_in_the_table_and_registered_by_its_group() -> None:
+    import argparse
+
+    def names(p: argparse.ArgumentParser) -> set[str]:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        return set(sub.choices)
+
+    assert names(cli.build_parser()) == set(cli.COMMANDS)
+    for command, (group, _) in cli.COMMANDS.items():
+        p = cli.build_parser(command=command)
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        assert sub.choices[command].get_default("func") is not None, command
+        mod = sub.choices[command].get_default("func").__module__
+        assert mod == f"launcher.commands.{group}", (command, mod)
+
+
+def test_help_and_version_load_no_command_group() -> None:
+    code = (
+        "import sys\n"
+        "from launcher import cli\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('launcher.commands.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    for command in cli.COMMANDS:  # --help lists every command
+        assert command in out
