@@ -35,16 +35,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from launcher import attach as attach_mod
-from launcher.containers import Container
-from launcher.netns import has_link
+from meshrouter.attachments import attach as attach_mod
 from meshrouter.base.errors import BadInput
 from meshrouter.base.inputs import json_untrusted
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import BASE_STATE_DIR
 from meshrouter.contract.status import DnsStatus
+from meshrouter.engines.containers import Container
 from meshrouter.host.netdev import NetdevError, ip, link_exists
+from meshrouter.host.netns import has_link
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 CODE_VERSION, CODE_FIELD, CODE_UNKNOWN_CONTAINER = 1, 2, 3

@@ -19,7 +19,7 @@ from meshrouter.contract.state import (
 from meshrouter.contract.status import RouterStatus
 
 if TYPE_CHECKING:  # loaded by the commands that use them: 'mesh --help' needs none
-    from launcher.attach import Attachment
+    from meshrouter.attachments.attach import Attachment
     from meshrouter.contract.config import RouterOptions
     from meshrouter.contract.requests import Request
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 # says why each boundary is where it is.  A package never imports one listed
 # after it, so the graph between packages runs one way.
 _BELOW_DAEMON = ("base", "contract", "host", "proto", "dataplane", "mesh", "ipam", "dns")
-_BELOW_DAEMON += ("fastpath", "engines")
+_BELOW_DAEMON += ("fastpath", "engines", "attachments")
 PACKAGES: dict[str, frozenset[str]] = {
     "base": frozenset(),
     "contract": frozenset({"base"}),
@@ -32,30 +32,35 @@ PACKAGES: dict[str, frozenset[str]] = {
     "dns": frozenset({"base", "contract", "proto", "mesh", "host"}),
     "fastpath": frozenset({"base", "contract", "proto", "dataplane", "mesh", "host"}),
     "engines": frozenset({"base", "contract", "host"}),
+    "attachments": frozenset({"base", "contract", "host", "engines"}),
     # The daemon wires every package above; test support may use the daemon too.
     "daemon": frozenset(_BELOW_DAEMON),
     "testing": frozenset({*_BELOW_DAEMON, "daemon"}),
     # The client: the shared contract, this host's devices and the engines'
     # API client; never the daemon, the mesh core or the data plane.
-    "launcher": frozenset({"base", "contract", "host", "engines"}),
+    "launcher": frozenset({"base", "contract", "host", "engines", "attachments"}),
 }
 # The modules of a package that do I/O (sockets, files, processes, threads,
 # trio); every other module is a sans-IO core and imports none of CORE_FORBIDDEN.
 SHELLS: dict[str, frozenset[str]] = {
     "base": frozenset(),
     "contract": frozenset({"apiclient", "state"}),
-    "host": frozenset({"netdev", "hostaccess", "preflight", "unixserver"}),
+    "host": frozenset(
+        {"netdev", "hostaccess", "preflight", "unixserver", "netns", "guard", "garp"}
+    ),
     "proto": frozenset(),
     "dataplane": frozenset({"udp", "libc", "tap", "send", "receive", "forwarder"}),
     "mesh": frozenset(),
     "ipam": frozenset({"store", "service"}),
     "dns": frozenset({"service"}),
     "fastpath": frozenset({"service", "fdb"}),
-    "engines": frozenset({"dockerapi", "probe", "watcher", "pluginservice"}),
+    "engines": frozenset({"dockerapi", "probe", "containers", "watcher", "pluginservice"}),
+    "attachments": frozenset({"attach", "interrupts", "restart"}),
 }
 CORE_FORBIDDEN = {"trio", "socket", "time", "random", "os", "select", "subprocess", "threading"}
 # Never loaded by these packages, at any depth of their own modules' imports.
-NEVER = {"dataplane": {"trio"}, "launcher": {"trio", "numpy", "nacl", "cffi", "pytun"}}
+CLIENT_NEVER = {"trio", "numpy", "nacl", "cffi", "pytun"}
+NEVER = {"dataplane": {"trio"}, "launcher": CLIENT_NEVER, "attachments": CLIENT_NEVER}
 
 
 def package_of(module: str) -> str:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from launcher import attach as attach_mod
-from launcher import guard, views
+from launcher import views
 from launcher.common import (
     COMMANDS,
     CliError,
@@ -23,26 +20,20 @@ from launcher.common import (
     _router_running,
     _status,
 )
-from launcher.containers import ContainerError, docker_endpoints, resolve
-from launcher.interrupts import Interrupts
+from meshrouter.attachments import attach as attach_mod
+from meshrouter.attachments import restart
+from meshrouter.attachments.interrupts import Interrupts
+from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
+from meshrouter.host import guard
 from meshrouter.host.netdev import link_exists
 
 
-@dataclasses.dataclass(frozen=True)
-class AttachSettings:
-    bridge: str
-    mesh_range: str
-    mtu: int
-    dns_address: str | None = None  # None: the router serves no DNS
-    dns_domain: str = ""
-
-
-def _attach_settings(a: argparse.Namespace) -> AttachSettings:
+def _attach_settings(a: argparse.Namespace) -> restart.Settings:
     if _router_running(a.state_dir):
         st = _status(a.state_dir)
         dns = st["dns"]
-        return AttachSettings(
+        return restart.Settings(
             st["bridge"],
             st["ipalloc_range"],
             int(st["mtu"]),
@@ -52,7 +43,7 @@ def _attach_settings(a: argparse.Namespace) -> AttachSettings:
     cfg = _launch_config(a.state_dir)
     if not cfg:
         raise CliError("no mesh on this host: run 'mesh launch' first")
-    return AttachSettings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
+    return restart.Settings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
 
 
 def _wants(a: argparse.Namespace, specs: list[str]) -> list[attach_mod.Want]:
@@ -118,7 +109,7 @@ def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
             )
     if settings.dns_address and added:
         name = "" if a.without_dns else a.hostname or rec.hostname
-        _register_name(a.state_dir, registry, rec, settings, name, added)
+        _register_name(a, registry, rec, settings, name, added)
     print(" ".join(rec.cidrs))
     if interrupts.pending is not None:  # it came too late to stop: say what holds
         print(
@@ -130,112 +121,54 @@ def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
     return 0
 
 
+class ApiAccess(attach_mod.RouterIpam):
+    """What a restart asks of the mesh, over the router's API (``restart.MeshAccess``)."""
+
+    def holder(self, address: str) -> str | None:
+        return _ask(self.state_dir, rq.Holder(address))
+
+    def add_name(self, container: str, names: list[str], addrs: list[str]) -> None:
+        apiclient.ask(self.state_dir, rq.DnsAdd(container, names, addrs))
+
+
+def _tell(told: restart.Told) -> int:
+    for line in told.warnings:
+        print(f"mesh: warning: {line}", file=sys.stderr)
+    for line in told.lines:
+        print(line)
+    return 0
+
+
 def _register_name(
-    state_dir: Path,
+    a: argparse.Namespace,
     registry: attach_mod.Registry,
     rec: attach_mod.Attachment,
-    settings: AttachSettings,
+    settings: restart.Settings,
     name: str,
     addrs: list[str],
 ) -> None:
-    """The container's name in the mesh's DNS (none when ``name`` is empty), and
-    its resolv.conf (a named netns)."""
-    assert settings.dns_address is not None
-    try:
-        if name:
-            _ask(state_dir, rq.DnsAdd(rec.ident, [name], addrs))
-        attach_mod.write_resolv_conf(registry, rec, settings.dns_address, settings.dns_domain)
-    except (CliError, OSError) as exc:
-        print(
-            f"mesh: warning: {rec.container} attached, but not named in DNS: {exc}", file=sys.stderr
-        )
+    access = ApiAccess(a.state_dir)
+    warning = restart.register_name(registry, rec, settings, access, name, addrs)
+    if warning:
+        print(f"mesh: warning: {warning}", file=sys.stderr)
 
 
 def cmd_reattach(a: argparse.Namespace) -> int:
-    """A recorded container started again (the router saw it): put it back on
-    the mesh with the address and name it had.  Nothing to do otherwise."""
+    """A recorded container started again: put it back on the mesh with the
+    address and name it had (the router does this itself; for operators)."""
     registry = attach_mod.Registry(a.state_dir)
-    rec = attach_mod.find(registry, a.container)
-    if rec is None:
-        return _adopt_endpoints(a, registry)
-    if link_exists(rec.host_veth) or rec.kind != "docker":
-        return 0  # still attached, or not a container that can restart
     try:
-        c = resolve(rec.ident)  # its new namespace
-    except ContainerError as exc:
-        raise CliError(f"{rec.container}: {exc}") from None
-    with registry.locked() as records:
-        records.pop(rec.ident, None)
-    settings = _attach_settings(a)
-    try:
-        new, _ = attach_mod.attach(
-            registry,
-            rec.container,
-            [attach_mod.Want(cidr=x) for x in rec.cidrs],
-            bridge=settings.bridge,
-            mesh_range=settings.mesh_range,
-            mtu=settings.mtu,
-            ipam=attach_mod.RouterIpam(a.state_dir),
-            dns_address=settings.dns_address,
-            container=c,
-            guard_port=rec.guard,
-            allow_outside=True,
+        return _tell(
+            restart.reattach(registry, a.container, _attach_settings(a), ApiAccess(a.state_dir))
         )
-    except attach_mod.AttachError as exc:
-        raise CliError(f"{rec.container}: {exc}") from None
-    if settings.dns_address and rec.hostname:
-        _register_name(a.state_dir, registry, new, settings, rec.hostname, new.cidrs)
-    print(f"{rec.container} attached again with {' '.join(new.cidrs)}")
-    return 0
+    except restart.RestartError as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
     registry = attach_mod.Registry(a.state_dir)
-    for rec in attach_mod.prune(registry, attach_mod.RouterIpam(a.state_dir)):
-        if rec.state == attach_mod.PENDING:
-            print(f"{rec.container}: an interrupted attach was undone")
-        else:
-            print(f"{rec.container} is gone: its record and anti-spoofing rules removed")
-    return 0
-
-
-def _adopt_endpoints(a: argparse.Namespace, registry: attach_mod.Registry) -> int:
-    """A Docker container started with addresses from this router's 'mesh'
-    driver (``docker run --network mesh``): name it in DNS, and record it like
-    an attached container (``mesh ps``, anti-spoofing rules; 'mesh prune'
-    forgets it once it is gone)."""
-    try:
-        c = resolve(a.container)
-    except ContainerError:
-        return 0
-    if c.kind != "docker":
-        return 0
-    settings = _attach_settings(a)
-    for ep in docker_endpoints(c.ident):
-        key = _ask(a.state_dir, rq.Holder(ep.address.split("/")[0]))
-        if not isinstance(key, str) or not key.startswith("docker-net/"):
-            continue  # not an address of our driver
-        try:
-            ifname, host = attach_mod.host_end(c, ep.address)
-        except attach_mod.AttachError as exc:
-            print(f"mesh: warning: {c.hostname}: {exc}", file=sys.stderr)
-            continue
-        rec = attach_mod.Attachment(
-            c.hostname,
-            "docker-net",
-            key,
-            c.ns_path,
-            host,
-            [ep.address],
-            ep.mac,
-            c.hostname,
-            ifname=ifname,
-        )
-        with registry.locked() as records:
-            records[key] = rec
-        if settings.dns_address and c.hostname:
-            _register_name(a.state_dir, registry, rec, settings, c.hostname, rec.cidrs)
-        print(f"{c.hostname} on Docker network {ep.network} with {ep.address}")
+    for line in restart.prune(registry, attach_mod.RouterIpam(a.state_dir)):
+        print(line)
     return 0
 
 

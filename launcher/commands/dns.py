@@ -6,15 +6,15 @@ import argparse
 import ipaddress
 from typing import Any
 
-from launcher import attach as attach_mod
 from launcher.common import (
     COMMANDS,
     CliError,
     Parser,
     _ask,
 )
-from launcher.containers import ContainerError, resolve
+from meshrouter.attachments import attach as attach_mod
 from meshrouter.contract import requests as rq
+from meshrouter.engines.containers import ContainerError, resolve
 
 
 def _split_dns_args(a: argparse.Namespace) -> tuple[list[str], str | None]:

@@ -25,7 +25,7 @@ from meshrouter import __version__
 def cmd_report(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from launcher import attach as attach_mod
+    from meshrouter.attachments import attach as attach_mod
 
     if not _router_running(a.state_dir):
         down = _down(a.state_dir)
@@ -47,7 +47,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def _down(state_dir: Path) -> dict[str, Any]:
     """What can be said of this host's mesh when no router answers."""
-    from launcher import attach as attach_mod
+    from meshrouter.attachments import attach as attach_mod
 
     errors = state_dir / ROUTER_ERRORS
     last = _first_error(errors) if errors.exists() and errors.stat().st_size else None

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import attach as attach_mod
-from launcher import guard
 from launcher.common import (
     COMMANDS,
     CONTAINER,
@@ -34,7 +32,7 @@ from launcher.common import (
     _status,
     _wait_exit,
 )
-from launcher.containers import docker_engine_available
+from meshrouter.attachments import attach as attach_mod
 from meshrouter.base.constants import FASTPATH_DEVICE
 from meshrouter.contract import apiclient, config
 from meshrouter.contract import requests as rq
@@ -45,6 +43,8 @@ from meshrouter.contract.state import (
     take_bridge_made,
 )
 from meshrouter.engines import dockerapi
+from meshrouter.engines.containers import docker_engine_available
+from meshrouter.host import guard
 from meshrouter.host.netdev import delete_bridge_made, delete_link, link_exists
 
 LAUNCH_TIMEOUT = 30.0

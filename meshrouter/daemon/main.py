@@ -118,7 +118,8 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         await nursery.start(router.run)
         persist()
         await nursery.start(api.serve, router.commands, socket_path(state_dir), persist)
-        nursery.start_soon(engine.watch, state_dir)
+        if router.containers is not None:
+            nursery.start_soon(engine.watch, router.containers.started)
         plugin_path = (
             Path(opts.docker_plugin)
             if opts.docker_plugin and not probe.engines_disabled()

@@ -28,6 +28,7 @@ from typing import cast
 import trio
 
 from meshrouter import __version__
+from meshrouter.attachments import restart
 from meshrouter.base.boundary import Boundary
 from meshrouter.base.constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
 from meshrouter.contract.config import RouterOptions, parse_subnets
@@ -35,6 +36,7 @@ from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
 from meshrouter.daemon import statusview
 from meshrouter.daemon.commands import Commands
 from meshrouter.daemon.connections import Connections
+from meshrouter.daemon.containers import Containers
 from meshrouter.daemon.persist import StateFiles
 from meshrouter.dataplane.forwarder import Forwarder
 from meshrouter.dataplane.sessionstate import Mode, use_native
@@ -44,7 +46,6 @@ from meshrouter.dns.answer import Answerer
 from meshrouter.dns.channel import DnsChannel
 from meshrouter.dns.records import Records, normalise_name
 from meshrouter.dns.service import DnsServer, parse_upstreams
-from meshrouter.engines import watcher as engine
 from meshrouter.fastpath.channel import FastPathChannel
 from meshrouter.fastpath.core import FastPath
 from meshrouter.fastpath.service import FastPathService
@@ -97,7 +98,6 @@ class Router:
         self.started_at = 0.0
         self.started_wall = 0.0
         self.serving = False  # listening, start-up done
-        self._pruning = False
         peers = list(opts.peers) if peers is None else peers
         use_native(cast(Mode, opts.dataplane))  # --dataplane c without the C loop: ValueError
         self.fastpath: FastPathChannel | None = None
@@ -135,9 +135,14 @@ class Router:
         )
         self.connections = Connections(self.mesh, self.pump)
         self.commands = Commands(self)
+        self.containers: Containers | None = None  # with a state directory: see run()
         self.dns_domain = normalise_name(opts.dns_domain)
         self.dns_server = self._dns_server(records) if opts.dns else None
         self.exposed: ExposeStatus = self.files.load_expose()
+        if state_dir is not None:
+            dns = opts.dns_listen_address if self.dns_server is not None else None
+            here = restart.Settings(opts.bridge, opts.ipalloc_range, opts.mtu, dns, self.dns_domain)
+            self.containers = Containers(state_dir, here, self.commands)
 
     def _dns_server(self, records: Records) -> DnsServer:
         opts = self.opts
@@ -341,20 +346,9 @@ class Router:
             self.files.save_dns(records.own())
 
     def containers_gone(self) -> None:
-        """Containers vanished without detach: their attachment records go
-        (one 'mesh prune' at a time; the next reclaim catches what it missed)."""
-        if self.state_dir is None or self._nursery is None or self._pruning:
-            return
-        self._pruning = True
-        state_dir = self.state_dir
-
-        async def run() -> None:
-            try:
-                await engine.prune(state_dir)
-            finally:
-                self._pruning = False
-
-        self._nursery.start_soon(run)
+        """Containers vanished without detach: their attachment records go."""
+        if self.containers is not None and self._nursery is not None:
+            self._nursery.start_soon(self.containers.prune)
 
     # -- status -----------------------------------------------------------
 

@@ -2,12 +2,12 @@
 (``docker restart``, the engine's restart policy, a reboot) gets its place on
 the mesh back, with the same address.
 
-The router only notices: it follows ``docker events`` (container starts; from
-the engine's socket where no ``docker`` command is installed) and
-for each one runs ``mesh reattach ID``, the client, which knows the
-attachment records and does what attach does.  Without a Docker engine (or
-with ``MESH_NO_DOCKER`` set) this does nothing.  If the event stream ends
-(the engine restarted), it is opened again after a pause.
+This module only notices: it follows ``docker events`` (container starts;
+from the engine's socket where no ``docker`` command is installed) and hands
+each started container's id to ``on_start``, which the daemon gives it (the
+daemon re-attaches it itself: ``attachments.restart``).  Without a Docker
+engine (or with ``MESH_NO_DOCKER`` set) this does nothing.  If the event
+stream ends (the engine restarted), it is opened again after a pause.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import trio
 
-from meshrouter.contract.apiclient import client_argv
 from meshrouter.engines import dockerapi, probe
 
 log = logging.getLogger("meshrouter.engine")
@@ -31,10 +30,14 @@ async def _engine_answers() -> bool:
     return await trio.to_thread.run_sync(probe.docker_answers)
 
 
+OnStart = Callable[[str], Awaitable[None]]
+
+
 async def watch(
-    state_dir: Path, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    on_start: OnStart, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Follow container starts for as long as this task lives."""
+    """Follow container starts for as long as this task lives: ``on_start(id)``
+    for each (in a task of its own)."""
     if not await _engine_answers():
         task_status.started(False)
         return
@@ -44,9 +47,9 @@ async def watch(
         while True:
             try:
                 if shutil.which("docker") is None:
-                    await _follow_api(state_dir, nursery)
+                    await _follow_api(on_start, nursery)
                 else:
-                    await _follow(state_dir, nursery)
+                    await _follow(on_start, nursery)
             except (OSError, dockerapi.DockerApiError) as exc:
                 log.warning("docker events failed: %s; trying again in %.0fs", exc, RETRY)
             except Exception:  # whatever the engine sent: the watcher starts again
@@ -54,7 +57,7 @@ async def watch(
             await trio.sleep(RETRY)
 
 
-async def _follow(state_dir: Path, nursery: trio.Nursery) -> None:
+async def _follow(on_start: OnStart, nursery: trio.Nursery) -> None:
     cmd = ["docker", "events", "--filter", "type=container", "--filter", "event=start"]
     proc = await trio.lowlevel.open_process(
         [*cmd, "--format", "{{.ID}}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -68,14 +71,14 @@ async def _follow(state_dir: Path, nursery: trio.Nursery) -> None:
                 line, buf = buf.split(b"\n", 1)
                 cid = line.decode(errors="replace").strip()
                 if cid:
-                    nursery.start_soon(_reattach, state_dir, cid)
+                    nursery.start_soon(on_start, cid)
     finally:
         with trio.CancelScope(shield=True):
             proc.kill()
             await proc.wait()
 
 
-async def _follow_api(state_dir: Path, nursery: trio.Nursery) -> None:
+async def _follow_api(on_start: OnStart, nursery: trio.Nursery) -> None:
     """The same from the engine's socket: a thread reads the event stream."""
     token = trio.lowlevel.current_trio_token()
 
@@ -83,40 +86,6 @@ async def _follow_api(state_dir: Path, nursery: trio.Nursery) -> None:
         for event in dockerapi.events(type=["container"], event=["start"]):
             cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
             if cid:
-                trio.from_thread.run_sync(
-                    nursery.start_soon, _reattach, state_dir, cid, trio_token=token
-                )
+                trio.from_thread.run_sync(nursery.start_soon, on_start, cid, trio_token=token)
 
     await trio.to_thread.run_sync(read, abandon_on_cancel=True)
-
-
-async def _client(state_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """``mesh ARGS`` for this state directory (the client owns the records):
-    the installed client, whatever directory the router was started from."""
-    argv = [*client_argv(), *args, "--state-dir", str(state_dir)]
-    try:
-        return await trio.run_process(
-            argv, capture_stdout=True, capture_stderr=True, check=False, cwd="/"
-        )
-    except OSError as exc:
-        return subprocess.CompletedProcess(argv, 1, b"", str(exc).encode())
-
-
-async def prune(state_dir: Path) -> None:
-    """Containers were found gone: ``mesh prune`` drops their records (and so
-    their anti-spoofing rules)."""
-    done = await _client(state_dir, "prune")
-    text = (done.stdout + done.stderr).decode(errors="replace").strip()
-    if done.returncode != 0:
-        log.warning("forgetting removed containers failed: %s", text)
-    elif text:
-        log.info("%s", text)
-
-
-async def _reattach(state_dir: Path, cid: str) -> None:
-    done = await _client(state_dir, "reattach", cid)
-    text = (done.stdout + done.stderr).decode(errors="replace").strip()
-    if done.returncode != 0:
-        log.warning("container %s started again, but re-attaching failed: %s", cid[:12], text)
-    elif text:
-        log.info("container %s started again: %s", cid[:12], text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.guard import TABLE, render
+from meshrouter.host.guard import TABLE, render
 
 
 @dataclass

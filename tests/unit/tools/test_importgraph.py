@@ -50,7 +50,7 @@ def test_a_core_that_imports_trio_is_found(monkeypatch) -> None:  # type: ignore
 
 def test_the_client_does_not_load_the_router() -> None:
     code = (
-        "import sys, launcher.cli, launcher.views, launcher.attach\n"
+        "import sys, launcher.cli, launcher.views, meshrouter.attachments.attach\n"
         "heavy = sorted(m for m in ('trio', 'numpy', 'nacl', 'cffi', 'pytun',"
         " 'meshrouter.daemon.router', 'meshrouter.mesh.core', 'meshrouter.dataplane.forwarder')"
         " if m in sys.modules)\n"

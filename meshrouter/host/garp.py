@@ -1,7 +1,7 @@
 """Send a gratuitous ARP for an address from inside a namespace.
 
 ``mesh attach`` calls ``send_garp`` with the container's namespace: the
-packet socket is made inside it.  ``python -m launcher.garp IFACE IPV4`` does
+packet socket is made inside it.  ``python -m meshrouter.host.garp IFACE IPV4`` does
 the same from the namespace it runs in.  A rare control frame, so it is built
 here with ``struct`` rather than scapy to keep the image small.
 """
@@ -15,7 +15,7 @@ import socket
 import struct
 import sys
 
-from launcher.netns import entered
+from meshrouter.host.netns import entered
 
 ETH_P_ARP = 0x0806
 SIOCGIFHWADDR = 0x8927
@@ -47,7 +47,7 @@ def send_garp(
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m launcher.garp IFACE IPV4", file=sys.stderr)
+        print("usage: python -m meshrouter.host.garp IFACE IPV4", file=sys.stderr)
         return 2
     send_garp(argv[0], ipaddress.IPv4Address(argv[1]))
     return 0

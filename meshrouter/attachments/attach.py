@@ -20,16 +20,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from launcher import guard
-from launcher.containers import Container, ContainerError, find_container, resolve
-from launcher.garp import send_garp
-from launcher.interrupts import Interrupted, Interrupts
-from launcher.netns import has_link, ip_batch
+from meshrouter.attachments.interrupts import Interrupted, Interrupts
 from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import atomic_write, load_json
+from meshrouter.engines.containers import Container, ContainerError, find_container, resolve
+from meshrouter.host import guard
+from meshrouter.host.garp import send_garp
 from meshrouter.host.netdev import NetdevError, ip, link_exists, make_veth
+from meshrouter.host.netns import has_link, ip_batch
 
 CONTAINER_IFACE = "ethwe"
 

@@ -1,0 +1,97 @@
+"""The daemon's own care of attached containers: one that starts again is
+re-attached, one that is gone is forgotten (``attachments.restart``, the code
+``mesh reattach`` and ``mesh prune`` run too), in a worker thread; what they
+ask of the mesh comes back to trio through ``LocalAccess``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshrouter.attachments import attach as attach_mod
+from meshrouter.attachments import restart
+from meshrouter.base.errors import OperatorError
+
+if TYPE_CHECKING:
+    from meshrouter.daemon.commands import Commands
+
+log = logging.getLogger("meshrouter.engine")
+
+
+class LocalAccess:
+    """``restart.MeshAccess`` for a worker thread: each call is the daemon's
+    own command, run back in trio; a refusal is attach's ``IpamRefused``."""
+
+    def __init__(self, commands: Commands) -> None:
+        self.c = commands
+
+    @staticmethod
+    def _run(fn: Any, *args: Any) -> Any:
+        try:
+            return trio.from_thread.run(fn, *args)
+        except OperatorError as exc:
+            raise attach_mod.IpamRefused(str(exc)) from None
+
+    def allocate(self, container: str, ns_path: str, subnet: str | None) -> str:
+        return str(self._run(self.c.allocate, container, ns_path, subnet))
+
+    def claim(self, cidr: str, container: str, ns_path: str) -> str:
+        return str(self._run(self.c.claim, cidr, container, ns_path))
+
+    def release(self, container: str, addrs: list[str] | None = None) -> None:
+        try:
+            trio.from_thread.run_sync(self.c.release, container, addrs)
+        except OperatorError as exc:
+            log.warning("addresses of %s not released: %s", container, exc)
+
+    def holder(self, address: str) -> str | None:
+        result: str | None = trio.from_thread.run_sync(self.c.holder, address)
+        return result
+
+    def add_name(self, container: str, names: list[str], addrs: list[str]) -> None:
+        trio.from_thread.run_sync(self.c.dns_add, container, names, addrs)
+
+
+class Containers:
+    def __init__(self, state_dir: Path, settings: restart.Settings, commands: Commands) -> None:
+        self.registry = attach_mod.Registry(state_dir)
+        self.settings = settings
+        self.access = LocalAccess(commands)
+        self._pruning = False
+
+    async def started(self, cid: str) -> None:
+        """A container started: re-attached if it was attached before."""
+        try:
+            told = await trio.to_thread.run_sync(
+                restart.reattach, self.registry, cid, self.settings, self.access
+            )
+        except restart.RestartError as exc:
+            log.warning("container %s started again, but re-attaching failed: %s", cid[:12], exc)
+            return
+        except Exception:  # one container's failure is that container's
+            log.exception("container %s started again; re-attaching it failed", cid[:12])
+            return
+        for line in told.warnings:
+            log.warning("container %s: %s", cid[:12], line)
+        for line in told.lines:
+            log.info("container %s started again: %s", cid[:12], line)
+
+    async def prune(self) -> None:
+        """Containers were found gone: their records (and anti-spoofing rules)
+        go.  One prune at a time; the next reclaim catches what this one missed."""
+        if self._pruning:
+            return
+        self._pruning = True
+        try:
+            lines = await trio.to_thread.run_sync(restart.prune, self.registry, self.access)
+        except Exception:
+            log.exception("forgetting removed containers failed")
+            return
+        finally:
+            self._pruning = False
+        for line in lines:
+            log.info("%s", line)
