@@ -237,7 +237,12 @@ def test_router_image_docker_network_and_kill_9(lab_factory: LabFactory, engines
         lambda: cd in d1.docker("exec", "cd", "ip", "-br", "addr", check=False).stdout,
         timeout=20,
     )
-    assert "cd attached again with" in d1.docker("logs", "meshrouter").stderr
+    # The router says so once the attach is whole (its name too): a moment after the address.
+    lab.wait_for(
+        "the router's word on it",
+        lambda: "cd attached again with" in d1.docker("logs", "meshrouter").stderr,
+        timeout=10,
+    )
     assert lab.mesh(1, "detach", "cd", env=env1, engines=True).returncode == 0
 
     # Removing a container gives its address back, mesh-wide.
