@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,10 @@ from meshrouter.ipam.reclaim import (
     encode_ack,
     encode_allocs,
 )
+from meshrouter.ipam.rehome import CLAIM_RESEND, Rehomer
 from meshrouter.ipam.requests import Requests
 from meshrouter.ipam.ring import (
     CLAIM,
-    CLAIM_NOT_OWNER,
     CLAIM_OK,
     CLAIM_REPLY,
     CLAIM_TAKEN,
@@ -58,7 +59,8 @@ from meshrouter.proto.control import MessageType
 
 log = logging.getLogger("meshrouter.ipam")
 
-CLAIM_RESEND = 2.0
+__all__ = ["CLAIM_RESEND", "RECLAIM_AFTER", "RECORD_TIMEOUT", "IpamPeer", "PendingReply"]
+
 RECORD_TIMEOUT = 10.0  # for other owners to acknowledge a new allocation
 ALLOCS_INTERVAL = 30.0  # our allocation set is sent again this often (anti-entropy)
 RING_INTERVAL = 30.0  # and the ring
@@ -75,16 +77,6 @@ class PendingReply:
     ident: str
     version: int
     deadline: float
-
-
-@dataclass
-class Rehoming:
-    """One of our addresses in space now owned by another peer, being claimed there."""
-
-    ident: str
-    addr: int
-    owner: bytes
-    ns_path: str
 
 
 class IpamPeer:
@@ -107,16 +99,15 @@ class IpamPeer:
         self.claiming: dict[int, tuple[int, str]] = {}  # request -> (addr, ident)
         self.answers: dict[int, tuple[int, str]] = {}  # request -> (status, msg)
         self._published: dict[int, str] = {}
-        self._reachable: set[bytes] = {me}
+        self.reachable: set[bytes] = {me}
         self._neighbours: set[bytes] = set()
         self._pending: list[PendingReply] = []
-        self._rehoming: dict[int, Rehoming] = {}
         self._next_allocs = 0.0
         self._next_ring = RING_INTERVAL
-        self._next_rehome = 0.0
         self.request_ids = itertools.count(1)
         self._released: list[tuple[str, list[int] | None]] = []
         self.requests = Requests(self)
+        self.rehoming = Rehomer(self)
 
     def restored(
         self, remote: dict[str, list[tuple[bytes, int]]], remote_ns: dict[str, str]
@@ -158,14 +149,14 @@ class IpamPeer:
     def _allocs_payload(self) -> bytes:
         return encode_allocs(self.me, self.reclaimer.version, self._published)
 
-    def _release_if_held(self, addr: int, ident: str) -> bool:
+    def release_if_held(self, addr: int, ident: str) -> bool:
         held = self.core.allocs.get(addr)
         if held is not None and held.ident == ident:
             self.core.release_addr(addr)
             return True
         return False
 
-    def _broadcast_ring(self, but: bytes | None = None) -> None:
+    def broadcast_ring(self, but: bytes | None = None) -> None:
         self.out.broadcast(encode_ring(self.core.tokens), but)
 
     def take_released(self) -> list[tuple[str, list[int] | None]]:
@@ -178,7 +169,7 @@ class IpamPeer:
         return {t.owner for t in self.core.tokens.values()}
 
     def can_reach(self, peer: bytes) -> bool:
-        return peer in self._neighbours or peer in self._reachable
+        return peer in self._neighbours or peer in self.reachable
 
     @property
     def neighbours(self) -> set[bytes]:
@@ -206,112 +197,34 @@ class IpamPeer:
     def receive_untrusted(self, peer: bytes, payload: bytes, now: float) -> None:
         """An IPAM message from ``peer``.  Raises only BadPacket."""
         kind, value = decode_untrusted(payload)
-        handler = self._HANDLERS.get(kind)
+        handler = HANDLERS.get(kind)
         if handler is None:  # pragma: no cover - decode_untrusted knows no other kinds
             raise BadPacket("unknown IPAM message")
         handler(self, peer, value, payload, now)
 
-    def _on_ring(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        assert isinstance(value, dict)
-        if self.core.merge(value):
-            self._rehome()
-            self.commit()
-            self._broadcast_ring(but=sender)
-
-    def _on_donate(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        start, prefix = value
-        subnet = ipaddress.IPv4Network((start, prefix)) if prefix else None
-        ring = self.core.donate(sender, subnet)
-        if ring is not None:
-            log.info("gave part of our address share to %s", format_name(sender))
-            self.commit()
-            self.out.broadcast(ring)
-
-    def _on_claim(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        request, addr, ident = value
-        status = self.core.claim(addr, ident)
-        msg = ""
-        if status != CLAIM_OK:
-            holder = self.core.allocs.get(addr)
-            msg = f"in use by {holder.ident}" if holder else "not ours to give"
-        self.commit()
-        if status == CLAIM_OK and not self._recorded():
-            # Granted once enough other owners know of it (see ``reclaim``).
-            self._pending.append(
-                PendingReply(
-                    sender, request, addr, ident, self.reclaimer.version, now + RECORD_TIMEOUT
-                )
-            )
-            return
-        self.out.send(sender, encode_claim_reply(request, status, msg))
-
-    def _on_claim_reply(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        request, status, msg = value
-        if request in self._rehoming:
-            self._rehomed(self._rehoming.pop(request), status, msg)
-        elif request in self.claiming and request not in self.answers:
-            self.answers[request] = (status, msg)
-            self.changes += 1
-
-    def _on_release(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        _, addr, ident = value
-        if self._release_if_held(addr, ident):
-            self.commit()
-
-    def _on_allocs(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        assert isinstance(value, AllocSet)
-        changed = self.reclaimer.merge(value)
-        if changed:
-            for addr in self.reclaimer.stale(value, self.core.handed_out()):
-                self.core.release_addr(addr)  # its holder no longer needs it
-            self.bump()  # saved with the rest
-            self.commit()
-            self.out.broadcast(payload, sender)
-        if self.reclaimer.should_ack(value, sender, changed):
-            self.out.send(value.owner, encode_ack(value.owner, value.version))
-
-    def _on_allocs_ack(self, sender: bytes, value: Any, payload: bytes, now: float) -> None:
-        owner, version = value
-        if self.reclaimer.on_ack(sender, owner, version):
-            self._settle(now)
-            self.commit()
-
-    _HANDLERS = {
-        RING: _on_ring,
-        DONATE: _on_donate,
-        CLAIM: _on_claim,
-        CLAIM_REPLY: _on_claim_reply,
-        RELEASE: _on_release,
-        ALLOCS: _on_allocs,
-        ALLOCS_ACK: _on_allocs_ack,
-    }
-
     def tick(self, now: float, view: View) -> None:
-        if view.reachable != self._reachable:
-            self._reachable = set(view.reachable)
+        if view.reachable != self.reachable:
+            self.reachable = set(view.reachable)
             self.changes += 1  # a wait for owners to record an allocation may go on
         self._neighbours = set(view.neighbours)
-        ring = self.core.maybe_init(self._reachable, now)
+        ring = self.core.maybe_init(self.reachable, now)
         if ring is not None:
             log.info(
                 "made the address ring for %s among %d peer(s)",
                 self.core.network,
-                len(self._reachable),
+                len(self.reachable),
             )
             self.commit()
             self.out.broadcast(ring)
         if self.core.ready:
-            self._take_over_dead(now)
+            self.rehoming.take_over_dead(now)
             if now >= self._next_allocs:
                 self._next_allocs = now + ALLOCS_INTERVAL
                 self.out.broadcast(self._allocs_payload())
             if now >= self._next_ring:
                 self._next_ring = now + RING_INTERVAL
-                self._broadcast_ring()
-            if self._rehoming and now >= self._next_rehome:
-                self._next_rehome = now + CLAIM_RESEND
-                for request, r in list(self._rehoming.items()):
-                    self.out.send(r.owner, encode_claim(request, r.addr, r.ident))
+                self.broadcast_ring()
+            self.rehoming.tick(now)
         if self._pending:
             self._settle(now)
 
@@ -325,7 +238,7 @@ class IpamPeer:
         return self._recorded(version)
 
     def can_record(self) -> bool:
-        return self.reclaimer.can_record(self.owners(), self._reachable)
+        return self.reclaimer.can_record(self.owners(), self.reachable)
 
     def _settle(self, now: float) -> None:
         """Answer the claims other owners have now recorded; refuse those they
@@ -335,7 +248,7 @@ class IpamPeer:
             if self._recorded(p.version):
                 self.out.send(p.sender, encode_claim_reply(p.request, CLAIM_OK, ""))
             elif now >= p.deadline:
-                self._release_if_held(p.addr, p.ident)
+                self.release_if_held(p.addr, p.ident)
                 self.out.send(
                     p.sender,
                     encode_claim_reply(p.request, CLAIM_TAKEN, self.unrecorded_reason()),
@@ -346,7 +259,7 @@ class IpamPeer:
 
     def unrecorded_reason(self) -> str:
         owners = self.owners() | {self.me}
-        reach = len(owners & (self._reachable | {self.me}))
+        reach = len(owners & (self.reachable | {self.me}))
         return (
             f"peer {format_name(self.me)} reaches {reach} of {len(owners)} address owners; "
             f"a new address needs {self.reclaimer.needed(owners)} other owner(s) to record "
@@ -363,107 +276,27 @@ class IpamPeer:
 
     def unrecorded(self, addr: int, ident: str) -> str:
         """Other owners did not record our allocation of ``addr`` in time: let it go."""
-        if self._release_if_held(addr, ident):
+        if self.release_if_held(addr, ident):
             self.commit()
         return self.unrecorded_reason()
 
     def resend_ring(self) -> None:
         """The ring to every neighbour now (anti-entropy before its interval)."""
         if self.core.ready:
-            self._broadcast_ring()
+            self.broadcast_ring()
 
     def resend_allocs(self) -> None:
         self.out.broadcast(self._allocs_payload())
 
     # -- takeovers and re-homing -------------------------------------------------
 
-    def _take_over_dead(self, now: float) -> None:
-        owners = self.owners()
-        for peer in self.reclaimer.observe(now, owners, self._reachable):
-            since = self.reclaimer.unreachable_since[peer]
-            ranges, kept = self.core.take_over(peer, self.reclaimer.handed_out_by(peer))
-            if not ranges:
-                continue
-            log.warning(
-                "peer %s unreachable for %.0fs: took over its address share (%d range(s), "
-                "%d address(es) kept for its containers) with %d of %d owners reachable",
-                format_name(peer),
-                now - since,
-                ranges,
-                len(kept),
-                len(owners & (self._reachable | {self.me})),
-                len(owners),
-            )
-            self.commit()
-            self._broadcast_ring()
-
-    def _rehome(self) -> None:
-        """Our addresses in space another peer now owns (our share was taken
-        over while we were cut off, or two rings were made): claim each from
-        its new owner, which kept it reserved for the same container.  Claims
-        other peers made in our former share are theirs to re-home."""
-        mine = format_name(self.me) + "/"
-        busy = {(r.ident, r.addr) for r in self._rehoming.values()}
-        for a in self.core.misplaced():
-            owner = self.core.owner_of(a.addr)
-            if owner is None:
-                continue
-            if not a.ident.startswith(mine):
-                self.core.release_addr(a.addr)
-            elif (a.ident, a.addr) not in busy:
-                self._rehome_one(Rehoming(a.ident, a.addr, owner, a.ns_path))
-        for ident, claims in list(self.remote.items()):
-            for was, addr in claims:
-                owner = self.core.owner_of(addr)
-                if owner in (None, was) or (ident, addr) in busy:
-                    continue
-                assert owner is not None
-                ns_path = self.remote_ns.get(ident, "")
-                if owner == self.me:  # taken over by us: we kept it reserved
-                    self._drop_remote(ident, addr)
-                    self.core.claim(addr, ident, ns_path)
-                else:
-                    self._rehome_one(Rehoming(ident, addr, owner, ns_path))
-
-    def _rehome_one(self, r: Rehoming) -> None:
-        request = next(self.request_ids)
-        self._rehoming[request] = r
-        self.out.send(r.owner, encode_claim(request, r.addr, r.ident))
-
-    def _drop_remote(self, ident: str, addr: int) -> None:
+    def drop_remote(self, ident: str, addr: int) -> None:
         kept = [(o, a) for o, a in self.remote.get(ident, []) if a != addr]
         if kept:
             self.remote[ident] = kept
         else:
             self.remote.pop(ident, None)
         self.bump()
-
-    def _rehomed(self, r: Rehoming, status: int, msg: str) -> None:
-        if status == CLAIM_NOT_OWNER:
-            self._rehome()  # the ring moved on: ask whoever owns it now
-            return
-        self._release_if_held(r.addr, r.ident)
-        self._drop_remote(r.ident, r.addr)
-        if status == CLAIM_OK:
-            self.remote.setdefault(r.ident, []).append((r.owner, r.addr))
-            if r.ns_path:
-                self.remote_ns[r.ident] = r.ns_path
-            log.info(
-                "address %s of %s is now held in the share of %s",
-                ipaddress.IPv4Address(r.addr),
-                r.ident,
-                format_name(r.owner),
-            )
-        else:
-            log.error(
-                "address %s of %s was given to another container while this peer was cut "
-                "off (%s): detach and attach %s again",
-                ipaddress.IPv4Address(r.addr),
-                r.ident,
-                msg,
-                r.ident.split("/", 1)[-1],
-            )
-        self.commit()
 
     # -- containers whose namespace vanished --------------------------------------
 
@@ -501,12 +334,12 @@ class IpamPeer:
         self.out.send(owner, encode_claim(0, addr, ident, RELEASE))
 
     def release_some(self, ident: str, which: set[int]) -> list[str]:
-        released = [addr for addr in sorted(which) if self._release_if_held(addr, ident)]
+        released = [addr for addr in sorted(which) if self.release_if_held(addr, ident)]
         had_claims = ident in self.remote
         for owner, addr in list(self.remote.get(ident, [])):
             if addr in which:
                 self._send_release(owner, addr, ident)
-                self._drop_remote(ident, addr)
+                self.drop_remote(ident, addr)
                 released.append(addr)
         gone = had_claims and ident not in self.remote
         if gone and not any(a.ident == ident for a in self.core.allocs.values()):
@@ -516,3 +349,88 @@ class IpamPeer:
         return [str(ipaddress.IPv4Address(a)) for a in released]
 
     # -- status ------------------------------------------------------------------
+
+
+# -- the messages --------------------------------------------------------------
+
+
+def _on_ring(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    assert isinstance(value, dict)
+    if self.core.merge(value):
+        self.rehoming.rehome()
+        self.commit()
+        self.broadcast_ring(but=sender)
+
+
+def _on_donate(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    start, prefix = value
+    subnet = ipaddress.IPv4Network((start, prefix)) if prefix else None
+    ring = self.core.donate(sender, subnet)
+    if ring is not None:
+        log.info("gave part of our address share to %s", format_name(sender))
+        self.commit()
+        self.out.broadcast(ring)
+
+
+def _on_claim(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    request, addr, ident = value
+    status = self.core.claim(addr, ident)
+    msg = ""
+    if status != CLAIM_OK:
+        holder = self.core.allocs.get(addr)
+        msg = f"in use by {holder.ident}" if holder else "not ours to give"
+    self.commit()
+    if status == CLAIM_OK and not self._recorded():
+        # Granted once enough other owners know of it (see ``reclaim``).
+        self._pending.append(
+            PendingReply(sender, request, addr, ident, self.reclaimer.version, now + RECORD_TIMEOUT)
+        )
+        return
+    self.out.send(sender, encode_claim_reply(request, status, msg))
+
+
+def _on_claim_reply(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    request, status, msg = value
+    if request in self.rehoming.pending:
+        self.rehoming.answered(self.rehoming.pending.pop(request), status, msg)
+    elif request in self.claiming and request not in self.answers:
+        self.answers[request] = (status, msg)
+        self.changes += 1
+
+
+def _on_release(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    _, addr, ident = value
+    if self.release_if_held(addr, ident):
+        self.commit()
+
+
+def _on_allocs(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    assert isinstance(value, AllocSet)
+    changed = self.reclaimer.merge(value)
+    if changed:
+        for addr in self.reclaimer.stale(value, self.core.handed_out()):
+            self.core.release_addr(addr)  # its holder no longer needs it
+        self.bump()  # saved with the rest
+        self.commit()
+        self.out.broadcast(payload, sender)
+    if self.reclaimer.should_ack(value, sender, changed):
+        self.out.send(value.owner, encode_ack(value.owner, value.version))
+
+
+def _on_allocs_ack(self: IpamPeer, sender: bytes, value: Any, payload: bytes, now: float) -> None:
+    owner, version = value
+    if self.reclaimer.on_ack(sender, owner, version):
+        self._settle(now)
+        self.commit()
+
+
+# IPAM's message kinds and what each does to the peer.
+HANDLERS: dict[int, Callable[[IpamPeer, bytes, Any, bytes, float], None]] = {
+    RING: _on_ring,
+    DONATE: _on_donate,
+    CLAIM: _on_claim,
+    CLAIM_REPLY: _on_claim_reply,
+    RELEASE: _on_release,
+    ALLOCS: _on_allocs,
+    ALLOCS_ACK: _on_allocs_ack,
+}
