@@ -9,13 +9,24 @@ every command's one-line help).
 
 from __future__ import annotations
 
-import importlib
 import sys
-from pathlib import Path
-from typing import Any
 
-from launcher.common import COMMANDS, CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter import __version__
+
+TYPE_CHECKING = False  # not typing's: 'mesh --version' and '--help' load no typing
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from launcher.parser import Parser
+
+
+def _path(text: str) -> Path:
+    """``--state-dir``'s type: pathlib is loaded only when it is given."""
+    from pathlib import Path
+
+    return Path(text)
 
 
 def build_parser(
@@ -25,6 +36,10 @@ def build_parser(
     defaults of the router's options in 'launch' and 'router'.  With
     ``command``, only its group is registered in full (the others by name and
     help); without, every group."""
+    import importlib
+
+    from launcher.parser import Parser
+
     p = Parser(
         prog="mesh",
         description="meshrouter: an encrypted userspace mesh network for containers.",
@@ -36,7 +51,7 @@ def build_parser(
     common = Parser(add_help=False)
     common.add_argument(
         "--state-dir",
-        type=Path,
+        type=_path,
         default=None,
         metavar="DIR",
         help="router state directory (default: $MESH_STATE_DIR, else /var/lib/meshrouter, "
@@ -86,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mesh: {exc}", file=sys.stderr)
             return 1
         args = build_parser(defaults, command=command).parse_args(argv)
+    from launcher.parser import CliError
     from meshrouter.contract.state import default_state_dir
 
-    state_dir: Path | None = args.state_dir
-    args.state_dir = (state_dir or default_state_dir()).absolute()
+    given: Path | None = args.state_dir
+    args.state_dir = (given or default_state_dir()).absolute()
     try:
         return int(args.func(args))
     except CliError as exc:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from launcher.parser import CliError
 from meshrouter import __version__
 from meshrouter.contract import apiclient
 from meshrouter.contract.state import (
@@ -19,6 +17,8 @@ from meshrouter.contract.state import (
 from meshrouter.contract.status import RouterStatus
 
 if TYPE_CHECKING:  # loaded by the commands that use them: 'mesh --help' needs none
+    import subprocess
+
     from meshrouter.attachments.attach import Attachment
     from meshrouter.contract.config import RouterOptions
     from meshrouter.contract.requests import Request
@@ -30,17 +30,6 @@ CONTAINER = "meshrouter"  # the router's container when launched with --engine d
 
 
 R = TypeVar("R")
-
-
-class CliError(Exception):
-    """Printed as 'mesh: <message>' with exit status 1."""
-
-
-class Parser(argparse.ArgumentParser):
-    """A bad argument is one line that says where help is, not the usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def _ask(state_dir: Path, request: Request[R]) -> R:
@@ -104,6 +93,8 @@ def _first_error(path: Path) -> str:
 
 
 def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     try:
         return subprocess.run(
             ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
@@ -122,6 +113,9 @@ def _read_pid(state_dir: Path) -> int | None:
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
+    import signal
+    import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -149,43 +143,3 @@ def _router_options(sp: argparse.ArgumentParser, defaults: dict[str, Any] | None
     )
     if defaults:
         sp.set_defaults(**defaults)
-
-
-# command -> (its group, its one-line help), in the order 'mesh --help' lists them
-COMMANDS: dict[str, tuple[str, str]] = {
-    "launch": ("router", "start the router in the background"),
-    "router": ("router", "run the router in the foreground"),
-    "stop": ("router", "stop the router (and remove the bridge if it made it)"),
-    "reset": ("router", "leave the mesh for good: hand over the address share, remove everything"),
-    "connect": ("peers", "add connection targets at run time"),
-    "forget": ("peers", "remove connection targets (and drop their connections)"),
-    "ping": ("peers", "round trips to a peer over the mesh's encrypted UDP path, and the path"),
-    "rmpeer": ("peers", "reclaim the address share of a dead peer"),
-    "password": (
-        "peers",
-        "rotate the mesh password without downtime: mesh password rotate --new-file F",
-    ),
-    "attach": ("containers", "attach a container: mesh attach [ADDR...] CONTAINER"),
-    "detach": (
-        "containers",
-        "detach a container from the mesh (or take some of its addresses away)",
-    ),
-    "reattach": (
-        "containers",
-        "attach a recorded container again after it restarted (the router runs it)",
-    ),
-    "prune": ("containers", "forget containers removed without detach (the router runs it)"),
-    "ps": ("containers", "list containers attached on this host"),
-    "status": ("info", "show the router, its connections and targets"),
-    "report": ("info", "everything the router knows, as JSON"),
-    "version": ("info", "versions: meshrouter, protocol, data plane, Python"),
-    "doctor": ("info", "check this host and every peer; say what is wrong and what to do"),
-    "dns-add": ("dns", "add names in the mesh's DNS"),
-    "dns-remove": ("dns", "remove names in the mesh's DNS"),
-    "dns-lookup": ("dns", "addresses of a name in the mesh's DNS"),
-    "dns-args": ("dns", "print the 'docker run' options that point a container at the mesh's DNS"),
-    "expose": ("expose", "give this host an address on the mesh"),
-    "hide": ("expose", "undo 'mesh expose' (addresses and masquerading)"),
-    "setup-cni": ("integrations", "install the CNI plugin and a network configuration for it"),
-    "kube-sync": ("integrations", "connect to the Kubernetes cluster's nodes; rmpeer deleted ones"),
-}

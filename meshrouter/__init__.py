@@ -1,11 +1,9 @@
 """meshrouter: a userspace encrypted mesh router for containers.
 
-docs/architecture.md maps the package: the sans-IO cores (``handshake``,
-``control``, ``wire``, ``session``, ``topology``, ``ipam``, ``mesh`` and
-others) take bytes and a ``now`` and return bytes, events, actions and
-deadlines; the forwarder thread (``send``, ``receive``, ``forwarder``) moves
-frames; the trio shell (``router``, ``api``, ``daemon``) owns sockets and
-timers; ``link`` is the one thing the two threads share.
+docs/architecture.md maps the packages (``base``, ``contract``, ``host``,
+``proto``, ``dataplane``, ``mesh``, ``ipam``, ``dns``, ``fastpath``,
+``engines``, ``attachments``, ``daemon``) and the table of what each may
+import.  This module holds the version only: the client loads it first.
 """
 
 __version__ = "0.2.0"

@@ -11,15 +11,14 @@ from typing import Any
 
 from launcher import views
 from launcher.common import (
-    COMMANDS,
-    CliError,
-    Parser,
     _ask,
     _by_name,
     _launch_config,
     _router_running,
     _status,
 )
+from launcher.parser import CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.attachments import restart
 from meshrouter.attachments.interrupts import Interrupts

@@ -7,11 +7,10 @@ import ipaddress
 from typing import Any
 
 from launcher.common import (
-    COMMANDS,
-    CliError,
-    Parser,
     _ask,
 )
+from launcher.parser import CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.contract import requests as rq
 from meshrouter.engines.containers import ContainerError, resolve

@@ -6,10 +6,10 @@ import argparse
 from typing import Any
 
 from launcher.common import (
-    COMMANDS,
-    Parser,
     _ask,
 )
+from launcher.parser import Parser
+from launcher.table import COMMANDS
 from meshrouter.contract import requests as rq
 
 

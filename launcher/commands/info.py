@@ -10,15 +10,15 @@ from typing import Any
 
 from launcher import views
 from launcher.common import (
-    COMMANDS,
     ROUTER_ERRORS,
-    Parser,
     _by_name,
     _first_error,
     _launch_config,
     _router_running,
     _status,
 )
+from launcher.parser import Parser
+from launcher.table import COMMANDS
 from meshrouter import __version__
 
 

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher.common import (
-    COMMANDS,
-    Parser,
-)
+from launcher.parser import Parser
+from launcher.table import COMMANDS
 from meshrouter.contract.state import (
     atomic_write,
 )

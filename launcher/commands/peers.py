@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 from launcher.common import (
-    COMMANDS,
-    CliError,
-    Parser,
     _ask,
 )
+from launcher.parser import CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import (
     read_password,

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.common import (
-    COMMANDS,
     CONTAINER,
     ROUTER_ERRORS,
     ROUTER_IMAGE,
-    CliError,
-    Parser,
     _ask,
     _docker,
     _first_error,
@@ -32,6 +29,8 @@ from launcher.common import (
     _status,
     _wait_exit,
 )
+from launcher.parser import CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.base.constants import FASTPATH_DEVICE
 from meshrouter.contract import apiclient, config

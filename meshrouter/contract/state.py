@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import stat
 from pathlib import Path
@@ -12,7 +11,12 @@ from typing import Any
 
 from meshrouter.base.names import format_name, parse_name
 
-log = logging.getLogger("meshrouter")
+
+def _warn(msg: str, *args: object) -> None:
+    import logging  # only when there is something to say: the client loads this module
+
+    logging.getLogger("meshrouter").warning(msg, *args)
+
 
 BASE_STATE_DIR = Path("/var/lib/meshrouter")
 
@@ -67,7 +71,7 @@ def load_json(path: Path, default: Any) -> Any:
     except FileNotFoundError:
         return default
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
+        _warn("ignoring unreadable %s: %s", path, exc)
         return default
 
 
@@ -106,7 +110,7 @@ def read_password(path: str | None) -> bytes:
     except OSError as exc:
         raise ValueError(f"cannot read password file {path}: {exc.strerror}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
+        _warn(
             "password file %s is readable by group or others (mode %o); run chmod 600 %s",
             path,
             st.st_mode & 0o777,
