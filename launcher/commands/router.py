@@ -93,22 +93,45 @@ def cmd_launch(a: argparse.Namespace) -> int:
         "trusted_subnets": a.trusted_subnets,
         "router_args": router_args,
     }
-    errors = state_dir / ROUTER_ERRORS
+    proc, where = _start(a, state_dir, router_args)
+    _wait_until_serving(a, state_dir, proc, where)
+    atomic_write(state_dir / "launch.json", json.dumps(launch_cfg).encode())
+    n = attach_mod.reattach_all(attach_mod.Registry(state_dir), a.bridge)
+    status = _status(state_dir)
+    extra = f", {n} container(s) re-attached" if n else ""
+    print(
+        f"router {status['name']} ({status['nickname']}) running on port {a.port}, "
+        f"bridge {a.bridge}{extra}, {where}"
+    )
+    return 0
+
+
+def _start(
+    a: argparse.Namespace, state_dir: Path, router_args: list[str]
+) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """The router, started: a local process (its stderr in ROUTER_ERRORS),
+    or the container; and where its log is."""
     if a.engine == "docker":
         _launch_docker(a)
-        where = f"as container {CONTAINER} (docker); logs: docker logs {CONTAINER}"
-        proc = None
-    else:
-        with open(errors, "wb") as errf:  # this run's errors only: never an older run's
-            proc = subprocess.Popen(
-                [*apiclient.daemon_argv(), *router_args],
-                stdin=subprocess.DEVNULL,
-                stdout=errf,
-                stderr=errf,
-                cwd="/",
-                start_new_session=True,
-            )
-        where = f"as a local process; log: {state_dir / 'router.log'}"
+        return None, f"as container {CONTAINER} (docker); logs: docker logs {CONTAINER}"
+    with open(state_dir / ROUTER_ERRORS, "wb") as errf:  # this run's errors only
+        proc = subprocess.Popen(
+            [*apiclient.daemon_argv(), *router_args],
+            stdin=subprocess.DEVNULL,
+            stdout=errf,
+            stderr=errf,
+            cwd="/",
+            start_new_session=True,
+        )
+    return proc, f"as a local process; log: {state_dir / 'router.log'}"
+
+
+def _wait_until_serving(
+    a: argparse.Namespace, state_dir: Path, proc: subprocess.Popen[bytes] | None, where: str
+) -> None:
+    """Until the router answers; a router that exits or never answers is
+    undone whole (its bridge, its pid file) and the launch fails saying why."""
+    errors = state_dir / ROUTER_ERRORS
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
         failed = None
@@ -120,15 +143,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
             _undo_launch(state_dir, a.bridge)
             raise CliError(failed)
         if _router_running(state_dir):
-            atomic_write(state_dir / "launch.json", json.dumps(launch_cfg).encode())
-            n = attach_mod.reattach_all(attach_mod.Registry(state_dir), a.bridge)
-            status = _status(state_dir)
-            extra = f", {n} container(s) re-attached" if n else ""
-            print(
-                f"router {status['name']} ({status['nickname']}) running on port {a.port}, "
-                f"bridge {a.bridge}{extra}, {where}"
-            )
-            return 0
+            return
         time.sleep(0.1)
     if proc is not None:
         proc.kill()
