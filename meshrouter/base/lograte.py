@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 
 LOG_REPEAT_INTERVAL = 60.0  # the same complaint about the same address: once a minute
@@ -31,3 +32,22 @@ class LogLimiter:
         if len(self._seen) > self.max_keys:
             del self._seen[next(iter(self._seen))]
         return seen[1] if seen is not None else 0
+
+
+class Complaints:
+    """Log lines about remote input, each kind about each address at most once
+    per ``LogLimiter.interval``, saying how many like it were held back."""
+
+    __slots__ = ("_limiter", "log")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._limiter = LogLimiter()
+
+    def say(self, level: int, where: str, kind: str, msg: str, *args: object, now: float) -> None:
+        held = self._limiter.allow((where.rsplit(":", 1)[0], kind), now)
+        if held is None:
+            return
+        if held:
+            msg += f" ({held} more like it in the last {self._limiter.interval:.0f}s not logged)"
+        self.log.log(level, msg, *args)

@@ -111,7 +111,7 @@ class Channels:
             # The relaying peer is not to blame: count it, keep the connection.
             self.m.counters[f"{ch.name}_errors"] += 1
             who = format_name(origin)
-            self.m.log_limited(
+            self.m.complaints.say(
                 logging.WARNING,
                 who,
                 f"bad relayed {ch.name}",

@@ -55,7 +55,7 @@ from typing import Protocol
 
 from meshrouter.base.errors import BadInput, LocalProtocolError
 from meshrouter.base.inputs import format_address
-from meshrouter.base.lograte import LogLimiter
+from meshrouter.base.lograte import Complaints
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import (
     ConnState,
@@ -161,6 +161,25 @@ class Conn:
         return format_address(*self.remote)
 
 
+def _new_link(conn: Conn, res: HandshakeResult) -> Link:
+    """The data path of a connection whose handshake is done: a new session
+    under its keys, to the peer's UDP port at the connection's address."""
+    keys = res.keys
+    return Link(
+        index=conn.index,
+        peer=conn.name,
+        label=conn.label,
+        session=DataSession(
+            suite=keys.suite,
+            send_key=keys.data_send,
+            recv_key=keys.data_recv,
+            local_index=conn.index,
+            peer_index=res.peer_recv_index,
+        ),
+        udp_addr=(conn.remote[0], res.peer.udp_port),
+    )
+
+
 class Mesh:
     def __init__(
         self,
@@ -213,7 +232,7 @@ class Mesh:
         self.conns: dict[int, Conn] = {}  # every live connection, by receiver index
         self.peers: dict[bytes, Conn] = {}  # handshake complete, not closed, by peer name
         self._actions: deque[Action] = deque()
-        self._limiter = LogLimiter()
+        self.complaints = Complaints(log)
         self.version = version
 
     # -- output -----------------------------------------------------------------
@@ -256,7 +275,7 @@ class Mesh:
         if not initiator and len(self.conns) >= self.conn_limit:
             self.counters["connections_refused_limit"] += 1
             where = format_address(*remote)
-            self.log_limited(
+            self.complaints.say(
                 logging.WARNING,
                 where,
                 "limit",
@@ -368,7 +387,7 @@ class Mesh:
             # Before the handshake anyone can cause this line (connect, close,
             # again): at most one a minute per address and reason.
             self.counters["handshake_failures" if cause == "error" else "connections_closed"] += 1
-            self.log_limited(
+            self.complaints.say(
                 logging.WARNING if cause == "error" else logging.INFO,
                 conn.where,
                 reason,
@@ -382,18 +401,6 @@ class Mesh:
         else:
             self.counters["connections_closed"] += 1
             log.info("connection %s at %s closed: %s", conn.label, conn.where, reason)
-
-    def log_limited(
-        self, level: int, where: str, kind: str, msg: str, *args: object, now: float
-    ) -> None:
-        """The same kind of complaint about the same address at most once per
-        ``LogLimiter.interval``, saying how many were held back."""
-        held = self._limiter.allow((where.rsplit(":", 1)[0], kind), now)
-        if held is None:
-            return
-        if held:
-            msg += f" ({held} more like it in the last {self._limiter.interval:.0f}s not logged)"
-        log.log(level, msg, *args)
 
     # -- the handshake and its tie-breaks ------------------------------------------
 
@@ -441,19 +448,7 @@ class Mesh:
         self._transition(conn, Input.HANDSHAKE_DONE)
         self.peers[conn.name] = conn
         keys = res.keys
-        conn.link = Link(
-            index=conn.index,
-            peer=conn.name,
-            label=conn.label,
-            session=DataSession(
-                suite=keys.suite,
-                send_key=keys.data_send,
-                recv_key=keys.data_recv,
-                local_index=conn.index,
-                peer_index=res.peer_recv_index,
-            ),
-            udp_addr=(conn.remote[0], res.peer.udp_port),
-        )
+        conn.link = _new_link(conn, res)
         if replaced is not None and replaced.link is not None:
             # Same peer, same path, a moment ago: no gap while UDP proves itself.
             conn.link.session.inherit_liveness(replaced.link.session)
