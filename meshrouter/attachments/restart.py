@@ -163,3 +163,9 @@ def prune(registry: attach_mod.Registry, mesh: attach_mod.AddressSource | None) 
         else:
             out.append(f"{rec.container} is gone: its record and anti-spoofing rules removed")
     return out
+
+
+def unlinked(registry: attach_mod.Registry) -> int:
+    """How many records have lost their link: containers being removed (the
+    engine may take a moment to forget them), or stopped ones."""
+    return sum(not link_exists(r.host_veth) for r in registry.read().values())

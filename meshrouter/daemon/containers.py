@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshrouter.engine")
 
+PRUNE_TRIES = 6  # a removed container's record is looked at again this often ...
+PRUNE_RETRY = 1.0  # ... this far apart (a stopped container's stays: it may restart)
+
 
 class LocalAccess:
     """``restart.MeshAccess`` for a worker thread: each call is the daemon's
@@ -82,16 +85,21 @@ class Containers:
 
     async def prune(self) -> None:
         """Containers were found gone: their records (and anti-spoofing rules)
-        go.  One prune at a time; the next reclaim catches what this one missed."""
+        go.  The engine may still list a container it is removing: while
+        records without a link are left, it looks again, a few times."""
         if self._pruning:
-            return
+            return  # the one running looks again
         self._pruning = True
         try:
-            lines = await trio.to_thread.run_sync(restart.prune, self.registry, self.access)
+            for attempt in range(PRUNE_TRIES):
+                lines = await trio.to_thread.run_sync(restart.prune, self.registry, self.access)
+                for line in lines:
+                    log.info("%s", line)
+                left = await trio.to_thread.run_sync(restart.unlinked, self.registry)
+                if not left or attempt == PRUNE_TRIES - 1:
+                    break
+                await trio.sleep(PRUNE_RETRY)
         except Exception:
             log.exception("forgetting removed containers failed")
-            return
         finally:
             self._pruning = False
-        for line in lines:
-            log.info("%s", line)
