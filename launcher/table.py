@@ -24,9 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "reattach": (
         "containers",
-        "attach a recorded container again after it restarted (the router runs it)",
+        "attach a recorded container again after it restarted (the router does it itself)",
     ),
-    "prune": ("containers", "forget containers removed without detach (the router runs it)"),
+    "prune": ("containers", "forget containers removed without detach (the router does it itself)"),
     "ps": ("containers", "list containers attached on this host"),
     "status": ("info", "show the router, its connections and targets"),
     "report": ("info", "everything the router knows, as JSON"),
