@@ -91,6 +91,8 @@ class Announcer:
         self.m.links.set_routes(self.m.gossip.routes())
 
     def tick(self, now: float, wall: float | None) -> None:
+        if wall is not None:
+            self.wall_offset = wall - now
         if now >= self.next_full:
             self.next_full = now + FULL_GOSSIP_INTERVAL
             self.gossip_to_all(self.m.gossip.full())

@@ -520,8 +520,6 @@ class Mesh:
     def tick(self, now: float, wall: float | None = None) -> None:
         """Rekeys, UDP liveness, topology GC, the channels, anti-entropy,
         discovery.  ``wall`` (the wall clock, seconds) lets peers compare clocks."""
-        if wall is not None:
-            self.announce.wall_offset = wall - now
         self.rotation.tick(now)
         for conn in list(self.conns.values()):
             if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
