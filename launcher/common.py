@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from launcher.parser import CliError
+from launcher.parser import CliError, Parser
+from launcher.table import COMMANDS
 from meshrouter import __version__
 from meshrouter.contract import apiclient
 from meshrouter.contract.state import (
@@ -143,3 +144,10 @@ def _router_options(sp: argparse.ArgumentParser, defaults: dict[str, Any] | None
     )
     if defaults:
         sp.set_defaults(**defaults)
+
+
+def add_command(
+    sub: argparse._SubParsersAction[Parser], common: Parser, name: str, **kw: Any
+) -> Parser:
+    """The parser of command ``name``: the common options, and its help from the table."""
+    return sub.add_parser(name, parents=[common], help=COMMANDS[name][1], **kw)

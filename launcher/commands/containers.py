@@ -16,9 +16,9 @@ from launcher.common import (
     _launch_config,
     _router_running,
     _status,
+    add_command,
 )
 from launcher.parser import CliError, Parser
-from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.attachments import restart
 from meshrouter.attachments.interrupts import Interrupts
@@ -234,10 +234,10 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "attach",
-        parents=[common],
-        help=COMMANDS["attach"][1],
         description="Give CONTAINER (a named network namespace, or a Docker or podman "
         "container by name or id) an interface 'ethwe' on the mesh with each address "
         "asked for: CIDR (e.g. 10.32.0.5/12), net:SUBNET (one IPAM allocates in it) or "
@@ -265,10 +265,10 @@ def register(
     )
     sp.set_defaults(func=cmd_attach)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "reattach",
-        parents=[common],
-        help=COMMANDS["reattach"][1],
         description="If CONTAINER (a Docker id or name) was attached and has lost its link, "
         "attach it again with the same address and name. The router runs this on every "
         "container start the Docker engine reports.",
@@ -276,20 +276,20 @@ def register(
     sp.add_argument("container", metavar="CONTAINER")
     sp.set_defaults(func=cmd_reattach)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "prune",
-        parents=[common],
-        help=COMMANDS["prune"][1],
         description="Drop the records (and anti-spoofing rules) of attached containers "
         "that no longer exist: removed from their engine, or their namespace deleted. "
         "The router runs this when it finds their namespaces gone.",
     )
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "detach",
-        parents=[common],
-        help=COMMANDS["detach"][1],
         description="Without addresses: remove CONTAINER's link to the mesh and release all "
         "its addresses. With ADDR...: release only those; the link goes with the last one.",
     )
@@ -297,6 +297,6 @@ def register(
     sp.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER", help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_detach)
 
-    sp = sub.add_parser("ps", parents=[common], help=COMMANDS["ps"][1])
+    sp = add_command(sub, common, "ps")
     sp.add_argument("--json", action="store_true", help="the records as JSON")
     sp.set_defaults(func=cmd_ps)

@@ -8,9 +8,9 @@ from typing import Any
 
 from launcher.common import (
     _ask,
+    add_command,
 )
 from launcher.parser import CliError, Parser
-from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.contract import requests as rq
 from meshrouter.engines.containers import ContainerError, resolve
@@ -100,10 +100,10 @@ def register(
         ("dns-add", cmd_dns_add, "add"),
         ("dns-remove", cmd_dns_remove, "remove"),
     ):
-        sp = sub.add_parser(
+        sp = add_command(
+            sub,
+            common,
             cmd,
-            parents=[common],
-            help=COMMANDS[cmd][1],
             description=f"mesh {cmd} [ADDR...] CONTAINER [-h FQDN] | mesh {cmd} ADDR... -h FQDN: "
             f"{what} the name of CONTAINER (its netns or Docker name, or FQDN) with ADDRs "
             "(default: its attached address), mesh-wide. Addresses outside the mesh are "
@@ -115,13 +115,9 @@ def register(
         sp.add_argument("-h", "--hostname", metavar="FQDN", help="the name")
         sp.set_defaults(func=func)
 
-    sp = sub.add_parser("dns-lookup", parents=[common], help=COMMANDS["dns-lookup"][1])
+    sp = add_command(sub, common, "dns-lookup")
     sp.add_argument("name", metavar="NAME")
     sp.set_defaults(func=cmd_dns_lookup)
 
-    sp = sub.add_parser(
-        "dns-args",
-        parents=[common],
-        help=COMMANDS["dns-args"][1],
-    )
+    sp = add_command(sub, common, "dns-args")
     sp.set_defaults(func=cmd_dns_args)

@@ -7,9 +7,9 @@ from typing import Any
 
 from launcher.common import (
     _ask,
+    add_command,
 )
 from launcher.parser import Parser
-from launcher.table import COMMANDS
 from meshrouter.contract import requests as rq
 
 
@@ -33,10 +33,10 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "expose",
-        parents=[common],
-        help=COMMANDS["expose"][1],
         description="Put an address of the mesh on the bridge (allocated, or each CIDR "
         "given) so this host reaches every container, and masquerade containers' traffic "
         "to addresses outside the mesh through this host (an nftables table "
@@ -52,5 +52,5 @@ def register(
     sp.add_argument("-h", "--hostname", metavar="FQDN", help="the host's name in DNS")
     sp.set_defaults(func=cmd_expose)
 
-    sp = sub.add_parser("hide", parents=[common], help=COMMANDS["hide"][1])
+    sp = add_command(sub, common, "hide")
     sp.set_defaults(func=cmd_hide)

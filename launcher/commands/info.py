@@ -16,9 +16,9 @@ from launcher.common import (
     _launch_config,
     _router_running,
     _status,
+    add_command,
 )
 from launcher.parser import Parser
-from launcher.table import COMMANDS
 from meshrouter import __version__
 
 
@@ -131,36 +131,36 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser("status", parents=[common], help=COMMANDS["status"][1])
+    sp = add_command(sub, common, "status")
     sp.add_argument(
         "what", nargs="?", choices=["peers", "connections", "targets", "ipam", "dns", "expose"]
     )
     sp.add_argument("--json", action="store_true", help="print everything as JSON")
     sp.set_defaults(func=cmd_status)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "report",
-        parents=[common],
-        help=COMMANDS["report"][1],
         description="Print status, connections, peers, targets, IPAM, counters, drops "
         "and this host's attached containers as one JSON document.",
     )
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "version",
-        parents=[common],
-        help=COMMANDS["version"][1],
         description="Print this client's versions (meshrouter, the protocol versions it "
         "speaks, whether the C data plane is built, Python), and the running router's.",
     )
     sp.add_argument("--json", action="store_true", help="as JSON")
     sp.set_defaults(func=cmd_version)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "doctor",
-        parents=[common],
-        help=COMMANDS["doctor"][1],
         description="Checks the router, the bridge and TAP, /dev/net/tun, kernel offloads, "
         "nftables, address agreement, DNS, expose, every target (TCP reachability, password) "
         "and connection (UDP both ways, path MTU, clock skew, version), and unreachable "

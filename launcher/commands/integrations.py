@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from launcher.common import add_command
 from launcher.parser import Parser
-from launcher.table import COMMANDS
 from meshrouter.contract.state import (
     atomic_write,
 )
@@ -77,10 +77,10 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "setup-cni",
-        parents=[common],
-        help=COMMANDS["setup-cni"][1],
         description="Write BIN_DIR/mesh-cni (a small script that runs this installation's "
         "plugin, launcher.cni) and CONF_DIR/10-NETWORK.conflist naming it, with this "
         "host's state directory, so a CNI runtime (podman with the cni backend, "
@@ -107,10 +107,10 @@ def register(
     )
     sp.set_defaults(func=cmd_setup_cni)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "kube-sync",
-        parents=[common],
-        help=COMMANDS["kube-sync"][1],
         description="Every INTERVAL seconds: list the nodes (in-cluster service account, "
         "else ~/.kube/config), ask the router to connect to each node's InternalIP, and "
         "reclaim the address share of a peer whose node was deleted (rmpeer; done by "

@@ -8,9 +8,9 @@ from typing import Any
 
 from launcher.common import (
     _ask,
+    add_command,
 )
 from launcher.parser import CliError, Parser
-from launcher.table import COMMANDS
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import (
     read_password,
@@ -78,28 +78,28 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser("connect", parents=[common], help=COMMANDS["connect"][1])
+    sp = add_command(sub, common, "connect")
     sp.add_argument("peers", nargs="+", metavar="PEER")
     sp.set_defaults(func=cmd_connect)
 
-    sp = sub.add_parser("forget", parents=[common], help=COMMANDS["forget"][1])
+    sp = add_command(sub, common, "forget")
     sp.add_argument("peers", nargs="+", metavar="PEER")
     sp.set_defaults(func=cmd_forget)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "rmpeer",
-        parents=[common],
-        help=COMMANDS["rmpeer"][1],
         description="Take over the IP address share of PEER (name or nickname), which must "
         "be gone for good: its addresses become this host's to give out.",
     )
     sp.add_argument("peer", metavar="PEER")
     sp.set_defaults(func=cmd_rmpeer)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "ping",
-        parents=[common],
-        help=COMMANDS["ping"][1],
         description="Ping PEER (its name or nickname) from this router over the encrypted "
         "UDP path the data takes, like 'tailscale ping': says whether the path is direct or "
         "through a relay, the UDP address, and each round trip. Exit status 1 when no "
@@ -113,10 +113,10 @@ def register(
     sp.add_argument("--json", action="store_true", help="as JSON")
     sp.set_defaults(func=cmd_ping)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "password",
-        parents=[common],
-        help=COMMANDS["password"][1],
         description="'rotate' gives the mesh a new password, on one host: the mesh carries "
         "it to every peer (sealed on each connection). For WINDOW every peer accepts the "
         "old and the new one and re-keys its connections under the new one; then the old "

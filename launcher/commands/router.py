@@ -28,9 +28,9 @@ from launcher.common import (
     _router_running,
     _status,
     _wait_exit,
+    add_command,
 )
 from launcher.parser import CliError, Parser
-from launcher.table import COMMANDS
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.base.constants import FASTPATH_DEVICE
 from meshrouter.contract import apiclient, config
@@ -333,10 +333,10 @@ def register(
     config_defaults: dict[str, Any] | None,
 ) -> None:
     """Add this group's commands to ``sub``."""
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "launch",
-        parents=[common],
-        help=COMMANDS["launch"][1],
         description="Create the bridge and TAP, start the router in the "
         "background (a local process, or with --engine docker a container) and return "
         "once it listens.",
@@ -353,25 +353,25 @@ def register(
     sp.add_argument("--local", action="store_true", help=argparse.SUPPRESS)  # the default now
     sp.set_defaults(func=cmd_launch)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "router",
-        parents=[common],
-        help=COMMANDS["router"][1],
         description="Run the router in the foreground (for the container "
         "image and service managers). Stops on SIGTERM/SIGINT.",
     )
     _router_options(sp, config_defaults)
     sp.set_defaults(func=cmd_router)
 
-    sp = sub.add_parser(
+    sp = add_command(
+        sub,
+        common,
         "reset",
-        parents=[common],
-        help=COMMANDS["reset"][1],
         description="Stop the router after handing this peer's address share to a "
         "connected peer (no 'mesh rmpeer' needed later), then remove what 'expose' made, "
         "the containers' links, the bridge (if launch made it) and the state directory.",
     )
     sp.set_defaults(func=cmd_reset)
 
-    sp = sub.add_parser("stop", parents=[common], help=COMMANDS["stop"][1])
+    sp = add_command(sub, common, "stop")
     sp.set_defaults(func=cmd_stop)
