@@ -19,6 +19,7 @@ meshrouter against issue 22's targets; writes JSON and a PNG.
 
     bash bench/run.sh --wire                 # 0%, 0.1% and 1% loss, 8 s a test
     python3 -m bench.wire --quick --loss 0 1
+    python3 -m bench.wire --baseline v0.1.0   # that release beside this code, same run
 """
 
 from __future__ import annotations
@@ -30,35 +31,20 @@ import sys
 import time
 from pathlib import Path
 
+from meshrouter.testing import release
 from meshrouter.testing.netlab import Lab
 
-from .run import PREFIX, iperf, setup_paths
+from .run import PREFIX, iperf, setup_mesh, setup_paths
 
 PATHS = ["vxlan", "tinc", "fastd", "mesh"]
-OFFLOADS = ("gso", "off", "tso", "off", "gro", "off", "tx-udp-segmentation", "off")
 
 
 def wire_underlay(lab: Lab) -> None:
-    """Every underlay veth (each host's eth0, the switch's ports) segments on
-    transmit and coalesces nothing on receive, like a NIC without offloads."""
-    for i in range(1, lab.n + 1):
-        lab.run(i, "ethtool", "-K", "eth0", *OFFLOADS)
-        lab.in_ns(lab.switch, "ethtool", "-K", f"u{i}", *OFFLOADS)
+    lab.wire()
 
 
 def set_loss(lab: Lab, percent: float) -> None:
-    """Drop ``percent`` % of the UDP datagrams arriving at each host."""
-    permille = round(percent * 10)
-    for i in range(1, lab.n + 1):
-        lab.run(i, "nft", "delete table inet lossy", check=False)
-        if permille:
-            lab.run(
-                i,
-                "nft",
-                "add table inet lossy; "
-                "add chain inet lossy i { type filter hook input priority 0; }; "
-                f"add rule inet lossy i meta l4proto udp numgen random mod 1000 < {permille} drop",
-            )
+    lab.lossy(percent)
 
 
 def gbps(j: dict[str, object]) -> float:
@@ -138,6 +124,12 @@ def main() -> int:
     ap.add_argument("--loss", nargs="+", type=float, default=[0.0, 0.1, 1.0], metavar="PCT")
     ap.add_argument("--only", nargs="*", default=PATHS, choices=PATHS)
     ap.add_argument("--mesh-opts", default="", metavar="'OPTS'", help="more router options")
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run meshrouter as of git commit REV (built into a venv of its own), "
+        "as path mesh@REV: before and after in one run",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it builds namespaces)", file=sys.stderr)
@@ -145,14 +137,28 @@ def main() -> int:
     secs = 3 if args.quick else 8
     levels = sorted(set(args.loss))
     args.out.mkdir(parents=True, exist_ok=True)
+    base = release.build(args.baseline) if args.baseline else None
     lab = Lab(PREFIX + "w", 2).create()
+    labs = [lab]
     got: dict[str, dict[float, float]] = {}
     notes: list[str] = []
     try:
         paths = setup_paths(lab, args.only, args.mesh_opts)
-        wire_underlay(lab)
+        if base is not None:
+            base_lab = Lab(PREFIX + "o", 2, python=base.python, repo=base.repo).create()
+            labs.append(base_lab)
+            a, b, ip = setup_mesh(base_lab, tuple(args.mesh_opts.split()))
+            base_lab.wait_for(
+                "the baseline's path up",
+                lambda: base_lab.in_ns(a, "ping", "-c1", "-W1", ip, check=False).returncode == 0,
+                timeout=60,
+            )
+            paths[f"mesh@{args.baseline}"] = (a, b, ip, [])
+        for each in labs:
+            wire_underlay(each)
         for loss in levels:  # every path at one level, then the next: one machine state a level
-            set_loss(lab, loss)
+            for each in labs:
+                set_loss(each, loss)
             for name, (a, b, ip, _) in paths.items():
                 print(f"measuring {name} at {loss:g}% loss ...", flush=True)
                 j = iperf(lab, a, b, ip, secs=secs)
@@ -160,7 +166,8 @@ def main() -> int:
                 if "error" in j:
                     notes.append(f"{name} at {loss:g}%: {j['error']}")
     finally:
-        lab.close()
+        for each in reversed(labs):
+            each.close()
     print()
     print("TCP x1, Gbit/s, on a wire underlay (segments on send, no GRO, random UDP loss)")
     print(table(levels, got))

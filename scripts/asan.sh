@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C data plane under AddressSanitizer and UndefinedBehaviorSanitizer: the
 # extension is rebuilt with both in a scratch copy of the package, and its
-# tests (forwarders back to back in every pairing, fuzzed forged datagrams)
-# run against it.  Any report fails the run.  Part of scripts/test.sh.
+# tests (forwarders back to back in every pairing, fuzzed forged datagrams,
+# the TCP segmenter and coalescer against their model) run against it.
+# Any report fails the run.  Part of scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
@@ -18,4 +19,4 @@ cd "$tmp"
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
     python3 -m pytest -q -p no:cacheprovider tests/unit/dataplane/test_dataplane.py tests/unit/dataplane/test_forwarder.py \
-    tests/unit/dataplane/test_session.py
+    tests/unit/dataplane/test_session.py tests/unit/dataplane/test_tso_c.py

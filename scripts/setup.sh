@@ -7,7 +7,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 need=()
-for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc dig:bind9-dnsutils podman:podman runc:runc mmdebstrap:mmdebstrap dockerd:docker.io; do
+for pair in ip:iproute2 ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump nft:nftables nsenter:util-linux gcc:gcc dig:bind9-dnsutils podman:podman runc:runc mmdebstrap:mmdebstrap dockerd:docker.io ethtool:ethtool; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)  # CNI reference plugins

@@ -80,7 +80,17 @@ def _labels(**labels: object) -> str:
 
 # The data plane's counts of work (not events): their own metric.
 DATAPLANE_COUNTERS = frozenset(
-    {"frames_sent", "messages_delivered", "frames_to_python", "datagrams_to_python", "gso_sends"}
+    {
+        "frames_sent",
+        "messages_delivered",
+        "frames_to_python",
+        "datagrams_to_python",
+        "gso_sends",
+        "superframes_cut",
+        "segments_sealed",
+        "superframes_joined",
+        "segments_joined",
+    }
 )
 _EVENT = re.compile(r"[a-z][a-z0-9_]*\Z")
 

@@ -164,7 +164,7 @@ class Forwarder:
                 if not n:
                     continue
                 if name.startswith("c_"):
-                    counters[name[2:]] = n
+                    counters[name[2:]] = counters.get(name[2:], 0) + n
                 else:
                     drops[name] = drops.get(name, 0) + n
             for code, n in self.cloop.send_errors().items():

@@ -30,7 +30,8 @@ import errno
 import logging
 
 from meshrouter.base.constants import ETH_HEADER, VNET_HDR_LEN
-from meshrouter.dataplane import libc
+from meshrouter.base.errors import BadPacket
+from meshrouter.dataplane import libc, tso
 from meshrouter.dataplane.gso import SendBuffer
 from meshrouter.dataplane.link import Link, LinkView, PlaneStats
 from meshrouter.dataplane.mactable import LOCAL, MacTable
@@ -39,7 +40,15 @@ from meshrouter.dataplane.session import DataSession
 from meshrouter.dataplane.sessionstate import native
 from meshrouter.dataplane.udp import UdpSocket
 from meshrouter.proto.crypto import buffer_ptr
-from meshrouter.proto.wire import BROADCAST, MAX_HOPS, ROUTE, ROUTE_AND_LEN, FramePacker, PacketType
+from meshrouter.proto.wire import (
+    BROADCAST,
+    HEADER,
+    MAX_HOPS,
+    ROUTE,
+    ROUTE_AND_LEN,
+    FramePacker,
+    PacketType,
+)
 
 log = logging.getLogger("meshrouter")
 
@@ -156,12 +165,46 @@ class Sender:
         self.send(link, link.session.seal_into(PacketType.DATA, plain, self._out))
 
     def _send_lone(self, link: Link, session: DataSession, dst: bytes, n: int) -> None:
-        """Seal the frame of ``n`` bytes in the read buffer as one message, in place."""
+        """Seal the frame of ``n`` bytes in the read buffer as one message, in
+        place; a TCP superframe as one message per segment (``_send_segments``)."""
+        if self._frame[PREFIX + 1] != tso.GSO_NONE and self._send_segments(link, session, dst, n):
+            return
         state = session.state
         state.tx_frames += 1
         state.tx_bytes += n - ETH_AT
         ROUTE_AND_LEN.pack_into(self._frame, 0, self.me, dst, MAX_HOPS, n)
         self.send(link, session.seal_at(PacketType.DATA, self._frame_ptr, PREFIX + n, self._out))
+
+    def _send_segments(self, link: Link, session: DataSession, dst: bytes, n: int) -> bool:
+        """A TCP superframe cut into segments, each sealed as a message of its
+        own so that a lost datagram costs one segment (issue 22): in C when the
+        extension is built (as the C loop does), else with the model ``tso``.
+        False if the frame is no superframe to cut: the caller seals it whole."""
+        frame = self._frame_view[PREFIX : PREFIX + n]
+        state = session.state
+        if native is not None and isinstance(state, native.Session):
+            count, total, stride = state.seal_segments(frame, self.me, dst, self._out.data)
+            if not count:
+                return False
+            self.stats.counters["superframes_cut"] += 1
+            self.send(link, (total, stride))
+            return True
+        try:
+            end = tso.payload_offset(frame)
+            over = HEADER.size + session.tag_bytes + PREFIX + end
+            fit = session.datagram_size - over
+            if fit < 64:
+                return False
+            segments = tso.segment_untrusted(tso.with_mss(frame, fit))
+        except BadPacket:
+            return False
+        self.stats.counters["superframes_cut"] += 1
+        for seg in segments:
+            state.tx_frames += 1
+            state.tx_bytes += len(seg) - ETH_AT
+            plain = ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, len(seg)) + seg
+            self.send(link, session.seal_into(PacketType.DATA, plain, self._out))
+        return True
 
     # -- in from the TAP ------------------------------------------------
 

@@ -212,6 +212,21 @@ def segment_untrusted(data: bytes | bytearray | memoryview, *, full: bool = Fals
     return out
 
 
+def payload_offset(data: bytes | bytearray | memoryview) -> int:
+    """Where the payload of the TCP frame ``data`` (virtio header on) starts.
+    Raises only BadPacket."""
+    return VNET_LEN + _Headers(memoryview(data)[VNET_LEN:]).end
+
+
+def with_mss(data: bytes | bytearray | memoryview, most: int) -> bytes:
+    """The GSO frame ``data`` with its MSS cut down to ``most`` (cutting finer
+    than the sender's stack asked is always allowed)."""
+    mss = VNET.unpack_from(data)[3]
+    if mss <= most:
+        return bytes(data)
+    return bytes(data[:4]) + struct.pack("<H", most) + bytes(data[6:])
+
+
 def _flow_key(frame: bytes | bytearray, h: _Headers) -> bytes:
     """What must be equal for two segments to join: the Ethernet header, the
     IP header but for its length, ID and checksum (addresses, TOS, TTL and

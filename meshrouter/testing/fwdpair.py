@@ -29,9 +29,9 @@ DST_MAC = b"\x0a" * 6  # lives behind B (A has learnt it)
 SRC_MAC = b"\x0b" * 6
 
 
-def probed_pair() -> tuple[DataSession, DataSession]:
+def probed_pair(*, pure: bool = False) -> tuple[DataSession, DataSession]:
     """A session pair whose path MTU is already known (1472-byte datagrams)."""
-    sa, sb = session_pair()
+    sa, sb = session_pair(pure=pure)
     sa.datagram_size = sb.datagram_size = 1472
     return sa, sb
 
@@ -67,11 +67,12 @@ class Side:
 
 @contextmanager
 def pair(
-    offload: bool = True, dataplane: tuple[Mode, Mode] = ("python", "python")
+    offload: bool = True, dataplane: tuple[Mode, Mode] = ("python", "python"), *, pure: bool = False
 ) -> Iterator[tuple[Side, Side]]:
     """Two sides; each forwarder runs the loop its ``dataplane`` names (drive a
-    C loop with ``Forwarder.pump``; ``drain_*`` always take the Python paths)."""
-    sa, sb = probed_pair()
+    C loop with ``Forwarder.pump``; ``drain_*`` always take the Python paths).
+    ``pure``: Python loops with sessions in Python, as without the extension."""
+    sa, sb = probed_pair(pure=pure)
     ua = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
     ub = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
     ta_app, ta = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

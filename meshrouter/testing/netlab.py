@@ -46,7 +46,21 @@ def sh(
 
 
 class Lab:
-    def __init__(self, prefix: str, hosts: int = 2, password: str = "lab-secret-password") -> None:
+    def __init__(
+        self,
+        prefix: str,
+        hosts: int = 2,
+        password: str = "lab-secret-password",
+        *,
+        python: str = sys.executable,
+        repo: Path = REPO,
+    ) -> None:
+        """``python`` and ``repo``: the interpreter (and its installed
+        meshrouter) and the checkout whose ``mesh`` the hosts run; another
+        release's (``release.build``) for a mesh of mixed versions."""
+        self.python = python
+        self.repo = repo
+        self.versions: dict[int, tuple[str, Path]] = {}  # host -> (python, repo) of another one
         if len(prefix) > 8:
             raise ValueError("prefix must be at most 8 characters (interface names are short)")
         self.prefix = prefix
@@ -125,10 +139,11 @@ class Lab:
         into the plugin directory of an engine of the machine's."""
         if args and args[0] == "launch" and "--docker-plugin" not in args:
             args = (args[0], "--docker-plugin", "", *args[1:])
+        python, repo = self.versions.get(i, (self.python, self.repo))
         env = dict(
             os.environ,
             MESH_STATE_DIR=str(self.state_dir(i)),
-            PYTHONPATH=str(REPO),
+            PYTHONPATH=str(repo),
             **(env or {}),
         )
         if engines:
@@ -140,13 +155,14 @@ class Lab:
             "netns",
             "exec",
             self.host(i),
-            sys.executable,
+            python,
             "-m",
             "launcher",
             *args,
             check=check,
             timeout=timeout,
             env=env,
+            cwd=str(repo),  # a release whose launcher ran "python -m" finds its own package
         )
 
     def launch(
@@ -175,6 +191,43 @@ class Lab:
 
     def unblock(self, i: int) -> None:
         self.run(i, "nft", "delete table inet meshblock", check=False)
+
+    # -- a wire instead of a veth ----------------------------------------
+
+    def wire(self) -> None:
+        """Every underlay veth (each host's eth0, the switch's ports) segments
+        on transmit and coalesces nothing on receive, like a NIC without
+        offloads: a UDP GSO send leaves as datagrams, and they arrive one by one."""
+        offloads = ("gso", "off", "tso", "off", "gro", "off", "tx-udp-segmentation", "off")
+        for i in range(1, self.n + 1):
+            self.run(i, "ethtool", "-K", "eth0", *offloads)
+            self.in_ns(self.switch, "ethtool", "-K", f"u{i}", *offloads)
+
+    def lossy(self, percent: float) -> None:
+        """Drop ``percent`` % of the UDP datagrams arriving at each host, at
+        random, after segmentation (nftables; this kernel has no netem).  0
+        takes the loss away."""
+        permille = round(percent * 10)
+        for i in range(1, self.n + 1):
+            self.run(i, "nft", "delete table inet lossy", check=False)
+            if permille:
+                self.run(
+                    i,
+                    "nft",
+                    "add table inet lossy; "
+                    "add chain inet lossy i { type filter hook input priority 0; }; "
+                    "add rule inet lossy i meta l4proto udp numgen random mod 1000 "
+                    f"< {permille} counter drop",
+                )
+
+    def lost(self, i: int) -> int:
+        """UDP datagrams ``lossy`` has dropped on host i so far."""
+        out = self.run(i, "nft", "-j", "list", "table", "inet", "lossy", check=False).stdout
+        total = 0
+        for item in json.loads(out or "{}").get("nftables", []):
+            for expr in item.get("rule", {}).get("expr", []):
+                total += expr.get("counter", {}).get("packets", 0)
+        return total
 
     def router_pid(self, i: int) -> int:
         return int((self.state_dir(i) / "router.pid").read_text())

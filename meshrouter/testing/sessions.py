@@ -7,11 +7,16 @@ from meshrouter.proto.crypto import Suite
 from meshrouter.proto.wire import PacketType, parse_header_untrusted
 
 
-def session_pair() -> tuple[DataSession, DataSession]:
-    """Sessions a (index 5) and b (index 9) that talk to each other; path MTU not yet probed."""
+def session_pair(*, pure: bool = False) -> tuple[DataSession, DataSession]:
+    """Sessions a (index 5) and b (index 9) that talk to each other; path MTU
+    not yet probed.  ``pure``: their state in Python, as without the extension."""
     k1, k2 = b"1" * 32, b"2" * 32
-    a = DataSession(suite=Suite.AEGIS128L, send_key=k1, recv_key=k2, local_index=5, peer_index=9)
-    b = DataSession(suite=Suite.AEGIS128L, send_key=k2, recv_key=k1, local_index=9, peer_index=5)
+    a = DataSession(
+        suite=Suite.AEGIS128L, send_key=k1, recv_key=k2, local_index=5, peer_index=9, pure=pure
+    )
+    b = DataSession(
+        suite=Suite.AEGIS128L, send_key=k2, recv_key=k1, local_index=9, peer_index=5, pure=pure
+    )
     return a, b
 
 

@@ -226,3 +226,61 @@ def test_a_router_told_to_use_a_c_loop_it_lacks_refuses_to_start_in_one_line(
     with pytest.raises(ValueError, match=r"^--dataplane c: the C data plane is not built"):
         Router(RouterOptions(dataplane="c"), name=A_NAME, psk=b"k" * 32, nickname="h1")
     Router(RouterOptions(dataplane="auto"), name=A_NAME, psk=b"k" * 32, nickname="h1")
+
+
+def tcp_superframe(seed: int, payload_len: int = 40000) -> bytes:
+    """A TSO superframe from SRC_MAC to DST_MAC as the TAP hands it over."""
+    import random
+
+    from .test_tso import build
+
+    sf, _ = build(4, random.Random(seed), mss=1000, payload_len=payload_len)
+    return sf[:10] + DST_MAC + SRC_MAC + sf[22:]
+
+
+@pytest.mark.parametrize(
+    "modes", [*MODES, ("python", "python")], ids=["c-c", "c-python", "python-c", "python-python"]
+)
+@pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain-udp"])
+def test_a_tcp_superframe_crosses_as_one_message_per_segment(
+    modes: tuple[Mode, Mode], offload: bool
+) -> None:
+    """Issue 22: each segment is sealed on its own (a lost datagram costs one
+    segment), and the receiving C loop joins them back into the superframe."""
+    from meshrouter.dataplane import tso
+
+    with pair(offload, modes) as (a, b):
+        sf = tcp_superframe(1)
+        segments = tso.segment_untrusted(sf)
+        for _ in range(3):  # the first crossing teaches the C loops
+            sent = a.link.session.state.tx_messages
+            got = cross(a, b, [sf])
+            assert a.link.session.state.tx_messages - sent == len(segments)
+            # Whatever was joined where, cut again it is every segment once, in order.
+            assert [x for g in got for x in tso.segment_untrusted(g)] == segments
+        if modes[1] == "c":
+            assert got == [sf]  # joined in C
+            assert counters(b)["superframes_joined"] >= 1
+        else:
+            assert got == segments  # the Python loop writes what came
+        assert counters(a)["superframes_cut"] == 3
+        assert a.fwd.statistics().drops == {}
+        assert b.fwd.statistics().drops == {}
+        sa, sb = a.link.session.state, b.link.session.state
+        assert sa.tx_frames == sb.rx_frames == 3 * len(segments)
+
+
+def test_without_the_extension_a_superframe_is_cut_by_the_model() -> None:
+    """The pure-Python data plane cuts with tso.py: the same segments, one
+    message each, written to the TAP as they came."""
+    from meshrouter.dataplane import tso
+
+    with pair(True, ("python", "python"), pure=True) as (a, b):
+        assert not isinstance(a.link.session.state, native.Session)
+        sf = tcp_superframe(2)
+        segments = tso.segment_untrusted(sf)
+        sent = a.link.session.state.tx_messages
+        assert cross(a, b, [sf]) == segments
+        assert a.link.session.state.tx_messages - sent == len(segments)
+        assert counters(a)["superframes_cut"] == 1
+        assert b.fwd.statistics().drops == {}
