@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from meshrouter.host.netdev import veth_args
+from meshrouter.testing import release
 from meshrouter.testing.netlab import UNDERLAY, Lab, sh, status
 
 PREFIX = "mbench"
@@ -484,6 +485,17 @@ def setup_paths(
     return paths
 
 
+def baseline_path(base_lab: Lab, mesh_opts: str) -> tuple[str, str, str, list[int]]:
+    """meshrouter of another commit (``base_lab`` runs it), up and pinging."""
+    a, b, ip = setup_mesh(base_lab, tuple(mesh_opts.split()))
+    base_lab.wait_for(
+        "the baseline's path up",
+        lambda: base_lab.in_ns(a, "ping", "-c1", "-W1", ip, check=False).returncode == 0,
+        timeout=60,
+    )
+    return a, b, ip, [base_lab.router_pid(1), base_lab.router_pid(2)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3-second tests instead of 8")
@@ -500,6 +512,12 @@ def main() -> int:
         metavar="'OPTS'",
         help="more router options for meshrouter's path, e.g. '--busy-poll-us 300'",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run meshrouter as of git commit REV (built into a venv of its own), "
+        "as path mesh@REV: before and after in one run",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it builds namespaces)", file=sys.stderr)
@@ -514,9 +532,14 @@ def main() -> int:
     py_lab = Lab(PREFIX + "p", 2) if "mesh-py" in args.only else None
     if py_lab is not None:
         py_lab.create()
+    base = release.build(args.baseline) if args.baseline else None
+    base_lab = None
     results: list[Result] = []
     try:
         paths = setup_paths(lab, args.only, args.mesh_opts, py_lab, trusted_lab)
+        if base is not None:
+            base_lab = Lab(PREFIX + "o", 2, python=base.python, repo=base.repo).create()
+            paths[f"mesh@{args.baseline}"] = baseline_path(base_lab, args.mesh_opts)
         print("measuring RTT of every path, interleaved ...", flush=True)
         pings = rtts(lab, paths)
         for name, (a, b, ip, pids) in paths.items():
@@ -538,7 +561,7 @@ def main() -> int:
             results.append(res)
     finally:
         lab.close()
-        for extra in (trusted_lab, py_lab):
+        for extra in (trusted_lab, py_lab, base_lab):
             if extra is not None:
                 extra.close()
     by = {r.path: r for r in results}

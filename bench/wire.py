@@ -34,7 +34,7 @@ from pathlib import Path
 from meshrouter.testing import release
 from meshrouter.testing.netlab import Lab
 
-from .run import PREFIX, iperf, setup_mesh, setup_paths
+from .run import PREFIX, baseline_path, iperf, setup_paths
 
 PATHS = ["vxlan", "tinc", "fastd", "mesh"]
 
@@ -147,13 +147,7 @@ def main() -> int:
         if base is not None:
             base_lab = Lab(PREFIX + "o", 2, python=base.python, repo=base.repo).create()
             labs.append(base_lab)
-            a, b, ip = setup_mesh(base_lab, tuple(args.mesh_opts.split()))
-            base_lab.wait_for(
-                "the baseline's path up",
-                lambda: base_lab.in_ns(a, "ping", "-c1", "-W1", ip, check=False).returncode == 0,
-                timeout=60,
-            )
-            paths[f"mesh@{args.baseline}"] = (a, b, ip, [])
+            paths[f"mesh@{args.baseline}"] = baseline_path(base_lab, args.mesh_opts)
         for each in labs:
             wire_underlay(each)
         for loss in levels:  # every path at one level, then the next: one machine state a level

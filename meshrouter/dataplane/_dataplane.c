@@ -8,14 +8,18 @@
  *   TAP -> UDP  a frame whose destination MAC has a *lane* (set by Python when
  *               it routed a frame there: next hop's session, destination peer,
  *               our source MAC) is sealed with one AEAD call and sent with one
- *               sendmsg; a message larger than a datagram goes as one UDP GSO
- *               send whose iovec alternates segment headers and ciphertext
- *               slices, so the kernel lays the headers out (no copy).
+ *               sendmsg.  A TCP superframe (TSO) is cut into segments, each
+ *               sealed as a message of its own in one datagram, all sent with
+ *               UDP GSO ("TCP segments" below).  Any other message larger than
+ *               a datagram goes as one UDP GSO send whose iovec alternates
+ *               segment headers and ciphertext slices (the kernel lays them out).
  *   UDP -> TAP  a datagram (or a whole GRO-coalesced message) for a *bound*
  *               receiver index, from the address Python knows, is checked
  *               against the replay window, opened, and if it is DATA for us
  *               whose frames come from MACs Python has *seen* at that origin
- *               within the last second, written to the TAP frame by frame.
+ *               within the last second, its frames go to the TAP through the
+ *               coalescer, which joins in-order TCP segments of a connection
+ *               into a superframe and writes it when the drain ends.
  *
  * Anything else (an unknown MAC, a broadcast, a relay, a heartbeat, a bad
  * packet, a moved peer) is an event: run() returns, Python handles it with
@@ -260,25 +264,21 @@ static PyObject *Session_get_top(Session *self, void *unused) {
 
 static size_t seal_tcp_segments(Session *s, const unsigned char *vf, size_t n,
                                 const unsigned char *me, const unsigned char *peer,
-                                unsigned char *out, size_t cap, unsigned char *scratch,
-                                size_t *total, size_t *stride);
+                                unsigned char *out, size_t cap, size_t *total,
+                                size_t *stride);
 
 static PyObject *Session_seal_segments(Session *self, PyObject *args) {
     Py_buffer frame, me, peer, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &frame, &me, &peer, &out)) return NULL;
     PyObject *res = NULL;
-    unsigned char *scratch = NULL;
     if (me.len != 6 || peer.len != 6) {
         PyErr_SetString(PyExc_ValueError, "me and peer must be 6 bytes");
-    } else if (!(scratch = PyMem_RawMalloc(1 << 16))) {
-        PyErr_NoMemory();
     } else {
         size_t total = 0, stride = 0;
         size_t count = seal_tcp_segments(self, frame.buf, (size_t)frame.len, me.buf, peer.buf,
-                                         out.buf, (size_t)out.len, scratch, &total, &stride);
+                                         out.buf, (size_t)out.len, &total, &stride);
         res = Py_BuildValue("(nnn)", (Py_ssize_t)count, (Py_ssize_t)total, (Py_ssize_t)stride);
     }
-    PyMem_RawFree(scratch);
     PyBuffer_Release(&frame);
     PyBuffer_Release(&me);
     PyBuffer_Release(&peer);
@@ -358,7 +358,6 @@ static PyTypeObject SessionType = {
 #define MAX_SUPER (65535 + 14) /* the IP length field's limit, and Ethernet */
 #define NRUNS 8                /* connections being coalesced at a time */
 #define SEG_OUT (1 << 18)      /* room for one superframe's sealed segments */
-#define SEG_SCRATCH (1 << 16)  /* one segment's plaintext: at most a datagram */
 
 typedef struct {
     int version, ip, ip_len, tcp, tcp_len, end; /* end: where the payload starts */
@@ -490,21 +489,18 @@ static size_t tcp_segment_one(unsigned char *out, const unsigned char *vf, size_
 
 /* Seal superframe vf (n bytes) for session s as one DATA message per
    segment (from me to peer, MSS cut down to what fits a datagram), laid out
-   in out (cap bytes) at a stride, ready for UDP GSO.  scratch holds one
-   plaintext.  Returns the number of datagrams (*total bytes, *stride each,
+   in out (cap bytes) at a stride, ready for UDP GSO.  Returns the number of datagrams (*total bytes, *stride each,
    the last maybe shorter), or 0 if the frame is no superframe we cut or the
    session lacks the nonces: the caller seals it whole. */
 static size_t seal_tcp_segments(Session *s, const unsigned char *vf, size_t n,
                                 const unsigned char *me, const unsigned char *peer,
-                                unsigned char *out, size_t cap, unsigned char *scratch,
-                                size_t *total, size_t *stride) {
+                                unsigned char *out, size_t cap, size_t *total,
+                                size_t *stride) {
     Tcp h;
     size_t mss;
     if (!tcp_superframe(vf, n, &h, &mss)) return 0;
     size_t over = HDR + (size_t)s->tag + PREFIX + ETH_AT + (size_t)h.end;
-    if (s->datagram_size < 0 || (size_t)s->datagram_size < over + 64 ||
-        (size_t)s->datagram_size > SEG_SCRATCH)
-        return 0;
+    if (s->datagram_size < 0 || (size_t)s->datagram_size < over + 64) return 0;
     size_t fit = (size_t)s->datagram_size - over;
     if (mss > fit) mss = fit;
     size_t payload = n - ETH_AT - (size_t)h.end;
@@ -513,12 +509,14 @@ static size_t seal_tcp_segments(Session *s, const unsigned char *vf, size_t n,
     if (count * size > cap || s->limit - s->counter < count || s->counter >= s->limit) return 0;
     size_t at = 0;
     for (size_t i = 0; i < count; i++) {
-        memcpy(scratch, me, 6);
-        memcpy(scratch + 6, peer, 6);
-        scratch[12] = MAX_HOPS;
-        size_t fl = tcp_segment_one(scratch + PREFIX, vf, n, &h, mss, i, count, 0);
-        be32(scratch + ROUTE_SIZE, (uint32_t)fl);
-        unsigned char *d = out + at;
+        /* The plaintext is built where its ciphertext goes, and sealed in
+           place (libsodium's AEADs allow it): no copy per segment. */
+        unsigned char *d = out + at, *pt = d + HDR;
+        memcpy(pt, me, 6);
+        memcpy(pt + 6, peer, 6);
+        pt[12] = MAX_HOPS;
+        size_t fl = tcp_segment_one(pt + PREFIX, vf, n, &h, mss, i, count, 0);
+        be32(pt + ROUTE_SIZE, (uint32_t)fl);
         uint64_t c = s->counter++;
         d[0] = T_DATA;
         be32(d + 1, s->peer_index);
@@ -526,7 +524,7 @@ static size_t seal_tcp_segments(Session *s, const unsigned char *vf, size_t n,
         d[13] = 0;
         d[14] = 1;
         le64(s->snonce, c);
-        s->enc(d + HDR, NULL, scratch, PREFIX + fl, d, AD, NULL, s->snonce, s->skey);
+        s->enc(pt, NULL, pt, PREFIX + fl, d, AD, NULL, s->snonce, s->skey);
         at += HDR + PREFIX + fl + (size_t)s->tag;
     }
     s->tx_packets += count;
@@ -727,7 +725,7 @@ typedef struct {
     unsigned char *frame, *recv, *plain, *name;
     size_t frame_cap, recv_cap, plain_cap, ct_cap;
     unsigned char *ct;
-    unsigned char *seg_out, *seg_scratch; /* a superframe's sealed segments; one plaintext */
+    unsigned char *seg_out;               /* a superframe's sealed segments */
     Coalescer co;                         /* segments joined on their way to the TAP */
     int have_co;
     unsigned char *pack; /* small frames of one drain to one (next hop, peer), as Python packs */
@@ -902,8 +900,8 @@ static int send_laid_out(Loop *L, Session *s, const unsigned char *out, size_t t
 static int send_segments(Loop *L, const Lane *ln, const unsigned char *vf, size_t n) {
     size_t total, stride;
     Session *s = ln->s;
-    size_t count = seal_tcp_segments(s, vf, n, L->me, ln->peer, L->seg_out, SEG_OUT,
-                                     L->seg_scratch, &total, &stride);
+    size_t count =
+        seal_tcp_segments(s, vf, n, L->me, ln->peer, L->seg_out, SEG_OUT, &total, &stride);
     if (!count) return -1;
     L->counts[C_SUPERFRAMES_CUT]++;
     L->counts[C_SEGMENTS_SEALED] += count;
@@ -1245,9 +1243,8 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->ct = PyMem_RawMalloc(self->ct_cap);
     self->pack = PyMem_RawMalloc(self->ct_cap);
     self->seg_out = PyMem_RawMalloc(SEG_OUT);
-    self->seg_scratch = PyMem_RawMalloc(SEG_SCRATCH);
     self->have_co = coalescer_init(&self->co, tap_emit, self);
-    if (!self->ct || !self->pack || !self->seg_out || !self->seg_scratch || !self->have_co) {
+    if (!self->ct || !self->pack || !self->seg_out || !self->have_co) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1288,7 +1285,6 @@ static void Loop_dealloc(Loop *self) {
     PyMem_RawFree(self->ct);
     PyMem_RawFree(self->pack);
     PyMem_RawFree(self->seg_out);
-    PyMem_RawFree(self->seg_scratch);
     coalescer_free(&self->co);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1428,6 +1424,92 @@ static PyObject *Loop_send_errors(Loop *self, PyObject *unused) {
     return d;
 }
 
+/* ---------------------------------------------------------------- Coalescer */
+
+/* The coalescer for Python's own receive path (the data plane in Python with
+   the extension built): frames in, runs joined, written to a TAP fd. */
+typedef struct {
+    PyObject_HEAD
+    Coalescer co;
+    int fd, have;
+    unsigned long long blocked, failed;
+} CoalescerObject;
+
+static void fd_emit(void *ctx, const unsigned char *p, size_t n) {
+    CoalescerObject *o = ctx;
+    if (o->fd >= 0 && write(o->fd, p, n) < 0) {
+        if (errno == EAGAIN) o->blocked++;
+        else o->failed++;
+    }
+}
+
+static int Co_init(CoalescerObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"tap_fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", names, &fd)) return -1;
+    if (self->have) {
+        PyErr_SetString(PyExc_RuntimeError, "Coalescer initialised twice");
+        return -1;
+    }
+    self->fd = fd;
+    self->have = coalescer_init(&self->co, fd_emit, self);
+    if (!self->have) {
+        coalescer_free(&self->co);
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Co_dealloc(CoalescerObject *self) {
+    coalescer_free(&self->co);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Co_add(CoalescerObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (!self->have) {
+        PyErr_SetString(PyExc_RuntimeError, "Coalescer not initialised");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    if ((size_t)b.len <= ETH_AT + MAX_SUPER) coalesce_frame(&self->co, b.buf, (size_t)b.len);
+    else fd_emit(self, b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Co_flush(CoalescerObject *self, PyObject *unused) {
+    if (self->have) coalescer_flush(&self->co);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Co_counts(CoalescerObject *self, PyObject *unused) {
+    return Py_BuildValue("(KKKK)", self->co.superframes, self->co.joined, self->blocked,
+                         self->failed);
+}
+
+static PyMethodDef Co_methods[] = {
+    {"add", (PyCFunction)Co_add, METH_O,
+     "add(frame): a frame (virtio header on) for the TAP: joined to its connection's "
+     "run, or written."},
+    {"flush", (PyCFunction)Co_flush, METH_NOARGS, "Write every run held."},
+    {"counts", (PyCFunction)Co_counts, METH_NOARGS,
+     "(superframes written, segments joined into them, writes that would block, "
+     "writes that failed)"},
+    {NULL}};
+
+static PyTypeObject CoalescerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshrouter.dataplane._dataplane.Coalescer",
+    .tp_basicsize = sizeof(CoalescerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "In-order TCP segments of a connection joined into superframes for a TAP.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Co_init,
+    .tp_dealloc = (destructor)Co_dealloc,
+    .tp_methods = Co_methods,
+};
+
 /* For tests: the segmenter and the coalescer alone. */
 
 static PyObject *mod_segment(PyObject *mod, PyObject *args, PyObject *kw) {
@@ -1559,13 +1641,17 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__dataplane(void) {
-    if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
+    if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&LoopType) < 0 ||
+        PyType_Ready(&CoalescerType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&SessionType);
     Py_INCREF(&LoopType);
+    Py_INCREF(&CoalescerType);
     if (PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0 ||
-        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0)
+        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
+        PyModule_AddObject(m, "Coalescer", (PyObject *)&CoalescerType) < 0)
         return NULL;
     const char *evs[] = {"EV_TIMEOUT", "EV_WAKE", "EV_TAP", "EV_TAP_DONE",
                          "EV_UDP", "EV_PLAIN", "EV_TOO_SMALL"};

@@ -36,6 +36,15 @@ STOP = b"s"
 KICK = b"k"
 
 
+# What the Python loop's Coalescer counts, in its counts() order.
+_JOINER_COUNTS = (
+    "superframes_joined",
+    "segments_joined",
+    "tap_write_would_block",
+    "tap_write_error",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MacView:
     """Where each MAC lives, as the data plane's table said at one moment:
@@ -107,6 +116,10 @@ class Forwarder:
             )
             self.sender.cloop = self.receiver.cloop = self.cloop
             links.subscribe(self.cloop.invalidate)
+        elif native is not None and tap_fd >= 0:
+            # The Python loop with the extension built: segments are joined in
+            # C on their way to the TAP, as the C loop joins them.
+            self.receiver.joiner = native.Coalescer(tap_fd)
         self._macs_version = self.macs.version
         self._next_heartbeats = self._next_expiry = 0.0
         # 'mesh ping': asked by the control plane (deque: appended there,
@@ -170,6 +183,12 @@ class Forwarder:
             for code, n in self.cloop.send_errors().items():
                 reason = send_error(code)
                 drops[reason] = drops.get(reason, 0) + n
+        joiner = self.receiver.joiner
+        if joiner is not None:
+            for name, n in zip(_JOINER_COUNTS, joiner.counts(), strict=True):
+                if n:
+                    into = drops if name.startswith("tap_") else counters
+                    into[name] = into.get(name, 0) + n
         return ForwarderStatistics(len(self.macs), drops, counters)
 
     # -- entries for tests and benchmarks (the forwarder's thread, or none) -

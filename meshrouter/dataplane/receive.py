@@ -82,6 +82,9 @@ class Receiver:
         self._wrote_tap = False  # a UDP read led to TAP writes (step 7)
         self.pinged: list[Link] = []  # links with pings to answer or answers heard
         self.cloop: native.Loop | None = None  # the C loop, which repeats our bindings
+        # Joins TCP segments for the TAP when the Python loop runs with the
+        # extension built (the C loop joins its own); None: frames go as they came.
+        self.joiner: native.Coalescer | None = None
         self._recv = bytearray(RECV_BUFFER)  # what UDP gives
         self._recv_ptr = buffer_ptr(self._recv)
         self._recv_arr = np.frombuffer(self._recv, np.uint8)
@@ -113,6 +116,13 @@ class Receiver:
 
     def drain_udp(self, now: float) -> None:
         """Read datagrams until the socket is empty (steps 1-7 at the top)."""
+        try:
+            self._drain_udp(now)
+        finally:
+            if self.joiner is not None:
+                self.joiner.flush()  # what it holds goes out at the end of the drain
+
+    def _drain_udp(self, now: float) -> None:
         fd, rm, recvmsg, drops = self.udp_fd, self._rm, libc.recvmsg, self.stats.drops
         msg = rm.msg
         for _ in range(DRAIN_BATCH):
@@ -266,6 +276,7 @@ class Receiver:
         lone = PREFIX + size == end
         frames = (plain[PREFIX:],) if lone else iter_frames_untrusted(plain, ROUTE.size)
         tap_fd, learn, drops = self.tap_fd, self.macs.learn, self.stats.drops
+        joiner = self.joiner
         state = session.state
         seen = self.cloop.seen if self.cloop is not None else None
         for frame in frames:
@@ -277,7 +288,10 @@ class Receiver:
                 seen(src, origin, now)
             state.rx_frames += 1
             state.rx_bytes += len(frame) - ETH_AT
-            if tap_fd >= 0:
+            if joiner is not None:
+                self._wrote_tap = True
+                joiner.add(frame)
+            elif tap_fd >= 0:
                 self._wrote_tap = True
                 try:
                     os.write(tap_fd, frame)

@@ -19,7 +19,10 @@ The flow of a frame (container -> mesh):
 6. The route header (origin, destination, hops) and frame length are written
    in front of the frame in place, the whole is sealed with one AEAD call
    (``DataSession.seal_at``) into datagrams laid out for GSO, and sent with
-   one ``sendto`` or one GSO ``sendmsg`` (``Sender.send``).
+   one ``sendto`` or one GSO ``sendmsg`` (``Sender.send``).  A TCP
+   superframe is instead cut into segments, each sealed as a message of its
+   own in one datagram (``Sender._send_segments``), so a lost datagram costs
+   one segment.
 
 Relayed messages (from ``receive``) leave through ``Sender.relay``.
 """

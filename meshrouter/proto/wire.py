@@ -1,10 +1,16 @@
 """The data plane's wire format (sans-IO): datagram header, route header, frame packing.
 
-One *message* is sealed with one AEAD call, however large (up to a 64 KiB TCP
-superframe that the TAP handed us thanks to its offloads).  A message larger
-than one datagram may carry on the path is cut into *segments*, each a
-datagram of its own, laid out back to back (``gso.SendBuffer``) so that the
-kernel sends them with one UDP GSO ``sendmsg``.  Every datagram starts with::
+One *message* is sealed with one AEAD call.  A TCP superframe from the TAP
+(TSO, up to 64 KiB) is not one message: it is cut into TCP segments, each
+sealed as a message of its own that fits one datagram, so that a datagram
+lost on the path costs one segment (``tso``, and its C twin in
+``_dataplane.c``).  Any other message larger than one datagram may carry on
+the path (a large frame without GSO, a relayed message from an older router)
+is cut into *segments*, each a datagram of its own, laid out back to back
+(``gso.SendBuffer``) so that the kernel sends them with one UDP GSO
+``sendmsg``; the receiver reassembles them.  Both kinds are the format of
+0.1.0: a one-datagram message is what every version opens.  Every datagram
+starts with::
 
     type(1) | receiver index(4) | counter(8) | segment(1) | segments(1)
 
@@ -15,7 +21,7 @@ HELLO, so a datagram maps to its link in O(1) whatever its source address.
 
 DATA plaintext is ``origin(6) || destination(6) || hops left(1)``, then
 ``len(4) || virtio_net_hdr(10) || ethernet frame`` repeated: small frames share
-a message, a large (GSO) frame goes alone.  The virtio header is carried
+a message, a large frame goes alone.  The virtio header is carried
 unchanged from the sender's TAP to the receiver's, so neither side ever
 segments or checksums in Python.  Origin and destination are peer names
 (destination all-ones for a broadcast); a router that is neither relays the

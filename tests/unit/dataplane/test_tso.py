@@ -15,72 +15,9 @@ from hypothesis import strategies as st
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.dataplane import tso
+from meshrouter.testing.tcpframes import build
 
 FLAG_SETS = [tso.ACK, tso.ACK | tso.PSH, tso.ACK | tso.FIN, tso.ACK | tso.PSH | tso.FIN]
-
-
-def build(
-    v: int,
-    rnd: random.Random,
-    *,
-    ip_opts: int = 0,
-    tcp_opts: int = 3,
-    mss: int = 1448,
-    payload_len: int = 20000,
-    flags: int = tso.ACK | tso.PSH,
-) -> tuple[bytes, int]:
-    """A TSO superframe as the TAP gives it: virtio header (NEEDS_CSUM, TCPV4
-    or TCPV6, MSS), Ethernet, IP (IPv4 with options, DF, a valid header
-    checksum), TCP (options, flags, the partial checksum), the payload.
-    Returns it and the MSS."""
-    ip_len = 20 + 4 * ip_opts if v == 4 else 40
-    tcp_len = 20 + 4 * tcp_opts
-    payload = rnd.randbytes(payload_len)
-    eth = rnd.randbytes(12) + struct.pack("!H", tso.ETH_IPV4 if v == 4 else tso.ETH_IPV6)
-    tcp = bytearray(
-        struct.pack(
-            "!HHIIBBHHH",
-            rnd.randrange(1, 65536),
-            rnd.randrange(1, 65536),
-            rnd.getrandbits(32),  # seq: wraps too
-            rnd.getrandbits(32),
-            (tcp_len // 4) << 4,
-            flags,
-            rnd.randrange(65536),
-            0,
-            rnd.randrange(65536) if flags & tso.URG else 0,
-        )
-    )
-    tcp += rnd.randbytes(tcp_len - 20)
-    total_tcp = tcp_len + payload_len
-    if v == 4:
-        ip = bytearray(
-            struct.pack(
-                "!BBHHHBBH4s4s",
-                0x40 | ip_len // 4,
-                rnd.randrange(256),
-                ip_len + total_tcp,
-                rnd.randrange(65536),
-                0x4000,
-                rnd.randrange(1, 256),
-                tso.PROTO_TCP,
-                0,
-                rnd.randbytes(4),
-                rnd.randbytes(4),
-            )
-        )
-        ip += rnd.randbytes(ip_len - 20)
-        struct.pack_into("!H", ip, 10, tso.ip_checksum(ip))
-    else:
-        ip = bytearray(
-            struct.pack("!IHBB", 0x60000000 | rnd.getrandbits(28), total_tcp, tso.PROTO_TCP, 64)
-        )
-        ip += rnd.randbytes(32)
-    struct.pack_into("!H", tcp, 16, tso.partial_checksum(ip, v, total_tcp))
-    gso = (tso.GSO_TCPV4 if v == 4 else tso.GSO_TCPV6) | (tso.GSO_ECN if flags & tso.CWR else 0)
-    tcp_at = tso.ETH_LEN + ip_len
-    head = tso.VNET.pack(tso.NEEDS_CSUM, gso, tcp_at + tcp_len, mss, tcp_at, 16)
-    return head + eth + bytes(ip) + bytes(tcp) + payload, mss
 
 
 @st.composite

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from meshrouter.dataplane import tso
 from meshrouter.proto.crypto import Suite
+from meshrouter.testing.tcpframes import build
 
-from .test_tso import build, parts, superframes
+from .test_tso import parts, superframes
 
 native = pytest.importorskip(
     "meshrouter.dataplane._dataplane", reason="the C data plane is not built"
@@ -129,7 +130,8 @@ def _tcp(frame: bytes) -> bool:
     return True
 
 
-def test_sealed_segments_open_one_by_one() -> None:
+@pytest.mark.parametrize("suite", list(Suite), ids=[s.name.lower() for s in Suite])
+def test_sealed_segments_open_one_by_one(suite: Suite) -> None:
     """Session.seal_segments: one message per datagram, each opened alone by
     the Python session, its frames the segments the model cuts (MSS cut down
     to what fits the datagram)."""
@@ -138,11 +140,9 @@ def test_sealed_segments_open_one_by_one() -> None:
     from meshrouter.proto.wire import ROUTE_AND_LEN, iter_frames_untrusted, parse_header_untrusted
 
     key_a, key_b = bytes(range(32)), bytes(range(32, 64))
-    tx = DataSession(
-        suite=Suite.AEGIS128L, send_key=key_a, recv_key=key_b, local_index=1, peer_index=2
-    )
+    tx = DataSession(suite=suite, send_key=key_a, recv_key=key_b, local_index=1, peer_index=2)
     rx = DataSession(
-        suite=Suite.AEGIS128L,
+        suite=suite,
         send_key=key_b,
         recv_key=key_a,
         local_index=2,
