@@ -25,6 +25,7 @@ from meshrouter.testing.netlab import Lab
 
 from .run import PREFIX, iperf, setup_mesh
 
+SYSCALLS = ("recvmsg", "sendmsg", "write", "read", "epoll_wait", "recvmmsg", "sendmmsg")
 FORWARDER = "run from meshro"  # the forwarder thread's name, as the kernel keeps it (15 chars)
 
 
@@ -102,6 +103,13 @@ def main() -> int:
         print(f"TCP x1 on {where} at {args.loss:g}% loss: {bps / 1e9:.2f} Gbit/s\n")
         print("samples by command and object:")
         print(report(data, "--sort", "comm,dso", "-g", "none", lines=25))
+        print(f"\nthe forwarder threads' system calls, with all they cause (comm {FORWARDER!r}):")
+        calls = report(
+            data, "--children", "--comms", FORWARDER, "--sort", "symbol", "-g", "none", lines=400
+        )
+        for line in calls.splitlines():
+            if any(f"[k] __x64_sys_{c}" in line or f"[k] __sys_{c}" in line for c in SYSCALLS):
+                print(line)
         print(f"\nthe forwarder threads' hottest symbols (comm {FORWARDER!r}, both routers):")
         print(report(data, "--comms", FORWARDER, "--sort", "dso,symbol", "-g", "none", lines=40))
     finally:

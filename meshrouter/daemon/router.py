@@ -179,6 +179,7 @@ class Router:
             now=trio.lowlevel.current_clock().current_time,
             busy_poll=opts.busy_poll_us / 1e6,
             dataplane=cast(Mode, opts.dataplane),
+            join=self._tap.offload,  # --no-offload: the TAP gets the segments as they came
         )
         self._fastpath_up()
         try:

@@ -63,7 +63,7 @@
 #define MIN_FRAME (ETH_AT + 14)
 #define MAX_HOPS 16
 #define MAX_SEGMENTS 64
-#define GSO_MAX 65000
+#define GSO_MAX 65507  /* a UDP GSO send: 65535 less the IPv4 and UDP headers */
 #define DRAIN 64
 #define RELEARN 1.0     /* a lane or a seen MAC goes back to Python this often */
 #define WINDOW 4096     /* replay window, as replay.ReplayWindow's default */
@@ -727,7 +727,7 @@ typedef struct {
     unsigned char *ct;
     unsigned char *seg_out;               /* a superframe's sealed segments */
     Coalescer co;                         /* segments joined on their way to the TAP */
-    int have_co;
+    int have_co, join;                    /* join: the TAP takes superframes */
     unsigned char *pack; /* small frames of one drain to one (next hop, peer), as Python packs */
     size_t pack_len, pack_limit;
     int pack_frames;
@@ -1012,6 +1012,8 @@ static int drain_tap(Loop *L, double now) {
     return 0;
 }
 
+static void tap_emit(void *ctx, const unsigned char *p, size_t n);
+
 /* One datagram at ``off`` of a read of ``n`` bytes in segments of ``seg``
    (several, when GRO coalesced them): 0 if handled (``*next`` is where the
    next datagram starts), else the event that hands it to Python. */
@@ -1087,7 +1089,8 @@ static int fast_datagram(Loop *L, int off, int n, int seg, double now, int *next
     for (pos = ROUTE_SIZE; pos < plen;) {
         size_t fl = rd32(p + pos);
         pos += 4;
-        coalesce_frame(&L->co, p + pos, fl);
+        if (L->join) coalesce_frame(&L->co, p + pos, fl);
+        else tap_emit(L, p + pos, fl);
         s->rx_frames++;
         s->rx_bytes += fl - ETH_AT;
         pos += fl;
@@ -1212,16 +1215,17 @@ static int loop_run(Loop *L, double now0, double timeout) {
 
 static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"tap_fd", "udp_fd", "wake_fd", "me", "frame", "recv",
-                            "plain", "name", "gso", "busy_poll", NULL};
+                            "plain", "name", "gso", "busy_poll", "join", NULL};
     Py_buffer me;
     if (self->have_buffers) {
         PyErr_SetString(PyExc_RuntimeError, "Loop initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiy*w*w*w*w*pd", names, &self->tap_fd,
+    self->join = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiy*w*w*w*w*pd|p", names, &self->tap_fd,
                                      &self->udp_fd, &self->wake_fd, &me, &self->frame_b,
                                      &self->recv_b, &self->plain_b, &self->name_b, &self->gso,
-                                     &self->busy_poll))
+                                     &self->busy_poll, &self->join))
         return -1;
     self->have_buffers = 1;
     int ok = me.len == 6 && self->frame_b.len > PREFIX + MIN_FRAME && self->name_b.len >= 16 &&

@@ -68,6 +68,7 @@ class Loop:
         name: bytearray,
         gso: bool,
         busy_poll: float,
+        join: bool = True,
     ) -> None: ...
     def run(self, now: float, timeout: float, /) -> int: ...
     def set_lane(

@@ -73,7 +73,10 @@ class Forwarder:
         now: Callable[[], float],
         busy_poll: float = 0.0,
         dataplane: Mode = "auto",
+        join: bool = True,
     ) -> None:
+        """``join``: in-order TCP segments are joined into superframes for the
+        TAP (its offloads are on); else each is written as it came."""
         self.me = me
         self.tap_fd = tap_fd
         self.udp = udp
@@ -113,10 +116,11 @@ class Forwarder:
                 self.receiver.name_buffer,
                 udp.gso,
                 busy_poll,
+                join,
             )
             self.sender.cloop = self.receiver.cloop = self.cloop
             links.subscribe(self.cloop.invalidate)
-        elif native is not None and tap_fd >= 0:
+        elif native is not None and tap_fd >= 0 and join:
             # The Python loop with the extension built: segments are joined in
             # C on their way to the TAP, as the C loop joins them.
             self.receiver.joiner = native.Coalescer(tap_fd)

@@ -67,11 +67,16 @@ class Side:
 
 @contextmanager
 def pair(
-    offload: bool = True, dataplane: tuple[Mode, Mode] = ("python", "python"), *, pure: bool = False
+    offload: bool = True,
+    dataplane: tuple[Mode, Mode] = ("python", "python"),
+    *,
+    pure: bool = False,
+    join: bool = True,
 ) -> Iterator[tuple[Side, Side]]:
     """Two sides; each forwarder runs the loop its ``dataplane`` names (drive a
     C loop with ``Forwarder.pump``; ``drain_*`` always take the Python paths).
-    ``pure``: Python loops with sessions in Python, as without the extension."""
+    ``pure``: Python loops with sessions in Python, as without the extension;
+    ``join``: receivers join TCP segments (a TAP with offloads)."""
     sa, sb = probed_pair(pure=pure)
     ua = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
     ub = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
@@ -104,7 +109,13 @@ def pair(
             )
         )
         fwd = Forwarder(
-            me=me, tap_fd=tap.fileno(), udp=udp, links=table, now=time.monotonic, dataplane=mode
+            me=me,
+            tap_fd=tap.fileno(),
+            udp=udp,
+            links=table,
+            now=time.monotonic,
+            dataplane=mode,
+            join=join,
         )
         for link in table.by_name.values():  # no heartbeats: the test drives the clock
             link.next_heartbeat = link.next_probe = 1e18

@@ -279,3 +279,15 @@ def test_without_the_extension_a_superframe_is_cut_by_the_model() -> None:
         assert a.link.session.state.tx_messages - sent == len(segments)
         assert counters(a)["superframes_cut"] == 1
         assert b.fwd.statistics().drops == {}
+
+
+@pytest.mark.parametrize("mode", ["c", "python"])
+def test_a_tap_without_offloads_gets_the_segments_as_they_came(mode: Mode) -> None:
+    """--no-offload: nothing is joined for the TAP."""
+    from meshrouter.dataplane import tso
+
+    with pair(True, (mode, mode), join=False) as (a, b):
+        sf = tcp_superframe(3)
+        for _ in range(3):
+            assert cross(a, b, [sf]) == tso.segment_untrusted(sf)
+        assert "superframes_joined" not in counters(b)
