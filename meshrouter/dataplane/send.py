@@ -58,9 +58,13 @@ log = logging.getLogger("meshrouter")
 FRAME_BUFFER = 70_000  # a 64 KiB TSO superframe, its virtio header and our prefix
 DRAIN_BATCH = 64  # reads of one fd before looking at the others
 # Frames read in one drain share messages of up to this many datagrams: one
-# AEAD call and one GSO send for a burst of small frames (UDP, ACKs), while a
-# lost datagram costs at most this many datagrams' worth of frames.
-PACK_DATAGRAMS = 16
+# AEAD call for a burst of small frames (UDP, ACKs).  One, so that a lost
+# datagram costs only the frames it carried (issue 22: with 16, a TCP stream
+# in loss recovery, whose retransmissions are single segments, lost 16 of
+# them to each lost datagram), and so that a pack that arrives datagram by
+# datagram is opened in C, with no reassembly.  A frame larger than a
+# datagram's room goes alone.
+PACK_DATAGRAMS = 1
 LANE_RELEARN = 1.0  # a lane refreshes its source MAC in the table this often
 MAX_LANES = 4096
 ETH_AT = VNET_HDR_LEN  # where the Ethernet header starts in what the TAP gives us
@@ -286,6 +290,8 @@ class Sender:
                     packer = self._packers[key] = FramePacker(0, prefix)
                 if not first:
                     packer.limit = session.message_budget * PACK_DATAGRAMS
+                    if packer.frames and not packer.fits(n) and packer.fits_empty(n):
+                        self._flush_packer(key)  # full: the next pack starts with this frame
                     if packer.fits(n):
                         session.state.tx_frames += 1
                         session.state.tx_bytes += n - ETH_AT

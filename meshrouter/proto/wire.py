@@ -123,6 +123,10 @@ class FramePacker:
     def fits(self, frame_len: int) -> bool:
         return len(self._buf) + FRAME_LEN.size + frame_len <= self.limit
 
+    def fits_empty(self, frame_len: int) -> bool:
+        """Whether the frame would fit a pack of its own."""
+        return len(self._prefix) + FRAME_LEN.size + frame_len <= self.limit
+
     def add(self, frame: bytes | memoryview) -> None:
         self._buf += FRAME_LEN.pack(len(frame))
         self._buf += frame
