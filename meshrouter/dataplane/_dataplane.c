@@ -770,6 +770,40 @@ static int send_failed(Loop *L, const unsigned char *hop) {
     return 0;
 }
 
+/* One sendmsg of cnt datagrams of dsize bytes (the last maybe shorter) in
+   iov to s, with UDP_SEGMENT when several: 0 sent, -1 to be sent again (GSO
+   just fell back to plain sends for good), or an event. */
+static int gso_sendmsg(Loop *L, Session *s, struct iovec *iov, size_t iovlen, size_t cnt,
+                       size_t dsize, const unsigned char *hop) {
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } cm;
+    struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
+                       .msg_iov = iov, .msg_iovlen = iovlen};
+    if (cnt > 1) {
+        memset(&cm, 0, sizeof cm);
+        m.msg_control = cm.buf;
+        m.msg_controllen = sizeof cm.buf;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m);
+        cmsg->cmsg_level = SOL_UDP_;
+        cmsg->cmsg_type = UDP_SEGMENT_;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t seg = (uint16_t)dsize;
+        memcpy(CMSG_DATA(cmsg), &seg, sizeof seg);
+    }
+    if (sendmsg(L->udp_fd, &m, 0) < 0) {
+        if (cnt > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+            L->gso = 0; /* the kernel or device cannot: plain sends from now on */
+            L->counts[D_GSO_FALLBACK]++;
+            return -1;
+        }
+        return send_failed(L, hop);
+    }
+    if (cnt > 1) L->counts[C_GSO_SENDS]++;
+    return 0;
+}
+
 /* Seal ``size`` bytes at ``pt`` as one message of ``type`` and send it. */
 static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, size_t size,
                      const unsigned char *hop) {
@@ -821,32 +855,9 @@ static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, siz
         size_t per = L->gso ? GSO_MAX / dsize : 1;
         if (per < 1) per = 1;
         size_t cnt = nseg - start < per ? nseg - start : per;
-        union {
-            char buf[CMSG_SPACE(sizeof(uint16_t))];
-            struct cmsghdr align;
-        } cm;
-        struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
-                           .msg_iov = L->iov + 2 * start, .msg_iovlen = 2 * cnt};
-        if (cnt > 1) {
-            memset(&cm, 0, sizeof cm);
-            m.msg_control = cm.buf;
-            m.msg_controllen = sizeof cm.buf;
-            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m);
-            cmsg->cmsg_level = SOL_UDP_;
-            cmsg->cmsg_type = UDP_SEGMENT_;
-            cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t seg = (uint16_t)dsize;
-            memcpy(CMSG_DATA(cmsg), &seg, sizeof seg);
-        }
-        if (sendmsg(L->udp_fd, &m, 0) < 0) {
-            if (cnt > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
-                L->gso = 0; /* the kernel or device cannot: plain sends from now on */
-                L->counts[D_GSO_FALLBACK]++;
-                continue;
-            }
-            return send_failed(L, hop);
-        }
-        if (cnt > 1) L->counts[C_GSO_SENDS]++;
+        int r = gso_sendmsg(L, s, L->iov + 2 * start, 2 * cnt, cnt, dsize, hop);
+        if (r < 0) continue;
+        if (r) return r;
         start += cnt;
     }
     return 0;
@@ -863,33 +874,10 @@ static int send_laid_out(Loop *L, Session *s, const unsigned char *out, size_t t
         if (per > MAX_SEGMENTS) per = MAX_SEGMENTS;
         size_t cnt = count - start < per ? count - start : per;
         size_t len = start + cnt < count ? cnt * stride : total - start * stride;
-        union {
-            char buf[CMSG_SPACE(sizeof(uint16_t))];
-            struct cmsghdr align;
-        } cm;
         struct iovec iov = {(void *)(out + start * stride), len};
-        struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
-                           .msg_iov = &iov, .msg_iovlen = 1};
-        if (cnt > 1) {
-            memset(&cm, 0, sizeof cm);
-            m.msg_control = cm.buf;
-            m.msg_controllen = sizeof cm.buf;
-            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&m);
-            cmsg->cmsg_level = SOL_UDP_;
-            cmsg->cmsg_type = UDP_SEGMENT_;
-            cmsg->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t seg = (uint16_t)stride;
-            memcpy(CMSG_DATA(cmsg), &seg, sizeof seg);
-        }
-        if (sendmsg(L->udp_fd, &m, 0) < 0) {
-            if (cnt > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
-                L->gso = 0;
-                L->counts[D_GSO_FALLBACK]++;
-                continue;
-            }
-            return send_failed(L, hop);
-        }
-        if (cnt > 1) L->counts[C_GSO_SENDS]++;
+        int r = gso_sendmsg(L, s, &iov, 1, cnt, stride, hop);
+        if (r < 0) continue;
+        if (r) return r;
         start += cnt;
     }
     return 0;
