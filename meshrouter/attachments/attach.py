@@ -596,7 +596,7 @@ def find(registry: Registry, key: str) -> Attachment | None:
     )
 
 
-def _gone(rec: Attachment) -> bool:
+def container_gone(rec: Attachment) -> bool:
     """True when the container of a record whose link is gone no longer exists
     (a Docker or podman container that was removed, a namespace deleted); a
     restarting container, or one of an engine that does not answer, is kept."""
@@ -621,7 +621,7 @@ def prune(registry: Registry, ipam: AddressSource | None = None) -> list[Attachm
                 undo_pending(rec, ipam)
                 gone.append(records.pop(key))
                 continue
-            if link_exists(rec.host_veth) or not _gone(rec):
+            if link_exists(rec.host_veth) or not container_gone(rec):
                 continue
             remove_resolv_conf(rec)
             gone.append(records.pop(key))
@@ -636,7 +636,10 @@ def reattach_all(registry: Registry, bridge: str) -> int:
             if rec.state == PENDING:
                 continue  # a killed attach: prune or the next attach gives its addresses back
             if not link_exists(rec.host_veth):
-                del records[key]  # the container went away while we were down
+                if container_gone(rec):
+                    del records[key]  # the container went away while we were down
+                # else: stopped (or its engine is not up yet): it keeps its
+                # record, and is attached again when it starts
                 continue
             ip("link", "set", "dev", rec.host_veth, "master", bridge, check=False)
             n += 1

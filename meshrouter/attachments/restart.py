@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshrouter.attachments import attach as attach_mod
-from meshrouter.engines.containers import ContainerError, docker_endpoints, resolve
+from meshrouter.engines.containers import (
+    ContainerError,
+    docker_endpoints,
+    find_container,
+    resolve,
+)
 from meshrouter.host.netdev import link_exists
 
 
@@ -169,3 +174,22 @@ def unlinked(registry: attach_mod.Registry) -> int:
     """How many records have lost their link: containers being removed (the
     engine may take a moment to forget them), or stopped ones."""
     return sum(not link_exists(r.host_veth) for r in registry.read().values())
+
+
+def detached_records(registry: attach_mod.Registry) -> list[str]:
+    """The Docker and podman containers recorded here that run without their
+    link: started again while nobody re-attached them (the router or the
+    engine's event stream was down).  Stopped ones wait for their start."""
+    out = []
+    for r in registry.read().values():
+        if r.kind not in ("docker", "podman") or r.state == attach_mod.PENDING:
+            continue
+        if link_exists(r.host_veth):
+            continue
+        try:
+            running = find_container(r.kind, r.ident) is not None
+        except ContainerError:
+            running = False  # stopped, or no engine answers: nothing to do now
+        if running:
+            out.append(r.ident)
+    return out

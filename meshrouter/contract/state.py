@@ -66,11 +66,24 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def load_json(path: Path, default: Any) -> Any:
+    """The JSON in ``path``, or ``default`` when there is none.  A file that
+    is no JSON (truncated, overwritten, a bad disk) is moved aside to
+    ``NAME.corrupt`` with a warning that names both, so that what it held is
+    not lost to the next save; one that cannot be read is left where it is."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError too
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, aside)
+        except OSError as move:
+            _warn("ignoring unreadable %s (%s); could not move it aside: %s", path, exc, move)
+        else:
+            _warn("%s was unreadable (%s): kept as %s, starting from nothing", path, exc, aside)
+        return default
+    except OSError as exc:
         _warn("ignoring unreadable %s: %s", path, exc)
         return default
 

@@ -83,6 +83,31 @@ class Containers:
         for line in told.lines:
             log.info("container %s started again: %s", cid[:12], line)
 
+    async def catch_up(self) -> None:
+        """Recorded containers without their link that run now (started while
+        the router or its event stream was down: a reboot, an engine restart)
+        are attached again, as a start event would have them."""
+        waiting = await trio.to_thread.run_sync(restart.detached_records, self.registry)
+        for ident in waiting:
+            await self.started(ident)
+
+    async def still_there(self, idents: set[str]) -> set[str]:
+        """Which of these IPAM idents (``PEER/CONTAINER``), whose namespaces
+        vanished, are Docker or podman containers that still exist: stopped,
+        restarting, or of an engine that does not answer now.  Their
+        addresses, names and records stay until they are removed."""
+        return await trio.to_thread.run_sync(self._still_there, idents)
+
+    def _still_there(self, idents: set[str]) -> set[str]:
+        records = self.registry.read()
+        kept = set()
+        for ident in idents:
+            rec = records.get(ident.split("/", 1)[-1])
+            engine = rec is not None and rec.kind in ("docker", "podman")
+            if engine and rec is not None and not attach_mod.container_gone(rec):
+                kept.add(ident)
+        return kept
+
     async def prune(self) -> None:
         """Containers were found gone: their records (and anti-spoofing rules)
         go.  The engine may still list a container it is removing: while

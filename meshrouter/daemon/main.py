@@ -119,7 +119,7 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         persist()
         await nursery.start(api.serve, router.commands, socket_path(state_dir), persist)
         if router.containers is not None:
-            nursery.start_soon(engine.watch, router.containers.started)
+            nursery.start_soon(engine.watch, router.containers.started, router.containers.catch_up)
         plugin_path = (
             Path(opts.docker_plugin)
             if opts.docker_plugin and not probe.engines_disabled()

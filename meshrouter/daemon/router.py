@@ -143,6 +143,9 @@ class Router:
             dns = opts.dns_listen_address if self.dns_server is not None else None
             here = restart.Settings(opts.bridge, opts.ipalloc_range, opts.mtu, dns, self.dns_domain)
             self.containers = Containers(state_dir, here, self.commands)
+            # A container whose namespace went may only have stopped: its
+            # engine says, before its addresses go (issue 23).
+            self.ipam.still_there = self.containers.still_there
 
     def _dns_server(self, records: Records) -> DnsServer:
         opts = self.opts

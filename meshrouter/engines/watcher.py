@@ -5,7 +5,9 @@ the mesh back, with the same address.
 This module only notices: it follows ``docker events`` (container starts;
 from the engine's socket where no ``docker`` command is installed) and hands
 each started container's id to ``on_start``, which the daemon gives it (the
-daemon re-attaches it itself: ``attachments.restart``).  Without a Docker
+daemon re-attaches it itself: ``attachments.restart``).  Whenever the stream
+is (re)opened, ``on_follow`` catches up with starts nobody heard (the router
+or the engine was down).  Without a Docker
 engine (or with ``MESH_NO_DOCKER`` set) this does nothing.  If the event
 stream ends (the engine restarted), it is opened again after a pause.
 """
@@ -31,13 +33,20 @@ async def _engine_answers() -> bool:
 
 
 OnStart = Callable[[str], Awaitable[None]]
+OnFollow = Callable[[], Awaitable[None]]
 
 
 async def watch(
-    on_start: OnStart, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+    on_start: OnStart,
+    on_follow: OnFollow | None = None,
+    *,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow container starts for as long as this task lives: ``on_start(id)``
-    for each (in a task of its own)."""
+    for each (in a task of its own).  Each time the event stream is opened
+    (the first time, and after the engine restarted), ``on_follow()`` runs
+    too, in a task of its own, a moment later: it catches up with what
+    happened while no one was listening (containers started meanwhile)."""
     if not await _engine_answers():
         task_status.started(False)
         return
@@ -45,6 +54,8 @@ async def watch(
     task_status.started(True)
     async with trio.open_nursery() as nursery:
         while True:
+            if on_follow is not None:
+                nursery.start_soon(_later, on_follow)
             try:
                 if shutil.which("docker") is None:
                     await _follow_api(on_start, nursery)
@@ -55,6 +66,17 @@ async def watch(
             except Exception:  # whatever the engine sent: the watcher starts again
                 log.exception("following docker events failed; trying again in %.0fs", RETRY)
             await trio.sleep(RETRY)
+
+
+CATCH_UP_DELAY = 1.0  # the event stream is open by then: nothing falls between
+
+
+async def _later(on_follow: OnFollow) -> None:
+    await trio.sleep(CATCH_UP_DELAY)
+    try:
+        await on_follow()
+    except Exception:  # a catch-up that failed is logged; the events go on
+        log.exception("catching up with the engine failed")
 
 
 async def _follow(on_start: OnStart, nursery: trio.Nursery) -> None:

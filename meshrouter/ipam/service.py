@@ -9,7 +9,11 @@
   moves (``settle``, which the router calls after every mesh event) or at
   its deadline,
 * looks at this host's namespaces every few seconds and tells the peer which
-  containers vanished,
+  containers vanished: a namespace that vanished may only belong to a
+  container that stopped (``docker stop``, a restart that takes a while),
+  so when the daemon gave ``still_there`` the container's engine is asked
+  first, and a stopped container keeps its addresses until it
+  is removed (asked again every ``STOPPED_RECHECK`` seconds),
 * and, after each step of its own, calls ``output`` (given at construction:
   it wakes the router's pump, which sends what the peer's outbox holds).
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -36,6 +40,7 @@ log = logging.getLogger("meshrouter.ipam")
 WAIT = 30.0  # how long an API call waits for the mesh
 CLAIM_TIMEOUT = 15.0  # > HEARTBEAT_TIMEOUT: a dead direct link is noticed meanwhile
 RECLAIM_INTERVAL = 5.0
+STOPPED_RECHECK = 30.0  # a stopped container's engine is asked again this often
 DONOR_WAIT = 5.0
 
 __all__ = ["CLAIM_TIMEOUT", "RECLAIM_AFTER", "RECLAIM_INTERVAL", "IpamService"]
@@ -62,6 +67,11 @@ class IpamService:
         self._seen = self.peer.changes
         self._blind_warned = False
         self._reaped = False
+        # Which of the containers behind idents whose namespace vanished still
+        # exist (stopped), asked of their engines (the daemon's, in a thread).
+        # None: a vanished namespace is a removed container (bare netns).
+        self.still_there: Callable[[set[str]], Awaitable[set[str]]] | None = None
+        self._stopped: dict[str, float] = {}  # ident -> when to ask its engine again
 
     @property
     def core(self) -> Ipam:
@@ -100,15 +110,44 @@ class IpamService:
     # -- this host's namespaces ---------------------------------------------------
 
     async def watch_namespaces(self) -> None:
-        """Every few seconds: containers whose namespace vanished let go of
-        their addresses (ours, and those claimed in other peers' shares)."""
+        """Every few seconds: containers whose namespace vanished, and that
+        are not merely stopped, let go of their addresses (ours, and those
+        claimed in other peers' shares)."""
         while True:
-            self.reap()
+            await self.reap_checked()
             await trio.sleep(RECLAIM_INTERVAL)
 
-    def reap(self) -> None:
-        gone = {i for i, path in self.peer.watched().items() if not os.path.exists(path)}
+    def _vanished(self) -> set[str]:
+        return {i for i, path in self.peer.watched().items() if not os.path.exists(path)}
+
+    async def reap_checked(self) -> None:
+        """``reap``, asking ``still_there`` about each vanished container
+        first (and about a stopped one again every ``STOPPED_RECHECK``)."""
+        vanished = self._vanished()
+        for ident in set(self._stopped) - vanished:
+            del self._stopped[ident]  # running again (re-attached), or released
+        if self.still_there is None or not vanished:
+            self.reap(vanished)
+            return
+        now = trio.current_time()
+        ask = {i for i in vanished if self._stopped.get(i, -1.0) <= now}
+        if not ask:
+            return
+        kept = await self.still_there(ask)
+        for ident in kept:
+            if ident not in self._stopped:
+                log.info("container %s stopped: it keeps its addresses until removed", ident)
+            self._stopped[ident] = now + STOPPED_RECHECK
+        # A container re-attached while its engine was asked is not gone.
+        self.reap((ask - kept) & self._vanished())
+
+    def reap(self, gone: set[str] | None = None) -> None:
+        """The containers ``gone`` (default: every one whose namespace
+        vanished) let go of their addresses."""
+        gone = self._vanished() if gone is None else gone
         if gone:
+            for ident in gone:
+                self._stopped.pop(ident, None)
             self.peer.containers_gone(gone)
             self._reaped = True
             self._step()

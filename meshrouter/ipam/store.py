@@ -23,6 +23,20 @@ class IpamStoreError(MeshError):
 class IpamStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> IpamStoreError:
+        return IpamStoreError(
+            f"{self.path} is unreadable ({exc}): restore it, or move it aside to start "
+            "this host's IPAM afresh (the ring comes back from the peers; attached "
+            "containers keep their addresses, but attach them again to hold them)"
+        )
+
+    def _open(self) -> None:
+        path = self.path
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -48,7 +62,15 @@ class IpamStore:
     ) -> tuple[dict[str, list[tuple[bytes, int]]], dict[str, str]]:
         """Fill ``ipam`` and ``reclaimer`` from disk; returns the remote claims
         (ident -> [(owner, addr)]) and the namespaces of their containers
-        (ident -> path)."""
+        (ident -> path).  Raises IpamStoreError for a file SQLite cannot read."""
+        try:
+            return self._load(ipam, reclaimer)
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from None
+
+    def _load(
+        self, ipam: Ipam, reclaimer: Reclaimer
+    ) -> tuple[dict[str, list[tuple[bytes, int]]], dict[str, str]]:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'range'").fetchone()
         if row is not None and row[0] != str(ipam.network):
             raise IpamStoreError(

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -122,6 +123,68 @@ def test_a_restarted_container_gets_its_link_address_and_name_back(
         log = (lab.state_dir(1) / "router.log").read_text()
         assert "following Docker events" in log
         assert f"{web} attached again with {addr}" in log
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", cid], env=dict(os.environ, DOCKER_HOST=sock), capture_output=True
+        )
+
+
+def test_a_stopped_container_keeps_its_address_name_and_record_until_removed(
+    lab_factory: LabFactory, docker_host: Dockerd
+) -> None:
+    """Issue 23, part 1: ``docker stop`` with a timeout the namespace poll
+    sees through (PID 1 ignores SIGTERM, as most do), a while stopped, the
+    router relaunched meanwhile, then ``docker start``: the same address
+    and name come back, and nobody else got the address in between.  Only
+    ``docker rm`` frees them.  Without the engine asked before a release,
+    the poll released the address when the namespace went."""
+    lab = lab_factory(2)
+    sock = docker_host.host
+    pw = str(lab.password_file)
+    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    mesh(lab, 1, sock, *launch)
+    lab.launch(2, lab.addr(1))
+    lab.wait_for(
+        "connected",
+        lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
+        timeout=30,
+    )
+    web = f"{lab.prefix}-sweb"
+    cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
+    try:
+        addr = mesh(lab, 1, sock, "attach", web).stdout.strip()
+        ip = addr.split("/")[0]
+
+        def held() -> set[str]:
+            return {x["address"] for x in status(lab, 1)["ipam"]["allocations"]}
+
+        docker(sock, "stop", "-t", "7", web)  # longer than the namespace poll's 5 s
+        time.sleep(7)  # two more polls with the container stopped
+        assert ip in held()
+        assert mesh(lab, 2, sock, "dns-lookup", web).stdout.split() == [ip]
+        assert web in mesh(lab, 1, sock, "ps").stdout
+        # The router restarted while the container is stopped: the record stays.
+        mesh(lab, 1, sock, "stop")
+        mesh(lab, 1, sock, *launch)
+        assert web in mesh(lab, 1, sock, "ps").stdout
+        # Another container asks for an address: it does not get this one.
+        other = docker(sock, "run", "-d", "--network", "none", IMAGE, "sleep", "600")
+        try:
+            assert mesh(lab, 1, sock, "attach", other[:12]).stdout.strip() != addr
+        finally:
+            docker(sock, "rm", "-f", other)
+        docker(sock, "start", web)
+
+        def back() -> bool:
+            out = sh("nsenter", "-t", pid_of(sock, web), "-n", "ip", "-br", "addr", check=False)
+            return addr in out.stdout
+
+        lab.wait_for("ethwe back with the same address", back, timeout=20)
+        assert mesh(lab, 2, sock, "dns-lookup", web).stdout.split() == [ip]
+        log = (lab.state_dir(1) / "router.log").read_text()
+        assert "stopped: it keeps its addresses until removed" in log
+        docker(sock, "rm", "-f", web)
+        lab.wait_for("released once removed", lambda: ip not in held(), timeout=20)
     finally:
         subprocess.run(
             ["docker", "rm", "-f", cid], env=dict(os.environ, DOCKER_HOST=sock), capture_output=True

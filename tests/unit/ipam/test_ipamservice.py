@@ -155,3 +155,70 @@ async def test_a_namespace_the_router_cannot_see_is_never_taken_for_gone(
     assert [al.ident for al in a.core.allocs.values()] == ["h1/web"]
     assert got.startswith("10.32.0.")
     assert "--pid host" in caplog.text
+
+
+async def test_a_stopped_container_keeps_its_address_until_it_is_removed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 23: a namespace that vanished belongs to a container that may
+    only have stopped; its engine is asked (``still_there``) before anything
+    is released, and again every STOPPED_RECHECK seconds."""
+    from meshrouter.ipam.service import RECLAIM_INTERVAL, STOPPED_RECHECK
+
+    _wire, a, _b = pair()
+    ns = tmp_path / "pid-ns"
+    ns.write_text("")
+    got = await a.allocate("h1/web", str(ns), None)
+    exists = {"h1/web": True}
+    asked: list[str] = []
+
+    async def still_there(idents: set[str]) -> set[str]:
+        asked.extend(idents)
+        await trio.sleep(0.5)  # an engine takes a moment to answer
+        return {i for i in idents if exists.get(i, False)}
+
+    a.still_there = still_there
+    ns.unlink()  # docker stop: the namespace goes, the container stays
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.watch_namespaces)
+        await trio.sleep(STOPPED_RECHECK * 3)
+        assert [al.ident for al in a.core.allocs.values()] == ["h1/web"]
+        assert 3 <= len(asked) <= 5  # asked again now and then, not every 5 s
+        assert not a.take_reaped()
+        exists["h1/web"] = False  # docker rm
+        await trio.sleep(STOPPED_RECHECK + RECLAIM_INTERVAL)
+        assert a.core.allocs == {}
+        assert a.take_reaped()
+        nursery.cancel_scope.cancel()
+    assert got.startswith("10.32.0.")
+
+
+async def test_a_container_started_again_is_watched_at_its_new_namespace(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from meshrouter.ipam.service import RECLAIM_INTERVAL
+
+    _wire, a, _b = pair()
+    old, new = tmp_path / "pid-1", tmp_path / "pid-2"
+    old.write_text("")
+    got = await a.allocate("h1/web", str(old), None)
+
+    async def always(idents: set[str]) -> set[str]:
+        return idents
+
+    async def never(idents: set[str]) -> set[str]:
+        return set()
+
+    a.still_there = always
+    old.unlink()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.watch_namespaces)
+        await trio.sleep(RECLAIM_INTERVAL * 2)
+        new.write_text("")  # docker start; the router claims the same address again
+        assert await a.claim(got, "h1/web", str(new)) == got
+        await trio.sleep(RECLAIM_INTERVAL * 2)
+        a.still_there = never  # it is gone, when asked
+        new.unlink()
+        await trio.sleep(RECLAIM_INTERVAL * 2)
+        assert a.core.allocs == {}  # its new namespace went: asked, released
+        nursery.cancel_scope.cancel()
