@@ -71,7 +71,8 @@ class IpamService:
         # exist (stopped), asked of their engines (the daemon's, in a thread).
         # None: a vanished namespace is a removed container (bare netns).
         self.still_there: Callable[[set[str]], Awaitable[set[str]]] | None = None
-        self._stopped: dict[str, float] = {}  # ident -> when to ask its engine again
+        # ident -> (its namespace when it was found stopped, when to ask again)
+        self._stopped: dict[str, tuple[str, float]] = {}
 
     @property
     def core(self) -> Ipam:
@@ -117,27 +118,36 @@ class IpamService:
             await self.reap_checked()
             await trio.sleep(RECLAIM_INTERVAL)
 
-    def _vanished(self) -> set[str]:
-        return {i for i, path in self.peer.watched().items() if not os.path.exists(path)}
+    def _vanished(self, watched: dict[str, str] | None = None) -> set[str]:
+        """The idents (of ``watched``, default all) whose namespace is gone."""
+        watched = self.peer.watched() if watched is None else watched
+        return {i for i, path in watched.items() if not os.path.exists(path)}
 
     async def reap_checked(self) -> None:
         """``reap``, asking ``still_there`` about each vanished container
         first (and about a stopped one again every ``STOPPED_RECHECK``)."""
-        vanished = self._vanished()
+        watched = self.peer.watched()
+        vanished = self._vanished(watched)
         for ident in set(self._stopped) - vanished:
             del self._stopped[ident]  # running again (re-attached), or released
         if self.still_there is None or not vanished:
             self.reap(vanished)
             return
         now = trio.current_time()
-        ask = {i for i in vanished if self._stopped.get(i, -1.0) <= now}
+        # Asked now: what vanished since the last look, what is due again, and
+        # what was re-attached (a new namespace) and has vanished again since.
+        ask = set()
+        for ident in vanished:
+            path, due = self._stopped.get(ident, ("", -1.0))
+            if due <= now or path != watched[ident]:
+                ask.add(ident)
         if not ask:
             return
         kept = await self.still_there(ask)
         for ident in kept:
             if ident not in self._stopped:
                 log.info("container %s stopped: it keeps its addresses until removed", ident)
-            self._stopped[ident] = now + STOPPED_RECHECK
+            self._stopped[ident] = (watched[ident], now + STOPPED_RECHECK)
         # A container re-attached while its engine was asked is not gone.
         self.reap((ask - kept) & self._vanished())
 

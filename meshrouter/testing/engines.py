@@ -101,6 +101,20 @@ class Dockerd:
     ) -> subprocess.CompletedProcess[str]:
         return sh("docker", *args, env=self.env, check=check, timeout=timeout)
 
+    def restart(self) -> None:
+        """The engine stopped (its containers with it, as without live-restore)
+        and started again with the same roots: containers with a restart
+        policy come back with new namespaces."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._proc = None
+        self.start()
+
     def stop(self) -> None:
         if self._proc is None:
             return

@@ -72,6 +72,7 @@ class Lab:
         self.containers: list[str] = []
         self.switch = f"{prefix}-sw"
         self._made: list[str] = []
+        self._relays: list[subprocess.Popen[str]] = []
 
     # -- names ----------------------------------------------------------
 
@@ -220,6 +221,34 @@ class Lab:
                     f"< {permille} counter drop",
                 )
 
+    def impaired(
+        self, *, reorder: float = 0.0, duplicate: float = 0.0, delay_ms: float = 0.0, seed: int = 0
+    ) -> subprocess.Popen[str]:
+        """Hosts 1 and 2 joined by a userspace relay (``impair``) in the
+        switch instead of its bridge: the mesh's UDP reordered, duplicated,
+        delayed.  Checksums are completed on the hosts (the relay copies
+        frames as they are).  Stop it with ``terminate()``; its last line of
+        output is what it did (JSON)."""
+        for i in (1, 2):
+            self.run(i, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off")
+            self.in_ns(self.switch, "ip", "link", "set", "dev", f"u{i}", "nomaster")
+            self.in_ns(self.switch, "ethtool", "-K", f"u{i}", "gro", "off", "tx", "off")
+        args = ["--reorder", str(reorder), "--duplicate", str(duplicate)]
+        args += ["--delay-ms", str(delay_ms), "--seed", str(seed), "--seconds", "300"]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.switch, sys.executable, "-m",
+             "meshrouter.testing.impair", "u1", "u2", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError("the impairment relay did not start")
+        self._relays.append(proc)
+        return proc
+
     def lost(self, i: int) -> int:
         """UDP datagrams ``lossy`` has dropped on host i so far."""
         out = self.run(i, "nft", "-j", "list", "table", "inet", "lossy", check=False).stdout
@@ -269,6 +298,9 @@ class Lab:
         sh("ip", "netns", "del", ns, check=False)
 
     def close(self) -> None:
+        for proc in self._relays:
+            proc.kill()
+            proc.wait(timeout=10)
         # Containers first, then hosts (their routers own TAPs), then the switch.
         for ns in sorted(self.namespaces(), key=lambda n: (n.endswith("-sw"), "-h" in n)):
             self._kill_and_delete(ns)

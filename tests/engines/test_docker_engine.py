@@ -191,6 +191,39 @@ def test_a_stopped_container_keeps_its_address_name_and_record_until_removed(
         )
 
 
+def test_containers_come_back_on_the_mesh_after_the_engine_restarts(
+    lab_factory: LabFactory, docker_host: Dockerd
+) -> None:
+    """Issue 23, part 2: dockerd stops (its containers with it) and starts
+    again; a container with a restart policy comes back with a new
+    namespace.  The router's event stream broke meanwhile: when it opens
+    again, the router catches up and attaches it again with the same
+    address, and nothing was released while the engine was away."""
+    lab = lab_factory(2)
+    sock = docker_host.host
+    pw = str(lab.password_file)
+    mesh(lab, 1, sock, "launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    web = f"{lab.prefix}-eweb"
+    docker(sock, "run", "-d", "--restart", "always", "--name", web, "--network", "none",
+           IMAGE, "sleep", "600")  # fmt: skip
+    try:
+        addr = mesh(lab, 1, sock, "attach", web).stdout.strip()
+        docker_host.restart()
+
+        def back() -> bool:
+            pid = docker(sock, "inspect", "--format", "{{.State.Pid}}", web)
+            if pid in ("", "0"):
+                return False
+            out = sh("nsenter", "-t", pid, "-n", "ip", "-br", "addr", check=False)
+            return addr in out.stdout
+
+        lab.wait_for("attached again after the engine's restart", back, timeout=40)
+        held = {x["address"] for x in status(lab, 1)["ipam"]["allocations"]}
+        assert addr.split("/")[0] in held
+    finally:
+        docker(sock, "rm", "-f", web)
+
+
 def counts(lab: Lab, sock: str) -> dict[str, int]:
     """What attaching leaves on the hosts, counted."""
     out: dict[str, int] = {}

@@ -222,3 +222,32 @@ async def test_a_container_started_again_is_watched_at_its_new_namespace(
         await trio.sleep(RECLAIM_INTERVAL * 2)
         assert a.core.allocs == {}  # its new namespace went: asked, released
         nursery.cancel_scope.cancel()
+
+
+async def test_a_container_removed_soon_after_it_started_again_is_released_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Found stopped, started again (a new namespace) and removed before the
+    next look: its engine is asked at the next look, not STOPPED_RECHECK later."""
+    from meshrouter.ipam.service import RECLAIM_INTERVAL
+
+    _wire, a, _b = pair()
+    old, new = tmp_path / "pid-1", tmp_path / "pid-2"
+    old.write_text("")
+    got = await a.allocate("h1/web", str(old), None)
+    alive = True
+
+    async def engine(idents: set[str]) -> set[str]:
+        return idents if alive else set()
+
+    a.still_there = engine
+    old.unlink()  # stopped
+    await a.reap_checked()
+    assert a.core.allocs  # kept
+    new.write_text("")
+    await a.claim(got, "h1/web", str(new))  # started again, re-attached
+    new.unlink()  # ... and removed before the next look
+    alive = False
+    await trio.sleep(RECLAIM_INTERVAL)
+    await a.reap_checked()
+    assert a.core.allocs == {}
