@@ -25,6 +25,7 @@ from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
 from meshrouter.contract.state import atomic_write, load_json
+from meshrouter.engines import probe
 from meshrouter.engines.containers import Container, ContainerError, find_container, resolve
 from meshrouter.host import guard
 from meshrouter.host.garp import send_garp
@@ -594,6 +595,17 @@ def find(registry: Registry, key: str) -> Attachment | None:
         (r for r in records.values() if key in (r.ident, r.container) or r.ident.startswith(key)),
         None,
     )
+
+
+def container_state(rec: Attachment) -> str:
+    """What the engine says of a Docker or podman record's container:
+    "running", "stopped" (it exists, it does not run), "gone" (removed), or
+    "unknown" (no engine answers: disabled here, or restarting)."""
+    try:
+        return "running" if find_container(rec.kind, rec.ident) is not None else "gone"
+    except ContainerError:
+        answers = probe.docker_answers() if rec.kind == "docker" else probe.podman_available()
+        return "stopped" if answers else "unknown"
 
 
 def container_gone(rec: Attachment) -> bool:

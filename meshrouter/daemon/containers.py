@@ -7,6 +7,7 @@ ask of the mesh comes back to trio through ``LocalAccess``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,14 @@ import trio
 from meshrouter.attachments import attach as attach_mod
 from meshrouter.attachments import restart
 from meshrouter.base.errors import OperatorError
+from meshrouter.engines import probe
 
 if TYPE_CHECKING:
     from meshrouter.daemon.commands import Commands
 
 log = logging.getLogger("meshrouter.engine")
 
+ENGINE_SILENT = 600.0  # a container of an engine silent this long is taken for gone
 PRUNE_TRIES = 6  # a removed container's record is looked at again this often ...
 PRUNE_RETRY = 1.0  # ... this far apart (a stopped container's stays: it may restart)
 
@@ -65,6 +68,7 @@ class Containers:
         self.settings = settings
         self.access = LocalAccess(commands)
         self._pruning = False
+        self._silent_since: float | None = None  # since when no engine answered
 
     async def started(self, cid: str) -> None:
         """A container started: re-attached if it was attached before."""
@@ -91,6 +95,20 @@ class Containers:
         for ident in waiting:
             await self.started(ident)
 
+    async def destroyed(self, cid: str) -> None:
+        """The engine removed a container: if it was attached here, its
+        addresses, name and record go now (the namespace poll would find it
+        too, a little later)."""
+        if not await trio.to_thread.run_sync(self._recorded, cid):
+            return
+        gone = self.access.c.release(cid)
+        log.info("container %s was removed: %s released", cid[:12], " ".join(gone) or "nothing")
+        await self.prune()
+
+    def _recorded(self, cid: str) -> bool:
+        rec = self.registry.read().get(cid)
+        return rec is not None and rec.kind in ("docker", "podman")
+
     async def still_there(self, idents: set[str]) -> set[str]:
         """Which of these IPAM idents (``PEER/CONTAINER``), whose namespaces
         vanished, are Docker or podman containers that still exist: stopped,
@@ -99,13 +117,27 @@ class Containers:
         return await trio.to_thread.run_sync(self._still_there, idents)
 
     def _still_there(self, idents: set[str]) -> set[str]:
+        if probe.engines_disabled():
+            return set()  # no engine to ask: a vanished namespace is a removal
         records = self.registry.read()
         kept = set()
+        silent = False
         for ident in idents:
             rec = records.get(ident.split("/", 1)[-1])
-            engine = rec is not None and rec.kind in ("docker", "podman")
-            if engine and rec is not None and not attach_mod.container_gone(rec):
+            if rec is None or rec.kind not in ("docker", "podman"):
+                continue
+            state = attach_mod.container_state(rec)
+            if state == "unknown":  # its engine does not answer (restarting?)
+                silent = True
+                if time.monotonic() - (self._silent_since or time.monotonic()) > ENGINE_SILENT:
+                    log.warning("no %s engine answers: %s released", rec.kind, rec.container)
+                    continue
+            if state != "gone":
                 kept.add(ident)
+        if not silent:
+            self._silent_since = None
+        elif self._silent_since is None:
+            self._silent_since = time.monotonic()
         return kept
 
     async def prune(self) -> None:

@@ -119,7 +119,8 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         persist()
         await nursery.start(api.serve, router.commands, socket_path(state_dir), persist)
         if router.containers is not None:
-            nursery.start_soon(engine.watch, router.containers.started, router.containers.catch_up)
+            c = router.containers
+            nursery.start_soon(engine.watch, c.started, c.catch_up, c.destroyed)
         plugin_path = (
             Path(opts.docker_plugin)
             if opts.docker_plugin and not probe.engines_disabled()

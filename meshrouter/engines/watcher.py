@@ -2,7 +2,8 @@
 (``docker restart``, the engine's restart policy, a reboot) gets its place on
 the mesh back, with the same address.
 
-This module only notices: it follows ``docker events`` (container starts;
+This module only notices: it follows ``docker events`` (container starts
+and removals;
 from the engine's socket where no ``docker`` command is installed) and hands
 each started container's id to ``on_start``, which the daemon gives it (the
 daemon re-attaches it itself: ``attachments.restart``).  Whenever the stream
@@ -39,6 +40,7 @@ OnFollow = Callable[[], Awaitable[None]]
 async def watch(
     on_start: OnStart,
     on_follow: OnFollow | None = None,
+    on_destroy: OnStart | None = None,
     *,
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -46,7 +48,9 @@ async def watch(
     for each (in a task of its own).  Each time the event stream is opened
     (the first time, and after the engine restarted), ``on_follow()`` runs
     too, in a task of its own, a moment later: it catches up with what
-    happened while no one was listening (containers started meanwhile)."""
+    happened while no one was listening (containers started meanwhile).
+    ``on_destroy(id)`` for each container removed: its addresses go at once
+    (a stopped one keeps them)."""
     if not await _engine_answers():
         task_status.started(False)
         return
@@ -57,10 +61,13 @@ async def watch(
             if on_follow is not None:
                 nursery.start_soon(_later, on_follow)
             try:
+                handlers = {"start": on_start}
+                if on_destroy is not None:
+                    handlers["destroy"] = on_destroy
                 if shutil.which("docker") is None:
-                    await _follow_api(on_start, nursery)
+                    await _follow_api(handlers, nursery)
                 else:
-                    await _follow(on_start, nursery)
+                    await _follow(handlers, nursery)
             except (OSError, dockerapi.DockerApiError) as exc:
                 log.warning("docker events failed: %s; trying again in %.0fs", exc, RETRY)
             except Exception:  # whatever the engine sent: the watcher starts again
@@ -79,10 +86,14 @@ async def _later(on_follow: OnFollow) -> None:
         log.exception("catching up with the engine failed")
 
 
-async def _follow(on_start: OnStart, nursery: trio.Nursery) -> None:
-    cmd = ["docker", "events", "--filter", "type=container", "--filter", "event=start"]
+async def _follow(handlers: dict[str, OnStart], nursery: trio.Nursery) -> None:
+    cmd = ["docker", "events", "--filter", "type=container"]
+    for action in handlers:
+        cmd += ["--filter", f"event={action}"]
     proc = await trio.lowlevel.open_process(
-        [*cmd, "--format", "{{.ID}}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [*cmd, "--format", "{{.Action}} {{.ID}}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None
@@ -91,23 +102,26 @@ async def _follow(on_start: OnStart, nursery: trio.Nursery) -> None:
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                cid = line.decode(errors="replace").strip()
-                if cid:
-                    nursery.start_soon(on_start, cid)
+                action, _, cid = line.decode(errors="replace").strip().partition(" ")
+                handler = handlers.get(action)
+                if handler is not None and cid:
+                    nursery.start_soon(handler, cid)
     finally:
         with trio.CancelScope(shield=True):
             proc.kill()
             await proc.wait()
 
 
-async def _follow_api(on_start: OnStart, nursery: trio.Nursery) -> None:
+async def _follow_api(handlers: dict[str, OnStart], nursery: trio.Nursery) -> None:
     """The same from the engine's socket: a thread reads the event stream."""
     token = trio.lowlevel.current_trio_token()
 
     def read() -> None:
-        for event in dockerapi.events(type=["container"], event=["start"]):
+        for event in dockerapi.events(type=["container"], event=list(handlers)):
+            action = str(event.get("status") or event.get("Action") or "")
             cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
-            if cid:
-                trio.from_thread.run_sync(nursery.start_soon, on_start, cid, trio_token=token)
+            handler = handlers.get(action)
+            if handler is not None and cid:
+                trio.from_thread.run_sync(nursery.start_soon, handler, cid, trio_token=token)
 
     await trio.to_thread.run_sync(read, abandon_on_cancel=True)

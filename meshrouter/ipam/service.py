@@ -40,7 +40,8 @@ log = logging.getLogger("meshrouter.ipam")
 WAIT = 30.0  # how long an API call waits for the mesh
 CLAIM_TIMEOUT = 15.0  # > HEARTBEAT_TIMEOUT: a dead direct link is noticed meanwhile
 RECLAIM_INTERVAL = 5.0
-STOPPED_RECHECK = 30.0  # a stopped container's engine is asked again this often
+STOPPED_RECHECK = 30.0  # a stopped container's engine is asked again this often ...
+STOPPED_QUICK = 4  # ... after being asked at each look this many times
 DONOR_WAIT = 5.0
 
 __all__ = ["CLAIM_TIMEOUT", "RECLAIM_AFTER", "RECLAIM_INTERVAL", "IpamService"]
@@ -71,8 +72,11 @@ class IpamService:
         # exist (stopped), asked of their engines (the daemon's, in a thread).
         # None: a vanished namespace is a removed container (bare netns).
         self.still_there: Callable[[set[str]], Awaitable[set[str]]] | None = None
-        # ident -> (its namespace when it was found stopped, when to ask again)
-        self._stopped: dict[str, tuple[str, float]] = {}
+        # ident -> (its namespace when it was found stopped, when to ask
+        # again, how often it was asked): asked at every look the first few
+        # times (a container being removed looks stopped for a moment), then
+        # every STOPPED_RECHECK
+        self._stopped: dict[str, tuple[str, float, int]] = {}
 
     @property
     def core(self) -> Ipam:
@@ -138,16 +142,19 @@ class IpamService:
         # what was re-attached (a new namespace) and has vanished again since.
         ask = set()
         for ident in vanished:
-            path, due = self._stopped.get(ident, ("", -1.0))
+            path, due, _tries = self._stopped.get(ident, ("", -1.0, 0))
             if due <= now or path != watched[ident]:
                 ask.add(ident)
         if not ask:
             return
         kept = await self.still_there(ask)
         for ident in kept:
-            if ident not in self._stopped:
+            path, _due, tries = self._stopped.get(ident, ("", 0.0, 0))
+            if path != watched[ident]:
+                tries = 0
                 log.info("container %s stopped: it keeps its addresses until removed", ident)
-            self._stopped[ident] = (watched[ident], now + STOPPED_RECHECK)
+            wait = RECLAIM_INTERVAL if tries < STOPPED_QUICK else STOPPED_RECHECK
+            self._stopped[ident] = (watched[ident], now + wait - 0.5, tries + 1)
         # A container re-attached while its engine was asked is not gone.
         self.reap((ask - kept) & self._vanished())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -220,6 +221,61 @@ def test_containers_come_back_on_the_mesh_after_the_engine_restarts(
         lab.wait_for("attached again after the engine's restart", back, timeout=40)
         held = {x["address"] for x in status(lab, 1)["ipam"]["allocations"]}
         assert addr.split("/")[0] in held
+    finally:
+        docker(sock, "rm", "-f", web)
+
+
+def test_a_host_that_reboots_gets_its_containers_back_with_their_addresses(
+    lab_factory: LabFactory, docker_host: Dockerd
+) -> None:
+    """Issue 23, part 3, simulated: on host 1 the router dies hard, its
+    bridge goes, the engine stops with its containers and starts again (they
+    have a restart policy, so they run again, with no router to see it);
+    only the state directory is left.  ``mesh launch`` at boot: the
+    containers are attached again with the same addresses and names, and
+    the mesh holds each address and name once."""
+    lab = lab_factory(2)
+    sock = docker_host.host
+    pw = str(lab.password_file)
+    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    mesh(lab, 1, sock, *launch)
+    lab.launch(2, lab.addr(1))
+    lab.wait_for("connected", lambda: established(lab, 2), timeout=30)
+    web = f"{lab.prefix}-bweb"
+    docker(sock, "run", "-d", "--restart", "always", "--name", web, "--network", "none",
+           IMAGE, "sleep", "600")  # fmt: skip
+    try:
+        addr = mesh(lab, 1, sock, "attach", web).stdout.strip()
+        ip = addr.split("/")[0]
+        lab.wait_for(
+            "named on h2",
+            lambda: mesh(lab, 2, sock, "dns-lookup", web, check=False).stdout.split() == [ip],
+            timeout=10,
+        )
+        os.kill(lab.router_pid(1), signal.SIGKILL)
+        lab.run(1, "ip", "link", "del", "dev", "mesh", check=False)
+        docker_host.restart()
+        lab.wait_for(
+            "the container runs again, off the mesh",
+            lambda: docker(sock, "inspect", "--format", "{{.State.Running}}", web) == "true",
+            timeout=30,
+        )
+        mesh(lab, 1, sock, *launch)  # at boot (the systemd unit runs the same)
+
+        def back() -> bool:
+            pid = docker(sock, "inspect", "--format", "{{.State.Pid}}", web)
+            out = sh("nsenter", "-t", pid, "-n", "ip", "-br", "addr", check=False)
+            return addr in out.stdout
+
+        lab.wait_for("attached again with the same address", back, timeout=40)
+        mine = [x["address"] for x in status(lab, 1)["ipam"]["allocations"]]
+        assert mine == [ip]
+        lab.wait_for("connected again", lambda: established(lab, 1), timeout=30)
+        lab.wait_for(
+            "named once mesh-wide",
+            lambda: mesh(lab, 2, sock, "dns-lookup", web, check=False).stdout.split() == [ip],
+            timeout=15,
+        )
     finally:
         docker(sock, "rm", "-f", web)
 
