@@ -49,15 +49,30 @@ def default_state_dir() -> Path:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` so that a crash leaves either the old or the new file."""
+    """Write ``data`` so that a crash leaves either the old or the new file.
+
+    A failure (a full disk, a read-only directory) leaves the old file as it
+    was and no temporary file behind, and raises OSError with one line that
+    names the file and its directory."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:  # a short write is not an error: write the rest
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(
+            exc.errno,
+            f"cannot write {path.name} in {path.parent}: {exc.strerror or exc} "
+            "(is the state directory full or read-only?); the previous copy is unchanged",
+        ) from None
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

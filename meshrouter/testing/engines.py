@@ -101,17 +101,22 @@ class Dockerd:
     ) -> subprocess.CompletedProcess[str]:
         return sh("docker", *args, env=self.env, check=check, timeout=timeout)
 
+    def _terminate(self, wait: float) -> None:
+        """SIGTERM to the daemon, SIGKILL to its group after ``wait`` seconds."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
     def restart(self) -> None:
         """The engine stopped (its containers with it, as without live-restore)
         and started again with the same roots: containers with a restart
         policy come back with new namespaces."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+            self._terminate(60)
         self._proc = None
         self.start()
 
@@ -127,12 +132,7 @@ class Dockerd:
                 ids = [r[0] for r in rows if (r[-1] == ROUTER) == last]
                 if ids:
                     self.docker("rm", "-f", *ids, check=False)
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+            self._terminate(30)
         self._proc = None
         # Left by a daemon killed hard: its containers' processes and mounts.
         subprocess.run(["pkill", "-9", "-f", f"{self.root}/exec"], capture_output=True)

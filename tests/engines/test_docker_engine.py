@@ -43,6 +43,22 @@ def pid_of(sock: str, name: str) -> str:
     return docker(sock, "inspect", "--format", "{{.State.Pid}}", name)
 
 
+def engine_mesh(lab: Lab, sock: str) -> tuple[str, ...]:
+    """Host 1's router launched with the test's engine in reach, host 2's
+    without, connected; returns the arguments that launch host 1 again."""
+    pw = str(lab.password_file)
+    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    launched = mesh(lab, 1, sock, *launch)
+    assert "as a local process" in launched.stdout
+    lab.launch(2, lab.addr(1))
+    lab.wait_for(
+        "connected",
+        lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
+        timeout=30,
+    )
+    return launch
+
+
 def test_docker_containers_by_name_and_id_across_hosts(
     lab_factory: LabFactory, docker_host: Dockerd
 ) -> None:
@@ -94,15 +110,7 @@ def test_a_restarted_container_gets_its_link_address_and_name_back(
 ) -> None:
     lab = lab_factory(2)
     sock = docker_host.host
-    pw = str(lab.password_file)
-    launched = mesh(lab, 1, sock, "launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
-    assert "as a local process" in launched.stdout
-    lab.launch(2, lab.addr(1))
-    lab.wait_for(
-        "connected",
-        lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
-        timeout=30,
-    )
+    engine_mesh(lab, sock)
     web = f"{lab.prefix}-rweb"
     cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
     try:
@@ -141,15 +149,7 @@ def test_a_stopped_container_keeps_its_address_name_and_record_until_removed(
     the poll released the address when the namespace went."""
     lab = lab_factory(2)
     sock = docker_host.host
-    pw = str(lab.password_file)
-    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
-    mesh(lab, 1, sock, *launch)
-    lab.launch(2, lab.addr(1))
-    lab.wait_for(
-        "connected",
-        lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
-        timeout=30,
-    )
+    launch = engine_mesh(lab, sock)
     web = f"{lab.prefix}-sweb"
     cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
     try:
@@ -236,11 +236,7 @@ def test_a_host_that_reboots_gets_its_containers_back_with_their_addresses(
     the mesh holds each address and name once."""
     lab = lab_factory(2)
     sock = docker_host.host
-    pw = str(lab.password_file)
-    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
-    mesh(lab, 1, sock, *launch)
-    lab.launch(2, lab.addr(1))
-    lab.wait_for("connected", lambda: established(lab, 2), timeout=30)
+    launch = engine_mesh(lab, sock)
     web = f"{lab.prefix}-bweb"
     docker(sock, "run", "-d", "--restart", "always", "--name", web, "--network", "none",
            IMAGE, "sleep", "600")  # fmt: skip

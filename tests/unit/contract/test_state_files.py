@@ -86,3 +86,34 @@ def test_a_good_ipam_db_damaged_later_is_refused_the_same_way(tmp_path: Path) ->
 
     with pytest.raises(IpamStoreError, match="is unreadable"):
         start()
+
+
+@pytest.mark.parametrize("after", [0, 5])
+def test_a_full_disk_leaves_the_old_file_and_no_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
+    """ENOSPC on the first write, or after a short one: the old copy stays,
+    nothing half-written is left, and the error names the file and directory."""
+    import errno
+
+    from meshrouter.contract import state
+
+    path = tmp_path / "attachments.json"
+    state.atomic_write(path, b'{"old": 1}')
+    real = os.write
+    calls = {"n": 0}
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1 and after:
+            return real(fd, bytes(data[:after]))  # a short write first
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state.os, "write", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        state.atomic_write(path, b'{"new": 2, "more": "data"}')
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert str(tmp_path) in str(info.value)
+    assert path.read_bytes() == b'{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["attachments.json"]
