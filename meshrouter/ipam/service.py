@@ -29,11 +29,12 @@ from pathlib import Path
 import trio
 
 from meshrouter.base.errors import IpamError
+from meshrouter.base.lograte import LogLimiter
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import IpamStatus
 from meshrouter.ipam.peer import CLAIM_RESEND, RECLAIM_AFTER, RECORD_TIMEOUT, IpamPeer
 from meshrouter.ipam.ring import CLAIM_NOT_OWNER, CLAIM_OK, Ipam, NoSpace, NotReady
-from meshrouter.ipam.store import IpamStore
+from meshrouter.ipam.store import IpamStore, IpamStoreError
 
 log = logging.getLogger("meshrouter.ipam")
 
@@ -68,6 +69,7 @@ class IpamService:
         self._seen = self.peer.changes
         self._blind_warned = False
         self._reaped = False
+        self._save_failures = LogLimiter()
         # Which of the containers behind idents whose namespace vanished still
         # exist (stopped), asked of their engines (the daemon's, in a thread).
         # None: a vanished namespace is a removed container (bare netns).
@@ -99,9 +101,15 @@ class IpamService:
     def settle(self) -> None:
         """Save what changed, and wake the API calls waiting for a change."""
         if self.store is not None and self.store.saved_version != self.peer.version:
-            self.store.save(
-                self.peer.core, self.peer.remote, self.peer.remote_ns, self.peer.reclaimer
-            )
+            try:
+                self.store.save(
+                    self.peer.core, self.peer.remote, self.peer.remote_ns, self.peer.reclaimer
+                )
+            except (IpamStoreError, OSError) as exc:  # a full disk: keep going, save later
+                if self._save_failures.allow("save", trio.current_time()) is not None:
+                    log.error(
+                        "%s; IPAM's state is kept in memory and saved as soon as it can be", exc
+                    )
         if self.peer.changes != self._seen:
             self._seen = self.peer.changes
             self.changed.set()

@@ -7,6 +7,7 @@ for another range is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -106,6 +107,21 @@ class IpamStore:
         remote_ns: dict[str, str],
         reclaimer: Reclaimer,
     ) -> None:
+        """One transaction.  Raises IpamStoreError (the disk is full, the
+        file went bad): nothing of this save is kept, the last one stays."""
+        try:
+            self._save(ipam, remote, remote_ns, reclaimer)
+        except sqlite3.Error as exc:
+            raise IpamStoreError(f"cannot save {self.path}: {exc}") from None
+        self.saved_version = ipam.version
+
+    def _save(
+        self,
+        ipam: Ipam,
+        remote: dict[str, list[tuple[bytes, int]]],
+        remote_ns: dict[str, str],
+        reclaimer: Reclaimer,
+    ) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -138,9 +154,9 @@ class IpamStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # none may be open any more
+                db.execute("ROLLBACK")
             raise
-        self.saved_version = ipam.version
 
     def close(self) -> None:
         self.db.close()

@@ -253,3 +253,32 @@ async def test_a_container_removed_soon_after_it_started_again_is_released_at_on
     await trio.sleep(RECLAIM_INTERVAL)
     await a.reap_checked()
     assert a.core.allocs == {}
+
+
+async def test_a_full_disk_under_ipam_db_is_logged_and_saved_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23, part 7: the router keeps serving when ipam.db cannot be
+    written; the state is saved once there is room again."""
+    import sqlite3
+
+    wire = Wire()
+    a, b = ring_of_a(wire, tmp_path)
+    assert b.store is not None
+    real = b.store._save
+
+    def full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(b.store, "_save", full)
+    got = await b.claim("10.32.0.9/24", "h2/web", "")  # its settle cannot save
+    assert got == "10.32.0.9/24"
+    assert "database or disk is full" in caplog.text
+    assert "kept in memory" in caplog.text
+    assert b.store.saved_version != b.peer.version
+    monkeypatch.setattr(b.store, "_save", real)  # room again
+    b.settle()
+    assert b.store.saved_version == b.peer.version
+    b.close()
+    again = wire.net.add(B, RANGE, 1, tmp_path)
+    assert again.remote == {"h2/web": [(A, int.from_bytes(bytes([10, 32, 0, 9]), "big"))]}
