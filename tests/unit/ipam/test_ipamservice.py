@@ -263,7 +263,7 @@ async def test_a_full_disk_under_ipam_db_is_logged_and_saved_later(
     import sqlite3
 
     wire = Wire()
-    a, b = ring_of_a(wire, tmp_path)
+    _a, b = ring_of_a(wire, tmp_path)
     assert b.store is not None
     real = b.store._save
 
