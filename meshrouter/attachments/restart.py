@@ -19,12 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshrouter.attachments import attach as attach_mod
-from meshrouter.engines.containers import (
-    ContainerError,
-    docker_endpoints,
-    find_container,
-    resolve,
-)
+from meshrouter.engines.containers import ContainerError, docker_endpoints, resolve
 from meshrouter.host.netdev import link_exists
 
 
@@ -184,12 +179,6 @@ def detached_records(registry: attach_mod.Registry) -> list[str]:
     for r in registry.read().values():
         if r.kind not in ("docker", "podman") or r.state == attach_mod.PENDING:
             continue
-        if link_exists(r.host_veth):
-            continue
-        try:
-            running = find_container(r.kind, r.ident) is not None
-        except ContainerError:
-            running = False  # stopped, or no engine answers: nothing to do now
-        if running:
+        if not link_exists(r.host_veth) and attach_mod.container_state(r) == "running":
             out.append(r.ident)
     return out

@@ -56,14 +56,14 @@ async def watch(
         return
     log.info("following Docker events: restarted containers are attached again")
     task_status.started(True)
+    handlers = {"start": on_start}
+    if on_destroy is not None:
+        handlers["destroy"] = on_destroy
     async with trio.open_nursery() as nursery:
         while True:
             if on_follow is not None:
                 nursery.start_soon(_later, on_follow)
             try:
-                handlers = {"start": on_start}
-                if on_destroy is not None:
-                    handlers["destroy"] = on_destroy
                 if shutil.which("docker") is None:
                     await _follow_api(handlers, nursery)
                 else:
