@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full or read-only disk, a file that went: one line, no traceback
+        told = exc.strerror if exc.filename is None and exc.strerror else str(exc)
+        print(f"mesh: {told}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mesh: interrupted", file=sys.stderr)
         return 130

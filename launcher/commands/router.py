@@ -84,6 +84,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
         )
     preflight(a)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_writable(state_dir)
     launch_cfg = {
         "bridge": a.bridge,
         "ipalloc_range": a.ipalloc_range,
@@ -169,6 +170,25 @@ def preflight(a: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     _check_ranges(a)
+
+
+PROBE_BYTES = 256 << 10  # what a router writes in its first moments (logs, ipam.db, keys), and more
+
+
+def _check_writable(state_dir: Path) -> None:
+    """The state directory takes a file: a router started on a full or
+    read-only one could not say why it stopped (its own error output goes
+    there too)."""
+    probe = state_dir / ".launch-probe"
+    try:
+        atomic_write(probe, bytes(PROBE_BYTES))
+    except OSError as exc:
+        raise CliError(
+            f"cannot launch: the state directory {state_dir} is full or read-only "
+            f"({os.strerror(exc.errno or 0)}): free space there, or give another with --state-dir"
+        ) from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _undo_launch(state_dir: Path, bridge: str) -> None:

@@ -427,7 +427,12 @@ def _new_link(
         ifname=ifname, guard=guard_port, state=PENDING,
     )  # fmt: skip
     records[c.ident] = rec
-    registry.save(records)  # on disk before the veth: a killed attach is found
+    try:
+        registry.save(records)  # on disk before the veth: a killed attach is found
+    except OSError as exc:  # a full or read-only state directory: nothing made yet
+        del records[c.ident]
+        ipam.release(c.ident, got)
+        raise AttachError(f"{name} was not attached: {exc.strerror or exc}") from None
     try:
         _make_link(c, rec, mtu, bridge, dns_address, routes)
     except BaseException as exc:
