@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrouter.testing.engines import Dockerd
+from meshrouter.testing.engines import Dockerd, Podman, make_rootfs
 from meshrouter.testing.netlab import Lab
 
 NETNS_OK = os.geteuid() == 0 and shutil.which("ip") is not None
@@ -54,23 +54,8 @@ def rootfs_tar() -> Iterator[Path]:
             pytest.fail("container engine tests required, but mmdebstrap is missing")
         pytest.skip("needs mmdebstrap")
     d = Path(tempfile.mkdtemp(prefix="mtrootfs-"))
-    tar = d / "rootfs.tar"
     try:
-        subprocess.run(
-            [
-                "mmdebstrap",
-                "--variant=minbase",
-                # what test containers use, and what the router image's base needs
-                "--include=iproute2,python3,python3-venv,nftables,util-linux",
-                "--customize-hook=rm -rf $1/usr/share/doc $1/usr/share/man $1/var/cache/apt",
-                "bookworm",
-                str(tar),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        yield tar
+        yield make_rootfs(d / "rootfs.tar")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -127,3 +112,19 @@ def router_images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     tar = tmp_path_factory.mktemp("images") / "images.tar"
     docker_host.docker("save", "-o", str(tar), ROUTER_IMAGE, TEST_IMAGE, timeout=300)
     return tar
+
+
+PODMAN_IMAGE = "localhost/meshtest:1"
+PODMAN_TOOLS = ("podman", "runc", "nsenter")
+
+
+@pytest.fixture(scope="session")
+def podman_root(rootfs_tar: Path) -> Iterator[Path]:
+    require(*PODMAN_TOOLS)
+    if not Path("/usr/lib/cni/portmap").exists():
+        require("/usr/lib/cni/portmap")  # containernetworking-plugins
+    made = Podman.create(Path(tempfile.mkdtemp(prefix="mtpodman-")), rootfs_tar, PODMAN_IMAGE)
+    try:
+        yield made.root
+    finally:
+        made.destroy()

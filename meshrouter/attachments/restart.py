@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshrouter.attachments import attach as attach_mod
-from meshrouter.engines.containers import ContainerError, docker_endpoints, resolve
+from meshrouter.engines.containers import (
+    ContainerError,
+    docker_endpoints,
+    find_container,
+    resolve,
+)
 from meshrouter.host.netdev import link_exists
 
 
@@ -85,12 +90,14 @@ def reattach(
     rec = attach_mod.find(registry, container)
     if rec is None:
         return adopt(registry, container, settings, mesh)
-    if link_exists(rec.host_veth) or rec.kind != "docker":
+    if link_exists(rec.host_veth) or rec.kind not in ("docker", "podman"):
         return Told()  # still attached, or not a container that can restart
     try:
-        c = resolve(rec.ident)  # its new namespace
+        c = find_container(rec.kind, rec.ident)  # its new namespace
     except ContainerError as exc:
         raise RestartError(f"{rec.container}: {exc}") from None
+    if c is None:
+        raise RestartError(f"{rec.container}: its {rec.kind} engine no longer knows it")
     with registry.locked() as records:
         records.pop(rec.ident, None)
     try:
@@ -171,13 +178,16 @@ def unlinked(registry: attach_mod.Registry) -> int:
     return sum(not link_exists(r.host_veth) for r in registry.read().values())
 
 
-def detached_records(registry: attach_mod.Registry) -> list[str]:
-    """The Docker and podman containers recorded here that run without their
-    link: started again while nobody re-attached them (the router or the
-    engine's event stream was down).  Stopped ones wait for their start."""
+def detached_records(
+    registry: attach_mod.Registry, kinds: tuple[str, ...] = ("docker", "podman")
+) -> list[str]:
+    """The Docker and podman containers (of ``kinds``) recorded here that run
+    without their link: started again while nobody re-attached them (the
+    router or the engine's event stream was down; podman, whose starts
+    nobody announces).  Stopped ones wait for their start."""
     out = []
     for r in registry.read().values():
-        if r.kind not in ("docker", "podman") or r.state == attach_mod.PENDING:
+        if r.kind not in kinds or r.state == attach_mod.PENDING:
             continue
         if not link_exists(r.host_veth) and attach_mod.container_state(r) == "running":
             out.append(r.ident)

@@ -26,6 +26,7 @@ log = logging.getLogger("meshrouter.engine")
 ENGINE_SILENT = 600.0  # a container of an engine silent this long is taken for gone
 PRUNE_TRIES = 6  # a removed container's record is looked at again this often ...
 PRUNE_RETRY = 1.0  # ... this far apart (a stopped container's stays: it may restart)
+PODMAN_LOOK = 3.0  # podman announces no starts: its recorded containers are looked at this often
 
 
 class LocalAccess:
@@ -94,6 +95,24 @@ class Containers:
         waiting = await trio.to_thread.run_sync(restart.detached_records, self.registry)
         for ident in waiting:
             await self.started(ident)
+
+    async def follow_podman(self) -> None:
+        """podman has no daemon whose events the router could follow (systemd
+        or an operator runs ``podman start``; its restart policy is podman's
+        own process): every ``PODMAN_LOOK`` seconds, the recorded podman
+        containers without their link that run again are attached again.
+        Only those records cost a look (``podman inspect`` each); none, none."""
+        while True:
+            await trio.sleep(PODMAN_LOOK)
+            try:
+                waiting = await trio.to_thread.run_sync(
+                    restart.detached_records, self.registry, ("podman",)
+                )
+            except Exception:  # a look that failed is logged; the next one comes
+                log.exception("looking for restarted podman containers failed")
+                continue
+            for ident in waiting:
+                await self.started(ident)
 
     async def destroyed(self, cid: str) -> None:
         """The engine removed a container: if it was attached here, its

@@ -121,6 +121,8 @@ async def _main(router: Router, opts: RouterOptions, state_dir: Path) -> None:
         if router.containers is not None:
             c = router.containers
             nursery.start_soon(engine.watch, c.started, c.catch_up, c.destroyed)
+            if probe.podman_available():
+                nursery.start_soon(c.follow_podman)
         plugin_path = (
             Path(opts.docker_plugin)
             if opts.docker_plugin and not probe.engines_disabled()

@@ -1,4 +1,5 @@
-"""Real Docker engines for tests, changing nothing of the machine's.
+"""Real container engines (Docker, podman) for tests and benches, changing
+nothing of the machine's.
 
 ``Dockerd(root)`` is Debian's dockerd with its own socket, data and exec
 roots, no bridge, no iptables, no masquerading, in a mount namespace of its
@@ -7,6 +8,8 @@ test's (a router serves the ``mesh`` driver into it; no engine of the
 machine sees it).  Given a lab host, its "host network" is that host's
 namespace (``--network host`` containers and the router image live there).
 ``stop`` removes every container and leaves no process, mount or directory.
+``Podman(root)`` runs podman from a lab host's namespace with storage under
+``root`` and a containers.conf per host (runc, the CNI backend).
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from meshrouter.testing.netlab import sh
+from meshrouter.testing.netlab import Lab, sh
 
 START_TIMEOUT = 60.0
 ROUTER = "meshrouter"  # the router's container, as 'mesh launch --engine docker' names it
 
 
 class Dockerd:
-    def __init__(self, root: Path, netns: str | None = None) -> None:
+    def __init__(self, root: Path, netns: str | None = None, live_restore: bool = False) -> None:
         self.root = root
         self.netns = netns
+        self.live_restore = live_restore  # containers run on while the engine is down
         self.sock = root / "docker.sock"
         self.plugins = root / "plugins"  # /run/docker/plugins, as the engine sees it
+        self.run = root / "run"  # /run, as the engine sees it
         self.host = f"unix://{self.sock}"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -40,6 +46,7 @@ class Dockerd:
     def start(self) -> Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
         self.plugins.mkdir(exist_ok=True)
+        self.run.mkdir(mode=0o755, exist_ok=True)
         daemon = [
             "dockerd",
             "--iptables=false",
@@ -54,18 +61,21 @@ class Dockerd:
             f"{self.root}/docker.pid",
             "-H",
             self.host,
+            *(["--live-restore"] if self.live_restore else []),
         ]
         # Its own mount namespace with a private /run (shared below it, so that
-        # '-v /run/netns:/run/netns:shared' is accepted): what dockerd makes
-        # there (/run/docker/plugins...) goes with it, and the router's plugin
+        # '-v /run/netns:/run/netns:shared' is accepted): a directory of the
+        # test's, so that what dockerd and containerd make there (the shims'
+        # sockets under /run/containerd) is there again for the engine of a
+        # restart (live-restore finds its containers); the router's plugin
         # directory of the test is its /run/docker/plugins.
         script = (
             # the machine's mounts under /run (/run/netns among them) out of sight
             "for m in $(awk '$5 ~ \"^/run($|/)\" {print $5}' /proc/self/mountinfo | sort -r);"
             ' do umount -l "$m" 2>/dev/null; done; '
-            "mount -t tmpfs -o mode=755 tmpfs /run && mount --make-rshared /run && "
+            'mount --bind "$1" /run && mount --make-rshared /run && '
             'mkdir -p /run/docker/plugins /run/netns && mount --bind "$0" /run/docker/plugins '
-            '&& exec "$@"'
+            '&& shift && exec "$@"'
         )
         # nsenter, not 'ip netns exec', which remounts /sys and so hides the
         # cgroup tree runc needs.
@@ -80,6 +90,7 @@ class Dockerd:
             "-c",
             script,
             str(self.plugins),
+            str(self.run),
             *daemon,
         ]
         log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - the daemon's, closed by it
@@ -112,9 +123,10 @@ class Dockerd:
             self._proc.wait()
 
     def restart(self) -> None:
-        """The engine stopped (its containers with it, as without live-restore)
-        and started again with the same roots: containers with a restart
-        policy come back with new namespaces."""
+        """The engine stopped and started again with the same roots.  Without
+        live-restore its containers stop with it, and those with a restart
+        policy come back with new namespaces; with it, they run on
+        undisturbed, in the namespaces they had."""
         if self._proc is not None and self._proc.poll() is None:
             self._terminate(60)
         self._proc = None
@@ -139,3 +151,116 @@ class Dockerd:
         subprocess.run(["umount", "-R", "-l", f"{self.root}/data"], capture_output=True)
         subprocess.run(["umount", "-R", "-l", f"{self.root}/exec"], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class Podman:
+    root: Path
+
+    def env(self, lab: Lab, i: int) -> dict[str, str]:
+        return dict(
+            os.environ,
+            CONTAINERS_CONF=str(self.conf(lab, i)),
+            CONTAINERS_STORAGE_CONF=str(self.root / "storage.conf"),
+        )
+
+    def conf(self, lab: Lab, i: int) -> Path:
+        """containers.conf of host i: runc, the CNI backend, host i's plugin and conflist."""
+        d = lab.tmp / f"cni-h{i}"
+        path = d / "containers.conf"
+        if not path.exists():
+            d.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                "[containers]\n"
+                'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+                '[engine]\nruntime = "runc"\n'
+                "[network]\n"
+                'network_backend = "cni"\n'
+                f'cni_plugin_dirs = ["/usr/lib/cni", "{d / "bin"}"]\n'
+                f'network_config_dir = "{d / "net.d"}"\n'
+            )
+        return path
+
+    def setup_cni(self, lab: Lab, i: int, *extra: str) -> None:
+        d = lab.tmp / f"cni-h{i}"
+        self.conf(lab, i)
+        lab.mesh(
+            i, "setup-cni", "--bin-dir", str(d / "bin"), "--conf-dir", str(d / "net.d"), *extra
+        )
+
+    def __call__(
+        self, lab: Lab, i: int, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{lab.host(i)}", "podman", *args],
+            capture_output=True,
+            text=True,
+            env=self.env(lab, i),
+            timeout=120,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    def netns(self, lab: Lab, i: int, name: str) -> str:
+        """The name under /run/netns of a container's network namespace."""
+        key = self(lab, i, "inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name).stdout
+        return Path(key.strip()).name
+
+    def address(self, lab: Lab, i: int, name: str) -> str:
+        out = self(lab, i, "exec", name, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        return out.split("inet ")[1].split("/")[0]
+
+    def remove_all(self, lab: Lab, i: int) -> None:
+        self(lab, i, "rm", "-af", "-t", "0", check=False)
+
+    @classmethod
+    def create(cls, root: Path, rootfs_tar: Path, image: str) -> Podman:
+        """Storage of its own under ``root``, with ``rootfs_tar`` imported as ``image``."""
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
+        )
+        subprocess.run(
+            ["podman", "import", str(rootfs_tar), image],
+            check=True,
+            env=dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf")),
+            timeout=300,
+            capture_output=True,
+        )
+        return cls(root)
+
+    def destroy(self) -> None:
+        """Every container, image and layer of this storage gone, and its directory."""
+        subprocess.run(
+            ["podman", "system", "reset", "-f"],
+            env=dict(os.environ, CONTAINERS_STORAGE_CONF=str(self.root / "storage.conf")),
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+ROOTFS_PACKAGES = "iproute2,python3,python3-venv,nftables,util-linux"
+
+
+def make_rootfs(tar: Path) -> Path:
+    """A Debian root filesystem as a tar (mmdebstrap, from the machine's
+    mirror settings; no registry): the test containers' image and the router
+    image's base.  What test containers use, and what that base needs."""
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={ROOTFS_PACKAGES}",
+            "--customize-hook=rm -rf $1/usr/share/doc $1/usr/share/man $1/var/cache/apt",
+            "bookworm",
+            str(tar),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return tar

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -339,3 +341,61 @@ def test_churn_of_create_attach_restart_remove_leaks_nothing(
     after = counts(lab, sock)
     print("before", before, "after", after)
     assert after == before
+
+
+def test_with_live_restore_an_engine_restart_leaves_containers_on_the_mesh(
+    lab_factory: LabFactory, rootfs_tar: Path
+) -> None:
+    """Issue 23, part 2, with ``--live-restore``: dockerd goes and comes back
+    while its containers run on in their namespaces.  The container stays on
+    the mesh throughout (pings answered, its address never released), and
+    the router follows the new engine's events: a ``docker restart`` after
+    it is attached again, a ``docker rm`` releases its address."""
+    lab = lab_factory(2)
+    engine = Dockerd(lab.tmp / "dockerd-live", live_restore=True).start()
+    try:
+        engine.docker("import", str(rootfs_tar), IMAGE, timeout=300)
+        sock = engine.host
+        engine_mesh(lab, sock)
+        web = f"{lab.prefix}-lweb"
+        docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
+        addr = mesh(lab, 1, sock, "attach", web).stdout.strip()
+        ip = addr.split("/")[0]
+        peer = lab.container("peer")
+        lab.mesh(2, "attach", peer)
+        pid = pid_of(sock, web)
+        pinger = subprocess.Popen(
+            ["ip", "netns", "exec", peer, "ping", "-i", "0.2", "-W", "1", ip],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            engine.restart()
+            assert pid_of(sock, web) == pid  # the same run of it: live-restore held
+            for _ in range(10):  # while the new engine settles, the address stays
+                assert ip in {x["address"] for x in status(lab, 1)["ipam"]["allocations"]}
+                time.sleep(0.5)
+        finally:
+            pinger.send_signal(signal.SIGINT)
+            out, _ = pinger.communicate(timeout=10)
+        counts = re.findall(r"(\d+) packets transmitted, (\d+) received", out)[0]
+        sent, got = (int(w) for w in counts)
+        assert sent >= 20, out[-300:]
+        assert got >= sent - 2, out[-300:]  # at most a reply or two in flight
+        # The router follows the new engine's events (nothing else re-attaches
+        # a restarted Docker container: the catch-up runs when a stream opens).
+        docker(sock, "restart", "-t", "0", web)
+
+        def back() -> bool:
+            out = sh("nsenter", "-t", pid_of(sock, web), "-n", "ip", "-br", "addr", check=False)
+            return addr in out.stdout
+
+        lab.wait_for("attached again after a restart under the new engine", back, timeout=20)
+        docker(sock, "rm", "-f", web)
+        lab.wait_for(
+            "released once removed",
+            lambda: ip not in {x["address"] for x in status(lab, 1)["ipam"]["allocations"]},
+            timeout=15,
+        )
+    finally:
+        engine.stop()

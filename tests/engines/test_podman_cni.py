@@ -11,118 +11,21 @@ are skipped, except where ``MESH_REQUIRE_ENGINES=1`` (CI) makes that a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from meshrouter.testing.engines import Podman
 from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
-from tests.conftest import require
+from tests.conftest import PODMAN_IMAGE as IMAGE
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 LabFactory = Callable[..., Lab]
-IMAGE = "localhost/meshtest:1"
-TOOLS = ("podman", "runc", "nsenter")
-
-
-@dataclass
-class Podman:
-    root: Path
-
-    def env(self, lab: Lab, i: int) -> dict[str, str]:
-        return dict(
-            os.environ,
-            CONTAINERS_CONF=str(self.conf(lab, i)),
-            CONTAINERS_STORAGE_CONF=str(self.root / "storage.conf"),
-        )
-
-    def conf(self, lab: Lab, i: int) -> Path:
-        """containers.conf of host i: runc, the CNI backend, host i's plugin and conflist."""
-        d = lab.tmp / f"cni-h{i}"
-        path = d / "containers.conf"
-        if not path.exists():
-            d.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                "[containers]\n"
-                'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
-                '[engine]\nruntime = "runc"\n'
-                "[network]\n"
-                'network_backend = "cni"\n'
-                f'cni_plugin_dirs = ["/usr/lib/cni", "{d / "bin"}"]\n'
-                f'network_config_dir = "{d / "net.d"}"\n'
-            )
-        return path
-
-    def setup_cni(self, lab: Lab, i: int, *extra: str) -> None:
-        d = lab.tmp / f"cni-h{i}"
-        self.conf(lab, i)
-        lab.mesh(
-            i, "setup-cni", "--bin-dir", str(d / "bin"), "--conf-dir", str(d / "net.d"), *extra
-        )
-
-    def __call__(
-        self, lab: Lab, i: int, *args: str, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{lab.host(i)}", "podman", *args],
-            capture_output=True,
-            text=True,
-            env=self.env(lab, i),
-            timeout=120,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
-        return proc
-
-    def netns(self, lab: Lab, i: int, name: str) -> str:
-        """The name under /run/netns of a container's network namespace."""
-        key = self(lab, i, "inspect", "-f", "{{.NetworkSettings.SandboxKey}}", name).stdout
-        return Path(key.strip()).name
-
-    def address(self, lab: Lab, i: int, name: str) -> str:
-        out = self(lab, i, "exec", name, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
-        return out.split("inet ")[1].split("/")[0]
-
-    def remove_all(self, lab: Lab, i: int) -> None:
-        self(lab, i, "rm", "-af", "-t", "0", check=False)
-
-
-@pytest.fixture(scope="session")
-def podman_root(rootfs_tar: Path) -> Iterator[Path]:
-    require(*TOOLS)
-    if not Path("/usr/lib/cni/portmap").exists():
-        require("/usr/lib/cni/portmap")  # containernetworking-plugins
-    root = Path(tempfile.mkdtemp(prefix="mtpodman-"))
-    (root / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
-    )
-    env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(root / "storage.conf"))
-    try:
-        subprocess.run(
-            ["podman", "import", str(rootfs_tar), IMAGE],
-            check=True,
-            env=env,
-            timeout=300,
-            capture_output=True,
-        )
-        yield root
-    finally:
-        subprocess.run(
-            ["podman", "system", "reset", "-f"],
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=300,
-        )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -284,3 +187,77 @@ def test_podman_containers_attached_by_name_and_id_without_cni(
         assert "is not running: start it first (podman start)" in err.stderr
     finally:
         podman.remove_all(lab, 1)
+
+
+def unit_commands(podman: Podman, lab: Lab, name: str) -> tuple[list[str], list[str]]:
+    """What the unit ``podman generate systemd --name NAME`` writes runs to
+    start and to stop the container (its ExecStart and ExecStop, without the
+    podman path): systemd is not PID 1 here, so the test runs them as it would."""
+    unit = podman(lab, 1, "generate", "systemd", "--name", name).stdout.replace("\\\n", " ")
+    cmds = {}
+    for line in unit.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("ExecStart", "ExecStop"):
+            argv = value.split()
+            cmds[key] = argv[argv.index(next(a for a in argv if a.endswith("podman"))) + 1 :]
+    return cmds["ExecStart"], cmds["ExecStop"]
+
+
+def test_a_podman_container_restarted_by_its_systemd_unit_keeps_its_address(
+    lab_factory: LabFactory, podman: Podman
+) -> None:
+    """A podman container attached with 'mesh attach' and stopped and started
+    the way its systemd unit does: it keeps its address, name and record
+    while stopped (10 s, longer than the router's looks), and is on the mesh
+    again with them a moment after its start; its removal frees them."""
+    lab = lab_factory(2)
+    try:
+        podman.conf(lab, 1)
+        conf = {k: podman.env(lab, 1)[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")}
+
+        def mesh(*args: str) -> subprocess.CompletedProcess[str]:
+            return lab.mesh(1, *args, check=False, env=conf, engines=True)
+
+        lab.launch(2)
+        launched = mesh("launch", "--password-file", str(lab.password_file), "--dns-upstream",
+                        "198.18.0.254", lab.addr(2))  # fmt: skip
+        assert launched.returncode == 0, launched.stderr
+        name = f"{lab.prefix}-unit"
+        podman(lab, 1, "run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "600")
+        start, stop = unit_commands(podman, lab, name)
+        assert start[0] == "start", start
+        assert stop[0] == "stop", stop
+        got = mesh("attach", name)
+        assert got.returncode == 0, got.stderr
+        cidr = got.stdout.strip()
+        addr = cidr.split("/")[0]
+        peer = lab.container("peer")
+        lab.mesh(2, "attach", peer)
+        assert lab.in_ns(peer, "ping", "-c1", "-W2", addr, check=False).returncode == 0
+
+        podman(lab, 1, *stop)  # sleep as PID 1 ignores SIGTERM: killed after the timeout
+        time.sleep(10)
+        assert addr in allocated(lab, 1), "a stopped container lost its address"
+        assert name in mesh("ps").stdout
+        assert lab.mesh(2, "dns-lookup", name, check=False).stdout.split() == [addr]
+
+        podman(lab, 1, *start)
+
+        def back() -> bool:
+            out = podman(lab, 1, "exec", name, "ip", "-br", "addr", check=False).stdout
+            return cidr in out
+
+        lab.wait_for("ethwe back with the same address", back, timeout=20)
+        assert lab.in_ns(peer, "ping", "-c2", "-W2", addr, check=False).returncode == 0
+        log = (lab.state_dir(1) / "router.log").read_text()
+        assert f"attached again with {cidr}" in log, log[-2000:]
+
+        podman(lab, 1, "rm", "-f", "-t", "0", name)
+        lab.wait_for("address released", lambda: addr not in allocated(lab, 1), timeout=30)
+        lab.wait_for("record gone", lambda: name not in mesh("ps").stdout, timeout=15)
+    finally:
+        podman.remove_all(lab, 1)
+
+
+def allocated(lab: Lab, i: int) -> set[str]:
+    return {a["address"] for a in status(lab, i)["ipam"]["allocations"]}
