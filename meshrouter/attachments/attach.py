@@ -576,6 +576,20 @@ def detach(
         return rec, drop
 
 
+def forget(registry: Registry, ident: str) -> Attachment | None:
+    """The engine removed this container: its record goes now, before its
+    addresses are released (a record left behind would claim an address
+    IPAM hands to the next container).  Its veth went with its namespace;
+    its resolv.conf and anti-spoofing rules go with the record."""
+    with registry.locked() as records:
+        rec = records.pop(ident, None)
+        if rec is not None:
+            if link_exists(rec.host_veth):
+                ip("link", "del", "dev", rec.host_veth, check=False)
+            remove_resolv_conf(rec)
+    return rec
+
+
 def host_end(c: Container, address: str) -> tuple[str, str]:
     """(the interface in container ``c`` holding ``address``, the host end of
     its veth pair).  Raises AttachError if there is none."""

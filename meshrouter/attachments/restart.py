@@ -115,6 +115,8 @@ def reattach(
             allow_outside=True,
         )
     except attach_mod.AttachError as exc:
+        with registry.locked() as records:  # kept: its address stays its own, for the next try
+            records.setdefault(rec.ident, rec)
         raise RestartError(f"{rec.container}: {exc}") from None
     told = Told()
     if settings.dns_address and rec.hostname:

@@ -116,17 +116,22 @@ class Containers:
 
     async def destroyed(self, cid: str) -> None:
         """The engine removed a container: if it was attached here, its
-        addresses, name and record go now (the namespace poll would find it
-        too, a little later)."""
-        if not await trio.to_thread.run_sync(self._recorded, cid):
+        record goes, then its addresses and name (the namespace poll would
+        find it too, a little later)."""
+        rec = await trio.to_thread.run_sync(self._forget, cid)
+        if rec is None:
             return
         gone = self.access.c.release(cid)
-        log.info("container %s was removed: %s released", cid[:12], " ".join(gone) or "nothing")
-        await self.prune()
+        log.info(
+            "container %s (%s) was removed: its record and %s released",
+            rec.container, cid[:12], " ".join(gone) or "no address",
+        )  # fmt: skip
 
-    def _recorded(self, cid: str) -> bool:
+    def _forget(self, cid: str) -> attach_mod.Attachment | None:
         rec = self.registry.read().get(cid)
-        return rec is not None and rec.kind in ("docker", "podman")
+        if rec is None or rec.kind not in ("docker", "podman"):
+            return None
+        return attach_mod.forget(self.registry, cid)
 
     async def still_there(self, idents: set[str]) -> set[str]:
         """Which of these IPAM idents (``PEER/CONTAINER``), whose namespaces

@@ -122,7 +122,7 @@ class Dockerd:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
-    def restart(self) -> None:
+    def restart(self, live_restore: bool | None = None) -> None:
         """The engine stopped and started again with the same roots.  Without
         live-restore its containers stop with it, and those with a restart
         policy come back with new namespaces; with it, they run on
@@ -130,6 +130,8 @@ class Dockerd:
         if self._proc is not None and self._proc.poll() is None:
             self._terminate(60)
         self._proc = None
+        if live_restore is not None:  # the next engine's, as an operator changes daemon.json
+            self.live_restore = live_restore
         self.start()
 
     def stop(self) -> None:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -344,7 +343,7 @@ def test_churn_of_create_attach_restart_remove_leaks_nothing(
 
 
 def test_with_live_restore_an_engine_restart_leaves_containers_on_the_mesh(
-    lab_factory: LabFactory, rootfs_tar: Path
+    lab_factory: LabFactory, docker_host: Dockerd
 ) -> None:
     """Issue 23, part 2, with ``--live-restore``: dockerd goes and comes back
     while its containers run on in their namespaces.  The container stays on
@@ -352,9 +351,9 @@ def test_with_live_restore_an_engine_restart_leaves_containers_on_the_mesh(
     the router follows the new engine's events: a ``docker restart`` after
     it is attached again, a ``docker rm`` releases its address."""
     lab = lab_factory(2)
-    engine = Dockerd(lab.tmp / "dockerd-live", live_restore=True).start()
+    engine = docker_host
+    engine.restart(live_restore=True)  # the session's engine, its images kept
     try:
-        engine.docker("import", str(rootfs_tar), IMAGE, timeout=300)
         sock = engine.host
         engine_mesh(lab, sock)
         web = f"{lab.prefix}-lweb"
@@ -398,4 +397,5 @@ def test_with_live_restore_an_engine_restart_leaves_containers_on_the_mesh(
             timeout=15,
         )
     finally:
-        engine.stop()
+        engine.docker("rm", "-f", f"{lab.prefix}-lweb", check=False)
+        engine.restart(live_restore=False)
