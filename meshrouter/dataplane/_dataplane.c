@@ -59,6 +59,7 @@
 #define AD 13           /* the associated data: type, index, counter */
 #define ROUTE_SIZE 13   /* origin, destination, hops left */
 #define PREFIX 17       /* ... and the first frame's length */
+#define NAME_SIZE ((socklen_t)sizeof(struct sockaddr_in6)) /* a datagram sender of either family */
 #define ETH_AT 10       /* virtio_net_hdr before the Ethernet header */
 #define MIN_FRAME (ETH_AT + 14)
 #define MAX_HOPS 16
@@ -135,8 +136,11 @@ typedef struct {
     unsigned long long top;   /* highest counter accepted */
     uint64_t bits[WINDOW / 64];
     int datagram_size;
-    struct sockaddr_in addr;
-    int has_addr;
+    /* The peer's UDP address, in both forms: ``addr4`` for an IPv4 socket,
+       ``addr6`` (IPv4-mapped for an IPv4 peer) for an IPv6 one. */
+    struct sockaddr_in addr4;
+    struct sockaddr_in6 addr6;
+    int has_addr; /* 0: none; AF_INET or AF_INET6: the peer's family */
     double heard_at;
     unsigned long long tx_packets, tx_messages, tx_frames, tx_bytes;
     unsigned long long rx_packets, rx_messages, rx_frames, rx_bytes;
@@ -244,16 +248,31 @@ static PyObject *Session_set_addr(Session *self, PyObject *args) {
     const char *host;
     int port;
     if (!PyArg_ParseTuple(addr, "si", &host, &port)) return NULL;
-    struct in_addr in;
-    if (inet_pton(AF_INET, host, &in) != 1 || port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_ValueError, "not an IPv4 address and port");
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
         return NULL;
     }
-    memset(&self->addr, 0, sizeof self->addr);
-    self->addr.sin_family = AF_INET;
-    self->addr.sin_port = htons((uint16_t)port);
-    self->addr.sin_addr = in;
-    self->has_addr = 1;
+    struct in_addr in;
+    struct in6_addr in6;
+    memset(&self->addr4, 0, sizeof self->addr4);
+    memset(&self->addr6, 0, sizeof self->addr6);
+    self->addr4.sin_family = AF_INET;
+    self->addr4.sin_port = htons((uint16_t)port);
+    self->addr6.sin6_family = AF_INET6;
+    self->addr6.sin6_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &in) == 1) {
+        self->addr4.sin_addr = in;
+        self->addr6.sin6_addr.s6_addr[10] = 0xff; /* ::ffff:a.b.c.d */
+        self->addr6.sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&self->addr6.sin6_addr.s6_addr[12], &in, 4);
+        self->has_addr = AF_INET;
+    } else if (inet_pton(AF_INET6, host, &in6) == 1) {
+        self->addr6.sin6_addr = in6;
+        self->has_addr = AF_INET6;
+    } else {
+        PyErr_SetString(PyExc_ValueError, "not an IP address and port");
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -741,6 +760,7 @@ typedef struct {
     Bound bound[NBOUND];
     Seen seen[NSEEN];
     int gso;
+    int family; /* of the UDP socket: AF_INET, or AF_INET6 (dual-stack or not) */
     int tap_more, udp_more, first, handed, wrote;
     double busy_poll;
     /* what the last event is about */
@@ -770,6 +790,38 @@ static int send_failed(Loop *L, const unsigned char *hop) {
     return 0;
 }
 
+/* Where to send to s on this loop's socket: NULL (errno EAFNOSUPPORT) for
+   an IPv6 peer on an IPv4 socket. */
+static void *dest(Loop *L, Session *s, socklen_t *len) {
+    if (L->family == AF_INET6) {
+        *len = sizeof s->addr6;
+        return &s->addr6;
+    }
+    if (s->has_addr == AF_INET) {
+        *len = sizeof s->addr4;
+        return &s->addr4;
+    }
+    errno = EAFNOSUPPORT;
+    return NULL;
+}
+
+/* Whether the last datagram read (its sender in L->name) came from s. */
+static int same_addr(const Loop *L, const Session *s) {
+    if (!s->has_addr) return 0;
+    sa_family_t fam;
+    memcpy(&fam, L->name, sizeof fam);
+    if (fam == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)(const void *)L->name;
+        return a->sin6_port == s->addr6.sin6_port &&
+               memcmp(&a->sin6_addr, &s->addr6.sin6_addr, 16) == 0;
+    }
+    if (fam == AF_INET && s->has_addr == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)(const void *)L->name;
+        return a->sin_port == s->addr4.sin_port && a->sin_addr.s_addr == s->addr4.sin_addr.s_addr;
+    }
+    return 0;
+}
+
 /* One sendmsg of cnt datagrams of dsize bytes (the last maybe shorter) in
    iov to s, with UDP_SEGMENT when several: 0 sent, -1 to be sent again (GSO
    just fell back to plain sends for good), or an event. */
@@ -779,8 +831,10 @@ static int gso_sendmsg(Loop *L, Session *s, struct iovec *iov, size_t iovlen, si
         char buf[CMSG_SPACE(sizeof(uint16_t))];
         struct cmsghdr align;
     } cm;
-    struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
-                       .msg_iov = iov, .msg_iovlen = iovlen};
+    socklen_t nlen;
+    void *name = dest(L, s, &nlen);
+    if (!name) return send_failed(L, hop);
+    struct msghdr m = {.msg_name = name, .msg_namelen = nlen, .msg_iov = iov, .msg_iovlen = iovlen};
     if (cnt > 1) {
         memset(&cm, 0, sizeof cm);
         m.msg_control = cm.buf;
@@ -824,8 +878,10 @@ static int seal_send(Loop *L, Session *s, int type, const unsigned char *pt, siz
         h[14] = 1;
         s->enc(L->ct, NULL, pt, size, h, AD, NULL, s->snonce, s->skey);
         struct iovec iov[2] = {{h, HDR}, {L->ct, ctlen}};
-        struct msghdr m = {.msg_name = &s->addr, .msg_namelen = sizeof s->addr,
-                           .msg_iov = iov, .msg_iovlen = 2};
+        socklen_t nlen;
+        void *name = dest(L, s, &nlen);
+        if (!name) return send_failed(L, hop);
+        struct msghdr m = {.msg_name = name, .msg_namelen = nlen, .msg_iov = iov, .msg_iovlen = 2};
         s->tx_packets++;
         s->tx_messages++;
         if (sendmsg(L->udp_fd, &m, 0) < 0) return send_failed(L, hop);
@@ -1019,9 +1075,7 @@ static int fast_datagram(Loop *L, int off, int n, int seg, double now, int *next
     Bound *bd = &L->bound[index & (NBOUND - 1)];
     Session *s = bd->s;
     if (!s || bd->gen != L->gen || bd->index != index) return EV_UDP;
-    if (!s->has_addr || memcmp(L->name + 2, &s->addr.sin_port, 2) != 0 ||
-        memcmp(L->name + 4, &s->addr.sin_addr, 4) != 0)
-        return EV_UDP; /* the peer moved: Python follows it */
+    if (!same_addr(L, s)) return EV_UDP; /* the peer moved: Python follows it */
     const unsigned char *ct;
     size_t ctlen;
     int stop = end;
@@ -1115,7 +1169,7 @@ static int drain_udp(Loop *L, double now) {
 static int drain_udp_reads(Loop *L, double now) {
     for (int i = 0; i < DRAIN; i++) {
         struct iovec iov = {L->recv, L->recv_cap};
-        struct msghdr m = {.msg_name = L->name, .msg_namelen = 16, .msg_iov = &iov,
+        struct msghdr m = {.msg_name = L->name, .msg_namelen = NAME_SIZE, .msg_iov = &iov,
                            .msg_iovlen = 1, .msg_control = L->control,
                            .msg_controllen = sizeof L->control};
         ssize_t got = recvmsg(L->udp_fd, &m, 0);
@@ -1216,7 +1270,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
                                      &self->busy_poll, &self->join))
         return -1;
     self->have_buffers = 1;
-    int ok = me.len == 6 && self->frame_b.len > PREFIX + MIN_FRAME && self->name_b.len >= 16 &&
+    int ok = me.len == 6 && self->frame_b.len > PREFIX + MIN_FRAME && (size_t)self->name_b.len >= NAME_SIZE &&
              self->recv_b.len > HDR && self->plain_b.len > PREFIX;
     if (ok) memcpy(self->me, me.buf, 6);
     PyBuffer_Release(&me);
@@ -1231,6 +1285,11 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->plain = self->plain_b.buf;
     self->plain_cap = (size_t)self->plain_b.len;
     self->name = self->name_b.buf;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    self->family = getsockname(self->udp_fd, (struct sockaddr *)&bound, &blen) == 0
+                       ? bound.ss_family
+                       : AF_INET;
     self->ct_cap = (self->frame_cap > self->plain_cap ? self->frame_cap : self->plain_cap) + 128;
     self->ct = PyMem_RawMalloc(self->ct_cap);
     self->pack = PyMem_RawMalloc(self->ct_cap);

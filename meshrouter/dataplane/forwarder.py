@@ -347,7 +347,7 @@ class Forwarder:
     def _send_heartbeats(self, dgrams: list[bytes], addr: tuple[str, int], now: float) -> None:
         for dgram in dgrams:
             try:
-                self.udp.sock.sendto(dgram, addr)
+                self.udp.sendto(dgram, addr)
             except OSError as exc:
                 self.stats.drops["heartbeat_send_failed"] += 1
                 self.stats.detail("heartbeat_send_failed", str(exc), now)

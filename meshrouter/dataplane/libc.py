@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ read: Callable[[int, Ptr, int], int] = _C.read
 # recvmsg(fd, RecvMsg.msg, flags), with the lengths reset as RecvMsg says; -1 on error.
 recvmsg: Callable[[int, Any, int], int] = _C.recvmsg
 
-NAME_SIZE = 16  # struct sockaddr_in
+NAME_SIZE = 28  # struct sockaddr_in6 (a sockaddr_in fits in it)
 CONTROL_SIZE = 64  # room for one UDP_GRO control message, and then some
 _CMSG = struct.Struct("=QiiI")  # cmsg_len, cmsg_level, cmsg_type, an int of data
 
@@ -88,6 +89,21 @@ class RecvMsg:
         return value if got_level == level and got_kind == kind else 0
 
     def address(self) -> tuple[str, int]:
-        """The sender of the last datagram read."""
-        name = self.name
-        return socket.inet_ntoa(name[4:8]), (name[2] << 8) | name[3]
+        """The sender of the last datagram read (an IPv4 one as such, also when
+        a dual-stack socket reads it as ``::ffff:a.b.c.d``)."""
+        return sockaddr_address(self.name)
+
+
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def sockaddr_address(name: bytes | bytearray) -> tuple[str, int]:
+    """(host, port) of a raw ``struct sockaddr_in`` or ``sockaddr_in6``."""
+    family = int.from_bytes(name[0:2], sys.byteorder)
+    port = (name[2] << 8) | name[3]
+    if family == socket.AF_INET6:
+        raw = bytes(name[8:24])
+        if raw.startswith(_MAPPED):
+            return socket.inet_ntoa(raw[12:]), port
+        return socket.inet_ntop(socket.AF_INET6, raw), port
+    return socket.inet_ntoa(bytes(name[4:8])), port

@@ -229,8 +229,8 @@ class Receiver:
                     return end  # more segments to come
                 plain = got
         # 4. Authentic: follow the peer's address if it moved (NAT).
-        if self._rm.name[2:8] != self._src_raw:
-            self._src_raw = bytes(self._rm.name[2:8])
+        if self._rm.name[:24] != self._src_raw:  # family, port and address, either family
+            self._src_raw = bytes(self._rm.name[:24])
             self._src = self._rm.address()
         if link.udp_addr != self._src:
             link.udp_addr = self._src

@@ -139,7 +139,7 @@ class Sender:
         total, size = sealed
         if total <= size:  # one datagram, the common case: no detour
             try:
-                self.udp.sock.sendto(self._out.view[:total], addr)
+                self.udp.sendto(self._out.view[:total], addr)
             except OSError:
                 pass  # udp.send tries again, and counts and classifies the failure
             else:

@@ -15,6 +15,8 @@ import socket
 import struct
 from collections import Counter
 
+from meshrouter.base.constants import LISTEN_ALL
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -26,18 +28,65 @@ GSO_MAX_BYTES = 65000  # one GSO send stays below the 64 KiB UDP limit
 _SEG = struct.Struct("=H")
 
 
-class UdpSocket:
-    def __init__(self, host: str, port: int, *, gso: bool = True, gro: bool = True) -> None:
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_PROBE = 3
+IPV6_DONTFRAG = 62  # IPv6 lets the sender fragment: never, we probe the path ourselves
+
+
+def open_udp(host: str, port: int) -> socket.socket:
+    """The data plane's socket: for ``LISTEN_ALL``, IPv6 with IPv4-mapped addresses
+    (dual-stack), or IPv4 alone where the kernel has no IPv6; for an IPv4
+    address (``0.0.0.0`` too) IPv4 alone; for an IPv6 address IPv6 alone."""
+    if host in LISTEN_ALL:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:  # no IPv6 in this kernel
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            host = "0.0.0.0"
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            host = "::"
+    elif ":" in host:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
             with contextlib.suppress(PermissionError):  # not root: keep the default
                 sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        # Don't fragment, whatever the kernel thinks the path's MTU is: pmtu.py
+        # probes it.  IPv4's option applies to the IPv4 peers of a dual-stack one.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        if sock.family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
         sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def wire_address(family: int, addr: tuple[str, int]) -> tuple[str, int]:
+    """``addr`` as a socket of ``family`` takes it: an IPv4 host on an IPv6
+    (dual-stack) socket as ``::ffff:a.b.c.d``."""
+    if family == socket.AF_INET6 and ":" not in addr[0]:
+        return f"::ffff:{addr[0]}", addr[1]
+    return addr
+
+
+class UdpSocket:
+    def __init__(self, host: str, port: int, *, gso: bool = True, gro: bool = True) -> None:
+        sock = open_udp(host, port)
         sock.setblocking(False)
         self.sock = sock
+        self.family = sock.family
+        self._wire: dict[tuple[str, int], tuple[str, int]] = {}  # peer -> as the socket takes it
         self.gso = gso
         self.gro = False
         if gro:
@@ -49,6 +98,16 @@ class UdpSocket:
         self.errors: Counter[str] = Counter()
         self.gso_sends = 0
         self.plain_sends = 0
+
+    def sendto(self, data: bytes | memoryview, addr: tuple[str, int]) -> None:
+        """One datagram to ``addr``, of either family.  Raises OSError."""
+        self.sock.sendto(data, self._wire.get(addr) or self._map(addr))
+
+    def _map(self, addr: tuple[str, int]) -> tuple[str, int]:
+        if len(self._wire) > 4096:  # peers come and go (NATs move them): stay small
+            self._wire.clear()
+        wired = self._wire[addr] = wire_address(self.family, addr)
+        return wired
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -62,6 +121,7 @@ class UdpSocket:
         react to EMSGSIZE; never raises."""
         view = memoryview(buf)
         sock = self.sock
+        addr = self._wire.get(addr) or self._map(addr)
         try:
             if total <= size:
                 sock.sendto(view[:total], addr)

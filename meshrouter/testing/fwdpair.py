@@ -72,14 +72,18 @@ def pair(
     *,
     pure: bool = False,
     join: bool = True,
+    bind: str = "127.0.0.1",
+    reach: str | None = None,
 ) -> Iterator[tuple[Side, Side]]:
     """Two sides; each forwarder runs the loop its ``dataplane`` names (drive a
     C loop with ``Forwarder.pump``; ``drain_*`` always take the Python paths).
     ``pure``: Python loops with sessions in Python, as without the extension;
-    ``join``: receivers join TCP segments (a TAP with offloads)."""
+    ``join``: receivers join TCP segments (a TAP with offloads).  ``bind``:
+    the UDP sockets' address ("::1" for IPv6, "::" for dual-stack); ``reach``:
+    the address each side sends to (default: ``bind``)."""
     sa, sb = probed_pair(pure=pure)
-    ua = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
-    ub = UdpSocket("127.0.0.1", 0, gso=offload, gro=offload)
+    ua = UdpSocket(bind, 0, gso=offload, gro=offload)
+    ub = UdpSocket(bind, 0, gso=offload, gro=offload)
     ta_app, ta = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     tb_app, tb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (ta, tb, ta_app, tb_app):
@@ -99,6 +103,7 @@ def pair(
     ) -> Side:
         table = LinkTable(Routes({other: other}, graph, {}, me))
         addr = other_udp.sock.getsockname()
+        addr = (reach or addr[0], addr[1])
         table.publish(
             Link(
                 index=session.local_index,

@@ -73,6 +73,35 @@ def test_both_loops_speak_the_same_wire(modes: tuple[Mode, Mode], offload: bool)
         assert sa.tx_packets == sa.tx_messages + 3 * 42  # the 62 KB frame: 43 datagrams
 
 
+@pytest.mark.parametrize("modes", MODES, ids=["c-c", "c-python", "python-c"])
+@pytest.mark.parametrize(
+    ("bind", "reach"),
+    [("::1", None), ("::", "127.0.0.1"), ("::", "::1")],
+    ids=["ipv6", "dual-stack-to-ipv4", "dual-stack-to-ipv6"],
+)
+def test_both_loops_carry_frames_over_ipv6_and_dual_stack_sockets(
+    modes: tuple[Mode, Mode], bind: str, reach: str | None
+) -> None:
+    """Peers over IPv6, and IPv4 peers of a dual-stack socket (which reads
+    them as ::ffff:a.b.c.d): the C loop recognises the sender (it forwards
+    without Python once taught), both loops send GSO batches, and the
+    address the link follows is the one it was given, not a mapped one."""
+    with pair(True, modes, bind=bind, reach=reach) as (a, b):
+        small, large = frame(64), frame(62000)
+        for _ in range(3):
+            assert cross(a, b, [small]) == [small]
+            assert cross(a, b, [large]) == [large]
+            assert cross(b, a, [VNET + SRC_MAC + DST_MAC + small[22:]]) != []
+        assert a.fwd.statistics().drops == {}
+        assert b.fwd.statistics().drops == {}
+        host = reach or bind
+        assert b.link.udp_addr is not None
+        assert b.link.udp_addr[0] == host  # followed from what was heard: same spelling
+        if modes[1] == "c":
+            assert counters(b)["messages_delivered"] > 0
+            assert counters(b).get("datagrams_to_python", 0) < 10  # not each one
+
+
 @pytest.mark.parametrize("size", [1000, 62000], ids=["one-datagram", "gso-gro-message"])
 def test_the_c_loop_forwards_without_python_once_taught(size: int) -> None:
     with pair(True, ("c", "c")) as (a, b):
