@@ -244,7 +244,8 @@ def _connections(st: RouterStatus) -> list[Finding]:
             )
         size = c.get("datagram_size", 0)
         need = st["mtu"] + ETH_HEADER + TUNNEL_OVERHEAD
-        notes = [f"{c.get('cipher')}, path MTU {size}"]
+        family = "IPv6" if (c.get("udp_address") or "").startswith("[") else "IPv4"
+        notes = [f"{c.get('cipher')}, over {family}, path MTU {size}"]
         if c.get("pmtu_confirmed") and size < need:
             out.append(
                 Finding(

@@ -41,3 +41,7 @@ def protocol_versions() -> str:
     if PROTOCOL_MIN_VERSION == PROTOCOL_MAX_VERSION:
         return str(PROTOCOL_MIN_VERSION)
     return f"{PROTOCOL_MIN_VERSION}-{PROTOCOL_MAX_VERSION}"
+
+
+# --listen values meaning every address of both families (dual-stack)
+LISTEN_ALL = ("", "::", "*")

@@ -46,7 +46,13 @@ class RouterOptions:
         "meshtap", "name of the router's TAP device on the bridge (default: %(default)s)"
     )
     port: int = _opt(PORT, "TCP and UDP port (default: %(default)s)", check=(1, 65535))
-    listen: str = _opt("0.0.0.0", "address to listen on (default: all)", metavar="ADDR")
+    listen: str = _opt(
+        "::",
+        "address to listen on: '::' (the default) is every address of both families "
+        "(IPv4 alone where the kernel has no IPv6), 0.0.0.0 every IPv4 one, or one "
+        "address of this host's",
+        metavar="ADDR",
+    )
     nickname: str | None = _opt(None, "human name of this peer (default: netns or host name)")
     ipalloc_range: str = _opt(
         DEFAULT_RANGE, "address range of the mesh (default: %(default)s)", metavar="CIDR"

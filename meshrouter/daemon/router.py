@@ -30,7 +30,12 @@ import trio
 from meshrouter import __version__
 from meshrouter.attachments import restart
 from meshrouter.base.boundary import Boundary
-from meshrouter.base.constants import DNS_PORT, FASTPATH_DEVICE, HEARTBEAT_INTERVAL
+from meshrouter.base.constants import (
+    DNS_PORT,
+    FASTPATH_DEVICE,
+    HEARTBEAT_INTERVAL,
+    LISTEN_ALL,
+)
 from meshrouter.contract.config import RouterOptions, parse_subnets
 from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
 from meshrouter.daemon import statusview
@@ -186,7 +191,11 @@ class Router:
         )
         self._fastpath_up()
         try:
-            listeners = await trio.open_tcp_listeners(opts.port, host=opts.listen)
+            # '::': a listener of each family (trio skips one the kernel lacks)
+            every = opts.listen in LISTEN_ALL
+            listeners = await trio.open_tcp_listeners(
+                opts.port, host=None if every else opts.listen
+            )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.connections.serve, listeners)

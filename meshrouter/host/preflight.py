@@ -9,6 +9,7 @@ import ipaddress
 import os
 import socket
 
+from meshrouter.base.constants import LISTEN_ALL
 from meshrouter.base.errors import BadInput
 from meshrouter.base.inputs import split_address
 
@@ -38,32 +39,52 @@ def check_names(bridge: str, tap: str) -> None:
 
 
 def check_listen(listen: str, port: int) -> None:
-    """The address is one of this host's and both ports are free on it."""
-    try:
-        addr = ipaddress.ip_address(listen)
-    except ValueError:
-        raise BadInput(
-            f"--listen {listen!r} is not an IP address: give one of this host's, or 0.0.0.0"
-        ) from None
-    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-    for kind, proto in ((socket.SOCK_STREAM, "TCP"), (socket.SOCK_DGRAM, "UDP")):
-        with socket.socket(family, kind) as s:
-            if kind == socket.SOCK_STREAM:  # a closed connection's TIME_WAIT is no user
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """The address is one of this host's (or '::', every address of both
+    families) and both ports are free on it."""
+    if listen in LISTEN_ALL:
+        wanted = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    else:
+        try:
+            addr = ipaddress.ip_address(listen)
+        except ValueError:
+            raise BadInput(
+                f"--listen {listen!r} is not an IP address: give one of this host's, "
+                "0.0.0.0 (every IPv4 one) or :: (every one)"
+            ) from None
+        wanted = [(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, listen)]
+    for family, host in wanted:
+        for kind, proto in ((socket.SOCK_STREAM, "TCP"), (socket.SOCK_DGRAM, "UDP")):
             try:
-                s.bind((listen, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise BadInput(
-                        f"{proto} port {port} on {listen} is in use (another router? "
-                        f"'ss -lnp sport = :{port}' says who): stop it or choose another --port"
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise BadInput(
-                        f"--listen {listen} is not an address of this host: give one of "
-                        "its addresses, or 0.0.0.0"
-                    ) from None
-                raise BadInput(f"cannot listen on {listen} {proto} port {port}: {exc}") from None
+                s = socket.socket(family, kind)
+            except OSError:
+                if listen in LISTEN_ALL:
+                    continue  # no IPv6 in this kernel: IPv4 alone, as the router does
+                raise BadInput(f"--listen {listen}: this kernel has no IPv6") from None
+            with s:
+                _try_bind(s, kind, family, host, port, proto, listen)
+
+
+def _try_bind(
+    s: socket.socket, kind: int, family: int, host: str, port: int, proto: str, listen: str
+) -> None:
+    if kind == socket.SOCK_STREAM:  # a closed connection's TIME_WAIT is no user
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        s.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise BadInput(
+                f"{proto} port {port} on {host} is in use (another router? "
+                f"'ss -lnp sport = :{port}' says who): stop it or choose another --port"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise BadInput(
+                f"--listen {listen} is not an address of this host: give one of "
+                "its addresses, 0.0.0.0 (every IPv4 one) or :: (every one)"
+            ) from None
+        raise BadInput(f"cannot listen on {host} {proto} port {port}: {exc}") from None
 
 
 def check_peer(peer: str, port: int) -> None:

@@ -30,6 +30,7 @@ from meshrouter.host.netdev import veth_args
 
 REPO = Path(__file__).resolve().parents[2]
 UNDERLAY = "198.18.0"  # benchmarking range (RFC 2544), only ever inside the lab namespaces
+UNDERLAY6 = "2001:db8:18"  # the documentation prefix (RFC 3849), likewise: 2001:db8:18::I/64
 NO_UPSTREAM = f"{UNDERLAY}.254"  # a DNS upstream inside the lab that never answers
 NETNS_ETC = Path("/etc/netns")
 
@@ -54,10 +55,14 @@ class Lab:
         *,
         python: str = sys.executable,
         repo: Path = REPO,
+        underlay: str | dict[int, str] = "4",
     ) -> None:
         """``python`` and ``repo``: the interpreter (and its installed
         meshrouter) and the checkout whose ``mesh`` the hosts run; another
-        release's (``release.build``) for a mesh of mixed versions."""
+        release's (``release.build``) for a mesh of mixed versions.
+        ``underlay``: the families of the hosts' underlay addresses, "4",
+        "6" or "46" (dual-stack), for all hosts or per host."""
+        self.underlay = underlay
         self.python = python
         self.repo = repo
         self.versions: dict[int, tuple[str, Path]] = {}  # host -> (python, repo) of another one
@@ -79,8 +84,21 @@ class Lab:
     def host(self, i: int) -> str:
         return f"{self.prefix}-h{i}"
 
-    def addr(self, i: int) -> str:
+    def families(self, i: int) -> str:
+        """Host i's underlay families: "4", "6" or "46"."""
+        return self.underlay if isinstance(self.underlay, str) else self.underlay.get(i, "4")
+
+    def addr(self, i: int, family: int | None = None) -> str:
+        """Host i's underlay address: of ``family`` (4 or 6), else its IPv4
+        one if it has one, else its IPv6 one."""
+        if family == 6 or (family is None and "4" not in self.families(i)):
+            return f"{UNDERLAY6}::{i}"
         return f"{UNDERLAY}.{i}"
+
+    def peer(self, i: int, family: int | None = None) -> str:
+        """Host i's address as ``mesh launch`` and ``connect`` take it: [v6]:port for IPv6."""
+        a = self.addr(i, family)
+        return f"[{a}]:6783" if ":" in a else a
 
     def state_dir(self, i: int) -> Path:
         return self.tmp / f"state-h{i}"
@@ -102,7 +120,11 @@ class Lab:
             self._netns(h)
             sh("ip", "-n", h, *veth_args("eth0", f"u{i}", netns=self.switch))
             sh("ip", "-n", self.switch, "link", "set", "dev", f"u{i}", "master", "br0", "up")
-            sh("ip", "-n", h, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
+            fams = self.families(i)
+            if "4" in fams:
+                sh("ip", "-n", h, "addr", "add", f"{self.addr(i, 4)}/24", "dev", "eth0")
+            if "6" in fams:  # no duplicate address detection: usable at once
+                sh("ip", "-n", h, "addr", "add", f"{self.addr(i, 6)}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
         return self
 

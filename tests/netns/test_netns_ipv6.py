@@ -1,0 +1,100 @@
+"""Peers over IPv6 underlays (issue 24, part 1): hosts whose underlay has
+only IPv6 addresses, and a mixed mesh of an IPv6-only host, a dual-stack
+one and an IPv4-only one, where the dual-stack router relays between the
+other two.  Real routers in namespaces; containers on IPv4 overlay
+addresses; data over UDP and control over TCP, both over IPv6."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from meshrouter.testing.netlab import Lab, established, status, tcp_transfer
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def v6_lab() -> Iterator[Callable[..., Lab]]:
+    made: list[Lab] = []
+
+    def make(underlay: str | dict[int, str], hosts: int) -> Lab:
+        lab = Lab(f"mt{os.getpid() % 10000}6{len(made)}"[:8], hosts, underlay=underlay)
+        made.append(lab)
+        return lab.create()
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.close()
+
+
+def udp_addresses(lab: Lab, i: int) -> list[str]:
+    return [str(c["udp_address"]) for c in status(lab, i)["connections"] if c["udp_address"]]
+
+
+def test_an_ipv6_only_underlay_carries_the_mesh(v6_lab: Callable[..., Lab]) -> None:
+    lab = v6_lab("6", 2)
+    assert "198.18" not in lab.run(1, "ip", "-br", "addr").stdout  # no IPv4 on it
+    lab.launch(1)
+    lab.launch(2, lab.peer(1))  # [2001:db8:18::1]:6783
+    c1, c2 = lab.container("c1"), lab.container("c2")
+    lab.mesh(1, "attach", "10.32.0.1/12", c1)
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)  # waits for 1 of 1 initial peers
+    lab.wait_for("UDP both ways", lambda: established(lab, 1) and established(lab, 2))
+    assert udp_addresses(lab, 2) == ["[2001:db8:18::1]:6783"]
+    assert lab.in_ns(c1, "ping", "-c2", "-W2", "10.32.0.2", check=False).returncode == 0
+    sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 4 << 20)
+    assert sent == got
+    assert sent.startswith(str(4 << 20))
+    # Path MTU over IPv6: 40 bytes of IP header, not 20, and no fragments.
+    lab.wait_for(
+        "path MTU confirmed",
+        lambda: all(c["pmtu_confirmed"] for c in status(lab, 1)["connections"]),
+        timeout=15,
+    )
+    sizes = {c["datagram_size"] for c in status(lab, 1)["connections"]}
+    assert sizes == {1452}, sizes  # 1500 - 40 - 8
+    shown = lab.mesh(2, "status").stdout
+    assert "2001:db8:18::1" in shown
+    doctor = lab.mesh(2, "doctor", "--verbose", check=False).stdout
+    assert "over IPv6, path MTU 1452" in doctor, doctor
+    # 1452 bytes hold a 1376-byte frame only in two datagrams: doctor says what fits one.
+    assert "--mtu 1364" in doctor, doctor
+    # The peer given bare (no brackets, no port) is taken too.
+    lab.mesh(1, "connect", lab.addr(2))
+    targets = json.loads(lab.mesh(1, "status", "--json").stdout)["targets"]
+    assert any("2001:db8:18::2" in str(t) for t in targets), targets
+
+
+def test_a_dual_stack_router_relays_between_ipv6_only_and_ipv4_only_hosts(
+    v6_lab: Callable[..., Lab],
+) -> None:
+    """h1 has only IPv6, h3 only IPv4, h2 both: h1 and h3 cannot reach each
+    other, so their containers' traffic goes through h2's router."""
+    lab = v6_lab({1: "6", 2: "46", 3: "4"}, 3)
+    lab.launch(2)
+    lab.launch(1, lab.peer(2, 6))
+    lab.launch(3, lab.peer(2, 4))
+    c1, c3 = lab.container("c1"), lab.container("c3")
+    lab.mesh(1, "attach", "10.32.0.1/12", c1)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for("h2 talks to both", lambda: established(lab, 2, 2), timeout=30)
+    lab.wait_for(
+        "relayed ping",
+        lambda: lab.in_ns(c1, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=30,
+    )
+    sent, got = tcp_transfer(lab, c1, c3, "10.32.0.3", 1 << 20)
+    assert sent == got
+    # h2 carries both families at once.
+    assert sorted(udp_addresses(lab, 2)) == sorted([f"[{lab.addr(1)}]:6783", f"{lab.addr(3)}:6783"])
+    st2 = status(lab, 2)
+    assert (
+        st2["counters"].get("frames_relayed", 0) > 0
+        or st2["counters"].get("messages_relayed", 0) > 0
+    ), st2["counters"]
