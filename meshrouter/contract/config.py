@@ -117,7 +117,7 @@ class RouterOptions:
         "comma-separated CIDRs of underlay networks trusted to carry data unencrypted: "
         "a connection to a peer at such an address (that trusts us too) moves its "
         "unicast frames to the kernel's VXLAN (UDP port 6784), switching back to the "
-        "encrypted path while that fails (default: none)",
+        "encrypted path while that fails; IPv4 or IPv6 ones, not both (default: none)",
         metavar="CIDR,...",
     )
     busy_poll_us: int = _opt(
@@ -303,15 +303,22 @@ def to_argv(opts: RouterOptions) -> list[str]:
     return argv + positional
 
 
-def parse_subnets(text: str) -> list[ipaddress.IPv4Network]:
-    """``--trusted-subnets`` (comma-separated CIDRs); raises ValueError naming the bad one."""
-    nets = []
+def parse_subnets(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``--trusted-subnets`` (comma-separated CIDRs of one family: the kernel
+    path's VXLAN device carries one); raises ValueError naming the bad one."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            nets.append(ipaddress.IPv4Network(part, strict=False))
+            nets.append(ipaddress.ip_network(part, strict=False))
         except ValueError as exc:
-            raise ValueError(f"--trusted-subnets: {part!r} is not an IPv4 CIDR ({exc})") from None
+            raise ValueError(f"--trusted-subnets: {part!r} is not a CIDR ({exc})") from None
+    if len({n.version for n in nets}) > 1:
+        raise ValueError(
+            "--trusted-subnets: give subnets of one family, IPv4 or IPv6 (the kernel "
+            "path's VXLAN device carries one); the other family's peers use the "
+            "encrypted path"
+        )
     return nets

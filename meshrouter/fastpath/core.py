@@ -122,7 +122,7 @@ class FastPath:
         self,
         me: bytes,
         mac: bytes,
-        trusted: Iterable[ipaddress.IPv4Network],
+        trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
         probe_size: int,
     ) -> None:
         self.me = me
@@ -147,10 +147,15 @@ class FastPath:
 
     def trusts(self, ip: str) -> bool:
         try:
-            addr = ipaddress.IPv4Address(ip)
+            addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(addr in net for net in self.trusted)
+        return any(addr.version == net.version and addr in net for net in self.trusted)
+
+    @property
+    def family(self) -> int:
+        """The IP version of the trusted subnets (4 when none): the VXLAN device's."""
+        return self.trusted[0].version if self.trusted else 4
 
     # -- connections ----------------------------------------------------------
 

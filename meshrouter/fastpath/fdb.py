@@ -43,7 +43,7 @@ def neigh_message(
         ndm = _NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT, NTF_SELF, 0)
         attrs = _attr(NDA_LLADDR, mac)
         if dst is not None:
-            attrs += _attr(NDA_DST, ipaddress.IPv4Address(dst).packed)
+            attrs += _attr(NDA_DST, ipaddress.ip_address(dst).packed)  # 4 or 16 bytes
     flags = NLM_F_REQUEST | NLM_F_ACK
     if kind == RTM_NEWNEIGH:
         flags |= NLM_F_CREATE | NLM_F_REPLACE

@@ -25,6 +25,7 @@ log = logging.getLogger("meshrouter.fastpath")
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_DONTFRAG = 23, 2, 62
 REPLAN_INTERVAL = 0.5
 
 
@@ -66,9 +67,10 @@ class FastPathService:
         probe sockets and the netlink socket.  Raises NetdevError."""
         if netdev.link_exists(self.device):  # left by a router killed with -9
             netdev.ip("link", "del", self.device)
+        v6 = self.core.family == 6  # an IPv6 device ('local ::') takes IPv6 peers only
         netdev.ip(
             "link", "add", self.device, "type", "vxlan", "id", str(VNI),
-            "dstport", str(VXLAN_PORT), "nolearning",
+            "dstport", str(VXLAN_PORT), "nolearning", *(["local", "::"] if v6 else []),
         )  # fmt: skip
         netdev.ip("link", "set", self.device, "master", self.bridge)
         netdev.ip("link", "set", self.device, "up")
@@ -77,10 +79,14 @@ class FastPathService:
         mac = Path(f"/sys/class/net/{self.device}/address").read_text().strip()
         self.core.mac = bytes.fromhex(mac.replace(":", ""))
         self._fdb = FdbWriter(self.device, self.bridge)
-        tx = self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        tx.setsockopt(
-            socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO
-        )  # full size, or not at all
+        # Probes go as the device's frames do: full size, or not at all.
+        if v6:
+            tx = self._tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            tx.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+            tx.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        else:
+            tx = self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         tx.setblocking(False)
         rx = self._rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         prog, _keep = probe_filter()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, established, status, tcp_transfer
+from meshrouter.testing.netlab import NETNS_ETC, Lab, established, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -40,8 +40,13 @@ def udp_addresses(lab: Lab, i: int) -> list[str]:
 def test_an_ipv6_only_underlay_carries_the_mesh(v6_lab: Callable[..., Lab]) -> None:
     lab = v6_lab("6", 2)
     assert "198.18" not in lab.run(1, "ip", "-br", "addr").stdout  # no IPv4 on it
+    # h2 knows h1 by a name with only an AAAA record ('ip netns exec' gives
+    # the host's namespace /etc/netns/HOST/hosts as its /etc/hosts).
+    hosts = NETNS_ETC / lab.host(2) / "hosts"
+    hosts.parent.mkdir(parents=True, exist_ok=True)
+    hosts.write_text(f"127.0.0.1 localhost\n{lab.addr(1)} node1.lab.example\n")
     lab.launch(1)
-    lab.launch(2, lab.peer(1))  # [2001:db8:18::1]:6783
+    lab.launch(2, "node1.lab.example")
     c1, c2 = lab.container("c1"), lab.container("c2")
     lab.mesh(1, "attach", "10.32.0.1/12", c1)
     lab.mesh(2, "attach", "10.32.0.2/12", c2)  # waits for 1 of 1 initial peers
@@ -65,7 +70,7 @@ def test_an_ipv6_only_underlay_carries_the_mesh(v6_lab: Callable[..., Lab]) -> N
     assert "over IPv6, path MTU 1452" in doctor, doctor
     # 1452 bytes hold a 1376-byte frame only in two datagrams: doctor says what fits one.
     assert "--mtu 1364" in doctor, doctor
-    # The peer given bare (no brackets, no port) is taken too.
+    # A peer given bare (no brackets, no port) is taken too.
     lab.mesh(1, "connect", lab.addr(2))
     targets = json.loads(lab.mesh(1, "status", "--json").stdout)["targets"]
     assert any("2001:db8:18::2" in str(t) for t in targets), targets
@@ -98,3 +103,42 @@ def test_a_dual_stack_router_relays_between_ipv6_only_and_ipv4_only_hosts(
         st2["counters"].get("frames_relayed", 0) > 0
         or st2["counters"].get("messages_relayed", 0) > 0
     ), st2["counters"]
+
+
+def test_trusted_ipv6_peers_take_the_kernel_vxlan_path(v6_lab: Callable[..., Lab]) -> None:
+    """--trusted-subnets of IPv6: the VXLAN device is an IPv6 one, the path
+    goes to the kernel, and the containers' traffic is counted on it."""
+    lab = v6_lab("6", 2)
+    trusted = ("--trusted-subnets", "2001:db8:18::/64")
+    lab.launch(1, extra=trusted)
+    lab.launch(2, lab.peer(1), extra=trusted)
+    c1, c2 = lab.container("c1"), lab.container("c2")
+    lab.mesh(1, "attach", "10.32.0.1/12", c1)
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+
+    def kernel_path() -> bool:
+        lab.in_ns(c1, "ping", "-c1", "-W1", "10.32.0.2", check=False)
+        return [c.get("path") for c in status(lab, 1)["connections"]] == ["kernel"]
+
+    lab.wait_for("the kernel path", kernel_path, timeout=30)
+    fdb = lab.run(1, "bridge", "fdb", "show", "dev", "vxmesh").stdout
+    assert "dst 2001:db8:18::2" in fdb, fdb  # an IPv4 device refuses such an entry
+    tx = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
+    assert lab.in_ns(c1, "ping", "-c5", "-i0.2", "-W2", "10.32.0.2", check=False).returncode == 0
+    after = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
+    assert after - tx >= 5
+    sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 2 << 20)
+    assert sent == got
+
+
+def test_trusted_subnets_of_both_families_are_refused_with_one_line(
+    v6_lab: Callable[..., Lab],
+) -> None:
+    lab = v6_lab("46", 1)
+    out = lab.mesh(
+        1, "launch", "--password-file", str(lab.password_file),
+        "--trusted-subnets", "198.18.0.0/24,2001:db8:18::/64", check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "subnets of one family" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -75,8 +75,30 @@ def run(a: FastPath, b: FastPath, start: float, end: float, **kw: bool) -> list[
 def test_subnets_parse_with_a_clear_error() -> None:
     assert parse_subnets("10.0.0.0/8,") == [ipaddress.IPv4Network("10.0.0.0/8")]
     assert parse_subnets("") == []
-    with pytest.raises(ValueError, match=r"'10\.0\.0\.300/8' is not an IPv4 CIDR"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.300/8' is not a CIDR"):
         parse_subnets("10.0.0.300/8")
+    assert parse_subnets("2001:db8::/64") == [ipaddress.IPv6Network("2001:db8::/64")]
+    with pytest.raises(ValueError, match="subnets of one family"):
+        parse_subnets("10.0.0.0/8,2001:db8::/64")
+
+
+def test_ipv6_peers_are_trusted_by_ipv6_subnets_only() -> None:
+    v6 = FastPath(A, MAC_A, parse_subnets("2001:db8:18::/64"), 1390)
+    assert v6.family == 6
+    assert v6.trusts("2001:db8:18::2")
+    assert not v6.trusts("2001:db8:19::2")
+    assert not v6.trusts("198.18.0.2")
+    v4 = FastPath(A, MAC_A, parse_subnets("198.18.0.0/24"), 1390)
+    assert v4.family == 4
+    assert not v4.trusts("::ffff:198.18.0.2")  # as a dual-stack socket spells it: never given
+    assert v4.trusts("198.18.0.2")
+
+
+def test_an_fdb_entry_to_an_ipv6_peer_carries_its_16_bytes() -> None:
+    msg = neigh_message(RTM_NEWNEIGH, 1, 7, MAC_B, dst="2001:db8:18::2", master=None)
+    assert ipaddress.IPv6Address("2001:db8:18::2").packed in msg
+    msg4 = neigh_message(RTM_NEWNEIGH, 1, 7, MAC_B, dst="198.18.0.2", master=None)
+    assert len(msg) - len(msg4) == 12
 
 
 def test_the_path_goes_up_once_probes_flow_both_ways() -> None:
