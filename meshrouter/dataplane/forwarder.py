@@ -16,6 +16,7 @@ MAC expiry, and ``statistics()``.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 from collections import deque
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from meshrouter.base.constants import HEARTBEAT_INTERVAL
 from meshrouter.dataplane.link import LinkView, PlaneStats
 from meshrouter.dataplane.mactable import MacTable
+from meshrouter.dataplane.pmtu import SAFE_DATAGRAM
 from meshrouter.dataplane.receive import Receiver
 from meshrouter.dataplane.send import Sender
 from meshrouter.dataplane.sessionstate import Mode, native, use_native
@@ -349,6 +351,11 @@ class Forwarder:
             try:
                 self.udp.sendto(dgram, addr)
             except OSError as exc:
+                if exc.errno == errno.EMSGSIZE and len(dgram) > SAFE_DATAGRAM:
+                    # A probe larger than our own link takes (1472 bytes over
+                    # IPv6's 48 bytes of headers on a 1500 link): an answer, not a loss.
+                    self.stats.counters["probes_larger_than_link"] += 1
+                    continue
                 self.stats.drops["heartbeat_send_failed"] += 1
                 self.stats.detail("heartbeat_send_failed", str(exc), now)
 
