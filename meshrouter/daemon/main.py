@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from meshrouter.base.constants import LISTEN_ALL
 from meshrouter.base.errors import MeshError
 from meshrouter.contract.apiclient import socket_path
 from meshrouter.contract.config import RouterOptions
@@ -216,8 +217,9 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def describe(exc: BaseException, opts: RouterOptions) -> str:
     """One line for an error that ended the router."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        where = "every address (IPv4 or IPv6)" if opts.listen in LISTEN_ALL else opts.listen
         return (
-            f"port {opts.port} on {opts.listen} is in use (another router?): "
+            f"port {opts.port} on {where} is in use (another router?): "
             "stop it or choose another --port"
         )
     if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:

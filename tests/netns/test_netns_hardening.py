@@ -366,7 +366,9 @@ def test_start_up_checks_first_and_tells_this_runs_error(lab_factory: LabFactory
             1, "router", "--password-file", pw, "--docker-plugin", "", check=False, timeout=30
         )
         assert r.returncode == 1
-        assert "router failed: port 6783 on 0.0.0.0 is in use" in r.stderr, r.stderr
+        assert "router failed: port 6783 on every address (IPv4 or IPv6) is in use" in r.stderr, (
+            r.stderr
+        )
         assert "Traceback" not in r.stderr
         assert "mesh" not in lab.run(1, "ip", "-br", "link").stdout.split()
     finally:

@@ -204,7 +204,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-@pytest.mark.parametrize("seconds", [25])
+@pytest.mark.parametrize("seconds", [15])
 def test_soak_with_container_and_connection_churn_leaks_nothing(
     lab_factory: LabFactory, seconds: int
 ) -> None:
