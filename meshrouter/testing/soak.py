@@ -278,9 +278,17 @@ class Soak:
             if k % 4 == 0:
                 self.sample()
             self.docker(i, "start", name)
-            self._wait(lambda: self._ethwe_has(i, name, cidr), f"{name} attached after start")
+            self.lab.wait_for(
+                f"{name} attached after start",
+                lambda: self._ethwe_has(i, name, cidr),
+                timeout=REATTACH_TIMEOUT,
+            )
             self.docker(i, "restart", "-t", "0", name)
-            self._wait(lambda: self._ethwe_has(i, name, cidr), f"{name} attached after restart")
+            self.lab.wait_for(
+                f"{name} attached after restart",
+                lambda: self._ethwe_has(i, name, cidr),
+                timeout=REATTACH_TIMEOUT,
+            )
         finally:
             self.engines[i].docker("rm", "-f", name, check=False)
 
@@ -301,14 +309,6 @@ class Soak:
             self.mesh(i, "detach", ns)
         finally:
             sh("ip", "netns", "del", ns, check=False)
-
-    @staticmethod
-    def _wait(cond: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + REATTACH_TIMEOUT
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out: {what}")
-            time.sleep(0.2)
 
     def churn(self, kind: str, count: int, seconds: float) -> tuple[int, float]:
         """``count`` cycles of ``kind``, alternating between the hosts, two at
