@@ -16,6 +16,7 @@ import trio
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.dataplane.forwarder import MacView
+from meshrouter.dataplane.udp import IPV6_DONTFRAG, IPV6_MTU_DISCOVER
 from meshrouter.fastpath.core import PROBE_ETHERTYPE, VNI, VXLAN_PORT, FastPath
 from meshrouter.fastpath.fdb import FdbWriter
 from meshrouter.host import netdev
@@ -25,7 +26,7 @@ log = logging.getLogger("meshrouter.fastpath")
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
-IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_DONTFRAG = 23, 2, 62
+IPV6_PMTUDISC_DO = 2
 REPLAN_INTERVAL = 0.5
 
 
