@@ -576,17 +576,22 @@ def detach(
         return rec, drop
 
 
-def forget(registry: Registry, ident: str) -> Attachment | None:
-    """The engine removed this container: its record goes now, before its
-    addresses are released (a record left behind would claim an address
-    IPAM hands to the next container).  Its veth went with its namespace;
-    its resolv.conf and anti-spoofing rules go with the record."""
+def forget(
+    registry: Registry, ident: str, kinds: tuple[str, ...] = ("docker", "podman")
+) -> Attachment | None:
+    """The engine removed this container: its record (if it is one of
+    ``kinds``) goes now, before its addresses are released (a record left
+    behind would claim an address IPAM hands to the next container).  Its
+    veth went with its namespace; its resolv.conf and anti-spoofing rules go
+    with the record."""
     with registry.locked() as records:
-        rec = records.pop(ident, None)
-        if rec is not None:
-            if link_exists(rec.host_veth):
-                ip("link", "del", "dev", rec.host_veth, check=False)
-            remove_resolv_conf(rec)
+        rec = records.get(ident)
+        if rec is None or rec.kind not in kinds:
+            return None
+        del records[ident]
+        if link_exists(rec.host_veth):
+            ip("link", "del", "dev", rec.host_veth, check=False)
+        remove_resolv_conf(rec)
     return rec
 
 

@@ -118,7 +118,7 @@ class Containers:
         """The engine removed a container: if it was attached here, its
         record goes, then its addresses and name (the namespace poll would
         find it too, a little later)."""
-        rec = await trio.to_thread.run_sync(self._forget, cid)
+        rec = await trio.to_thread.run_sync(attach_mod.forget, self.registry, cid)
         if rec is None:
             return
         gone = self.access.c.release(cid)
@@ -126,12 +126,6 @@ class Containers:
             "container %s (%s) was removed: its record and %s released",
             rec.container, cid[:12], " ".join(gone) or "no address",
         )  # fmt: skip
-
-    def _forget(self, cid: str) -> attach_mod.Attachment | None:
-        rec = self.registry.read().get(cid)
-        if rec is None or rec.kind not in ("docker", "podman"):
-            return None
-        return attach_mod.forget(self.registry, cid)
 
     async def still_there(self, idents: set[str]) -> set[str]:
         """Which of these IPAM idents (``PEER/CONTAINER``), whose namespaces

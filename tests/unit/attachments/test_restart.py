@@ -75,3 +75,9 @@ def test_a_removed_container_is_forgotten_before_anything_is_released(
     assert rec.cidrs == ["10.32.0.5/12"]
     assert CID not in registry.read()
     assert attach_mod.forget(registry, CID) is None  # a second destroy event: nothing
+    with registry.locked() as records:  # a namespace of the same name is no engine's
+        records["web02"] = attach_mod.Attachment(
+            "web02", "netns", "web02", "/run/netns/web02", "vethwl2", ["10.32.0.6/12"], ""
+        )
+    assert attach_mod.forget(registry, "web02") is None
+    assert "web02" in registry.read()
