@@ -146,3 +146,34 @@ def test_trusted_subnets_of_both_families_are_refused_with_one_line(
     assert out.returncode == 1
     assert "subnets of one family" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_garbage_over_ipv6_stops_nothing(v6_lab: Callable[..., Lab]) -> None:
+    """The dual-stack sockets take input from IPv6 senders now: random UDP
+    datagrams and TCP connections of garbage from an IPv6-only host (bounded:
+    600 datagrams, 40 connections), and the mesh still forwards after."""
+    lab = v6_lab("6", 3)
+    lab.launch(1)
+    lab.launch(2, lab.peer(1))
+    c1, c2 = lab.container("c1"), lab.container("c2")
+    lab.mesh(1, "attach", "10.32.0.1/12", c1)
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.wait_for("UDP both ways", lambda: established(lab, 1) and established(lab, 2))
+    script = (
+        "import os, random, socket, sys\n"
+        "rng = random.Random(24); target = (sys.argv[1], 6783)\n"
+        "u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        "for i in range(600):\n"
+        "    head = bytes([rng.choice([1, 2, 3, 4, 255])]) if i % 2 else b''\n"
+        "    u.sendto(head + rng.randbytes(rng.randrange(0, 1500)), target)\n"
+        "for i in range(40):\n"
+        "    try:\n"
+        "        t = socket.create_connection(target, timeout=2)\n"
+        "        t.sendall(rng.randbytes(rng.randrange(1, 4000))); t.close()\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    lab.run(3, "python3", "-c", script, lab.addr(1), timeout=60)
+    assert lab.in_ns(c2, "ping", "-c2", "-W2", "10.32.0.1", check=False).returncode == 0
+    st = status(lab, 1)  # answers, and still holds its one peer
+    assert [c["state"] for c in st["connections"]] == ["established"]
