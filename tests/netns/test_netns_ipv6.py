@@ -125,8 +125,13 @@ def test_trusted_ipv6_peers_take_the_kernel_vxlan_path(v6_lab: Callable[..., Lab
         return [c.get("path") for c in status(lab, 1)["connections"]] == ["kernel"]
 
     lab.wait_for("the kernel path", kernel_path, timeout=30)
-    fdb = lab.run(1, "bridge", "fdb", "show", "dev", "vxmesh").stdout
-    assert "dst 2001:db8:18::2" in fdb, fdb  # an IPv4 device refuses such an entry
+    # The path is up before the replan loop (every 0.5 s) has programmed the
+    # far container's MAC: wait for the entry, which an IPv4 device refuses.
+    lab.wait_for(
+        "an FDB entry to the IPv6 peer",
+        lambda: "dst 2001:db8:18::2" in lab.run(1, "bridge", "fdb", "show", "dev", "vxmesh").stdout,
+        timeout=10,
+    )
     tx = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
     assert lab.in_ns(c1, "ping", "-c5", "-i0.2", "-W2", "10.32.0.2", check=False).returncode == 0
     after = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
