@@ -38,11 +38,17 @@ def _attach_settings(a: argparse.Namespace) -> restart.Settings:
             int(st["mtu"]),
             dns["address"] if dns["enabled"] else None,
             dns["domain"],
+            str(st.get("ipalloc_range6") or ""),
         )
     cfg = _launch_config(a.state_dir)
     if not cfg:
         raise CliError("no mesh on this host: run 'mesh launch' first")
-    return restart.Settings(cfg["bridge"], cfg["ipalloc_range"], int(cfg["mtu"]))
+    return restart.Settings(
+        cfg["bridge"],
+        cfg["ipalloc_range"],
+        int(cfg["mtu"]),
+        mesh_range6=cfg.get("ipalloc_range6") or "",
+    )
 
 
 def _wants(a: argparse.Namespace, specs: list[str]) -> list[attach_mod.Want]:
@@ -86,12 +92,43 @@ def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
             guard_port=not a.no_guard,
             allow_outside=True,
             interrupts=interrupts,
+            range6=settings.mesh_range6,
         )
     except attach_mod.AttachInterrupted:
         raise
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
+    _notes(settings, added)
+    added4 = [x for x in added if not attach_mod.is_ipv6(x)]
+    if settings.dns_address and added4:
+        name = "" if a.without_dns else a.hostname or rec.hostname
+        _register_name(a, registry, rec, settings, name, added4)
+    print(" ".join(rec.addresses))
+    if interrupts.pending is not None:  # it came too late to stop: say what holds
+        print(
+            f"mesh: interrupted after {container} was attached: it keeps "
+            f"{' '.join(rec.addresses)} ('mesh detach {container}' undoes it)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _notes(settings: restart.Settings, added: list[str]) -> None:
+    """What the operator should know of addresses outside the ranges."""
     for cidr in added:
+        if attach_mod.is_ipv6(cidr):
+            if not settings.mesh_range6 or ipaddress.IPv6Interface(
+                cidr
+            ).ip not in ipaddress.IPv6Network(settings.mesh_range6):
+                print(
+                    f"mesh: note: {cidr.split('/')[0]} is the operator's address: no IPAM "
+                    "hands it out, so nothing stops another host using it too, and the "
+                    "mesh DNS has no AAAA for it ('mesh launch --ipalloc-range6' gives "
+                    "containers IPv6 addresses that have both)",
+                    file=sys.stderr,
+                )
+            continue
         iface = ipaddress.IPv4Interface(cidr)
         if iface.ip in ipaddress.IPv4Network(settings.mesh_range):
             continue
@@ -106,18 +143,6 @@ def _attach(a: argparse.Namespace, interrupts: Interrupts) -> int:
                 "the host sends traffic for those addresses there, not to the mesh",
                 file=sys.stderr,
             )
-    if settings.dns_address and added:
-        name = "" if a.without_dns else a.hostname or rec.hostname
-        _register_name(a, registry, rec, settings, name, added)
-    print(" ".join(rec.cidrs))
-    if interrupts.pending is not None:  # it came too late to stop: say what holds
-        print(
-            f"mesh: interrupted after {container} was attached: it keeps {' '.join(rec.cidrs)} "
-            f"('mesh detach {container}' undoes it)",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
 
 
 class ApiAccess(attach_mod.RouterIpam):
@@ -180,6 +205,14 @@ def cmd_detach(a: argparse.Namespace) -> int:
     return code
 
 
+def _ranges(a: argparse.Namespace) -> tuple[str, str] | None:
+    """(--ipalloc-range, --ipalloc-range6) as launched here, None without IPv6."""
+    cfg = _launch_config(a.state_dir)
+    if not cfg.get("ipalloc_range6"):
+        return None
+    return str(cfg["ipalloc_range"]), str(cfg["ipalloc_range6"])
+
+
 def _detach(a: argparse.Namespace) -> int:
     container, addrs = a.args[-1], a.args[:-1]
     try:
@@ -188,14 +221,15 @@ def _detach(a: argparse.Namespace) -> int:
             container,
             attach_mod.RouterIpam(a.state_dir),
             addrs,
+            _ranges(a),
         )
     except attach_mod.AttachError as exc:
         raise CliError(str(exc)) from None
     if done is None:
         raise CliError(f"{container} is not attached to the mesh")
     rec, gone = done
-    if addrs and rec.cidrs and rec.ident in attach_mod.Registry(a.state_dir).read():
-        print(f"{', '.join(gone)} removed from {container} (keeps {' '.join(rec.cidrs)})")
+    if addrs and rec.addresses and rec.ident in attach_mod.Registry(a.state_dir).read():
+        print(f"{', '.join(gone)} removed from {container} (keeps {' '.join(rec.addresses)})")
     else:
         print(f"{container} detached{' (' + ' '.join(gone) + ')' if gone else ''}")
     return 0
@@ -212,7 +246,7 @@ def cmd_ps(a: argparse.Namespace) -> int:
             r.container,
             r.kind,
             r.mac,
-            " ".join(r.cidrs),
+            " ".join(r.addresses),
             r.state or ("up" if link_exists(r.host_veth) else "gone"),
             dropped.get(r.host_veth, 0) if r.guard else "off",
         ]

@@ -32,6 +32,7 @@ from launcher.common import (
 )
 from launcher.parser import CliError, Parser
 from meshrouter.attachments import attach as attach_mod
+from meshrouter.base import v6map
 from meshrouter.base.constants import FASTPATH_DEVICE
 from meshrouter.contract import apiclient, config
 from meshrouter.contract import requests as rq
@@ -88,6 +89,7 @@ def cmd_launch(a: argparse.Namespace) -> int:
     launch_cfg = {
         "bridge": a.bridge,
         "ipalloc_range": a.ipalloc_range,
+        "ipalloc_range6": a.ipalloc_range6,
         "mtu": a.mtu,
         "default_subnet": a.ipalloc_default_subnet,
         "engine": a.engine,
@@ -214,6 +216,10 @@ def _check_ranges(a: argparse.Namespace) -> None:
             raise CliError(f"--ipalloc-default-subnet: {exc}") from None
         if not sub.subnet_of(net):
             raise CliError(f"--ipalloc-default-subnet {sub} is not inside --ipalloc-range {net}")
+    try:
+        v6map.parse_range6(a.ipalloc_range6, str(net))
+    except v6map.Range6Error as exc:
+        raise CliError(str(exc)) from None
     try:
         config.parse_subnets(a.trusted_subnets)
     except ValueError as exc:

@@ -16,11 +16,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from meshrouter.attachments.interrupts import Interrupted, Interrupts
+from meshrouter.base import v6map
 from meshrouter.base.constants import CONTAINER_GSO_MAX_SIZE
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
@@ -30,7 +31,7 @@ from meshrouter.engines.containers import Container, ContainerError, find_contai
 from meshrouter.host import guard
 from meshrouter.host.garp import send_garp
 from meshrouter.host.netdev import NetdevError, ip, link_exists, make_veth
-from meshrouter.host.netns import has_link, ip_batch
+from meshrouter.host.netns import has_link, ip_batch, ipv6_link_settings
 
 CONTAINER_IFACE = "ethwe"
 
@@ -72,7 +73,7 @@ class Attachment:
     ident: str
     ns_path: str
     host_veth: str
-    cidrs: list[str]  # its addresses on the mesh, the first one first
+    cidrs: list[str]  # its IPv4 addresses on the mesh, the first one first
     mac: str
     hostname: str = ""  # the DNS name registered for it ("" when none)
     resolv_conf: str = ""  # a resolv.conf attach wrote (removed on detach)
@@ -81,6 +82,14 @@ class Attachment:
     # "" attached; PENDING while its veth is made: a record left so (the
     # attach was killed) is undone by the next attach of it or 'mesh prune'
     state: str = ""
+    # its IPv6 addresses: the images of its IPv4 ones in --ipalloc-range6,
+    # and any the operator gave (not IPAM's: nothing mesh-wide stops a twin)
+    cidrs6: list[str] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address, IPv4 first."""
+        return [*self.cidrs, *self.cidrs6]
 
     @property
     def cidr(self) -> str:
@@ -95,6 +104,18 @@ class Want:
 
     cidr: str | None = None
     subnet: str | None = None
+
+
+def parse_cidr6(text: str) -> ipaddress.IPv6Interface:
+    """Check an operator-given IPv6 address.  Raises AttachError."""
+    try:
+        return v6map.parse_address6(text)
+    except v6map.Range6Error as exc:
+        raise AttachError(str(exc)) from None
+
+
+def is_ipv6(text: str) -> bool:
+    return ":" in text
 
 
 def parse_cidr(
@@ -182,7 +203,13 @@ class Registry:
 
     @staticmethod
     def _dump(records: dict[str, Attachment]) -> str:
-        return json.dumps({k: asdict(v) for k, v in records.items()}, sort_keys=True)
+        out = {}
+        for k, v in records.items():
+            doc = asdict(v)
+            if not doc["cidrs6"]:  # what 0.2 and older can read back (a downgrade)
+                del doc["cidrs6"]
+            out[k] = doc
+        return json.dumps(out, sort_keys=True)
 
     def save(self, records: dict[str, Attachment]) -> None:
         """Write the records now (under ``locked``: a step that must be on
@@ -266,6 +293,7 @@ def attach(
     guard_port: bool = True,
     allow_outside: bool = False,
     interrupts: Interrupts | None = None,
+    range6: str = "",
 ) -> tuple[Attachment, list[str]]:
     """Attach ``name`` with the addresses ``wants`` asks for (at least one).
     A container attached already keeps its link and gains the addresses it
@@ -280,11 +308,21 @@ def attach(
     container, waiting for the lock or the router's IPAM) stops it with
     AttachInterrupted, the addresses given back; from the veth on, the attach
     runs to its end.  A record marked PENDING is on disk while the veth is
-    made, so an attach killed there is undone by the next one or by prune."""
+    made, so an attach killed there is undone by the next one or by prune.
+
+    IPv6: with ``range6`` (``--ipalloc-range6``), every IPv4 address of the
+    range brings its image there (``v6map``); an IPv6 address asked for is
+    the operator's, but one inside ``range6`` must be such an image."""
     if not wants:
         raise AttachError("no address asked for")
     abort = interrupts.abortable if interrupts is not None else contextlib.nullcontext
     net = ipaddress.IPv4Network(mesh_range)
+    try:
+        r6 = v6map.parse_range6(range6, mesh_range)
+    except v6map.Range6Error as exc:
+        raise AttachError(str(exc)) from None
+    explicit6 = [parse_cidr6(w.cidr) for w in wants if w.cidr is not None and is_ipv6(w.cidr)]
+    wants = [w for w in wants if w.cidr is None or not is_ipv6(w.cidr)]
     chosen = [
         parse_cidr(w.cidr, mesh_range, allow_outside=allow_outside) if w.cidr is not None else None
         for w in wants
@@ -298,30 +336,80 @@ def attach(
         raise AttachError(f"no mesh bridge {bridge!r} on this host: run 'mesh launch' first")
     try:
         with registry.locked(abort()) as records:
-            _check_free(records, chosen, c.ident)
+            _check_free(records, chosen, explicit6, c.ident)
             have = _reusable(registry, records, c, name, ifname, ipam)
             held = list(have.cidrs) if have else []
             # The addresses, mesh-wide: allocated, or claimed from whoever owns them.
             got = _addresses(ipam, c, wants, chosen, held, net, abort)
+            try:
+                got6 = _addresses6(r6, explicit6, [*held, *got], have.cidrs6 if have else [])
+            except AttachError:
+                if got:
+                    ipam.release(c.ident, got)
+                raise
             if have is not None:
-                _add_addresses(have, c, got, ifname, ipam, name)
-                return have, got
-            return _new_link(registry, records, c, name, got, ifname, guard_port, ipam,
-                             (mtu, bridge, dns_address, routes)), got  # fmt: skip
+                _add_addresses(have, c, got, got6, ifname, ipam, name)
+                return have, [*got, *got6]
+            return _new_link(registry, records, c, name, (got, got6), ifname, guard_port, ipam,
+                             (mtu, bridge, dns_address, routes)), [*got, *got6]  # fmt: skip
     except Interrupted:  # waiting for the lock: nothing asked, nothing made
         raise AttachInterrupted("interrupted: nothing was attached") from None
 
 
 def _check_free(
-    records: dict[str, Attachment], chosen: Sequence[ipaddress.IPv4Interface | None], ident: str
+    records: dict[str, Attachment],
+    chosen: Sequence[ipaddress.IPv4Interface | None],
+    chosen6: Sequence[ipaddress.IPv6Interface],
+    ident: str,
 ) -> None:
     """No address asked for is attached to another container of this host."""
     for rec in records.values():
-        for iface in chosen:
-            if iface is None or rec.ident == ident:
+        if rec.ident == ident:
+            continue
+        for iface in [*chosen, *chosen6]:
+            if iface is None:
                 continue
-            if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.cidrs):
+            if any(ipaddress.ip_interface(x).ip == iface.ip for x in rec.addresses):
                 raise AttachError(f"{iface.ip} is already attached to {rec.container} on this host")
+
+
+def _addresses6(
+    r6: v6map.Range6 | None,
+    explicit: Sequence[ipaddress.IPv6Interface],
+    v4s: Sequence[str],
+    held6: Sequence[str],
+) -> list[str]:
+    """The IPv6 addresses a container with IPv4 addresses ``v4s`` gains: the
+    images of those in ``r6``, then ``explicit`` (one inside ``r6`` must be
+    such an image), less what it holds already."""
+    out: list[ipaddress.IPv6Interface] = []
+    if r6 is not None:
+        for a in v4s:
+            img = r6.image(ipaddress.IPv4Interface(a))
+            if img is not None:
+                out.append(img)
+    for iface in explicit:
+        if r6 is not None and iface.ip in r6.v6:
+            if all(x.ip != iface.ip for x in out):
+                origin = r6.origin(iface.ip)
+                hint = (
+                    f"attach {origin} instead, which brings it"
+                    if origin is not None
+                    else "give an address outside that range"
+                )
+                raise AttachError(
+                    f"{iface.ip} is in the mesh's IPv6 range {r6.v6}, whose addresses "
+                    f"follow the IPv4 ones: {hint}"
+                )
+            continue
+        out.append(iface)
+    have = {ipaddress.IPv6Interface(x).ip for x in held6}
+    new: list[str] = []
+    for x in out:
+        if x.ip not in have:
+            have.add(x.ip)
+            new.append(str(x))
+    return new
 
 
 def _reusable(
@@ -388,21 +476,40 @@ def _addresses(
 
 
 def _add_addresses(
-    rec: Attachment, c: Container, got: list[str], ifname: str, ipam: AddressSource, name: str
+    rec: Attachment,
+    c: Container,
+    got: list[str],
+    got6: list[str],
+    ifname: str,
+    ipam: AddressSource,
+    name: str,
 ) -> None:
-    """``got`` on the link ``rec`` has already (with gratuitous ARPs)."""
-    if not got:
+    """``got`` and ``got6`` on the link ``rec`` has already (with gratuitous ARPs)."""
+    if not got and not got6:
         return
     try:
-        ip_batch([f"addr add {a} dev {ifname}" for a in got], ns_path=c.ns_path)
+        if got6:
+            ipv6_link_settings(ifname, c.ns_path)
+        ip_batch(_address_commands(ifname, got, got6), ns_path=c.ns_path)
         for a in got:
             send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path)
     except (NetdevError, OSError) as exc:
-        for a in got:
+        for a in [*got, *got6]:
             in_ns(c, "ip", "addr", "del", a, "dev", ifname, check=False)
-        ipam.release(c.ident, got)
-        raise AttachError(f"adding {', '.join(got)} to {name} failed: {exc}") from None
+        if got:
+            ipam.release(c.ident, got)
+        raise AttachError(f"adding {', '.join([*got, *got6])} to {name} failed: {exc}") from None
     rec.cidrs = [*rec.cidrs, *got]
+    rec.cidrs6 = [*rec.cidrs6, *got6]
+
+
+def _address_commands(ifname: str, got: Sequence[str], got6: Sequence[str]) -> list[str]:
+    """``ip`` commands that put these addresses on ``ifname`` (IPv6 ones
+    without duplicate address detection: the mesh made them unique, and a
+    tentative address would not answer for a second)."""
+    return [f"addr add {a} dev {ifname}" for a in got] + [
+        f"addr add {a} dev {ifname} nodad" for a in got6
+    ]
 
 
 def _new_link(
@@ -410,7 +517,7 @@ def _new_link(
     records: dict[str, Attachment],
     c: Container,
     name: str,
-    got: list[str],
+    both: tuple[list[str], list[str]],
     ifname: str,
     guard_port: bool,
     ipam: AddressSource,
@@ -419,25 +526,28 @@ def _new_link(
     """A new veth for ``c``, recorded PENDING on disk first (a killed attach
     is found and undone); undone whole if it fails."""
     mtu, bridge, dns_address, routes = link
+    got, got6 = both
     host = veth_name(c.ident)
     if link_exists(host):  # left over from a container that went away
         ip("link", "del", "dev", host, check=False)
     rec = Attachment(
         name, c.kind, c.ident, c.ns_path, host, got, "", c.hostname,
-        ifname=ifname, guard=guard_port, state=PENDING,
+        ifname=ifname, guard=guard_port, state=PENDING, cidrs6=got6,
     )  # fmt: skip
     records[c.ident] = rec
     try:
         registry.save(records)  # on disk before the veth: a killed attach is found
     except OSError as exc:  # a full or read-only state directory: nothing made yet
         del records[c.ident]
-        ipam.release(c.ident, got)
+        if got:
+            ipam.release(c.ident, got)
         raise AttachError(f"{name} was not attached: {exc.strerror or exc}") from None
     try:
         _make_link(c, rec, mtu, bridge, dns_address, routes)
     except BaseException as exc:
         ip("link", "del", "dev", host, check=False)
-        ipam.release(c.ident, got)
+        if got:
+            ipam.release(c.ident, got)
         del records[c.ident]
         registry.save(records)
         if isinstance(exc, NetdevError | OSError):
@@ -458,30 +568,44 @@ def _make_link(
     """The veth pair of ``rec``, its addresses and routes in the container,
     its host end on the bridge, and the gratuitous ARPs (``rec.mac`` set).
     Raises NetdevError or OSError; the caller undoes."""
-    host, ifname, got = rec.host_veth, rec.ifname, rec.cidrs
+    host, ifname, got, got6 = rec.host_veth, rec.ifname, rec.cidrs, rec.cidrs6
     try:
         make_veth(host, ifname, mtu, c.ns_ref)
     except NetdevError as exc:
         raise AttachError(f"cannot create veth pair for {rec.container}: {exc}") from None
+    if got6:
+        ipv6_link_settings(ifname, c.ns_path)
+    dns = [f"{dns_address}/32"] if dns_address else []  # the IPv6 one is link-local
     # One process per side.  TSO superframes small enough that one sealed
     # message fits one UDP GSO send (65507 bytes): the router never splits a
     # send in two (optional: old kernels lack it).
+    addrs = _address_commands(ifname, got, got6)
     ip_batch(
         ["link set dev lo up"]
-        + [f"addr add {a} dev {ifname}" for a in got]
+        + addrs
         + [
             f"link set dev {ifname} gso_max_size {CONTAINER_GSO_MAX_SIZE}",
             f"link set dev {ifname} up",
         ]
-        + ([f"route replace {dns_address}/32 dev {ifname}"] if dns_address else [])
+        + [f"route replace {d} dev {ifname}" for d in dns]
         + [f"route replace {r}" for r in routes],
         ns_path=c.ns_path,
-        optional=frozenset({1 + len(got)}),
+        optional=frozenset({1 + len(addrs)}),
     )
     ip_batch([f"link set dev {host} master {bridge}", f"link set dev {host} up"])
     # Tell the mesh where these addresses live now (gratuitous ARP).
     for a in got:
         rec.mac = send_garp(ifname, ipaddress.IPv4Interface(a).ip, ns_path=c.ns_path).hex(":")
+    if not rec.mac:  # IPv6 only: the guard needs its MAC all the same
+        rec.mac = link_mac(c, ifname)
+
+
+def link_mac(c: Container, ifname: str) -> str:
+    """The MAC of ``ifname`` in container ``c``.  Raises NetdevError."""
+    out = in_ns(c, "ip", "-o", "link", "show", "dev", ifname).stdout.split()
+    if "link/ether" not in out:
+        raise NetdevError(f"{ifname} in {c.name} has no Ethernet address")
+    return out[out.index("link/ether") + 1]
 
 
 def undo_pending(rec: Attachment, ipam: AddressSource) -> None:
@@ -507,7 +631,11 @@ def write_resolv_conf(registry: Registry, rec: Attachment, dns_address: str, dom
         return ""
     path.parent.mkdir(parents=True, exist_ok=True)
     search = domain.rstrip(".")
-    text = f"{RESOLV_MARK}nameserver {dns_address}\nsearch {search}\noptions ndots:1\n"
+    servers = [dns_address]
+    if rec.cidrs6:  # the router answers on both (an IPv6-only container asks first there)
+        servers.insert(0 if not rec.cidrs else 1, f"{v6map.DNS_ADDRESS6}%{rec.ifname}")
+    lines = "".join(f"nameserver {x}\n" for x in servers)
+    text = f"{RESOLV_MARK}{lines}search {search}\noptions ndots:1\n"
     atomic_write(path, text.encode(), 0o644)
     with registry.locked() as records:
         if rec.ident in records:
@@ -526,12 +654,28 @@ def remove_resolv_conf(rec: Attachment) -> None:
                 path.parent.rmdir()  # only if nothing else is in it
 
 
+def _range6(range6: tuple[str, str] | None, rec: Attachment) -> v6map.Range6 | None:
+    """The ranges (IPv4, IPv6) as a Range6; None when off or unreadable."""
+    if range6 is None or not rec.cidrs6:
+        return None
+    try:
+        return v6map.parse_range6(range6[1], range6[0])
+    except v6map.Range6Error:
+        return None
+
+
 def detach(
-    registry: Registry, name: str, ipam: AddressSource, addrs: Sequence[str] = ()
+    registry: Registry,
+    name: str,
+    ipam: AddressSource,
+    addrs: Sequence[str] = (),
+    range6: tuple[str, str] | None = None,
 ) -> tuple[Attachment, list[str]] | None:
     """Undo an attach and release its addresses; with ``addrs``, only those
-    (the link goes with the last one).  Returns the record and the addresses
-    taken away, or None if the container was not attached."""
+    (the link goes with the last one; an IPv4 address takes its image in
+    ``range6``, the pair (IPv4 range, IPv6 range), along).  Returns the
+    record and the addresses taken away, or None if the container was not
+    attached."""
     with registry.locked() as records:
         rec = next((r for r in records.values() if r.container == name or r.ident == name), None)
         try:
@@ -547,26 +691,17 @@ def detach(
             if c is None:
                 raise AttachError(f"{name} is neither attached nor a known container or namespace")
             return None
-        drop = list(rec.cidrs)
+        drop = rec.addresses
         if addrs:
-            drop = []
-            for text in addrs:
-                try:
-                    want = ipaddress.ip_interface(text).ip
-                except ValueError:
-                    raise AttachError(
-                        f"invalid address {text!r}: expected an IPv4 address like 10.32.0.5"
-                    ) from None
-                match = [x for x in rec.cidrs if ipaddress.ip_interface(x).ip == want]
-                if not match:
-                    have = ", ".join(rec.cidrs) or "none"
-                    raise AttachError(f"{name} does not have {want} (it has {have})")
-                drop += [m for m in match if m not in drop]
-        if len(drop) < len(rec.cidrs):
+            drop = _dropped(rec, name, addrs, _range6(range6, rec))
+        if len(drop) < len(rec.addresses):
             for a in drop:
                 in_ns(rec, "ip", "addr", "del", a, "dev", rec.ifname, check=False)
             rec.cidrs = [x for x in rec.cidrs if x not in drop]
-            ipam.release(rec.ident, drop)
+            rec.cidrs6 = [x for x in rec.cidrs6 if x not in drop]
+            drop4 = [x for x in drop if not is_ipv6(x)]
+            if drop4:
+                ipam.release(rec.ident, drop4)
             return rec, drop
         # Deleting either end of a veth pair removes both.
         ip("link", "del", "dev", rec.host_veth, check=False)
@@ -574,6 +709,32 @@ def detach(
         del records[rec.ident]
         ipam.release(rec.ident)
         return rec, drop
+
+
+def _dropped(
+    rec: Attachment, name: str, addrs: Sequence[str], r6: v6map.Range6 | None
+) -> list[str]:
+    """What ``mesh detach ADDR... CONTAINER`` takes from ``rec``: each address
+    named, and with an IPv4 one its image in the IPv6 range (the pair goes
+    together, as it came).  Raises AttachError."""
+    drop: list[str] = []
+    for text in addrs:
+        try:
+            want = ipaddress.ip_interface(text).ip
+        except ValueError:
+            raise AttachError(
+                f"invalid address {text!r}: expected an address like 10.32.0.5 or fd32::5"
+            ) from None
+        match = [x for x in rec.addresses if ipaddress.ip_interface(x).ip == want]
+        if not match:
+            have = ", ".join(rec.addresses) or "none"
+            raise AttachError(f"{name} does not have {want} (it has {have})")
+        drop += [m for m in match if m not in drop]
+    if r6 is not None:
+        for a in [x for x in drop if not is_ipv6(x)]:
+            img = r6.image(ipaddress.IPv4Interface(a))
+            drop += [x for x in rec.cidrs6 if img is not None and x == str(img) and x not in drop]
+    return drop
 
 
 def forget(

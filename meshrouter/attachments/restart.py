@@ -37,6 +37,7 @@ class Settings:
     mtu: int
     dns_address: str | None = None  # None: the router serves no DNS
     dns_domain: str = ""
+    mesh_range6: str = ""  # --ipalloc-range6 ("": none)
 
 
 class MeshAccess(attach_mod.AddressSource, Protocol):
@@ -104,7 +105,7 @@ def reattach(
         new, _ = attach_mod.attach(
             registry,
             rec.container,
-            [attach_mod.Want(cidr=x) for x in rec.cidrs],
+            [attach_mod.Want(cidr=x) for x in rec.addresses],
             bridge=settings.bridge,
             mesh_range=settings.mesh_range,
             mtu=settings.mtu,
@@ -113,6 +114,7 @@ def reattach(
             container=c,
             guard_port=rec.guard,
             allow_outside=True,
+            range6=settings.mesh_range6,
         )
     except attach_mod.AttachError as exc:
         with registry.locked() as records:  # kept: its address stays its own, for the next try
@@ -122,7 +124,7 @@ def reattach(
     if settings.dns_address and rec.hostname:
         warning = register_name(registry, new, settings, mesh, rec.hostname, new.cidrs)
         told.warnings += [warning] if warning else []
-    told.lines.append(f"{rec.container} attached again with {' '.join(new.cidrs)}")
+    told.lines.append(f"{rec.container} attached again with {' '.join(new.addresses)}")
     return told
 
 

@@ -57,6 +57,14 @@ class RouterOptions:
     ipalloc_range: str = _opt(
         DEFAULT_RANGE, "address range of the mesh (default: %(default)s)", metavar="CIDR"
     )
+    ipalloc_range6: str = _opt(
+        "",
+        "IPv6 range beside --ipalloc-range, like fd32::/64 (default: none, containers "
+        "get IPv4 only): a container's IPv6 address is the one at the offset of its "
+        "IPv4 address in the range (10.32.0.5 -> fd32::5), so one IPAM decides both; "
+        "the same on every peer",
+        metavar="CIDR6",
+    )
     ipalloc_init: int = _opt(
         0,
         "how many peers the mesh starts with; addresses are handed out once "

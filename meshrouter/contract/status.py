@@ -182,6 +182,7 @@ class RouterStatus(MeshStatus):
     bridge: str
     tap: str | None
     ipalloc_range: str
+    ipalloc_range6: str  # "" when containers get no IPv6 addresses
     mtu: int
     encryption: bool
     uptime: float

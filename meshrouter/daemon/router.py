@@ -29,6 +29,7 @@ import trio
 
 from meshrouter import __version__
 from meshrouter.attachments import restart
+from meshrouter.base import v6map
 from meshrouter.base.boundary import Boundary
 from meshrouter.base.constants import (
     DNS_PORT,
@@ -104,6 +105,7 @@ class Router:
         self.started_wall = 0.0
         self.serving = False  # listening, start-up done
         peers = list(opts.peers) if peers is None else peers
+        self.range6 = v6map.parse_range6(opts.ipalloc_range6, opts.ipalloc_range)  # ValueError
         use_native(cast(Mode, opts.dataplane))  # --dataplane c without the C loop: ValueError
         self.fastpath: FastPathChannel | None = None
         if opts.trusted_subnets:
@@ -146,7 +148,10 @@ class Router:
         self.exposed: ExposeStatus = self.files.load_expose()
         if state_dir is not None:
             dns = opts.dns_listen_address if self.dns_server is not None else None
-            here = restart.Settings(opts.bridge, opts.ipalloc_range, opts.mtu, dns, self.dns_domain)
+            here = restart.Settings(
+                opts.bridge, opts.ipalloc_range, opts.mtu, dns, self.dns_domain,
+                opts.ipalloc_range6 if self.range6 is not None else "",
+            )  # fmt: skip
             self.containers = Containers(state_dir, here, self.commands)
             # A container whose namespace went may only have stopped: its
             # engine says, before its addresses go (issue 23).
@@ -160,6 +165,7 @@ class Router:
             ttl=opts.dns_ttl,
             mesh_range=opts.ipalloc_range,
             rng=random.Random(),
+            range6=self.range6,
         )
         return DnsServer(
             answerer,
@@ -168,6 +174,7 @@ class Router:
             device=opts.bridge,
             upstreams=parse_upstreams(opts.dns_upstream, opts.dns_listen_address),
             boundary=self.boundary,
+            also=(v6map.DNS_ADDRESS6,),  # for containers with IPv6 addresses
         )
 
     # -- lifecycle ------------------------------------------------------
@@ -220,7 +227,7 @@ class Router:
                 task_status.started()
         finally:
             if opts.dns:
-                hostaccess.dns_down(opts.bridge, opts.dns_listen_address)
+                hostaccess.dns_down(opts.bridge, opts.dns_listen_address, v6map.DNS_ADDRESS6)
             if self.exposed["masquerade"]:
                 hostaccess.masquerade_down()
             self.ipam.close()
@@ -254,7 +261,7 @@ class Router:
         assert server is not None
         assert tap is not None
         try:
-            hostaccess.dns_up(opts.bridge, tap.name, opts.dns_listen_address)
+            hostaccess.dns_up(opts.bridge, tap.name, opts.dns_listen_address, v6map.DNS_ADDRESS6)
         except NetdevError as exc:
             log.warning("DNS may be answered by other hosts' routers: %s", exc)
         try:

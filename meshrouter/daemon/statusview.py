@@ -45,6 +45,7 @@ def router_status(r: Router, now: float) -> RouterStatus:
         "bridge": r.opts.bridge,
         "tap": tap.name if tap else None,
         "ipalloc_range": r.opts.ipalloc_range,
+        "ipalloc_range6": r.opts.ipalloc_range6,
         "mtu": r.opts.mtu,
         "encryption": True,
         "uptime": round(now - r.started_at, 1),

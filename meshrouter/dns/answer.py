@@ -7,9 +7,14 @@ What it answers:
 
 * A for a name with records: every address, shuffled on each answer so
   clients spread over the containers of one name;
-* AAAA, MX or any other type of a name with records: NOERROR, no answers;
+* AAAA for a name with records, with ``--ipalloc-range6``: the IPv6 image
+  of each of its addresses in the range (``v6map``: the records carry IPv4
+  addresses, and the image is the same on every peer); ANY: both;
+* MX or any other type of a name with records (AAAA without IPv6): NOERROR,
+  no answers;
 * any name in the mesh domain without records: NXDOMAIN;
-* PTR for an address with records (the names); for an address of the mesh
+* PTR for an address with records (the names), of ``in-addr.arpa`` or of
+  ``ip6.arpa`` for an image in the IPv6 range; for an address of either
   range without records: NXDOMAIN;
 * everything else: forwarded.
 
@@ -36,7 +41,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
 
+from meshrouter.base import v6map
 from meshrouter.base.errors import BadPacket
 from meshrouter.dns.records import Records
 
@@ -81,14 +88,36 @@ def reverse_address(name: dns.name.Name) -> int | None:
         return None
 
 
+def reverse_address6(name: dns.name.Name) -> ipaddress.IPv6Address | None:
+    """The IPv6 address of a ``<32 nibbles>.ip6.arpa.`` name, else None."""
+    labels = name.labels
+    if len(labels) != 35 or [x.lower() for x in labels[32:]] != [b"ip6", b"arpa", b""]:
+        return None
+    try:
+        nibbles = "".join(x.decode() for x in reversed(labels[:32]))
+        if any(len(x) != 1 for x in labels[:32]):
+            return None
+        return ipaddress.IPv6Address(int(nibbles, 16))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 class Answerer:
     def __init__(
-        self, records: Records, *, domain: str, ttl: int, mesh_range: str, rng: Shuffler
+        self,
+        records: Records,
+        *,
+        domain: str,
+        ttl: int,
+        mesh_range: str,
+        rng: Shuffler,
+        range6: v6map.Range6 | None = None,
     ) -> None:
         self.records = records
         self.domain = dns.name.from_text(domain)
         self.ttl = ttl
         self.range = ipaddress.IPv4Network(mesh_range)
+        self.range6 = range6
         self.rng = rng
         self.counters: Counter[str] = Counter()
 
@@ -111,6 +140,15 @@ class Answerer:
         text = qname.to_text().lower()
         if q.rdtype == dns.rdatatype.PTR:
             addr = reverse_address(qname)
+            six = reverse_address6(qname) if addr is None else None
+            if six is not None and self.range6 is not None:
+                origin = self.range6.origin(six)
+                if origin is not None:  # an image: named as its IPv4 address is
+                    names = self.records.reverse(int(origin))
+                    if not names:
+                        return self._reply(query, dns.rcode.NXDOMAIN, tcp)
+                    rrset = dns.rrset.from_text_list(qname, self.ttl, "IN", "PTR", names)
+                    return self._reply(query, dns.rcode.NOERROR, tcp, [rrset])
             if addr is not None:
                 names = self.records.reverse(addr)
                 if names:
@@ -118,21 +156,42 @@ class Answerer:
                     return self._reply(query, dns.rcode.NOERROR, tcp, [rrset])
                 if ipaddress.IPv4Address(addr) in self.range:
                     return self._reply(query, dns.rcode.NXDOMAIN, tcp)
+            elif six is not None and self.range6 is not None and six in self.range6.v6:
+                return self._reply(query, dns.rcode.NXDOMAIN, tcp)
             return self._forward(data)
         entries = self.records.lookup(text)
         if entries:
-            if q.rdtype not in (dns.rdatatype.A, dns.rdatatype.ANY):
-                return self._reply(query, dns.rcode.NOERROR, tcp)
             addrs = [e.address for e in entries]
             self.rng.shuffle(addrs)
-            rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.A)
-            rrset.update_ttl(self.ttl)
-            for a in addrs:  # made directly: from_text is the slow part
-                rrset.add(A(dns.rdataclass.IN, dns.rdatatype.A, a))  # type: ignore[no-untyped-call]
-            return self._reply(query, dns.rcode.NOERROR, tcp, [rrset])
+            answer = []
+            if q.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+                answer.append(self._a(qname, addrs))
+            if q.rdtype in (dns.rdatatype.AAAA, dns.rdatatype.ANY):
+                aaaa = self._aaaa(qname, addrs)
+                answer += [aaaa] if aaaa is not None else []
+            return self._reply(query, dns.rcode.NOERROR, tcp, answer)
         if qname.is_subdomain(self.domain):
             return self._reply(query, dns.rcode.NXDOMAIN, tcp)
         return self._forward(data)
+
+    def _a(self, qname: dns.name.Name, addrs: list[str]) -> dns.rrset.RRset:
+        rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.A)
+        rrset.update_ttl(self.ttl)
+        for a in addrs:  # made directly: from_text is the slow part
+            rrset.add(A(dns.rdataclass.IN, dns.rdatatype.A, a))  # type: ignore[no-untyped-call]
+        return rrset
+
+    def _aaaa(self, qname: dns.name.Name, addrs: list[str]) -> dns.rrset.RRset | None:
+        """The images of ``addrs`` in the IPv6 range (None: there are none)."""
+        if self.range6 is None:
+            return None
+        rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.AAAA)
+        rrset.update_ttl(self.ttl)
+        for a in addrs:
+            img = self.range6.image(ipaddress.IPv4Interface(f"{a}/{self.range.prefixlen}"))
+            if img is not None:
+                rrset.add(AAAA(dns.rdataclass.IN, dns.rdatatype.AAAA, str(img.ip)))  # type: ignore[no-untyped-call]
+        return rrset if len(rrset) else None
 
     def _forward(self, data: bytes) -> Forward:
         self.counters["forwarded"] += 1

@@ -72,8 +72,10 @@ class DnsServer:
         device: str | None,
         upstreams: list[tuple[str, int]],
         boundary: Boundary | None = None,
+        also: tuple[str, ...] = (),
     ) -> None:
         self.answerer = answerer
+        self.also = also  # more addresses (the IPv6 one): served if they can be bound
         self.boundary = boundary if boundary is not None else Boundary(log)
         self.address = address
         self.port = port
@@ -82,34 +84,56 @@ class DnsServer:
         self.counters: Counter[str] = Counter()
         self._pending = 0
 
-    def _socket(self, kind: int) -> trio.socket.SocketType:
-        sock = trio.socket.socket(socket.AF_INET, kind)
+    def _socket(self, kind: int, address: str) -> trio.socket.SocketType:
+        sock = trio.socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.device:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device.encode())
         return sock
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        udp = self._socket(socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        tcp = self._socket(socket.SOCK_STREAM)
-        with udp, tcp:
-            await udp.bind((self.address, self.port))
-            await tcp.bind((self.address, self.port))
+    async def _bound(self, address: str) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+        """A UDP and a listening TCP socket on ``address``.  Raises OSError."""
+        udp = self._socket(socket.SOCK_DGRAM, address)
+        tcp = self._socket(socket.SOCK_STREAM, address)
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            await udp.bind((address, self.port))
+            await tcp.bind((address, self.port))
             tcp.listen(64)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        return udp, tcp
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        pairs = [await self._bound(self.address)]  # the first address must be served
+        served = [self.address]
+        for extra in self.also:
+            try:
+                pairs.append(await self._bound(extra))
+                served.append(extra)
+            except OSError as exc:
+                log.warning("no DNS on %s port %d: %s", extra, self.port, exc)
+        try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._udp_loop, udp, nursery)
-                await nursery.start(
-                    trio.serve_listeners, self._tcp_client, [trio.SocketListener(tcp)]
-                )
+                for udp, tcp in pairs:
+                    nursery.start_soon(self._udp_loop, udp, nursery)
+                    await nursery.start(
+                        trio.serve_listeners, self._tcp_client, [trio.SocketListener(tcp)]
+                    )
                 log.info(
                     "DNS for %s on %s port %d (upstream: %s)",
                     self.answerer.domain,
-                    self.address,
+                    " and ".join(served),
                     self.port,
                     ", ".join(f"{h}:{p}" for h, p in self.upstreams) or "none",
                 )
                 task_status.started()
+        finally:
+            for udp, tcp in pairs:
+                udp.close()
+                tcp.close()
 
     # -- UDP ------------------------------------------------------------------------
 

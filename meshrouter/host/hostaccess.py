@@ -39,10 +39,12 @@ def del_address(dev: str, cidr: str) -> None:
     ip("addr", "del", str(ipaddress.IPv4Interface(cidr)), "dev", dev, check=False)
 
 
-def dns_up(bridge: str, tap: str, addr: str) -> None:
+def dns_up(bridge: str, tap: str, addr: str, addr6: str | None = None) -> None:
     """The DNS address on the bridge, and kept off the mesh: every host has the
     same one, so ARP for it and packets to or from it must not cross the TAP
-    (a container would otherwise be answered by another host's router)."""
+    (a container would otherwise be answered by another host's router).  With
+    ``addr6``, the IPv6 one too, and Neighbor Discovery for it kept here (a
+    bridge without IPv6 gets the IPv4 address alone, with a warning)."""
     add_address(bridge, f"{addr}/32", scope="link")
     rules = [
         f'oifname "{tap}" arp daddr ip {addr} drop',
@@ -50,12 +52,26 @@ def dns_up(bridge: str, tap: str, addr: str) -> None:
         f'oifname "{tap}" ip daddr {addr} drop',
         f'iifname "{tap}" ip saddr {addr} drop',
     ]
+    output = [
+        f'oifname "{tap}" arp saddr ip {addr} drop',
+        f'oifname "{tap}" ip saddr {addr} drop',
+    ]
+    if addr6 is not None and _add_address6(bridge, addr6):
+        target = nd_target_match(addr6)
+        nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }"
+        rules += [
+            f'oifname "{tap}" ip6 daddr {addr6} drop',
+            f'iifname "{tap}" ip6 saddr {addr6} drop',
+            f'oifname "{tap}" {nd} {target} drop',
+            f'iifname "{tap}" {nd} {target} drop',
+        ]
+        output += [
+            f'oifname "{tap}" ip6 saddr {addr6} drop',
+            f'oifname "{tap}" {nd} {target} drop',
+        ]
     chains = {
         "forward": rules,
-        "output": [
-            f'oifname "{tap}" arp saddr ip {addr} drop',
-            f'oifname "{tap}" ip saddr {addr} drop',
-        ],
+        "output": output,
         "input": [
             f'iifname "{tap}" arp saddr ip {addr} drop',
             f'iifname "{tap}" arp daddr ip {addr} drop',
@@ -74,9 +90,32 @@ def dns_up(bridge: str, tap: str, addr: str) -> None:
     nft("\n".join(script) + "\n")
 
 
-def dns_down(bridge: str, addr: str) -> None:
+def nd_target_match(addr6: str) -> str:
+    """An nft match on the target address of a Neighbor Solicitation or
+    Advertisement (16 bytes, 8 bytes into the ICMPv6 header)."""
+    value = int(ipaddress.IPv6Address(addr6))
+    return f"@th,64,128 0x{value:032x}"
+
+
+def _add_address6(dev: str, addr6: str) -> bool:
+    """``addr6``/128 on ``dev`` (no duplicate detection); False, logged, when
+    the device has no IPv6."""
+    have = ip("-o", "-6", "addr", "show", "dev", dev, check=False).stdout
+    if f" {addr6}/" in have:
+        return True
+    try:
+        ip("addr", "add", f"{addr6}/128", "dev", dev, "nodad")
+    except NetdevError as exc:
+        log.warning("no IPv6 DNS address on %s: %s", dev, exc)
+        return False
+    return True
+
+
+def dns_down(bridge: str, addr: str, addr6: str | None = None) -> None:
     delete_table("bridge", DNS_TABLE)
     del_address(bridge, f"{addr}/32")
+    if addr6 is not None:
+        ip("addr", "del", f"{addr6}/128", "dev", bridge, check=False)
 
 
 def masquerade_up(mesh_range: str, bridge: str) -> None:

@@ -78,3 +78,30 @@ def ip_batch(
     detail = proc.stderr.strip().splitlines()
     reason = detail[0] if detail else f"exit status {proc.returncode}"
     raise NetdevError(f"'ip {bad[0] if bad else commands[0]}' failed: {reason}")
+
+
+def ipv6_link_settings(ifname: str, ns_path: str) -> None:
+    """IPv6 on ``ifname`` in the namespace at ``ns_path`` for addresses the
+    mesh gives: on (an engine may have turned it off), and no router
+    advertisements or autoconfiguration from whoever sends them (the mesh's
+    addresses are static; a container sending RAs is dropped by the guard
+    anyway).  Raises NetdevError when IPv6 cannot be turned on."""
+    with entered(ns_path):
+        base = f"/proc/sys/net/ipv6/conf/{ifname}/"
+        try:
+            # accept_dad 0: its link-local address works at once (the DNS
+            # server answers there), not after a second of tentative state
+            settings = (
+                ("disable_ipv6", "0"),
+                ("accept_ra", "0"),
+                ("autoconf", "0"),
+                ("accept_dad", "0"),
+            )
+            for key, value in settings:
+                with open(base + key, "w") as f:
+                    f.write(value)
+        except OSError as exc:
+            raise NetdevError(
+                f"cannot turn on IPv6 on {ifname} ({exc.strerror}): is IPv6 disabled "
+                "in this kernel (ipv6.disable=1)?"
+            ) from None

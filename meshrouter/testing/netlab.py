@@ -366,9 +366,11 @@ def star(lab: Lab, n: int, *extra: str) -> None:
 
 
 _TCP_SERVER = """
-import hashlib, socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5001)); s.listen(1); print("ready", flush=True)
+import hashlib, socket, sys
+six = sys.argv[1] == "6"
+s = socket.socket(socket.AF_INET6 if six else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if six else "0.0.0.0", 5001)); s.listen(1); print("ready", flush=True)
 c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
 while (b := c.recv(65536)):
     h.update(b); n += len(b)
@@ -401,7 +403,7 @@ def tcp_transfer(
     ``dst`` (in 50 steps ``pace`` seconds apart if pace > 0), calling
     ``during`` meanwhile.  Returns what each end saw: "LENGTH SHA256"."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", dst, sys.executable, "-c", _TCP_SERVER],
+        ["ip", "netns", "exec", dst, sys.executable, "-c", _TCP_SERVER, "6" if ":" in ip else "4"],
         stdout=subprocess.PIPE,
         text=True,
     )

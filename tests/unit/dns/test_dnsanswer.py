@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import random
 
+import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
+import dns.reversename
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from meshrouter.base.errors import BadPacket
-from meshrouter.dns.answer import Answerer, Forward, Reply
+from meshrouter.base.v6map import parse_range6
+from meshrouter.dns.answer import Answerer, Forward, Reply, reverse_address6
 from meshrouter.dns.records import Records
 
 ME = bytes([2, 0, 0, 0, 0, 1])
@@ -109,3 +113,47 @@ def test_counts_by_rcode() -> None:
     assert a.counters["rcode_NOERROR"] == 1
     assert a.counters["rcode_NXDOMAIN"] == 1
     assert a.counters["queries"] == 2
+
+
+def answerer6() -> Answerer:
+    a = answerer()
+    a.range6 = parse_range6("fd32::/64", "10.32.0.0/12")
+    return a
+
+
+def test_aaaa_are_the_images_of_the_a_records_in_the_ipv6_range() -> None:
+    a = answerer6()
+    assert sorted(addresses(ask(a, "web.mesh.local", "AAAA"))) == ["fd32::1", "fd32::2", "fd32::3"]
+    both = sorted(addresses(ask(a, "web.mesh.local", "ANY")))
+    assert both == ["10.32.0.1", "10.32.0.2", "10.32.0.3", "fd32::1", "fd32::2", "fd32::3"]
+    # a name whose address is outside the IPv4 range has no image: no AAAA
+    empty = ask(a, "db.example.com", "AAAA")
+    assert (empty.rcode, addresses(empty)) == ("NOERROR", [])
+
+
+def test_ip6_arpa_ptr_of_an_image_names_its_container() -> None:
+    a = answerer6()
+    name = dns.reversename.from_address("fd32::2")
+    assert addresses(ask(a, name.to_text(), "PTR")) == ["web.mesh.local."]
+    free = dns.reversename.from_address("fd32::77")
+    assert ask(a, free.to_text(), "PTR").rcode == "NXDOMAIN"
+    # outside the range: not ours, forwarded
+    other = dns.reversename.from_address("2001:db8::1")
+    q = dns.message.make_query(other, "PTR")
+    assert isinstance(a.answer_untrusted(q.to_wire(), tcp=False), Forward)
+    # without IPv6 the router does not answer for ip6.arpa at all
+    plain = answerer()
+    q = dns.message.make_query(name, "PTR")
+    assert isinstance(plain.answer_untrusted(q.to_wire(), tcp=False), Forward)
+
+
+@given(st.lists(st.text(alphabet="0123456789abcdefgxyz-", max_size=3), max_size=40))
+def test_any_ip6_arpa_name_is_parsed_or_refused(labels: list[str]) -> None:
+    text = ".".join([*labels, "ip6.arpa."])
+    try:
+        name = dns.name.from_text(text)
+    except dns.exception.DNSException:
+        return
+    got = reverse_address6(name)
+    if got is not None:
+        assert dns.reversename.from_address(str(got)) == name

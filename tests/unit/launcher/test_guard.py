@@ -50,3 +50,30 @@ def test_a_port_with_several_addresses_may_use_each_of_them() -> None:
     assert f'iifname "vethwla" ip saddr != {both} counter drop' in text
     assert f'iifname "vethwla" arp saddr ip != {both} counter drop' in text
     assert f'iifname != "vethwla" ip saddr {both} counter drop' in text
+
+
+@dataclass
+class Port6(Port):
+    cidrs6: list[str] | None = None
+
+
+def test_ipv6_sources_and_neighbor_advertisements_are_its_own_only() -> None:
+    from meshrouter.host.guard import link_local
+
+    assert str(link_local("02:11:22:33:44:55")) == "fe80::11:22ff:fe33:4455"
+    text = render([Port6("vethwla", "02:11:22:33:44:55", ["10.32.0.5/12"], cidrs6=["fd32::5/64"])])
+    own = "{ fe80::11:22ff:fe33:4455, fd32::5, :: }"
+    assert f'iifname "vethwla" ip6 saddr != {own} counter drop' in text
+    assert 'iifname "vethwla" icmpv6 type { nd-router-advert, nd-redirect } counter drop' in text
+    na = "@th,64,128 != 0xfe80000000000000001122fffe334455 @th,64,128 != 0xfd32" + "0" * 27 + "5"
+    assert f'iifname "vethwla" icmpv6 type nd-neighbor-advert {na} counter drop' in text
+    assert (
+        'iifname != "vethwla" ip6 saddr { fe80::11:22ff:fe33:4455, fd32::5 } counter drop' in text
+    )
+
+
+def test_an_ipv6_only_port_sends_no_ipv4_and_arp() -> None:
+    text = render([Port6("vethwla", "02:11:22:33:44:55", [], cidrs6=["2001:db8::9/64"])])
+    assert 'iifname "vethwla" ether type { arp, ip } counter drop' in text
+    assert "ip saddr" not in text
+    assert 'iifname != "vethwla" ether saddr 02:11:22:33:44:55 counter drop' in text
