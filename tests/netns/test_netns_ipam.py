@@ -35,19 +35,23 @@ def test_thirty_containers_attached_concurrently_get_unique_reachable_addresses(
     lab_factory: LabFactory,
 ) -> None:
     lab = lab_factory(3)
-    star(lab, 3)
+    star(lab, 3, "--ipalloc-range6", "fd32::/64")  # each gets an IPv6 address too
     per_host = 10
     names = {i: [lab.container(f"a{i}x{k}") for k in range(per_host)] for i in (1, 2, 3)}
     procs = [(i, c, mesh_cmd(lab, i, "attach", c)) for i in (1, 2, 3) for c in names[i]]
     addrs: dict[str, str] = {}
+    addrs6: dict[str, str] = {}
     for i, c, p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, f"{c} on h{i}: {err}"
-        addrs[c] = out.strip()
+        addrs[c], addrs6[c] = out.split()
     ips = [a.split("/")[0] for a in addrs.values()]
     assert len(ips) == 3 * per_host
     assert len(set(ips)) == len(ips), "an address was given out twice"
     assert all(a.endswith("/12") for a in addrs.values())
+    ips6 = {a.split("/")[0] for a in addrs6.values()}
+    assert len(ips6) == len(ips), "an IPv6 address was given out twice"
+    assert all(ipaddress.IPv6Interface(a) in ipaddress.IPv6Network("fd32::/64") for a in ips6)
     # Every host now owns a share; every allocation is in its owner's share.
     shares = status(lab, 1)["ipam"]["shares"]
     assert len(shares) == 3
@@ -57,6 +61,10 @@ def test_thirty_containers_attached_concurrently_get_unique_reachable_addresses(
         ip = addrs[c].split("/")[0]
         r = lab.in_ns(src, "ping", "-c", "1", "-W", "2", ip, check=False)
         assert r.returncode == 0, f"{src} cannot reach {c} at {ip}"
+    for c in names[3]:
+        ip6 = addrs6[c].split("/")[0]
+        r = lab.in_ns(src, "ping", "-6", "-c", "1", "-W", "2", ip6, check=False)
+        assert r.returncode == 0, f"{src} cannot reach {c} at {ip6}"
     # Detach releases: the address can be handed out again.
     gone = names[2][0]
     lab.mesh(2, "detach", gone)
@@ -66,21 +74,25 @@ def test_thirty_containers_attached_concurrently_get_unique_reachable_addresses(
 
 def test_restart_forgets_nothing_and_dead_namespaces_are_reclaimed(lab_factory: LabFactory) -> None:
     lab = lab_factory(2)
-    lab.launch(1)
-    lab.launch(2, lab.addr(1))
+    six = ("--ipalloc-range6", "fd32::/64")
+    lab.launch(1, extra=six)
+    lab.launch(2, lab.addr(1), extra=six)
     lab.wait_for("connected", lambda: full_mesh(lab, 2), timeout=30)
     cs = [lab.container(f"r{k}") for k in range(4)]
-    got = {c: lab.mesh(2, "attach", c).stdout.strip() for c in cs}
+    got = {c: lab.mesh(2, "attach", c).stdout.split()[0] for c in cs}
     before = status(lab, 2)["ipam"]
+    ps_before = lab.mesh(2, "ps").stdout
     os.kill(lab.router_pid(2), signal.SIGKILL)  # no clean shutdown
-    lab.mesh(2, "launch", "--password-file", str(lab.password_file), lab.addr(1))
+    lab.mesh(2, "launch", "--password-file", str(lab.password_file), *six, lab.addr(1))
     lab.wait_for("reconnected", lambda: full_mesh(lab, 2), timeout=30)
     after = status(lab, 2)["ipam"]
     assert after["allocations"] == before["allocations"]
     assert [s["owned"] for s in after["shares"]] == [s["owned"] for s in before["shares"]]
-    # A restarted router keeps giving out only free addresses.
-    new = lab.mesh(2, "attach", lab.container("r9")).stdout.strip()
+    assert lab.mesh(2, "ps").stdout == ps_before  # IPv4 and IPv6 addresses kept
+    # A restarted router keeps giving out only free addresses (of both families).
+    new, new6 = lab.mesh(2, "attach", lab.container("r9")).stdout.split()
     assert new not in got.values()
+    assert new6 not in ps_before
     # The containers kept working through the restart.
     c1 = lab.container("peer1")
     lab.mesh(1, "attach", c1)
