@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from meshrouter.base import v6map
 from meshrouter.base.errors import BadInput, OperatorError
 from meshrouter.base.inputs import format_address, split_address
 from meshrouter.base.names import format_name
@@ -257,23 +258,60 @@ class Commands:
     def apply_expose(self) -> None:
         """Make what ``expose`` recorded true on this host (after a restart too)."""
         opts, exposed = self.r.opts, self.r.exposed
-        for cidr in exposed["addresses"]:
+        for cidr in self._exposed_addresses():
             try:
                 hostaccess.add_address(opts.bridge, cidr)
             except NetdevError as exc:
                 log.error("cannot expose %s again: %s", cidr, exc)
         if exposed["masquerade"]:
             try:
-                hostaccess.masquerade_up(opts.ipalloc_range, opts.bridge)
+                hostaccess.masquerade_up(opts.ipalloc_range, opts.bridge, self._range6_text())
             except (NetdevError, OSError) as exc:
                 log.error("cannot masquerade for the mesh: %s", exc)
+
+    def _range6_text(self) -> str | None:
+        return str(self.r.range6.v6) if self.r.range6 is not None else None
+
+    def _exposed_addresses(self) -> list[str]:
+        """What 'mesh expose' put on the bridge: its addresses, and the IPv6
+        image of each IPv4 one in the range (--ipalloc-range6)."""
+        have = list(self.r.exposed["addresses"])
+        r6 = self.r.range6
+        if r6 is not None:
+            for a in list(have):
+                if ":" not in a:
+                    img = r6.image(ipaddress.IPv4Interface(a))
+                    if img is not None and str(img) not in have:
+                        have.append(str(img))
+        return have
+
+    def _expose6(self, cidr: str, have: list[str]) -> None:
+        """An IPv6 address for the host: the operator's (one of the IPv6
+        range must be the image of an address exposed already)."""
+        try:
+            iface = v6map.parse_address6(cidr)
+        except v6map.Range6Error as exc:
+            raise OperatorError(str(exc)) from None
+        r6 = self.r.range6
+        if r6 is not None and iface.ip in r6.v6:
+            if str(iface) in self._exposed_addresses():
+                return
+            origin = r6.origin(iface.ip)
+            raise OperatorError(
+                f"{iface.ip} is in the mesh's IPv6 range {r6.v6}, whose addresses follow "
+                f"the IPv4 ones: expose {origin} instead, which brings it"
+            )
+        if str(iface) not in have:
+            have.append(str(iface))
 
     async def expose(self, cidr: str | None, masquerade: bool, fqdn: str | None) -> str:
         """Give this host an address on the mesh (allocated, or ``cidr``).  Idempotent."""
         r = self.r
         ident = self._ident(EXPOSE_CONTAINER)
         have = r.exposed["addresses"]
-        if cidr is not None:
+        if cidr is not None and ":" in cidr:
+            self._expose6(cidr, have)
+        elif cidr is not None:
             iface = str(ipaddress.IPv4Interface(cidr))
             if iface not in have:
                 have.append(await r.ipam.claim(iface, ident, ""))
@@ -281,27 +319,28 @@ class Commands:
             have.append(await r.ipam.allocate(ident, "", None))
         r.exposed["masquerade"] = masquerade
         try:
-            for a in have:
+            for a in self._exposed_addresses():
                 hostaccess.add_address(r.opts.bridge, a)
             if masquerade:
-                hostaccess.masquerade_up(r.opts.ipalloc_range, r.opts.bridge)
+                hostaccess.masquerade_up(r.opts.ipalloc_range, r.opts.bridge, self._range6_text())
             else:
                 hostaccess.masquerade_down()
         except (NetdevError, OSError) as exc:
             raise OperatorError(f"expose failed: {exc}") from None
         r.files.save_expose(r.exposed)
-        if r.dns_server is not None:
+        if r.dns_server is not None and any(":" not in a for a in have):
             r.dns.remove(ident, trio.current_time())
             try:
-                self.dns_add(EXPOSE_CONTAINER, [fqdn or r.mesh.nickname], have)
+                names = [fqdn or r.mesh.nickname]
+                self.dns_add(EXPOSE_CONTAINER, names, [a for a in have if ":" not in a])
             except OperatorError as exc:  # a nickname that is no DNS name: exposed all the same
                 log.warning("exposed host not named in DNS: %s (use -h FQDN)", exc)
         r.pump()
-        return ", ".join(have)
+        return ", ".join(self._exposed_addresses())
 
     def hide(self) -> str:
         r = self.r
-        have = list(r.exposed["addresses"])
+        have = self._exposed_addresses()
         for a in have:
             hostaccess.del_address(r.opts.bridge, a)
         hostaccess.masquerade_down()

@@ -19,24 +19,27 @@ log = logging.getLogger("meshrouter")
 
 DNS_TABLE = "meshrouter_dns"  # bridge family: the DNS address stays off the mesh
 NAT_TABLE = "meshrouter_nat"  # ip family: masquerading for exposed hosts
+NAT6_TABLE = "meshrouter_nat6"  # ip6 family: the same for the IPv6 range
 
 
 def has_address(dev: str, addr: str) -> bool:
-    out = ip("-o", "-4", "addr", "show", "dev", dev, check=False).stdout
+    family = "-6" if ":" in addr else "-4"
+    out = ip("-o", family, "addr", "show", "dev", dev, check=False).stdout
     return any(f" {addr}/" in line for line in out.splitlines())
 
 
 def add_address(dev: str, cidr: str, *, scope: str = "global") -> bool:
-    """Put ``cidr`` on ``dev``; False if it was there already."""
-    iface = ipaddress.IPv4Interface(cidr)
+    """Put ``cidr`` (either family) on ``dev``; False if it was there already."""
+    iface = ipaddress.ip_interface(cidr)
     if has_address(dev, str(iface.ip)):
         return False
-    ip("addr", "add", str(iface), "dev", dev, "scope", scope)
+    extra = ["nodad"] if iface.version == 6 else []  # the mesh made it unique
+    ip("addr", "add", str(iface), "dev", dev, "scope", scope, *extra)
     return True
 
 
 def del_address(dev: str, cidr: str) -> None:
-    ip("addr", "del", str(ipaddress.IPv4Interface(cidr)), "dev", dev, check=False)
+    ip("addr", "del", str(ipaddress.ip_interface(cidr)), "dev", dev, check=False)
 
 
 def dns_up(bridge: str, tap: str, addr: str, addr6: str | None = None) -> None:
@@ -118,18 +121,34 @@ def dns_down(bridge: str, addr: str, addr6: str | None = None) -> None:
         ip("addr", "del", f"{addr6}/128", "dev", bridge, check=False)
 
 
-def masquerade_up(mesh_range: str, bridge: str) -> None:
-    """Containers reach what is outside the mesh through this host: their packets
-    leaving by another interface get the host's address.  Forwarding is turned on."""
-    forward = Path("/proc/sys/net/ipv4/ip_forward")
+def _forwarding(path: str, sysctl: str) -> None:
+    forward = Path(path)
     try:
         if forward.read_text().strip() != "1":
             forward.write_text("1")
     except OSError as exc:  # a router container without write access to /proc/sys
         raise NetdevError(
-            f"cannot turn on IPv4 forwarding ({exc.strerror}): run "
-            "'sysctl -w net.ipv4.ip_forward=1' on the host"
+            f"cannot turn on forwarding ({exc.strerror}): run 'sysctl -w {sysctl}=1' on the host"
         ) from None
+
+
+def masquerade_up(mesh_range: str, bridge: str, range6: str | None = None) -> None:
+    """Containers reach what is outside the mesh through this host: their packets
+    leaving by another interface get the host's address.  Forwarding is turned on.
+    With ``range6``, the same for their IPv6 addresses (NAT66: a ULA range
+    reaches the IPv6 internet through the host's address, as Docker does)."""
+    _forwarding("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward")
+    if range6:
+        _forwarding("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding")
+        nft(
+            f"table ip6 {NAT6_TABLE}\n"
+            f"delete table ip6 {NAT6_TABLE}\n"
+            f"table ip6 {NAT6_TABLE} {{\n"
+            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+            f'    ip6 saddr {range6} ip6 daddr != {range6} oifname != "{bridge}" masquerade\n'
+            "  }\n"
+            "}\n"
+        )
     script = (
         f"table ip {NAT_TABLE}\n"
         f"delete table ip {NAT_TABLE}\n"
@@ -144,3 +163,4 @@ def masquerade_up(mesh_range: str, bridge: str) -> None:
 
 def masquerade_down() -> None:
     delete_table("ip", NAT_TABLE)
+    delete_table("ip6", NAT6_TABLE)

@@ -165,3 +165,39 @@ def test_forged_ipv6_and_neighbor_discovery_reach_no_one(lab_factory: LabFactory
     ps = lab.mesh(1, "ps").stdout
     row = next(ln for ln in ps.splitlines() if ln.startswith(forger))
     assert int(row.split()[-1]) >= 40  # counted where it entered
+
+
+def test_expose_gives_the_host_both_families_and_masquerades_ipv6(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(2)
+    star(lab, 2, *RANGE6)
+    c2 = lab.container("c2")
+    _, ip6 = attach(lab, 2, c2)
+    exposed = lab.mesh(1, "expose").stdout.strip().split(", ")
+    assert len(exposed) == 2  # the IPv4 address and its image
+    gw6 = next(a for a in exposed if ":" in a).split("/")[0]
+    assert lab.run(1, "ping", "-6", "-c1", "-W2", ip6, check=False).returncode == 0
+    # An address of the range that is not an image is refused; one outside is the operator's.
+    bad = lab.mesh(1, "expose", "fd32::4444/64", check=False)
+    assert bad.returncode != 0
+    assert "expose 10.32.68.68 instead" in bad.stderr
+    # An "outside" IPv6 network on h1 with no route to the mesh: masqueraded.
+    out = lab.container("out")
+    lab.run(1, "ip", "link", "add", "xo", "type", "veth", "peer", "name", "eth0", "netns", out)
+    lab.run(1, "ip", "addr", "add", "2001:db8:ff::1/64", "dev", "xo", "nodad")
+    lab.run(1, "ip", "link", "set", "xo", "up")
+    lab.in_ns(out, "ip", "addr", "add", "2001:db8:ff::2/64", "dev", "eth0", "nodad")
+    lab.in_ns(out, "ip", "link", "set", "eth0", "up")
+    lab.in_ns(c2, "ip", "-6", "route", "add", "default", "via", gw6)
+    lab.wait_for(
+        "out reached",
+        lambda: (
+            lab.in_ns(c2, "ping", "-6", "-c1", "-W2", "2001:db8:ff::2", check=False).returncode == 0
+        ),
+        timeout=10,
+    )
+    assert "meshrouter_nat6" in lab.run(1, "nft", "list", "tables").stdout
+    lab.mesh(1, "hide")
+    assert "meshrouter_nat6" not in lab.run(1, "nft", "list", "tables").stdout
+    assert gw6 not in lab.run(1, "ip", "-6", "addr").stdout
