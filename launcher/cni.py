@@ -28,6 +28,7 @@ the address when it sees the namespace gone).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshrouter.attachments import attach as attach_mod
+from meshrouter.base import v6map
 from meshrouter.base.errors import BadInput
 from meshrouter.base.inputs import json_untrusted
 from meshrouter.contract import apiclient
@@ -174,13 +176,20 @@ class Plugin:
         where = args.get("K8S_POD_NAMESPACE", "")
         display = f"{where}/{pod}" if where and pod else pod or cid[:12]
         c = Container(display, "cni", netns, netns, self.ident(cid, ifname), pod)
+        range6 = str(st.get("ipalloc_range6") or "")
         wants = [attach_mod.Want(cidr=x) for x in self._requested_addresses(args)]
+        wants += self._ranges(range6) if not wants else []
         routes: list[str] = []
-        gateway = None
+        gateway = gateway6 = None
         if self.conf.get("defaultRoute", True):
-            exposed = str(self._ask(rq.Expose(masquerade=True)))
-            gateway = exposed.split(",")[0].split("/")[0].strip()
-            routes.append(f"default via {gateway} dev {ifname}")
+            exposed = [
+                x.split("/")[0].strip()
+                for x in str(self._ask(rq.Expose(masquerade=True))).split(",")
+            ]
+            gateway = next((x for x in exposed if ":" not in x), None)
+            gateway6 = next((x for x in exposed if ":" in x), None) if range6 else None
+            # onlink: a pod of a subnet (ranges) reaches the host all the same, on the bridge
+            routes += [f"default via {gw} dev {ifname} onlink" for gw in (gateway, gateway6) if gw]
         dns = st["dns"] if st["dns"]["enabled"] and self.conf.get("meshDns", True) else None
         registry = attach_mod.Registry(self.state_dir)
         try:
@@ -196,12 +205,13 @@ class Plugin:
                 container=c,
                 ifname=ifname,
                 routes=tuple(routes),
+                range6=range6,
             )
         except attach_mod.AttachError as exc:
             raise CniError(CODE_ATTACH, str(exc)) from None
         if dns and pod:
             self._ask(rq.DnsAdd(rec.ident, [pod], rec.cidrs))
-        result = self._result(rec, netns, gateway, dns)
+        result = self._result(rec, netns, (gateway, gateway6), dns)
         return for_version(_chain(self.conf.get("prevResult"), result), self.version)
 
     def _requested_addresses(self, args: dict[str, str]) -> list[str]:
@@ -213,23 +223,55 @@ class Plugin:
             return [x for x in ips if isinstance(x, str)]
         return [x for x in args.get("IP", "").split(",") if x]
 
+    def _ranges(self, range6: str) -> list[attach_mod.Want]:
+        """host-local's ``ranges`` (in ``ipam`` or at the top): one address
+        from the first range of each set.  An IPv4 range is a subnet of the
+        mesh range IPAM allocates in; an IPv6 one must lie in the mesh's
+        IPv6 range, where the address is the image of the IPv4 one."""
+        conf = self.conf.get("ipam") if isinstance(self.conf.get("ipam"), dict) else self.conf
+        sets = conf.get("ranges") if isinstance(conf, dict) else None
+        if sets is None:
+            return []
+        if not isinstance(sets, list) or not all(isinstance(x, list) and x for x in sets):
+            raise CniError(CODE_CONFIG, 'ranges: expected a list of lists of {"subnet": CIDR}')
+        wants: list[attach_mod.Want] = []
+        for one in sets:
+            first = one[0]
+            subnet = first.get("subnet") if isinstance(first, dict) else None
+            try:
+                net = ipaddress.ip_network(str(subnet))
+            except ValueError:
+                raise CniError(CODE_CONFIG, f"ranges: {subnet!r} is not a subnet") from None
+            if net.version == 4:
+                wants.append(attach_mod.Want(subnet=str(net)))
+            elif not range6 or not net.subnet_of(ipaddress.IPv6Network(range6)):
+                raise CniError(
+                    CODE_CONFIG,
+                    f"ranges: {net} is not inside the mesh's IPv6 range "
+                    f"({range6 or 'none: mesh launch --ipalloc-range6'}); a pod's IPv6 "
+                    "address is the image of its IPv4 one there",
+                )
+        return wants or [attach_mod.Want()]
+
     def _result(
         self,
         rec: attach_mod.Attachment,
         netns: str,
-        gateway: str | None,
+        gateways: tuple[str | None, str | None],
         dns: DnsStatus | None,
     ) -> dict[str, Any]:
+        gateway, gateway6 = gateways
         host_mac = ""
         if link_exists(rec.host_veth):
             out = ip("-o", "link", "show", "dev", rec.host_veth, check=False).stdout
             parts = out.split("link/ether ")
             host_mac = parts[1].split()[0] if len(parts) > 1 else ""
         addrs: list[dict[str, Any]] = []
-        for cidr in rec.cidrs:
+        for cidr in rec.addresses:
             addr: dict[str, Any] = {"address": cidr, "interface": 1}
-            if gateway:
-                addr["gateway"] = gateway
+            gw = gateway6 if ":" in cidr else gateway
+            if gw:
+                addr["gateway"] = gw
             addrs.append(addr)
         result: dict[str, Any] = {
             "cniVersion": self.version,
@@ -241,9 +283,14 @@ class Plugin:
             "routes": [{"dst": "0.0.0.0/0", "gw": gateway}] if gateway else [],
             "dns": {},
         }
+        if gateway6 and rec.cidrs6:
+            result["routes"].append({"dst": "::/0", "gw": gateway6})
         if dns:
+            servers = [dns["address"]]
+            if rec.cidrs6:
+                servers.append(f"{v6map.DNS_ADDRESS6}%{rec.ifname}")
             result["dns"] = {
-                "nameservers": [dns["address"]],
+                "nameservers": servers,
                 "domain": dns["domain"].rstrip("."),
                 "search": [dns["domain"].rstrip(".")],
             }

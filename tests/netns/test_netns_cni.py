@@ -145,3 +145,37 @@ def test_twenty_containers_added_at_once_get_distinct_addresses(lab_factory: Lab
     left = [ln for ln in lab.mesh(1, "ps").stdout.splitlines()[1:]]
     assert len(left) == 1
     assert "pod-id00" in left[0]
+
+
+def test_dual_stack_pods_get_both_families_from_ranges(lab_factory: LabFactory) -> None:
+    lab = lab_factory(2)
+    star(lab, 2, "--ipalloc-range6", "fd32::/64")
+    ranges = [[{"subnet": "10.32.64.0/18"}], [{"subnet": "fd32::/64"}]]
+    a, b = lab.container("pa"), lab.container("pb")
+    rc, res_a = cni(lab, 1, "ADD", "aaa1", f"/run/netns/{a}", ipam={"ranges": ranges})
+    assert rc == 0, res_a
+    rc, res_b = cni(lab, 2, "ADD", "bbb2", f"/run/netns/{b}", ranges=ranges)
+    assert rc == 0, res_b
+    for res in (res_a, res_b):
+        check_result(res)
+        v4, v6 = (x["address"] for x in res["ips"])
+        assert v4.startswith("10.32.")
+        assert int(v4.split(".")[2]) >= 64  # from the subnet asked for
+        assert v6.startswith("fd32::")
+        assert v6.endswith("/70")  # the /18's image: the prefix shifts as the range's does
+        assert [r["dst"] for r in res["routes"]] == ["0.0.0.0/0", "::/0"]
+        assert res["dns"]["nameservers"] == ["169.254.53.53", "fe80::53%eth0"]
+    addr_b6 = res_b["ips"][1]["address"].split("/")[0]
+    sent, got = tcp_transfer(lab, a, b, addr_b6, 2 << 20)
+    assert sent == got
+    assert sent.startswith(str(2 << 20))
+    assert cni(lab, 1, "DEL", "aaa1", f"/run/netns/{a}") == (0, None)
+    assert lab.in_ns(a, "ip", "link", "show", "eth0", check=False).returncode != 0
+    # An IPv6 range the mesh does not have is refused in one line, nothing made.
+    c = lab.container("pc")
+    bad = [[{"subnet": "fd99::/64"}]]
+    rc, err = cni(lab, 1, "ADD", "ccc3", f"/run/netns/{c}", ranges=bad)
+    assert rc == 1
+    check_error(err, 7)
+    assert "fd99::/64 is not inside the mesh's IPv6 range" in err["msg"]
+    assert lab.in_ns(c, "ip", "link", "show", "eth0", check=False).returncode != 0
