@@ -44,14 +44,14 @@ def pid_of(sock: str, name: str) -> str:
     return docker(sock, "inspect", "--format", "{{.State.Pid}}", name)
 
 
-def engine_mesh(lab: Lab, sock: str) -> tuple[str, ...]:
+def engine_mesh(lab: Lab, sock: str, *extra: str) -> tuple[str, ...]:
     """Host 1's router launched with the test's engine in reach, host 2's
     without, connected; returns the arguments that launch host 1 again."""
     pw = str(lab.password_file)
-    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254")
+    launch = ("launch", "--password-file", pw, "--dns-upstream", "198.18.0.254", *extra)
     launched = mesh(lab, 1, sock, *launch)
     assert "as a local process" in launched.stdout
-    lab.launch(2, lab.addr(1))
+    lab.launch(2, lab.addr(1), extra=extra)
     lab.wait_for(
         "connected",
         lambda: any(c["state"] == "established" for c in status(lab, 2)["connections"]),
@@ -399,3 +399,42 @@ def test_with_live_restore_an_engine_restart_leaves_containers_on_the_mesh(
     finally:
         engine.docker("rm", "-f", f"{lab.prefix}-lweb", check=False)
         engine.restart(live_restore=False)
+
+
+def test_docker_containers_get_ipv6_addresses_with_attach(
+    lab_factory: LabFactory, docker_host: Dockerd
+) -> None:
+    lab = lab_factory(2)
+    sock = docker_host.host
+    engine_mesh(lab, sock, "--ipalloc-range6", "fd32::/64")
+    web = f"{lab.prefix}-web6"
+    cid = docker(sock, "run", "-d", "--name", web, "--network", "none", IMAGE, "sleep", "600")
+    try:
+        v4, v6 = mesh(lab, 1, sock, "attach", web).stdout.split()
+        peer = lab.container("peer")
+        lab.mesh(2, "attach", peer)
+        ip6 = v6.split("/")[0]
+        # Docker turned IPv6 off in a container without an IPv6 network; attach turns it on.
+        assert lab.in_ns(peer, "ping", "-6", "-c2", "-W2", ip6, check=False).returncode == 0
+        shown = sh("nsenter", "-t", pid_of(sock, web), "-n", "ip", "-6", "addr").stdout
+        assert ip6 in shown
+        lab.wait_for(
+            "AAAA on h2",
+            lambda: (
+                ip6
+                in lab.in_ns(peer, "dig", "+short", "AAAA", f"{web}.mesh.local", check=False).stdout
+            ),
+            timeout=10,
+        )
+        # Restarted: both families come back.
+        docker(sock, "restart", "-t", "0", web)
+        lab.wait_for(
+            "attached again",
+            lambda: ip6 in sh("nsenter", "-t", pid_of(sock, web), "-n", "ip", "-6", "addr").stdout,
+            timeout=20,
+        )
+        assert v4.split("/")[0] in mesh(lab, 1, sock, "ps").stdout
+    finally:
+        subprocess.run(
+            ["docker", "rm", "-f", cid], env=dict(os.environ, DOCKER_HOST=sock), capture_output=True
+        )
