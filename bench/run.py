@@ -13,7 +13,10 @@ container on each host's bridge, and the same traffic through each path:
             "before" of the C loop, side by side in a lab of its own);
 * trusted:  meshrouter with --trusted-subnets covering the underlay: unicast
             on its kernel fast path (VXLAN, unencrypted), in a second lab of
-            two hosts so that both meshes run side by side.
+            two hosts so that both meshes run side by side;
+* mesh-v6:  meshrouter over an IPv6-only underlay (2001:db8:18::/64), the
+            traffic between the containers' IPv6 addresses (--ipalloc-range6):
+            IPv6 end to end, in a lab of its own.
 
 For each: iperf3 single TCP stream and 4 streams, UDP at a fixed rate (loss,
 jitter), 64-byte UDP (frames per second), ping RTT, and CPU (the machine's
@@ -202,13 +205,15 @@ def setup_fastd(lab: Lab) -> tuple[str, str, str, list[subprocess.Popen[bytes]]]
     return a, b, "10.42.0.2", procs
 
 
-def setup_mesh(lab: Lab, opts: tuple[str, ...] = ()) -> tuple[str, str, str]:
+def setup_mesh(lab: Lab, opts: tuple[str, ...] = (), six: bool = False) -> tuple[str, str, str]:
+    if six:
+        opts = (*opts, "--ipalloc-range6", "fd32::/64")
     lab.launch(1, extra=opts)
     lab.launch(2, lab.addr(1), extra=opts)
     a, b = lab.container("mc1"), lab.container("mc2")
     lab.mesh(1, "attach", "10.32.0.1/12", a)
     lab.mesh(2, "attach", "10.32.0.2/12", b)
-    return a, b, "10.32.0.2"
+    return a, b, "fd32::2" if six else "10.32.0.2"
 
 
 # -- measuring -------------------------------------------------------------------------
@@ -370,6 +375,10 @@ def ratios(by: dict[str, Result]) -> dict[str, float]:
                 out[f"{name}/{other} RTT"] = m.rtt_ms / o.rtt_ms
             if o and o.small_pps and other in ("tinc", "fastd"):
                 out[f"{name}/{other} 64B pps"] = m.small_pps / o.small_pps
+    m, six = by.get("mesh"), by.get("mesh-v6")
+    if m is not None and six is not None and m.tcp1_gbps and m.tcp4_gbps:
+        out["mesh-v6/mesh TCP x1"] = six.tcp1_gbps / m.tcp1_gbps
+        out["mesh-v6/mesh TCP x4"] = six.tcp4_gbps / m.tcp4_gbps
     m, p = by.get("mesh"), by.get("mesh-py")
     if m is not None and p is not None and p.tcp1_gbps and p.tcp4_gbps and m.rtt_ms:
         out["mesh/mesh-py TCP x1"] = m.tcp1_gbps / p.tcp1_gbps
@@ -439,6 +448,7 @@ def setup_paths(
     mesh_opts: str,
     py_lab: Lab | None = None,
     trusted_lab: Lab | None = None,
+    v6_lab: Lab | None = None,
 ) -> Paths:
     """Each path of ``only`` set up in ``lab`` (mesh-py and trusted in labs of
     their own), and up: a ping goes through each."""
@@ -462,6 +472,9 @@ def setup_paths(
     if py_lab is not None:
         a, b, ip = setup_mesh(py_lab, (*mesh_opts.split(), "--dataplane", "python"))
         paths["mesh-py"] = (a, b, ip, [py_lab.router_pid(i) for i in (1, 2)])
+    if v6_lab is not None:
+        a, b, ip = setup_mesh(v6_lab, tuple(mesh_opts.split()), six=True)
+        paths["mesh-v6"] = (a, b, ip, [v6_lab.router_pid(i) for i in (1, 2)])
     if trusted_lab is not None:
         opts = (*mesh_opts.split(), "--trusted-subnets", f"{UNDERLAY}.0/24")
         a, b, ip = setup_mesh(trusted_lab, opts)
@@ -503,8 +516,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         nargs="*",
-        default=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted"],
-        choices=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted"],
+        default=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted", "mesh-v6"],
+        choices=["underlay", "vxlan", "tinc", "fastd", "mesh", "mesh-py", "trusted", "mesh-v6"],
     )
     ap.add_argument(
         "--mesh-opts",
@@ -532,11 +545,14 @@ def main() -> int:
     py_lab = Lab(PREFIX + "p", 2) if "mesh-py" in args.only else None
     if py_lab is not None:
         py_lab.create()
+    v6_lab = Lab(PREFIX + "6", 2, underlay="6") if "mesh-v6" in args.only else None
+    if v6_lab is not None:
+        v6_lab.create()
     base = release.build(args.baseline) if args.baseline else None
     base_lab = None
     results: list[Result] = []
     try:
-        paths = setup_paths(lab, args.only, args.mesh_opts, py_lab, trusted_lab)
+        paths = setup_paths(lab, args.only, args.mesh_opts, py_lab, trusted_lab, v6_lab)
         if base is not None:
             base_lab = Lab(PREFIX + "o", 2, python=base.python, repo=base.repo).create()
             paths[f"mesh@{args.baseline}"] = baseline_path(base_lab, args.mesh_opts)
@@ -561,7 +577,7 @@ def main() -> int:
             results.append(res)
     finally:
         lab.close()
-        for extra in (trusted_lab, py_lab, base_lab):
+        for extra in (trusted_lab, py_lab, v6_lab, base_lab):
             if extra is not None:
                 extra.close()
     by = {r.path: r for r in results}

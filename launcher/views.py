@@ -48,7 +48,8 @@ def summary(st: RouterStatus) -> None:
     if plane:
         print(f"     Data plane: {'C loop' if plane == 'c' else 'pure Python'}")
     print(f"         Bridge: {st['bridge']} (tap {st['tap']}), container MTU {st['mtu']}")
-    print(f"       IP range: {st['ipalloc_range']}")
+    six = st.get("ipalloc_range6")
+    print(f"       IP range: {st['ipalloc_range']}{' and ' + str(six) if six else ''}")
     pw = st.get("password")
     if pw and pw["epoch"]:
         extra = (
