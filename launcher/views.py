@@ -64,7 +64,8 @@ def summary(st: RouterStatus) -> None:
     print(f"  MACs learned : {st['macs']}")
     dns = st["dns"]
     if dns["enabled"]:
-        print(f"            DNS: {dns['domain']} on {dns['address']}, {len(dns['entries'])} names")
+        where = " and ".join(dns.get("addresses") or [dns["address"]])
+        print(f"            DNS: {dns['domain']} on {where}, {len(dns['entries'])} names")
     else:
         print("            DNS: off")
     if st["expose"]["addresses"]:

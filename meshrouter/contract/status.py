@@ -118,6 +118,7 @@ class DnsStatus(TypedDict):
     enabled: bool
     domain: str
     address: str
+    addresses: list[str]  # every address it answers on (the IPv4 one, fe80::53)
     ttl: int
     upstream: list[str]
     entries: list[DnsEntryStatus]

@@ -74,6 +74,7 @@ def dns_status(r: Router) -> DnsStatus:
         "enabled": server is not None,
         "domain": r.dns_domain,
         "address": opts.dns_listen_address,
+        "addresses": list(server.served) if server else [],
         "ttl": opts.dns_ttl,
         "upstream": [f"{h}:{p}" for h, p in server.upstreams] if server else [],
         "entries": [

@@ -76,6 +76,7 @@ class DnsServer:
     ) -> None:
         self.answerer = answerer
         self.also = also  # more addresses (the IPv6 one): served if they can be bound
+        self.served: tuple[str, ...] = ()  # what it listens on, once serving
         self.boundary = boundary if boundary is not None else Boundary(log)
         self.address = address
         self.port = port
@@ -122,6 +123,7 @@ class DnsServer:
                     await nursery.start(
                         trio.serve_listeners, self._tcp_client, [trio.SocketListener(tcp)]
                     )
+                self.served = tuple(served)
                 log.info(
                     "DNS for %s on %s port %d (upstream: %s)",
                     self.answerer.domain,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, star, tcp_transfer
+from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -65,6 +65,7 @@ def test_dual_stack_containers_on_three_hosts(lab_factory: LabFactory) -> None:
     hosts6 = lab.in_ns(c3, "getent", "ahostsv6", name, check=False).stdout
     assert web6 in hosts6
     # The resolver answers on its IPv6 (link-local) address too.
+    assert status(lab, 2)["dns"]["addresses"] == ["169.254.53.53", "fe80::53"]
     assert dig(lab, c2, "@fe80::53%ethwe", "AAAA", f"{c3}.mesh.local") == [c3_6]
     # Detaching the IPv4 address takes its image along; the explicit pair goes the same way.
     kept = lab.mesh(3, "attach", "10.32.0.90/12", c3).stdout.split()
