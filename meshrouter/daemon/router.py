@@ -19,6 +19,7 @@ channels' outboxes, then the mesh's actions.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import time
@@ -37,6 +38,7 @@ from meshrouter.base.constants import (
     HEARTBEAT_INTERVAL,
     LISTEN_ALL,
 )
+from meshrouter.base.inputs import format_address
 from meshrouter.contract.config import RouterOptions, parse_subnets
 from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
 from meshrouter.daemon import statusview
@@ -55,7 +57,7 @@ from meshrouter.dns.service import DnsServer, parse_upstreams
 from meshrouter.fastpath.channel import FastPathChannel
 from meshrouter.fastpath.core import FastPath
 from meshrouter.fastpath.service import FastPathService
-from meshrouter.host import hostaccess
+from meshrouter.host import hostaccess, netdev
 from meshrouter.host.netdev import NetdevError
 from meshrouter.ipam.service import IpamService
 from meshrouter.mesh.actions import KeysChanged, LinkUp
@@ -63,6 +65,7 @@ from meshrouter.mesh.channel import Channel
 from meshrouter.mesh.core import Mesh, Rng
 
 log = logging.getLogger("meshrouter")
+ADVERTISE_EVERY = 60.0  # seconds between looks at this host's addresses
 
 
 class _Wakeup:
@@ -208,6 +211,7 @@ class Router:
                 await nursery.start(self.connections.serve, listeners)
                 await nursery.start(self._forwarder_task)
                 nursery.start_soon(self._tick_loop)
+                nursery.start_soon(self._advertise_loop)
                 nursery.start_soon(self._pump_loop)
                 nursery.start_soon(self.ipam.watch_namespaces)
                 if self.fastpath_service is not None:
@@ -319,6 +323,42 @@ class Router:
         while True:
             await self._pump_wanted.wait()
             self.pump()
+
+    async def _advertise_loop(self) -> None:
+        """Our listening addresses, for every peer to dial (found again each
+        minute: a host's addresses change)."""
+        while True:
+            try:
+                found = await trio.to_thread.run_sync(self._own_addresses)
+            except (OSError, NetdevError) as exc:
+                log.debug("cannot list this host's addresses: %s", exc)
+            else:
+                self.mesh.advertise(found)
+                self.pump()
+            await trio.sleep(ADVERTISE_EVERY)
+
+    def _own_addresses(self) -> list[str]:
+        """``host:port`` of each address we listen on that a peer may reach:
+        with ``--listen ::``, the host's global addresses less the mesh's own
+        devices and addresses (exposed ones); else the one listened on."""
+        opts = self.opts
+        if opts.listen not in LISTEN_ALL:
+            found = [opts.listen] if opts.listen not in ("0.0.0.0",) else []
+        else:
+            skip = {opts.bridge, opts.tap, FASTPATH_DEVICE}
+            found = netdev.global_addresses(skip)
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+            ipaddress.ip_network(opts.ipalloc_range)
+        ]
+        if self.range6 is not None:
+            nets.append(self.range6.v6)
+        out = []
+        for a in found:
+            addr = ipaddress.ip_address(a)
+            if any(addr.version == n.version and addr in n for n in nets):
+                continue
+            out.append(format_address(a, opts.port))
+        return out
 
     async def _tick_loop(self) -> None:
         while True:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 from meshrouter.base.errors import MeshError
@@ -88,3 +90,27 @@ def delete_bridge_made(state_dir: Path, bridge: str) -> bool:
     """Remove ``bridge`` if the router made it (``state.take_bridge_made``,
     which forgets that it did); whether it went."""
     return take_bridge_made(state_dir, bridge) and delete_link(bridge)
+
+
+def global_addresses(skip: Collection[str] = ()) -> list[str]:
+    """This namespace's global unicast addresses of both families, on
+    interfaces not in ``skip`` (tentative, failed and temporary IPv6 ones
+    left out): what a peer may reach us at.  Empty when ``ip`` fails."""
+    out = ip("-j", "addr", "show", "scope", "global", check=False).stdout
+    try:
+        links = json.loads(out) if out.strip() else []
+    except ValueError:
+        return []
+    found: list[str] = []
+    for link in links if isinstance(links, list) else []:
+        if not isinstance(link, dict) or link.get("ifname") in skip:
+            continue
+        for a in link.get("addr_info") or []:
+            if not isinstance(a, dict) or a.get("family") not in ("inet", "inet6"):
+                continue
+            if any(a.get(k) for k in ("tentative", "dadfailed", "temporary", "deprecated")):
+                continue
+            local = a.get("local")
+            if isinstance(local, str) and local:
+                found.append(local)
+    return found

@@ -81,6 +81,11 @@ class Announcer:
             ConnInfo(c.name, c.listen_addr, c.state is ConnState.ESTABLISHED, c.initiator)
             for c in self.m.peers.values()
         ]
+        # Our own addresses, as entries to ourselves (never established, so
+        # no route): every peer, of this release or an older one, dials what
+        # the records say of a peer, so a dual-stack host known by one family
+        # is reached by the other too.
+        conns += [ConnInfo(self.m.me, a, False, False) for a in self.m.advertised]
         update = self.m.gossip.set_connections(conns)
         if update is not None:
             self.topology_changed()

@@ -234,6 +234,15 @@ class Mesh:
         self._actions: deque[Action] = deque()
         self.complaints = Complaints(log)
         self.version = version
+        self.advertised: tuple[str, ...] = ()  # our listening addresses, host:port
+
+    def advertise(self, addresses: Sequence[str]) -> None:
+        """Tell every peer where we listen (``host:port`` each; the shell
+        finds them on the host); gossiped when they change."""
+        new = tuple(sorted(set(addresses)))[:16]
+        if new != self.advertised:
+            self.advertised = new
+            self.announce.own_record_changed()
 
     # -- output -----------------------------------------------------------------
 

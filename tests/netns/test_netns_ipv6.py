@@ -109,6 +109,29 @@ def test_a_dual_stack_router_relays_between_ipv6_only_and_ipv4_only_hosts(
     ), st2["counters"]
 
 
+def test_a_dual_stack_peer_known_by_ipv4_is_reached_over_ipv6_by_what_it_advertises(
+    v6_lab: Callable[..., Lab],
+) -> None:
+    """h2 joined through h1 over IPv4, so h1's record of it says IPv4; h3 has
+    only IPv6 and accepts no connections (a firewall), so it must dial h2,
+    and learns h2's IPv6 address from h2's own record: a direct connection,
+    not a relay through h1."""
+    lab = v6_lab({1: "46", 2: "46", 3: "6"}, 3)
+    rules = "add table inet fw; add chain inet fw inbound { type filter hook input priority 0; }; add rule inet fw inbound tcp dport 6783 drop"
+    lab.run(3, "nft", rules)
+    lab.launch(1)
+    lab.launch(2, lab.peer(1, 4))
+    lab.launch(3, lab.peer(1, 6))
+    lab.wait_for(
+        "h3 straight to h2",
+        lambda: f"[{lab.addr(2, 6)}]:6783" in udp_addresses(lab, 3) and established(lab, 3, 2),
+        timeout=30,
+    )
+    h2 = next(p for p in status(lab, 1)["peers"] if p["nickname"].endswith("h2"))
+    said = {c["address"] for c in h2["connections"] if c["peer"] == h2["peer"]}
+    assert said == {f"{lab.addr(2, 4)}:6783", f"[{lab.addr(2, 6)}]:6783"}
+
+
 def test_trusted_ipv6_peers_take_the_kernel_vxlan_path(v6_lab: Callable[..., Lab]) -> None:
     """--trusted-subnets of IPv6: the VXLAN device is an IPv6 one, the path
     goes to the kernel, and the containers' traffic is counted on it."""

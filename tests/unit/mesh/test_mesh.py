@@ -199,6 +199,25 @@ def test_discovery_dials_peers_learnt_from_gossip() -> None:
     assert net.mesh(1).links.routes.next_hop == {name(2): name(2), name(3): name(3)}
 
 
+def test_a_peer_advertises_every_address_and_others_dial_them_without_a_route() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    net.mesh(3).advertise(["[2001:db8::3]:6783", "198.18.0.3:6783"])
+    net.pump()
+    net.tick()
+    due = set(net.mesh(1).maker.dials_due(net.now))
+    assert due == {address(3), "[2001:db8::3]:6783"}  # what h2 saw, and what h3 said
+    # An entry to itself is no edge: the route to 3 still goes through 2.
+    assert net.mesh(1).links.routes.next_hop[name(3)] == name(2)
+    # Saying the same again changes nothing; a new set replaces the old.
+    version = net.mesh(3).gossip.own.version
+    net.mesh(3).advertise(["198.18.0.3:6783", "[2001:db8::3]:6783"])
+    assert net.mesh(3).gossip.own.version == version
+    net.mesh(3).advertise(["198.18.0.3:6783"])
+    net.pump()
+    assert "[2001:db8::3]:6783" not in net.mesh(1).gossip.addresses_of(name(3))
+
+
 # -- IPAM over the mesh ---------------------------------------------------------------
 
 
