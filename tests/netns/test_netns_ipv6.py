@@ -117,7 +117,10 @@ def test_a_dual_stack_peer_known_by_ipv4_is_reached_over_ipv6_by_what_it_adverti
     and learns h2's IPv6 address from h2's own record: a direct connection,
     not a relay through h1."""
     lab = v6_lab({1: "46", 2: "46", 3: "6"}, 3)
-    rules = "add table inet fw; add chain inet fw inbound { type filter hook input priority 0; }; add rule inet fw inbound tcp dport 6783 drop"
+    rules = (
+        "add table inet fw; add chain inet fw inbound { type filter hook input priority 0; }; "
+        "add rule inet fw inbound tcp dport 6783 drop"
+    )
     lab.run(3, "nft", rules)
     lab.launch(1)
     lab.launch(2, lab.peer(1, 4))
