@@ -23,13 +23,18 @@ def _split_dns_args(a: argparse.Namespace) -> tuple[list[str], str | None]:
     container = None
     if args:
         try:
-            ipaddress.IPv4Interface(args[-1])
+            ipaddress.ip_interface(args[-1])
         except ValueError:
             container = args.pop()
     for x in args:
         try:
             ipaddress.IPv4Interface(x)
         except ValueError:
+            if ":" in x:
+                raise CliError(
+                    f"{x}: the mesh's DNS records hold IPv4 addresses (AAAA answers are "
+                    "their images in --ipalloc-range6): name the IPv4 address"
+                ) from None
             raise CliError(f"{x!r} is not an IPv4 address") from None
     if container is None and not a.hostname:
         raise CliError(f"name what: mesh {a.command} ADDR... CONTAINER, or ADDR... -h FQDN")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from meshrouter.contract.status import RouterStatus
@@ -423,3 +423,29 @@ def tcp_transfer(
     finally:
         server.kill()
     return sent.strip(), got.strip()
+
+
+@contextlib.contextmanager
+def listening(lab: Lab, code: str, namespaces: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Run the Python listener ``code`` (it prints "ready" first) in each
+    namespace for the ``with`` block; the dict it yields holds what each
+    printed, once the block is over (the listeners are killed, also when the
+    block fails)."""
+    procs = {
+        ns: subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for ns in namespaces
+    }
+    seen: dict[str, str] = {}
+    try:
+        for p in procs.values():
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+        yield seen
+    finally:
+        for ns, p in procs.items():
+            p.kill()
+            seen[ns], _ = p.communicate()

@@ -6,14 +6,13 @@ real ping, TCP, getent and dig, and scapy forging as a container."""
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, star, status, tcp_transfer
+from meshrouter.testing.netlab import Lab, listening, star, status, tcp_transfer
 
 pytestmark = pytest.mark.netns
 
@@ -126,18 +125,7 @@ def test_forged_ipv6_and_neighbor_discovery_reach_no_one(lab_factory: LabFactory
         ips[c] = attach(lab, i, c)[1]
     for c in (target, far):  # everyone knows the victim (real ND)
         lab.in_ns(c, "ping", "-6", "-c1", "-W2", ips[victim])
-    listeners = {
-        c: subprocess.Popen(
-            ["ip", "netns", "exec", c, sys.executable, "-c", LISTEN6],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for c in (target, far)
-    }
-    try:
-        for p in listeners.values():
-            assert p.stdout is not None
-            assert p.stdout.readline().strip() == "ready"
+    with listening(lab, LISTEN6, (target, far)) as seen:
         for c in (target, far):
             args = [mac_of(lab, forger), ips[victim], mac_of(lab, victim), ips[c], mac_of(lab, c)]
             out = lab.in_ns(forger, sys.executable, "-c", FORGE6, *args, timeout=120).stdout
@@ -148,11 +136,6 @@ def test_forged_ipv6_and_neighbor_discovery_reach_no_one(lab_factory: LabFactory
             )
             lab.in_ns(forger, sys.executable, "-c", honest)
         time.sleep(1)
-    finally:
-        seen = {}
-        for c, p in listeners.items():
-            p.kill()
-            seen[c], _ = p.communicate()
     for c in (target, far):
         assert f"FROM {ips[forger]} honest" in seen[c]
         assert "forged" not in seen[c]

@@ -3,14 +3,13 @@ on any host; its own traffic still flows; detach removes its rules."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
-from meshrouter.testing.netlab import Lab, star
+from meshrouter.testing.netlab import Lab, listening, star
 
 pytestmark = pytest.mark.netns
 
@@ -62,18 +61,7 @@ def test_a_forging_container_reaches_no_one_and_honest_traffic_flows(
     for c in (target, far):
         for other in (victim, forger):
             lab.in_ns(c, "ping", "-c1", "-W2", ips[other])
-    listeners = {
-        c: subprocess.Popen(
-            ["ip", "netns", "exec", c, sys.executable, "-c", LISTEN],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for c in (target, far)
-    }
-    try:
-        for p in listeners.values():
-            assert p.stdout is not None
-            assert p.stdout.readline().strip() == "ready"
+    with listening(lab, LISTEN, (target, far)) as seen:
         for c in (target, far):
             args = [ips[victim], mac_of(lab, victim), ips[c], mac_of(lab, c), ips[forger]]
             out = lab.in_ns(forger, sys.executable, "-c", FORGE, *args, timeout=120).stdout
@@ -81,11 +69,6 @@ def test_a_forging_container_reaches_no_one_and_honest_traffic_flows(
             honest = f"import socket; socket.socket(2, 2).sendto(b'honest', ('{ips[c]}', 9999))"
             lab.in_ns(forger, sys.executable, "-c", honest)
         time.sleep(1)
-    finally:
-        seen = {}
-        for c, p in listeners.items():
-            p.kill()
-            seen[c], _ = p.communicate()
     for c in (target, far):
         assert f"FROM {ips[forger]} honest" in seen[c]
         assert "forged" not in seen[c]

@@ -266,7 +266,7 @@ def test_attach_detach_and_their_errors(lab_factory: LabFactory) -> None:
         assert len(r.stderr.strip().splitlines()) == 1
         return r.stderr
 
-    assert "only IPv4" in refused("fd00::5/64", c1)
+    assert "cannot be a container's address" in refused("fe80::5/64", c1)  # link-local
     assert "invalid address" in refused("10.32.0.300/12", c1)
     assert "invalid address" in refused("banana", c1)
     assert "ip netns add" in refused("10.32.0.5/12", "no-such-container")
