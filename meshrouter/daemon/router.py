@@ -354,7 +354,10 @@ class Router:
             nets.append(self.range6.v6)
         out = []
         for a in found:
-            addr = ipaddress.ip_address(a)
+            try:
+                addr = ipaddress.ip_address(a)
+            except ValueError:  # a --listen name: peers learn our address from connections
+                continue
             if any(addr.version == n.version and addr in n for n in nets):
                 continue
             out.append(format_address(a, opts.port))
