@@ -423,6 +423,7 @@ class Mesh:
             self.close_connection(conn, "connection to self", now)
             return
         conn.name = res.peer.name
+        self.counters["handshakes"] += 1
         conn.key_epoch = self.keys.epoch_of(res.psk)
         old = self.peers.get(conn.name)
         replaced: Conn | None = None  # a connection this one re-keys
@@ -444,6 +445,7 @@ class Mesh:
                 elif rekeyed:
                     self.close_connection(loser, "re-keyed under the rotated mesh password", now)
                 else:
+                    self.counters["duplicates_closed"] += 1
                     self.close_connection(loser, "duplicate connection", now)
                 if loser is conn:
                     return

@@ -1,0 +1,152 @@
+"""Scale of the control plane with real routers (issue 27, part 5, first part).
+
+N routers as processes in namespaces on one switch, launched at once as a
+star (every host knows only h1), no containers, no traffic.  For each N:
+the time until every router has N-1 established connections (or the
+timeout), handshakes and duplicate closes per router, then the routers'
+idle CPU (all together, % of one core) and RSS over ``--idle`` seconds, and
+gossip bytes sent per router per second meanwhile.  Status is read over
+each router's API socket from this process (a ``mesh status`` per poll
+would cost more CPU than the routers).  Bounded: each N gives up after
+``--timeout`` seconds.
+
+    python3 -m bench.scale                     # 8 16 32
+    python3 -m bench.scale --routers 8 --idle 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from meshrouter.contract import apiclient
+from meshrouter.contract import requests as rq
+from meshrouter.contract.status import RouterStatus
+from meshrouter.testing.netlab import Lab
+
+
+@dataclass
+class Row:
+    routers: int
+    converged_s: float | None  # None: not within the timeout
+    established_min: int  # the fewest established connections any router had at the end
+    handshakes_per_conn: float
+    duplicates_closed: int
+    idle_cpu_pct: float  # all routers together, % of one core
+    rss_mib: float  # per router, mean
+    gossip_bytes_per_s: float  # per router
+
+
+def status(lab: Lab, i: int) -> RouterStatus | None:
+    try:
+        return apiclient.ask(lab.state_dir(i), rq.Status(), timeout=10)
+    except (apiclient.RouterDown, apiclient.ApiError, OSError):
+        return None
+
+
+def established(st: RouterStatus | None) -> int:
+    if st is None:
+        return 0
+    return sum(c["state"] == "established" for c in st["connections"])
+
+
+def ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(n: int, timeout: float, idle: float) -> Row:
+    lab = Lab(f"msc{n}"[:8], n).create()
+    try:
+        start = time.monotonic()
+        lab.launch(1)
+        with ThreadPoolExecutor(max_workers=8) as pool:  # as a fleet's boot would
+            list(pool.map(lambda i: lab.launch(i, lab.addr(1)), range(2, n + 1)))
+        converged = None
+        while time.monotonic() - start < timeout:
+            counts = [established(status(lab, i)) for i in range(1, n + 1)]
+            if min(counts) == n - 1:
+                converged = time.monotonic() - start
+                break
+            time.sleep(1.0)
+        pids = [lab.router_pid(i) for i in range(1, n + 1)]
+        before = [status(lab, i) for i in range(1, n + 1)]
+        t0, w0 = ticks(pids), time.monotonic()
+        time.sleep(idle)
+        cpu = 100 * (ticks(pids) - t0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - w0)
+        after = [status(lab, i) for i in range(1, n + 1)]
+        sent = [
+            (a["counters"].get("gossip_bytes_sent", 0) - b["counters"].get("gossip_bytes_sent", 0))
+            for a, b in zip(after, before, strict=True)
+            if a is not None and b is not None
+        ]
+        hs = sum(s["counters"].get("handshakes", 0) for s in after if s is not None)
+        dups = sum(s["counters"].get("duplicates_closed", 0) for s in after if s is not None)
+        conns = max(1, sum(established(s) for s in after))
+        return Row(
+            n,
+            converged,
+            min(established(s) for s in after),
+            hs / conns,
+            dups,
+            cpu,
+            sum(rss_mib(p) for p in pids) / len(pids),
+            sum(sent) / max(1, len(sent)) / idle,
+        )
+    finally:
+        lab.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--routers", type=int, nargs="*", default=[8, 16, 32])
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a full mesh")
+    ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (it builds namespaces)", file=sys.stderr)
+        return 1
+    rows = []
+    for n in args.routers:
+        print(f"{n} routers ...", flush=True)
+        rows.append(run(n, args.timeout, args.idle))
+    head = (
+        "routers  full mesh s  min est  handshakes/conn  dup closes  idle CPU %  RSS MiB"
+        "  gossip B/s"
+    )
+    print(head)
+    for r in rows:
+        conv = f"{r.converged_s:.1f}" if r.converged_s is not None else "never"
+        print(
+            f"{r.routers:7d}  {conv:>11}  {r.established_min:7d}  {r.handshakes_per_conn:15.2f}"
+            f"  {r.duplicates_closed:10d}  {r.idle_cpu_pct:10.1f}  {r.rss_mib:7.1f}"
+            f"  {r.gossip_bytes_per_s:10.0f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
