@@ -278,7 +278,9 @@ def register(
         "net:default; none: one IPAM allocates. A container attached already gains the "
         "addresses it does not have. An address outside the mesh range is accepted as "
         "the operator's own (not allocated; a warning where it overlaps a route of this "
-        "host). Prints the container's addresses.",
+        "host). CIDR may be IPv6 (fd32::5/64); with 'mesh launch --ipalloc-range6', each "
+        "IPv4 address of the range brings its IPv6 image too. Prints the container's "
+        "addresses.",
     )
     sp.usage = "mesh attach [-h] [--state-dir DIR] [CIDR | net:SUBNET | net:default]... CONTAINER"
     sp.add_argument("args", nargs="+", metavar="[ADDR...] CONTAINER", help=argparse.SUPPRESS)
