@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.run import cpu_ticks
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
 from meshrouter.contract.status import RouterStatus
@@ -56,17 +57,6 @@ def established(st: RouterStatus | None) -> int:
     return sum(c["state"] == "established" for c in st["connections"])
 
 
-def ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -90,9 +80,9 @@ def run(n: int, timeout: float, idle: float) -> Row:
             time.sleep(1.0)
         pids = [lab.router_pid(i) for i in range(1, n + 1)]
         before = [status(lab, i) for i in range(1, n + 1)]
-        t0, w0 = ticks(pids), time.monotonic()
+        t0, w0 = cpu_ticks(pids), time.monotonic()
         time.sleep(idle)
-        cpu = 100 * (ticks(pids) - t0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - w0)
+        cpu = 100 * (cpu_ticks(pids) - t0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - w0)
         after = [status(lab, i) for i in range(1, n + 1)]
         sent = [
             (a["counters"].get("gossip_bytes_sent", 0) - b["counters"].get("gossip_bytes_sent", 0))

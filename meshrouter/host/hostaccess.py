@@ -101,13 +101,10 @@ def nd_target_match(addr6: str) -> str:
 
 
 def _add_address6(dev: str, addr6: str) -> bool:
-    """``addr6``/128 on ``dev`` (no duplicate detection); False, logged, when
-    the device has no IPv6."""
-    have = ip("-o", "-6", "addr", "show", "dev", dev, check=False).stdout
-    if f" {addr6}/" in have:
-        return True
+    """``addr6``/128 on ``dev`` (``add_address``: no duplicate detection);
+    False, logged, when the device has no IPv6."""
     try:
-        ip("addr", "add", f"{addr6}/128", "dev", dev, "nodad")
+        add_address(dev, f"{addr6}/128", scope="link")
     except NetdevError as exc:
         log.warning("no IPv6 DNS address on %s: %s", dev, exc)
         return False
