@@ -450,9 +450,11 @@ def _addresses(
     claimed (one outside the mesh range is the operator's, not IPAM's).  On
     a refusal or a signal, what was got is given back."""
     got: list[str] = []
+    asking: str | None = None  # the claim in flight, if any
     try:
         with abort():  # an interrupted request's address: the router gives it back
             for want, iface in zip(wants, chosen, strict=True):
+                asking = None
                 if iface is None:
                     one = str(
                         ipaddress.IPv4Interface(ipam.allocate(c.ident, c.ns_path, want.subnet))
@@ -460,15 +462,24 @@ def _addresses(
                 else:
                     one = str(iface)
                     if iface.ip in net:
+                        asking = None if one in held else one
                         ipam.claim(one, c.ident, c.ns_path)
                 if one not in held and one not in got:
                     got.append(one)
-    except (IpamRefused, ValueError, Interrupted) as exc:
+    except Interrupted:
+        # The router may have answered the request in flight just before the
+        # signal, and then it could not tell that nobody read its answer: a
+        # container holding nothing yet gives back all it holds, one adding
+        # addresses what it got and what it was claiming.
+        if not held:
+            ipam.release(c.ident, None)
+        elif got or asking:
+            ipam.release(c.ident, [*got, *([asking] if asking else [])])
+        back = f" ({', '.join(got)} given back)" if got else ""
+        raise AttachInterrupted(f"interrupted: nothing was attached{back}") from None
+    except (IpamRefused, ValueError) as exc:
         if got:
             ipam.release(c.ident, got)
-        if isinstance(exc, Interrupted):
-            back = f" ({', '.join(got)} given back)" if got else ""
-            raise AttachInterrupted(f"interrupted: nothing was attached{back}") from None
         if isinstance(exc, ValueError):
             raise AttachError("the router handed out a malformed address") from None
         raise AttachError(str(exc)) from None

@@ -21,10 +21,14 @@ log = logging.getLogger("meshrouter")
 class Maker:
     def __init__(self, mesh: Mesh) -> None:
         self.m = mesh
+        # Addresses the operator forgot: not dialled again when gossip names
+        # them (a peer's own record says where it listens), until connected again.
+        self.forgotten: set[str] = set()
 
     def connect(self, address: str, now: float) -> str:
         """The operator asks for a connection target.  Raises ValueError on a bad address."""
         t = self.m.targets.add(address, now)
+        self.forgotten.discard(t.address)
         self.m.act(TargetsChanged())
         log.info("target %s added", t.address)
         return t.address
@@ -35,6 +39,7 @@ class Maker:
         if t is None or t.discovered:
             return None
         log.info("target %s forgotten", t.address)
+        self.forgotten.add(t.address)
         for conn in list(self.m.conns.values()):
             if conn.target == t.address:
                 self.m.close_connection(conn, "peer forgotten by operator", now)
@@ -71,7 +76,7 @@ class Maker:
         wanted: set[str] = set()
         for name in self.m.gossip.records:
             if name != self.m.me and name not in self.m.peers:
-                wanted |= self.m.gossip.addresses_of(name) - operator
+                wanted |= self.m.gossip.addresses_of(name) - operator - self.forgotten
         before = len(self.m.targets)
         self.m.targets.sync_discovered(wanted, now)
         if len(self.m.targets) != before:

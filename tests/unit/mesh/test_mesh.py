@@ -176,6 +176,24 @@ def test_forget_closes_the_targets_connection() -> None:
     assert net.mesh(1).maker.forget(addr, net.now) is None
 
 
+def test_a_forgotten_address_is_not_dialled_again_when_gossip_names_it() -> None:
+    net = MeshNet(2)
+    net.mesh(2).advertise([address(2)])  # peer 2's own record says where it listens
+    addr = net.mesh(1).maker.connect(address(2), net.now)
+    net.dial(1, 2, target=addr)
+    net.exchange_heartbeats(1, 2)
+    net.tick()
+    assert address(2) in net.mesh(1).gossip.addresses_of(name(2))
+    assert net.mesh(1).maker.forget(addr, net.now) == addr
+    net.pump()
+    net.tick()
+    assert name(2) in net.mesh(1).gossip.records  # its record is still known...
+    assert net.mesh(1).maker.dials_due(net.now + 60) == []  # ...but not dialled
+    assert net.mesh(1).targets.get(addr) is None
+    net.mesh(1).maker.connect(address(2), net.now)  # the operator's word, again
+    assert net.mesh(1).maker.dials_due(net.now) == [addr]
+
+
 def test_dial_failures_back_off_with_jitter() -> None:
     net = MeshNet(1)
     m = net.mesh(1)
