@@ -2,7 +2,7 @@
 
 PORT = 6783
 PROTOCOL_MIN_VERSION = 1
-PROTOCOL_MAX_VERSION = 1
+PROTOCOL_MAX_VERSION = 2  # 2: topology gossip by digests (``mesh.spread``)
 
 MAGIC = b"meshrtr\x00"
 
@@ -23,6 +23,12 @@ VNET_HDR_LEN = 10  # the virtio_net_hdr in front of every frame the TAP gives or
 HEARTBEAT_INTERVAL = 1.0  # seconds between control and UDP heartbeats
 HEARTBEAT_TIMEOUT = 6.0  # no control message for this long: connection closed
 UDP_TIMEOUT = 5.0  # no UDP heard for this long: connection not established
+# While a peer of protocol v2 is heard over UDP both ways, that is its
+# liveness: its control heartbeats come every CONTROL_HEARTBEAT_QUIET seconds,
+# and the control connection is closed only after CONTROL_SILENCE_LIMIT
+# seconds without a control message (a TCP path dead while UDP lives).
+CONTROL_HEARTBEAT_QUIET = 5.0
+CONTROL_SILENCE_LIMIT = 30.0
 HANDSHAKE_TIMEOUT = 10.0
 
 FASTPATH_DEVICE = "vxmesh"  # the kernel fast path's VXLAN device, on the bridge

@@ -1,7 +1,9 @@
 """What the mesh core says of itself to its neighbours (sans-IO): topology
-gossip (``topology.Gossip``: our record when our connections change, what a
-merge changed to the others, everything every ``FULL_GOSSIP_INTERVAL``) and
-CLOCK (our wall clock and version, so that peers see the skew between them).
+gossip (``topology.Gossip`` holds the view, ``spread.Spreader`` decides what
+goes to whom and when: our record when our connections change, what a merge
+changed to those who lack it, digests for anti-entropy) and CLOCK (our wall
+clock and version every ``FULL_GOSSIP_INTERVAL``, so that peers see the skew
+between them).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from typing import TYPE_CHECKING
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.contract.status import ConnState
+from meshrouter.mesh.spread import Spreader
 from meshrouter.mesh.topology import ConnInfo
 from meshrouter.proto.control import MessageType
 
 if TYPE_CHECKING:
     from meshrouter.mesh.core import Conn, Mesh
 
-FULL_GOSSIP_INTERVAL = 30.0
+FULL_GOSSIP_INTERVAL = 30.0  # seconds between CLOCK messages
+DIGEST_VERSION = 2  # the protocol version from which peers gossip by digests
 CLOCK = struct.Struct("!d")
 
 
@@ -35,19 +39,28 @@ def parse_clock_untrusted(payload: bytes) -> tuple[float, str]:
 class Announcer:
     def __init__(self, mesh: Mesh, now: float) -> None:
         self.m = mesh
-        self.next_full = now + FULL_GOSSIP_INTERVAL
+        self.spread = Spreader(mesh.gossip, now)
+        self.next_clock = now + FULL_GOSSIP_INTERVAL
         self.wall_offset: float | None = None  # wall clock minus ``now``, from tick()
+
+    def neighbour_up(self, conn: Conn) -> None:
+        """A new peer: it gets a digest (v2) or our whole view (v1) at once."""
+        res = conn.result
+        assert res is not None
+        self.spread.neighbour_up(conn.name, digests=res.keys.version >= DIGEST_VERSION)
+
+    def neighbour_down(self, name: bytes) -> None:
+        self.spread.neighbour_down(name)
 
     def on_gossip(self, conn: Conn, payload: bytes, now: float) -> None:
         try:
-            fwd = self.m.gossip.receive_untrusted(payload)
+            changed = self.spread.receive_untrusted(conn.name, payload)
         except BadPacket as exc:
             self.m.counters["gossip_errors"] += 1
             self.m.close_connection(conn, f"bad gossip: {exc}", now, cause="error")
             return
-        if fwd is not None:
+        if changed:
             self.topology_changed()
-            self.gossip_to_all(fwd, but=conn)
 
     def on_clock(self, conn: Conn, payload: bytes, now: float) -> None:
         try:
@@ -59,14 +72,13 @@ class Announcer:
         if self.wall_offset is not None:
             conn.clock_skew = wall - (now + self.wall_offset)
 
-    def send_gossip(self, conn: Conn, payload: bytes) -> None:
-        if self.m.send_message(conn, MessageType.GOSSIP, payload):
-            self.m.counters["gossip_bytes_sent"] += len(payload)
-
-    def gossip_to_all(self, payload: bytes, but: Conn | None = None) -> None:
-        for conn in list(self.m.peers.values()):
-            if conn is not but:
-                self.send_gossip(conn, payload)
+    def flush(self, now: float) -> None:
+        """Send the gossip that is due (coalesced per neighbour: ``spread``)."""
+        for name, payload in self.spread.due(now):
+            conn = self.m.peers.get(name)
+            if conn is not None and self.m.send_message(conn, MessageType.GOSSIP, payload):
+                self.m.counters["gossip_bytes_sent"] += len(payload)
+                self.m.counters["gossip_messages_sent"] += 1
 
     def send_clock(self, conn: Conn, now: float) -> None:
         if self.wall_offset is not None:
@@ -86,10 +98,9 @@ class Announcer:
         # the records say of a peer, so a dual-stack host known by one family
         # is reached by the other too.
         conns += [ConnInfo(self.m.me, a, False, False) for a in self.m.advertised]
-        update = self.m.gossip.set_connections(conns)
-        if update is not None:
+        if self.m.gossip.set_connections(conns) is not None:
             self.topology_changed()
-            self.gossip_to_all(update)
+            self.spread.own_changed()
 
     def topology_changed(self) -> None:
         """Publish fresh routes for the forwarder (an object replaced whole)."""
@@ -98,8 +109,8 @@ class Announcer:
     def tick(self, now: float, wall: float | None) -> None:
         if wall is not None:
             self.wall_offset = wall - now
-        if now >= self.next_full:
-            self.next_full = now + FULL_GOSSIP_INTERVAL
-            self.gossip_to_all(self.m.gossip.full())
+        if now >= self.next_clock:
+            self.next_clock = now + FULL_GOSSIP_INTERVAL
             for conn in list(self.m.peers.values()):
                 self.send_clock(conn, now)
+        self.flush(now)

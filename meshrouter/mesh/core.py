@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from meshrouter.base.constants import CONTROL_HEARTBEAT_QUIET, HEARTBEAT_INTERVAL
 from meshrouter.base.errors import BadInput, LocalProtocolError
 from meshrouter.base.inputs import format_address
 from meshrouter.base.lograte import Complaints
@@ -91,6 +92,7 @@ from meshrouter.proto.crypto import SUITES
 from meshrouter.proto.handshake import HandshakeResult, Identity
 from meshrouter.proto.keyring import KeyRing
 
+QUIET_HEARTBEATS_VERSION = 2  # peers from this protocol version count UDP as liveness
 SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
 log = logging.getLogger("meshrouter")
 
@@ -207,6 +209,7 @@ class Mesh:
         self.identity = Identity(
             name=name, nickname=nickname, uid=self.uid, udp_port=port, ipalloc_range=ipalloc_range
         )
+        self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
         self.announce = Announcer(self, now)
         self.rotation = Rotation(self)
         self.maker = Maker(self)
@@ -219,7 +222,6 @@ class Mesh:
         self.channels = self.hub.channels
         self._handlers = self.hub.handlers
         self.conn_limit = conn_limit
-        self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
         self.targets = Targets(port)
         self.counters: Counter[str] = Counter()
         for p in peers:
@@ -343,6 +345,7 @@ class Mesh:
             self._hand_target(conn, survivor)
         if conn.target is not None:
             self.maker.failed(conn.target, conn.control.close_reason or "connection closed", now)
+        self.announce.flush(now)
 
     def close_all(self, reason: str, now: float) -> None:
         for conn in list(self.conns.values()):
@@ -376,6 +379,7 @@ class Mesh:
                 self._closed(conn)
             elif isinstance(ev, MessageReceived):
                 self._on_message(conn, ev, now)
+        self.announce.flush(now)
 
     def _closed(self, conn: Conn) -> None:
         """The connection is closed: it is no peer any more, its link is withdrawn."""
@@ -386,6 +390,7 @@ class Mesh:
             self.links.withdraw(conn.link)
         if self.peers.get(conn.name) is conn:
             del self.peers[conn.name]
+            self.announce.neighbour_down(conn.name)
             self.announce.own_record_changed()
             for ch in self.channels:
                 ch.peer_down(conn.name)
@@ -481,7 +486,7 @@ class Mesh:
             keys.version,
         )
         self.rotation.send(conn)
-        self.announce.send_gossip(conn, self.gossip.full())
+        self.announce.neighbour_up(conn)
         self.announce.send_clock(conn, now)
         for ch in self.channels:
             for payload in ch.hello(conn.name, conn.remote[0], now):
@@ -567,6 +572,13 @@ class Mesh:
                 self.close_connection(conn, "rekeying: the session's nonces are used up", now)
                 continue
             est = session.established(now)
+            res = conn.control.result
+            if res is not None and res.keys.version >= QUIET_HEARTBEATS_VERSION:
+                # UDP both ways is the peer's liveness: fewer control heartbeats.
+                if est:
+                    conn.control.peer_alive(session.heard_at, CONTROL_HEARTBEAT_QUIET, now)
+                else:
+                    conn.control.peer_not_heard(HEARTBEAT_INTERVAL, now)
             if est == (conn.state is ConnState.ESTABLISHED):
                 continue
             changed = True

@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from meshrouter.contract.status import TargetState
 from meshrouter.mesh.actions import TargetsChanged
 
 if TYPE_CHECKING:
     from meshrouter.mesh.core import Mesh
 
 log = logging.getLogger("meshrouter")
+
+MAX_DIALING = 8  # dials and handshakes of ours in flight at once
+DEFER = 6.0  # the smaller name waits 3 to 9 s before it dials a discovered peer
 
 
 class Maker:
@@ -46,9 +50,13 @@ class Maker:
         return t.address
 
     def dials_due(self, now: float) -> list[str]:
-        """Addresses to dial now (refused ones wait, at the connection limit)."""
+        """Addresses to dial now (refused ones wait, at the connection
+        limit): at most ``MAX_DIALING`` dials and handshakes in flight, so a
+        router that learns of N peers at once opens them a few at a time."""
+        busy = sum(1 for t in self.m.targets if t.state is TargetState.CONNECTING)
+        busy += sum(1 for c in self.m.conns.values() if c.initiator and c.result is None)
         out: list[str] = []
-        for t in self.m.targets.due(now):
+        for t in self.m.targets.due(now, limit=max(0, MAX_DIALING - busy)):
             if len(self.m.conns) + len(out) >= self.m.conn_limit:
                 self.failed(t.address, "at the connection limit (--conn-limit)", now)
             else:
@@ -71,12 +79,27 @@ class Maker:
         self.m.act(TargetsChanged())
 
     def sync_discovered(self, now: float) -> None:
-        """Dial every peer the topology knows that we have no connection to."""
+        """Dial every peer the topology knows that we have no connection to.
+        Of two peers that learn of each other, the one with the larger name
+        dials (within a second: a mesh launched together spreads its dials);
+        the other waits ``DEFER`` seconds first, and dials only if no
+        connection came meanwhile (one way may be blocked), so the two
+        seldom dial each other at once and close one as a duplicate."""
         operator = {t.address for t in self.m.targets if not t.discovered}
-        wanted: set[str] = set()
+        wanted: dict[str, float] = {}
         for name in self.m.gossip.records:
-            if name != self.m.me and name not in self.m.peers:
-                wanted |= self.m.gossip.addresses_of(name) - operator - self.forgotten
+            if name == self.m.me or name in self.m.peers:
+                continue
+            # A peer's other addresses (another family, say) wait their turn.
+            for k, addr in enumerate(sorted(self.m.gossip.addresses_of(name) - operator)):
+                if addr in self.forgotten:
+                    continue
+                if self.m.targets.get(addr) is not None:
+                    wanted[addr] = now  # known already: it keeps its own schedule
+                elif name < self.m.me:
+                    wanted[addr] = now + self.m.rng.uniform(0.0, 1.0) + 2 * DEFER * k
+                else:
+                    wanted[addr] = now + DEFER * (0.5 + self.m.rng.uniform(0.0, 1.0) + 2 * k)
         before = len(self.m.targets)
         self.m.targets.sync_discovered(wanted, now)
         if len(self.m.targets) != before:

@@ -53,12 +53,13 @@ class Targets:
             t.delay = 0.0
         return t
 
-    def sync_discovered(self, wanted: set[str], now: float) -> None:
+    def sync_discovered(self, wanted: dict[str, float], now: float) -> None:
         """Make the discovered targets ``wanted`` (addresses of peers we lack a
-        direct connection to), keeping the backoff of those already there."""
-        for addr in wanted:
+        direct connection to, each with when to try it first), keeping the
+        backoff of those already there."""
+        for addr, first in wanted.items():
             if addr not in self._targets:
-                self._targets[addr] = Target(addr, next_try=now, discovered=True)
+                self._targets[addr] = Target(addr, next_try=first, discovered=True)
         for addr, t in list(self._targets.items()):
             if t.discovered and addr not in wanted and t.state is not TargetState.CONNECTING:
                 del self._targets[addr]
@@ -75,11 +76,13 @@ class Targets:
     def __len__(self) -> int:
         return len(self._targets)
 
-    def due(self, now: float) -> list[Target]:
-        """Targets to attempt now; they move to 'connecting'."""
-        out = []
-        for t in self._targets.values():
-            if t.state is TargetState.WAITING and t.next_try <= now:
+    def due(self, now: float, limit: int | None = None) -> list[Target]:
+        """Targets to attempt now (at most ``limit``, the longest waiting
+        first); they move to 'connecting'."""
+        out: list[Target] = []
+        ready = [t for t in self._targets.values() if t.state is TargetState.WAITING]
+        for t in sorted(ready, key=lambda t: t.next_try):
+            if t.next_try <= now and (limit is None or len(out) < limit):
                 t.state = TargetState.CONNECTING
                 t.attempts += 1
                 out.append(t)

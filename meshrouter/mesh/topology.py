@@ -33,10 +33,12 @@ from meshrouter.base.errors import BadPacket
 from meshrouter.dataplane.routes import Routes, symmetric_graph, unicast_next_hops
 
 TOPOLOGY = 1
+DIGEST = 2  # name, uid and version of each record held (``spread``)
 
 _REC = struct.Struct("!6sQQB")
 _CONN = struct.Struct("!6sBB")
 _U16 = struct.Struct("!H")
+_DIGEST = struct.Struct("!6sQQ")
 MAX_RECORDS = 10_000
 MAX_CONNS = 10_000
 
@@ -182,23 +184,70 @@ class Gossip:
 
         Raises only BadPacket.
         """
+        won = self.receive_records_untrusted(payload)
+        return self._out(encode_records(won)) if won else None
+
+    def receive_records_untrusted(self, payload: bytes) -> list[PeerRecord]:
+        """Merge a TOPOLOGY payload; the records that were news (ours among
+        them when we jumped above a record of an earlier life).  Raises only
+        BadPacket."""
         self.bytes_received += len(payload)
         incoming = decode_records_untrusted(payload)
         mine = [r for r in incoming if r.name == self.me]
         others = [r for r in incoming if r.name != self.me]
         won = merge(self.records, others)
         for r in mine:
-            own = self.own
-            if r.key() > own.key() or (r.version == own.version and r.uid != own.uid):
-                # A record of ours from an earlier life: jump above it.
-                self.records[self.me] = PeerRecord(
-                    own.name, own.uid, r.version + 1, own.nickname, own.connections
-                )
+            if self._jump_above(r.version, r.uid, r.key()):
                 won.append(self.records[self.me])
-        if not won:
-            return None
-        self._routes = None
-        return self._out(encode_records(won))
+        if won:
+            self._routes = None
+        return won
+
+    def _jump_above(self, version: int, uid: int, key: tuple[Any, ...] | None = None) -> bool:
+        """A record of our name at ``version`` from ``uid``: if it is from an
+        earlier life of ours (or orders above ours), jump our version above it."""
+        own = self.own
+        above = key > own.key() if key is not None else (version, uid) > (own.version, own.uid)
+        if above or (version == own.version and uid != own.uid):
+            self.records[self.me] = PeerRecord(
+                own.name, own.uid, max(version, own.version) + 1, own.nickname, own.connections
+            )
+            return True
+        return False
+
+    def digest(self) -> bytes:
+        """Name, uid and version of every record we hold (for anti-entropy)."""
+        recs = list(self.records.values())
+        out = bytearray([DIGEST])
+        out += _U16.pack(len(recs))
+        for r in recs:
+            out += _DIGEST.pack(r.name, r.uid, r.version)
+        return bytes(out)
+
+    def receive_digest_untrusted(self, payload: bytes) -> tuple[set[bytes], bool]:
+        """A neighbour's digest: the names of the records it lacks or holds
+        older than ours (to send it), and whether it showed a record of ours
+        from an earlier life (we jumped above it).  Raises only BadPacket."""
+        self.bytes_received += len(payload)
+        if len(payload) < 3 or payload[0] != DIGEST:
+            raise BadPacket("not a gossip digest")
+        (count,) = _U16.unpack_from(payload, 1)
+        if len(payload) != 3 + count * _DIGEST.size:
+            raise BadPacket("gossip digest of the wrong length")
+        theirs: dict[bytes, tuple[int, int]] = {}
+        for i in range(count):
+            name, uid, version = _DIGEST.unpack_from(payload, 3 + i * _DIGEST.size)
+            theirs[name] = (version, uid)
+        jumped = False
+        if self.me in theirs:
+            version, uid = theirs[self.me]
+            jumped = self._jump_above(version, uid)
+            if jumped:
+                self._routes = None
+        lacking = {
+            n for n, r in self.records.items() if n not in theirs or theirs[n] < (r.version, r.uid)
+        }
+        return lacking, jumped
 
     def _out(self, payload: bytes) -> bytes:
         self.bytes_sent += len(payload)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 
 from meshrouter.base.constants import (
+    CONTROL_SILENCE_LIMIT,
     HANDSHAKE_TIMEOUT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -117,6 +118,7 @@ class ControlConnection:
         self._hb_timeout = heartbeat_timeout
         self._deadline_handshake = now + handshake_timeout
         self._last_received = now
+        self._alive_until = -math.inf  # the peer is known alive by other means (UDP)
         self._next_heartbeat = math.inf
         self.messages_sent = 0
         self.messages_received = 0
@@ -137,8 +139,31 @@ class ControlConnection:
         if self.state is State.HANDSHAKE:
             return self._deadline_handshake
         if self.state is State.OPEN:
-            return min(self._next_heartbeat, self._last_received + self._hb_timeout)
+            return min(self._next_heartbeat, self._dead_at())
         return math.inf
+
+    def _dead_at(self) -> float:
+        """When the peer counts as gone: ``heartbeat_timeout`` after the last
+        sign of life (a control message, or what ``peer_alive`` said), but no
+        later than ``CONTROL_SILENCE_LIMIT`` after the last control message."""
+        alive = max(self._last_received, self._alive_until)
+        return min(alive + self._hb_timeout, self._last_received + CONTROL_SILENCE_LIMIT)
+
+    def peer_alive(self, at: float, heartbeat_interval: float, now: float) -> None:
+        """The peer was heard otherwise at ``at`` (its UDP flows both ways):
+        that counts as a sign of life, and our heartbeats, needed less, come
+        every ``heartbeat_interval`` seconds from now on."""
+        self._alive_until = max(self._alive_until, at)
+        if heartbeat_interval != self._hb_interval:
+            self._hb_interval = heartbeat_interval
+            self._next_heartbeat = min(self._next_heartbeat, now + heartbeat_interval)
+
+    def peer_not_heard(self, heartbeat_interval: float, now: float) -> None:
+        """No other sign of life since the last: heartbeats every
+        ``heartbeat_interval`` again (what was heard still counts)."""
+        if heartbeat_interval != self._hb_interval:
+            self._hb_interval = heartbeat_interval
+            self._next_heartbeat = min(self._next_heartbeat, now + heartbeat_interval)
 
     # -- input ----------------------------------------------------------
 
@@ -146,8 +171,9 @@ class ControlConnection:
         if self.state is State.HANDSHAKE and now >= self._deadline_handshake:
             self._fail("handshake timed out")
         elif self.state is State.OPEN:
-            if now >= self._last_received + self._hb_timeout:
-                self._fail(f"no heartbeat from peer for {self._hb_timeout:g}s")
+            if now >= self._dead_at():
+                silent = now - self._last_received
+                self._fail(f"no heartbeat from peer for {max(self._hb_timeout, silent):.0f}s")
                 return
             if now >= self._next_heartbeat:
                 self._send(MessageType.HEARTBEAT, b"")

@@ -28,7 +28,8 @@ def establish(net: MeshNet, *pairs: tuple[int, int]) -> None:
         net.dial(a, b)
     for a, b in pairs:
         net.exchange_heartbeats(a, b)
-    net.tick()
+    for _ in range(3):  # gossip is spaced (``spread``): a second or so to settle
+        net.tick()
 
 
 # -- the transition table ----------------------------------------------------------
@@ -204,17 +205,46 @@ def test_dial_failures_back_off_with_jitter() -> None:
     assert m.maker.dials_due(0.1) == []
 
 
-def test_discovery_dials_peers_learnt_from_gossip() -> None:
+def test_discovery_dials_peers_learnt_from_gossip_the_larger_name_first() -> None:
     net = MeshNet(3)
     establish(net, (1, 2), (2, 3))
-    net.tick()
-    due = net.mesh(1).maker.dials_due(net.now)
-    assert due == [address(3)]
-    net.dial(1, 3, target=due[0])
+    assert name(3) > name(1)
+    net.tick(1.0)
+    # 3 dials within a second; 1 waits for it (3 to 9 s) before it would dial.
+    assert net.mesh(1).maker.dials_due(net.now) == []
+    due = net.mesh(3).maker.dials_due(net.now)
+    assert due == [address(1)]
+    net.dial(3, 1, target=due[0])
     net.exchange_heartbeats(1, 3)
-    net.tick()
+    for _ in range(3):
+        net.tick()
     assert set(net.mesh(1).peers) == {name(2), name(3)}
     assert net.mesh(1).links.routes.next_hop == {name(2): name(2), name(3): name(3)}
+    net.tick(20.0)
+    assert net.mesh(1).maker.dials_due(net.now) == []  # connected: its own dial never came
+
+
+def test_the_smaller_name_dials_after_all_when_no_connection_comes() -> None:
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    net.tick(2.0)
+    assert net.mesh(1).maker.dials_due(net.now) == []
+    net.tick(8.0)  # 3 could not reach 1 (a firewall, say): 1 tries itself
+    assert net.mesh(1).maker.dials_due(net.now) == [address(3)]
+
+
+def test_a_router_that_learns_of_many_peers_dials_a_few_at_a_time() -> None:
+    from meshrouter.mesh.maker import MAX_DIALING
+
+    m = MeshNet(1).mesh(1)
+    for i in range(20):
+        m.maker.connect(f"198.51.100.{i}:6783", 0.0)
+    first = m.maker.dials_due(0.0)
+    assert len(first) == MAX_DIALING
+    assert m.maker.dials_due(0.0) == []  # all slots busy
+    for addr in first[:3]:
+        m.maker.dial_failed(addr, "refused", 0.0)
+    assert len(m.maker.dials_due(0.0)) == 3
 
 
 def test_a_peer_advertises_every_address_and_others_dial_them_without_a_route() -> None:
@@ -222,17 +252,23 @@ def test_a_peer_advertises_every_address_and_others_dial_them_without_a_route() 
     establish(net, (1, 2), (2, 3))
     net.mesh(3).advertise(["[2001:db8::3]:6783", "198.18.0.3:6783"])
     net.pump()
-    net.tick()
-    due = set(net.mesh(1).maker.dials_due(net.now))
-    assert due == {address(3), "[2001:db8::3]:6783"}  # what h2 saw, and what h3 said
+    for _ in range(3):  # 3 tells 2 at its tick; 2 passes it on (gossip is spaced: spread)
+        net.tick()
     # An entry to itself is no edge: the route to 3 still goes through 2.
     assert net.mesh(1).links.routes.next_hop[name(3)] == name(2)
+    # 1 is the smaller name: it dials after a while, one address at a time.
+    assert net.mesh(1).targets.get("[2001:db8::3]:6783") is not None
+    assert net.mesh(1).targets.get(address(3)) is not None
+    net.now += 30.0
+    due = set(net.mesh(1).maker.dials_due(net.now))
+    assert due == {address(3), "[2001:db8::3]:6783"}  # what h2 saw, and what h3 said
     # Saying the same again changes nothing; a new set replaces the old.
     version = net.mesh(3).gossip.own.version
     net.mesh(3).advertise(["198.18.0.3:6783", "[2001:db8::3]:6783"])
     assert net.mesh(3).gossip.own.version == version
     net.mesh(3).advertise(["198.18.0.3:6783"])
-    net.pump()
+    for _ in range(3):
+        net.tick()
     assert "[2001:db8::3]:6783" not in net.mesh(1).gossip.addresses_of(name(3))
 
 

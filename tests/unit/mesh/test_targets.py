@@ -24,13 +24,13 @@ def test_targets_backoff_jitter_cap_and_discovery() -> None:
     t.connected(due.address, b"peer")
     assert due.state == "connected"
     # Discovered targets come and go with the topology; operator ones stay.
-    t.sync_discovered({"198.18.0.2:6783"}, now)
+    t.sync_discovered({"198.18.0.2:6783": now}, now)
     assert {x.address for x in t if x.discovered} == {"198.18.0.2:6783"}
-    t.sync_discovered(set(), now)
+    t.sync_discovered({}, now)
     assert [x.address for x in t] == ["198.18.0.1:6783"]
-    t.sync_discovered({"198.18.0.3:6783"}, now)
+    t.sync_discovered({"198.18.0.3:6783": now}, now)
     t.add("198.18.0.3", now)  # the operator adopts it
-    t.sync_discovered(set(), now)
+    t.sync_discovered({}, now)
     assert sorted(x.address for x in t) == ["198.18.0.1:6783", "198.18.0.3:6783"]
 
 

@@ -63,6 +63,45 @@ def test_heartbeats_and_timeout() -> None:
     assert p.a.get_timer() == math.inf
 
 
+def test_a_peer_heard_over_udp_gets_fewer_heartbeats_and_is_not_timed_out() -> None:
+    p = ConnectionPair()
+    p.pump()
+    # b stops sending control messages (a starved loop, say) but its UDP is
+    # heard: a keeps the connection, and itself sends heartbeats every 5 s.
+    sent = p.a.messages_sent
+    for t in range(1, 21):
+        p.now = float(t)
+        p.a.peer_alive(p.now - 0.3, 5.0, p.now)
+        p.a.handle_timer(p.now)
+        p.a.data_to_send()
+    assert p.a.state is State.OPEN
+    assert 3 <= p.a.messages_sent - sent <= 5  # not 20
+    # UDP stops too: 6 s after it was last heard, the connection goes.
+    p.a.peer_not_heard(1.0, p.now)
+    now = p.now
+    while p.a.state is State.OPEN:
+        now = p.a.get_timer()
+        p.a.handle_timer(now)
+        p.a.data_to_send()
+    assert now == pytest.approx(20.0 - 0.3 + 6.0)
+
+
+def test_udp_alone_keeps_a_silent_control_connection_only_so_long() -> None:
+    p = ConnectionPair()
+    p.pump()
+    now = 0.0
+    while p.a.state is State.OPEN and now < 100:
+        now += 0.5
+        p.a.peer_alive(now, 5.0, now)
+        if now >= p.a.get_timer():
+            p.a.handle_timer(now)
+        p.a.data_to_send()
+    assert p.a.state is State.CLOSED  # the TCP path is dead while UDP lives: 30 s
+    assert now == pytest.approx(30.0)
+    ev = [e for e in iter(p.a.next_event, None) if isinstance(e, ConnectionClosed)]
+    assert "no heartbeat from peer for 30s" in ev[-1].reason
+
+
 def test_handshake_timeout() -> None:
     c = ControlConnection(
         initiator=True,
