@@ -42,6 +42,8 @@ class Row:
     idle_cpu_pct: float  # all routers together, % of one core
     rss_mib: float  # per router, mean
     gossip_bytes_per_s: float  # per router
+    stable_s: float = 0.0  # watched after convergence (--stable) ...
+    closed_while_stable: int = 0  # ... and the connections closed meanwhile (all routers)
 
 
 def status(lab: Lab, i: int) -> RouterStatus | None:
@@ -64,7 +66,11 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run(n: int, timeout: float, idle: float) -> Row:
+def closed(sts: list[RouterStatus | None]) -> int:
+    return sum(s["counters"].get("connections_closed", 0) for s in sts if s is not None)
+
+
+def run(n: int, timeout: float, idle: float, stable: float = 0.0) -> Row:
     lab = Lab(f"msc{n}"[:8], n).create()
     try:
         start = time.monotonic()
@@ -92,6 +98,12 @@ def run(n: int, timeout: float, idle: float) -> Row:
         hs = sum(s["counters"].get("handshakes", 0) for s in after if s is not None)
         dups = sum(s["counters"].get("duplicates_closed", 0) for s in after if s is not None)
         conns = max(1, sum(established(s) for s in after))
+        if stable > 0 and converged is not None:
+            time.sleep(stable)
+            late = [status(lab, i) for i in range(1, n + 1)]
+            closed_late = closed(late) - closed(after)
+        else:
+            closed_late = 0
         return Row(
             n,
             converged,
@@ -101,6 +113,8 @@ def run(n: int, timeout: float, idle: float) -> Row:
             cpu,
             sum(rss_mib(p) for p in pids) / len(pids),
             sum(sent) / max(1, len(sent)) / idle,
+            stable if converged is not None else 0.0,
+            closed_late,
         )
     finally:
         lab.close()
@@ -111,31 +125,67 @@ def main() -> int:
     ap.add_argument("--routers", type=int, nargs="*", default=[8, 16, 32])
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a full mesh")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    ap.add_argument(
+        "--stable", type=float, default=0.0, help="seconds watched after convergence for closes"
+    )
+    ap.add_argument(
+        "--sim", type=int, nargs="*", default=[100, 300, 1000], help="simulated peer counts"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     args = ap.parse_args()
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and args.routers:
         print("bench: run as root (it builds namespaces)", file=sys.stderr)
         return 1
     rows = []
     for n in args.routers:
         print(f"{n} routers ...", flush=True)
-        rows.append(run(n, args.timeout, args.idle))
+        rows.append(run(n, args.timeout, args.idle, args.stable))
     head = (
         "routers  full mesh s  min est  handshakes/conn  dup closes  idle CPU %  RSS MiB"
-        "  gossip B/s"
+        "  gossip B/s  closed in stable window"
     )
     print(head)
     for r in rows:
         conv = f"{r.converged_s:.1f}" if r.converged_s is not None else "never"
+        window = f"{r.closed_while_stable} in {r.stable_s:.0f} s" if r.stable_s else "-"
         print(
             f"{r.routers:7d}  {conv:>11}  {r.established_min:7d}  {r.handshakes_per_conn:15.2f}"
             f"  {r.duplicates_closed:10d}  {r.idle_cpu_pct:10.1f}  {r.rss_mib:7.1f}"
-            f"  {r.gossip_bytes_per_s:10.0f}"
+            f"  {r.gossip_bytes_per_s:10.0f}  {window}"
         )
+    sims = simulated(args.sim)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    args.out.write_text(
+        json.dumps({"routers": [asdict(r) for r in rows], "simulated": sims}, indent=2)
+    )
     print(f"wrote {args.out}")
     return 0
+
+
+def simulated(counts: list[int]) -> list[dict[str, float | int | None]]:
+    """The gossip simulator (``tools.gossipsim``: the router's own Gossip and
+    Spreader, a sparse random graph, no loss) at each peer count: what
+    converging costs, what one change costs, what an idle minute costs."""
+    from tools.gossipsim import simulate
+
+    out: list[dict[str, float | int | None]] = []
+    if not counts:
+        return out
+    print(
+        "simulated peers  connections  converged s  KiB/peer to converge  "
+        "msgs/peer per change  B/peer per change  idle B/s per peer"
+    )
+    for n in counts:
+        r = simulate(n, loss=0.0, seed=1, steady=60.0)
+        conv = f"{r.converged_at:.1f}" if r.converged_at is not None else "never"
+        print(
+            f"{r.peers:15d}  {r.edges:11d}  {conv:>11}  {r.bytes_per_peer_mean / 1024:20.1f}"
+            f"  {r.change_messages_per_peer:20.2f}  {r.change_bytes_per_peer:17.0f}"
+            f"  {r.steady_bytes_per_peer_per_s:17.0f}",
+            flush=True,
+        )
+        out.append(asdict(r))
+    return out
 
 
 if __name__ == "__main__":

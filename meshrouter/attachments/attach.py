@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -178,12 +178,25 @@ def in_ns(
     return proc
 
 
+_FIELDS = tuple(f.name for f in fields(Attachment))
+
+
+def _guarded(records: dict[str, Attachment]) -> list[tuple[object, ...]]:
+    """What of the records the anti-spoofing table is made of."""
+    return sorted(
+        (r.host_veth, r.mac, tuple(r.cidrs), tuple(r.cidrs6), r.guard)
+        for r in records.values()
+        if r.state != PENDING
+    )
+
+
 class Registry:
     """The attachment records of this host."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "attachments.json"
         self.lock_path = state_dir / "attachments.lock"
+        self._guarded: list[tuple[object, ...]] | None = None  # what the table was made of
 
     @contextlib.contextmanager
     def locked(
@@ -196,26 +209,32 @@ class Registry:
             with waiting or contextlib.nullcontext():
                 fcntl.flock(lock, fcntl.LOCK_EX)
             records = self.read()
+            self._guarded = _guarded(records)
             before = self._dump(records)
             yield records
-            if self._dump(records) != before:
-                self.save(records)
+            after = self._dump(records)
+            if after != before:
+                self.save(records, after)
 
     @staticmethod
     def _dump(records: dict[str, Attachment]) -> str:
         out = {}
         for k, v in records.items():
-            doc = asdict(v)
+            doc = {name: getattr(v, name) for name in _FIELDS}  # not asdict: 10x faster
             if not doc["cidrs6"]:  # what 0.2 and older can read back (a downgrade)
                 del doc["cidrs6"]
             out[k] = doc
         return json.dumps(out, sort_keys=True)
 
-    def save(self, records: dict[str, Attachment]) -> None:
+    def save(self, records: dict[str, Attachment], dumped: str | None = None) -> None:
         """Write the records now (under ``locked``: a step that must be on
-        disk before the next one is made)."""
-        atomic_write(self.path, self._dump(records).encode())
-        self.apply_guard(records)
+        disk before the next one is made); the anti-spoofing table follows
+        when what it is made of changed."""
+        atomic_write(self.path, (dumped or self._dump(records)).encode())
+        guarded = _guarded(records)
+        if guarded != self._guarded:
+            self.apply_guard(records)
+            self._guarded = guarded
 
     @staticmethod
     def apply_guard(records: dict[str, Attachment]) -> None:

@@ -7,6 +7,7 @@ target waits as if it had failed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,47 @@ class Maker:
             )
         self.m.act(TargetsChanged())
 
+    def _chosen(self, operator: set[str]) -> list[bytes]:
+        """The peers to dial of those the topology knows and we lack a
+        connection to: all of them while ``--conn-limit`` leaves room; else
+        as many as it does, chosen for diversity rather than by launch
+        order: peers we have no route to first, then by a rank both ends of
+        each pair compute alike (a hash of the two names), so the mesh grows
+        as a random graph of bounded degree, whose paths are short and that
+        a few lost connections do not cut.  A reachable peer whose record
+        shows as many connections as our limit is left alone (it would
+        refuse us, if its limit is ours)."""
+        names = [n for n in self.m.gossip.records if n != self.m.me and n not in self.m.peers]
+        busy = len(self.m.conns) + sum(
+            1 for t in self.m.targets if not t.discovered and t.state is not TargetState.CONNECTED
+        )
+        room = self.m.conn_limit - busy
+        if len(names) <= room:
+            return names
+        reachable = self.m.gossip.reachable()
+        records = self.m.gossip.records
+
+        def full(n: bytes) -> bool:  # by its record, at a limit like ours: it would refuse
+            return len({c.peer for c in records[n].connections} - {n}) >= self.m.conn_limit
+
+        def rank(n: bytes) -> tuple[bool, bytes]:
+            pair = b"".join(sorted((n, self.m.me)))
+            return n in reachable, hashlib.blake2b(pair, digest_size=8).digest()
+
+        connecting = {
+            n
+            for n in names
+            if any(
+                (t := self.m.targets.get(a)) is not None and t.state is TargetState.CONNECTING
+                for a in self.m.gossip.addresses_of(n) - operator
+            )
+        }
+        rest = sorted(
+            (n for n in names if n not in connecting and not (n in reachable and full(n))),
+            key=rank,
+        )
+        return [*connecting, *rest[: max(0, room - len(connecting))]]
+
     def sync_discovered(self, now: float) -> None:
         """Dial every peer the topology knows that we have no connection to.
         Of two peers that learn of each other, the one with the larger name
@@ -87,9 +129,7 @@ class Maker:
         seldom dial each other at once and close one as a duplicate."""
         operator = {t.address for t in self.m.targets if not t.discovered}
         wanted: dict[str, float] = {}
-        for name in self.m.gossip.records:
-            if name == self.m.me or name in self.m.peers:
-                continue
+        for name in self._chosen(operator):
             # A peer's other addresses (another family, say) wait their turn.
             for k, addr in enumerate(sorted(self.m.gossip.addresses_of(name) - operator)):
                 if addr in self.forgotten:

@@ -283,14 +283,16 @@ def counts(lab: Lab, sock: str) -> dict[str, int]:
     for i in (1, 2):
         st = status(lab, i)
         links = lab.run(i, "ip", "-br", "link").stdout
-        chains = lab.run(i, "nft", "list", "table", "bridge", "meshrouter_guard", check=False)
+        guarded = lab.run(
+            i, "nft", "list", "set", "bridge", "meshrouter_guard", "s_guarded", check=False
+        )
         records = json.loads(mesh(lab, i, sock, "report").stdout)["attached"]
         out |= {
             f"h{i} veths": links.count("vethwl"),
             f"h{i} records": len(records),
             f"h{i} addresses": len(st["ipam"]["allocations"]),
             f"h{i} names": len(st["dns"]["entries"]),
-            f"h{i} guard chains": chains.stdout.count("chain port_"),
+            f"h{i} guarded ports": guarded.stdout.count('"vethwl'),
         }
     out["containers"] = len(docker(sock, "ps", "-aq").split())
     running = sh("pgrep", "-f", "launcher reattach", check=False).stdout.split()

@@ -79,11 +79,11 @@ def test_a_forging_container_reaches_no_one_and_honest_traffic_flows(
     row = next(ln for ln in ps.splitlines() if ln.startswith(forger))
     assert int(row.split()[-1]) >= 20  # counted where it entered
     # Detached: its rules go with it.
-    veth = lab.run(1, "nft", "list", "table", "bridge", "meshrouter_guard").stdout
-    assert veth.count("chain port_") == 2
+    ports = lab.run(1, "nft", "list", "set", "bridge", "meshrouter_guard", "s_guarded").stdout
+    assert ports.count('"vethwl') == 2
     lab.mesh(1, "detach", forger)
-    rules = lab.run(1, "nft", "list", "table", "bridge", "meshrouter_guard").stdout
-    assert rules.count("chain port_") == 1
+    ports = lab.run(1, "nft", "list", "set", "bridge", "meshrouter_guard", "s_guarded").stdout
+    assert ports.count('"vethwl') == 1
     lab.mesh(1, "detach", target)
     tables = lab.run(1, "nft", "list", "tables").stdout
     assert "meshrouter_guard" not in tables

@@ -173,3 +173,41 @@ def test_seven_hosts_converge(lab_factory: LabFactory) -> None:
         f"{n} hosts converged in {took:.1f}s (launch included); "
         f"gossip sent per peer: {min(gossip)}-{max(gossip)} bytes"
     )
+
+
+def test_under_a_connection_limit_the_mesh_stays_partial_routed_and_whole(
+    lab_factory: LabFactory,
+) -> None:
+    """Eight routers with --conn-limit 3, launched as a line: each keeps at
+    most 3 connections, every one reaches every other (relayed), containers
+    at the two ends ping each other, and IPAM hands out distinct addresses
+    with names all hosts resolve."""
+    n = 8
+    lab = lab_factory(n)
+    limit = ("--conn-limit", "3")
+    lab.launch(1, extra=limit)
+    for i in range(2, n + 1):
+        lab.launch(i, lab.addr(i - 1), extra=limit)
+
+    def whole() -> bool:
+        for i in range(1, n + 1):
+            st = status(lab, i)
+            if sum(1 for p in st["peers"] if p["reachable"]) != n:
+                return False
+        return True
+
+    lab.wait_for("every router reaches every other", whole, timeout=90)
+    for i in range(1, n + 1):
+        assert len(status(lab, i)["connections"]) <= 3
+    cs = {i: lab.container(f"c{i}") for i in (1, n)}
+    got = {i: lab.mesh(i, "attach", cs[i]).stdout.split()[0].split("/")[0] for i in (1, n)}
+    assert got[1] != got[n]
+    assert ping_ok(lab, cs[1], got[n])
+    relayed = sum(status(lab, i)["counters"].get("messages_relayed", 0) for i in range(2, n))
+    direct = lab.host(n) in established_peers(lab, 1)
+    assert direct or relayed > 0
+    lab.wait_for(
+        "h1 resolves the far container's name",
+        lambda: got[n] in lab.mesh(1, "dns-lookup", cs[n], check=False).stdout,
+        timeout=30,
+    )

@@ -10,6 +10,7 @@ from meshrouter.base.constants import REKEY_AFTER_MESSAGES, UDP_TIMEOUT
 from meshrouter.base.errors import LocalProtocolError, OperatorError
 from meshrouter.contract.status import ConnState, TargetState
 from meshrouter.daemon import commands
+from meshrouter.dataplane.routes import bfs_parents
 from meshrouter.dataplane.sessionstate import PySessionState
 from meshrouter.mesh.actions import Close
 from meshrouter.mesh.core import TRANSITIONS, Input
@@ -545,3 +546,60 @@ def test_a_partition_during_the_window_heals_without_a_split() -> None:
     establish(net, (2, 3))
     assert only_conn(net, 2, 3).key_epoch == 1
     assert only_conn(net, 3, 2).key_epoch == 1
+
+
+# -- partial meshes ---------------------------------------------------------------------
+
+
+def drive(net: MeshNet, seconds: float) -> int:
+    """Run the mesh as the shell would: ticks, every due dial made at once,
+    UDP heard both ways on every link.  Returns how many dials a full peer
+    refused."""
+    hosts = {n.host: k for k, n in enumerate(net.nodes, 1)}
+    refused = 0
+    end = net.now + seconds
+    while net.now < end:
+        net.tick()
+        for i in range(1, net.count + 1):
+            for addr in net.mesh(i).maker.dials_due(net.now):
+                j = hosts[addr.rsplit(":", 1)[0]]
+                if len(net.mesh(j).conns) >= net.mesh(j).conn_limit:  # refused: it is full
+                    net.mesh(i).maker.dial_failed(addr, "peer closed", net.now)
+                    refused += 1
+                else:
+                    net.dial(i, j, target=addr)
+        net.pump()
+        for i in range(1, net.count + 1):
+            for peer in list(net.mesh(i).peers):
+                j = peer[-1]
+                if i < j and name(i) in net.mesh(j).peers:
+                    net.exchange_heartbeats(i, j)
+    return refused
+
+
+def test_under_a_connection_limit_the_mesh_is_a_connected_graph_of_bounded_degree() -> None:
+    n, limit = 10, 3
+    net = MeshNet(n)
+    for i in range(1, n + 1):
+        net.mesh(i).conn_limit = limit
+        if i > 1:
+            net.mesh(i).maker.connect(address(i - 1), net.now)  # launched as a line
+    refused = drive(net, 90.0)
+    edges = {tuple(sorted((i, p[-1]))) for i in range(1, n + 1) for p in net.mesh(i).peers}
+    for i in range(1, n + 1):
+        m = net.mesh(i)
+        assert len(m.peers) <= limit
+        assert m.gossip.reachable() == {name(k) for k in range(1, n + 1)}, i
+    # Not just the line it was launched as: the discovered connections cut its length.
+    line = {(i, i + 1) for i in range(1, n)}
+    assert edges - line
+    parents = bfs_parents(net.mesh(1).gossip.routes().graph, name(1))
+
+    def hops(k: bytes) -> int:
+        up = parents[k]
+        return 0 if up is None else 1 + hops(up)
+
+    assert max(hops(name(k)) for k in range(2, n + 1)) < n - 1
+    # Each dials only the few it has room for: the full ones seldom refuse.
+    assert refused <= 2, refused
+    assert sum(m.mesh.counters["handshakes"] for m in net.nodes) <= 2 * len(edges) + n
