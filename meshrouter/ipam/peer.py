@@ -11,7 +11,8 @@ the mesh may go on, and the releases the DNS must follow (``take_released``).
 What it decides, after weave's ``ipam/`` operations:
 
 * the ring: made among the initial peers at quorum, merged from peers;
-* allocation in our share, donations asked of and given to neighbours;
+* allocation in our share, donations asked of neighbours first, else of any
+  reachable owner (relayed: under --conn-limit the owners may be far);
 * claims: in our share (answered once enough other owners recorded them, see
   ``reclaim``) and in another owner's (a request, resent until answered);
 * takeover of a peer unreachable for ``--reclaim-after`` (``Reclaimer``);

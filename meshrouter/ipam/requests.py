@@ -48,8 +48,11 @@ class Requests:
             n = min(e, hi) - max(s, lo)
             if n > 0 and owner != self.p.me:
                 space[owner] = space.get(owner, 0) + n
-        candidates = [p for p in self.p.neighbours if p in space and p not in asked]
-        return max(candidates, key=lambda p: (space[p], p), default=None)
+        # A neighbour first; under --conn-limit the owners may be reachable
+        # only through relays, and the request and its answer are relayed.
+        near = self.p.neighbours
+        candidates = [p for p in space if p not in asked and (p in near or p in self.p.reachable)]
+        return max(candidates, key=lambda p: (p in near, space[p], p), default=None)
 
     def ask_donation(self, donor: bytes, net: ipaddress.IPv4Network | None) -> None:
         self.p.out.send(donor, encode_donate(net))

@@ -197,6 +197,11 @@ def test_under_a_connection_limit_the_mesh_stays_partial_routed_and_whole(
         return True
 
     lab.wait_for("every router reaches every other", whole, timeout=90)
+    lab.wait_for(
+        "IPAM ready everywhere",
+        lambda: all(status(lab, i)["ipam"]["ready"] for i in range(1, n + 1)),
+        timeout=60,
+    )
     for i in range(1, n + 1):
         assert len(status(lab, i)["connections"]) <= 3
     cs = {i: lab.container(f"c{i}") for i in (1, n)}
