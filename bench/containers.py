@@ -19,14 +19,18 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.run import iperf
 from bench.scale import rss_mib
 from meshrouter.contract import apiclient
 from meshrouter.contract import requests as rq
+from meshrouter.host import guard
 from meshrouter.testing.netlab import Lab
 
 
@@ -36,16 +40,100 @@ def timed(fn: object, *args: object) -> float:
     return time.monotonic() - t
 
 
+@dataclass
+class FakePort:
+    host_veth: str
+    mac: str
+    cidrs: list[str]
+    guard: bool = True
+    cidrs6: list[str] = field(default_factory=list)
+
+
+def chain_per_port(ports: list[FakePort]) -> str:
+    """The table as it was before issue 27 (a chain per port, every frame
+    jumping through each), for the comparison: its IPv4 rules only."""
+    lines = [f"table bridge {guard.TABLE}", f"delete table bridge {guard.TABLE}"]
+    lines.append(f"table bridge {guard.TABLE} {{")
+    for p in ports:
+        v, m, ip = p.host_veth, p.mac, p.cidrs[0].split("/")[0]
+        lines += [
+            f"  chain port_{v} {{",
+            f'    iifname "{v}" ether saddr != {m} counter drop',
+            f'    iifname != "{v}" ether saddr {m} counter drop',
+            f'    iifname "{v}" ip saddr != {ip} counter drop',
+            f'    iifname != "{v}" ip saddr {ip} counter drop',
+            "  }",
+        ]
+    for hook in ("forward", "input"):
+        lines.append(f"  chain {hook} {{ type filter hook {hook} priority -10; policy accept;")
+        lines += [f"    jump port_{p.host_veth}" for p in ports]
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def guard_cost(lab: Lab, c1: str, c2: str, ip2: str, extra: int, secs: int) -> dict[str, float]:
+    """One TCP stream between two containers of this host (it crosses the
+    bridge, so the guard's forward hook), with the table holding their two
+    ports, then ``extra`` more (as sets, and as a chain per port)."""
+    recs = json.loads(lab.mesh(1, "ps", "--json").stdout)
+    real = [FakePort(r["host_veth"], r["mac"], r["cidrs"]) for r in recs]
+    fake = [
+        FakePort(f"vethwf{k:05x}", f"02:ee:00:00:{k >> 8:02x}:{k & 255:02x}", [f"10.47.{k >> 8}.{k & 255}/12"])  # noqa: E501
+        for k in range(extra)
+    ]  # fmt: skip
+    tables = {
+        f"{len(real)} ports (sets)": guard.render(real),
+        f"{len(real) + extra} ports (sets)": guard.render([*real, *fake]),
+        f"{len(real) + extra} ports (a chain each, before)": chain_per_port([*real, *fake]),
+    }
+    out: dict[str, list[float]] = {k: [] for k in tables}
+    for _ in range(2):  # alternating, twice
+        for name, text in tables.items():
+            subprocess.run(
+                ["ip", "netns", "exec", lab.host(1), "nft", "-f", "-"],
+                input=text, text=True, check=True, capture_output=True,
+            )  # fmt: skip
+            j = iperf(lab, c1, c2, ip2, secs=secs)
+            bps = j.get("end", {}).get("sum_received", {}).get("bits_per_second", 0.0)
+            out[name].append(bps / 1e9)
+    subprocess.run(
+        ["ip", "netns", "exec", lab.host(1), "nft", "-f", "-"],
+        input=guard.render(real), text=True, check=True, capture_output=True,
+    )  # fmt: skip
+    return {k: statistics.mean(v) for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/containers.json"))
+    ap.add_argument(
+        "--guard-cost",
+        type=int,
+        metavar="PORTS",
+        help="instead: a TCP stream between two containers with PORTS more in the guard table",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (it builds namespaces)", file=sys.stderr)
         return 1
+    if args.guard_cost is not None:
+        lab = Lab("mcg", 1).create()
+        try:
+            lab.launch(1)
+            c1, c2 = lab.container("c1"), lab.container("c2")
+            lab.mesh(1, "attach", c1)
+            ip2 = lab.mesh(1, "attach", c2).stdout.split()[0].split("/")[0]
+            cost = guard_cost(lab, c1, c2, ip2, args.guard_cost, secs=5)
+        finally:
+            lab.close()
+        print("anti-spoofing table                         TCP Gbit/s (one stream, mean of 2)")
+        for name, gbps in cost.items():
+            print(f"{name:44s}{gbps:6.2f}")
+        return 0
     lab = Lab("mct", 1).create()
     result: dict[str, object] = {"count": args.count, "parallel": args.parallel}
     try:

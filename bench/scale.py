@@ -17,10 +17,12 @@ would cost more CPU than the routers).  Bounded: each N gives up after
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,7 +72,33 @@ def closed(sts: list[RouterStatus | None]) -> int:
     return sum(s["counters"].get("connections_closed", 0) for s in sts if s is not None)
 
 
+NEIGH = [f"/proc/sys/net/ipv{v}/neigh/default/gc_thresh{k}" for v in (4, 6) for k in (1, 2, 3)]
+
+
+@contextlib.contextmanager
+def neighbour_room(n: int) -> Iterator[None]:
+    """Room in the kernel's neighbour tables, which all namespaces share
+    (at the default 1,024 entries, 33 hosts that each know the 32 others
+    overflow it: "neighbor table overflow!" and no ARP), put back after."""
+    old = [Path(p).read_text().strip() for p in NEIGH]
+    want = max(1024, 4 * n * n)
+    try:
+        for p, o in zip(NEIGH, old, strict=True):
+            k = int(p[-1])
+            Path(p).write_text(str(max(int(o), want // (4 if k == 1 else 2 if k == 2 else 1))))
+        yield
+    finally:
+        for p, o in zip(NEIGH, old, strict=True):
+            with contextlib.suppress(OSError):
+                Path(p).write_text(o)
+
+
 def run(n: int, timeout: float, idle: float, stable: float = 0.0) -> Row:
+    with neighbour_room(n):
+        return _run(n, timeout, idle, stable)
+
+
+def _run(n: int, timeout: float, idle: float, stable: float) -> Row:
     lab = Lab(f"msc{n}"[:8], n).create()
     try:
         start = time.monotonic()

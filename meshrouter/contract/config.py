@@ -116,7 +116,8 @@ class RouterOptions:
     )
     conn_limit: int = _opt(
         100,
-        "most control connections at once, handshakes included (default: %(default)s)",
+        "most control connections at once, handshakes included; below the number of "
+        "peers, each router keeps this many and the rest are relayed (default: %(default)s)",
         metavar="N",
         check=(1, 100000),
     )
