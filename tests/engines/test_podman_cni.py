@@ -233,7 +233,13 @@ def test_a_podman_container_restarted_by_its_systemd_unit_keeps_its_address(
         addr = cidr.split("/")[0]
         peer = lab.container("peer")
         lab.mesh(2, "attach", peer)
-        assert lab.in_ns(peer, "ping", "-c1", "-W2", addr, check=False).returncode == 0
+        # The two routers were launched a moment ago: their topology records
+        # (spaced 0.5 s apart per neighbour) may still be on the way.
+        lab.wait_for(
+            "the container reachable from h2",
+            lambda: lab.in_ns(peer, "ping", "-c1", "-W1", addr, check=False).returncode == 0,
+            timeout=15,
+        )
 
         podman(lab, 1, *stop)  # sleep as PID 1 ignores SIGTERM: killed after the timeout
         time.sleep(10)
