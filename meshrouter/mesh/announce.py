@@ -2,7 +2,7 @@
 gossip (``topology.Gossip`` holds the view, ``spread.Spreader`` decides what
 goes to whom and when: our record when our connections change, what a merge
 changed to those who lack it, digests for anti-entropy) and CLOCK (our wall
-clock and version every ``FULL_GOSSIP_INTERVAL``, so that peers see the skew
+clock and version every ``CLOCK_INTERVAL``, so that peers see the skew
 between them).
 """
 
@@ -21,7 +21,7 @@ from meshrouter.proto.control import MessageType
 if TYPE_CHECKING:
     from meshrouter.mesh.core import Conn, Mesh
 
-FULL_GOSSIP_INTERVAL = 30.0  # seconds between CLOCK messages
+CLOCK_INTERVAL = 30.0  # seconds between CLOCK messages
 DIGEST_VERSION = 2  # the protocol version from which peers gossip by digests
 CLOCK = struct.Struct("!d")
 
@@ -40,7 +40,7 @@ class Announcer:
     def __init__(self, mesh: Mesh, now: float) -> None:
         self.m = mesh
         self.spread = Spreader(mesh.gossip, now)
-        self.next_clock = now + FULL_GOSSIP_INTERVAL
+        self.next_clock = now + CLOCK_INTERVAL
         self.wall_offset: float | None = None  # wall clock minus ``now``, from tick()
 
     def neighbour_up(self, conn: Conn) -> None:
@@ -110,7 +110,7 @@ class Announcer:
         if wall is not None:
             self.wall_offset = wall - now
         if now >= self.next_clock:
-            self.next_clock = now + FULL_GOSSIP_INTERVAL
+            self.next_clock = now + CLOCK_INTERVAL
             for conn in list(self.m.peers.values()):
                 self.send_clock(conn, now)
         self.flush(now)

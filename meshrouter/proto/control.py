@@ -154,16 +154,17 @@ class ControlConnection:
         that counts as a sign of life, and our heartbeats, needed less, come
         every ``heartbeat_interval`` seconds from now on."""
         self._alive_until = max(self._alive_until, at)
-        if heartbeat_interval != self._hb_interval:
-            self._hb_interval = heartbeat_interval
-            self._next_heartbeat = min(self._next_heartbeat, now + heartbeat_interval)
+        self._heartbeat_every(heartbeat_interval, now)
 
     def peer_not_heard(self, heartbeat_interval: float, now: float) -> None:
         """No other sign of life since the last: heartbeats every
         ``heartbeat_interval`` again (what was heard still counts)."""
-        if heartbeat_interval != self._hb_interval:
-            self._hb_interval = heartbeat_interval
-            self._next_heartbeat = min(self._next_heartbeat, now + heartbeat_interval)
+        self._heartbeat_every(heartbeat_interval, now)
+
+    def _heartbeat_every(self, interval: float, now: float) -> None:
+        if interval != self._hb_interval:
+            self._hb_interval = interval
+            self._next_heartbeat = min(self._next_heartbeat, now + interval)
 
     # -- input ----------------------------------------------------------
 

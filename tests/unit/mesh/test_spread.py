@@ -74,30 +74,29 @@ class Net:
     def records_sent(self, kind: int = TOPOLOGY) -> list[tuple[int, int, bytes]]:
         return [(i, j, p) for i, j, p in self.sent if p[0] == kind]
 
+    def change_when_settled(self, i: int, address: str) -> list[tuple[int, int]]:
+        """Once converged, ``i`` gains an address: who sent its record to whom
+        until every view has it again."""
+        self.run()
+        assert self.converged()
+        self.sent.clear()
+        self.own_changed(i, (ConnInfo(NAMES[i], address, False, False),))
+        self.run()
+        assert self.converged()
+        return [(a, b) for a, b, _ in self.records_sent()]
+
 
 def test_in_a_full_mesh_a_change_is_one_message_to_each_peer_and_none_relayed() -> None:
     net = Net(5)
     net.connect(*[(a, b) for a in range(5) for b in range(a + 1, 5)])
-    net.run()
-    assert net.converged()
-    net.sent.clear()
-    net.own_changed(0, (ConnInfo(NAMES[0], "[2001:db8::]:6783", False, False),))
-    net.run()
-    assert net.converged()
-    topo = net.records_sent()
-    assert sorted((i, j) for i, j, _ in topo) == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    sent = net.change_when_settled(0, "[2001:db8::]:6783")
+    assert sorted(sent) == [(0, 1), (0, 2), (0, 3), (0, 4)]
 
 
 def test_in_a_line_a_change_is_passed_on_hop_by_hop_but_never_back() -> None:
     net = Net(4)
     net.connect((0, 1), (1, 2), (2, 3))
-    net.run()
-    assert net.converged()
-    net.sent.clear()
-    net.own_changed(3, (ConnInfo(NAMES[3], "[2001:db8::3]:6783", False, False),))
-    net.run()
-    assert net.converged()
-    assert [(i, j) for i, j, _ in net.records_sent()] == [(3, 2), (2, 1), (1, 0)]
+    assert net.change_when_settled(3, "[2001:db8::3]:6783") == [(3, 2), (2, 1), (1, 0)]
 
 
 def test_a_storm_of_changes_costs_a_neighbour_two_messages_a_second() -> None:
