@@ -35,10 +35,12 @@ from meshrouter.base.errors import (
 from meshrouter.proto.crypto import Opener, Sealer
 from meshrouter.proto.framing import LENGTH, FrameReader, encode_frame
 from meshrouter.proto.handshake import (
+    Credentials,
     Handshake,
     HandshakeResult,
     Identity,
     PskSource,
+    SessionKeys,
     encode_reject,
 )
 
@@ -93,6 +95,7 @@ class ControlConnection:
         ephemeral_private: bytes,
         recv_index: int,
         now: float,
+        credentials: Credentials | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -105,6 +108,7 @@ class ControlConnection:
             psk=psk,
             ephemeral_private=ephemeral_private,
             recv_index=recv_index,
+            credentials=credentials,
         )
         self._reader = FrameReader(MAX_CONTROL_MESSAGE)
         self._out = bytearray()
@@ -200,7 +204,11 @@ class ControlConnection:
                 else:
                     self._message_frame(header, body)
         except HandshakeRefused as exc:
-            if exc.tell_peer:
+            keys = getattr(exc, "keys", None)
+            if isinstance(keys, SessionKeys):
+                self._sealer = Sealer(keys.suite, keys.control_send)
+                self._send(MessageType.CLOSE, exc.reason.encode()[:200])
+            elif exc.tell_peer:
                 self._out += encode_frame(encode_reject(exc.reason))
             self._closed(exc.reason, "error")
         except RemoteProtocolError as exc:

@@ -23,6 +23,22 @@ peer; the responder sends its own only after the initiator's has matched
 one of the keys it accepts (during a password rotation, the new and the
 previous one: ``keyring``), so no HELLO ever says which key is in use.
 
+With certificates (``cert``), each HELLO also says how its sender can
+authenticate (extension AUTH: password, certificate, or both, while a mesh
+moves to certificates); when both sides hold certificates they are used and
+the password is not::
+
+    prk     = BLAKE2b(key=CERT_LABEL, X25519(eph_self, eph_peer) || transcript)
+    CONFIRM = mac(32) || cert_len(u16) || certificate || signature(64)
+
+where the signature is the sender's long-term Ed25519 key over its role and
+the transcript (so it binds both ephemeral keys: no replay, and the data keys
+stay forward secret), and the MAC, under ``prk``, covers the transcript and
+the certificate's fingerprint.  Each side checks the other's certificate
+(``cert.Trust.verify``: our CA, in its validity window give or take the
+clock skew, not revoked), that it names the peer the HELLO says, and the
+signature; a failure is refused with a REJECT naming the reason, both ways.
+
 A peer whose version range does not overlap ours, or that supports none of our
 suites, gets a REJECT frame with the reason, and both sides log it; so does
 an initiator whose CONFIRM matches no key (wrong password) or a key rotated
@@ -42,8 +58,19 @@ import nacl.pwhash
 
 from meshrouter.base.constants import MAGIC, PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION
 from meshrouter.base.errors import BadPacket, HandshakeRefused, LocalProtocolError
+from meshrouter.base.names import format_name
+from meshrouter.proto.cert import (
+    SIGNATURE_BYTES,
+    Certificate,
+    CertRefused,
+    Trust,
+    decode_cert_untrusted,
+    sign,
+    signature_ok,
+)
 from meshrouter.proto.crypto import Suite, choose_suite, constant_time_equal, kdf, suites_mask
 
+CERT_SIGNED = b"meshrouter certificate handshake signature v1 "
 _MESH_SALT = hashlib.blake2b(b"meshrouter mesh password salt v1", digest_size=16).digest()
 
 
@@ -85,6 +112,23 @@ class Identity:
     version_max: int = PROTOCOL_MAX_VERSION
     suites: int = suites_mask()
     ipalloc_range: str = ""  # every peer of a mesh must use the same one
+    auth: int = 1  # AUTH_PASSWORD | AUTH_CERT: how it can authenticate
+
+
+AUTH_PASSWORD = 1
+AUTH_CERT = 2
+CERT_LABEL = hashlib.blake2b(b"meshrouter certificate handshake v1", digest_size=32).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A host's certificate, its key (the 32-byte Ed25519 seed), what it trusts,
+    and the wall clock (seconds since the epoch) to judge validity by."""
+
+    cert: Certificate
+    seed: bytes
+    trust: Trust
+    wall: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +143,7 @@ def encode_reject(reason: str) -> bytes:
 
 
 EXT_IPALLOC_RANGE = 1  # HELLO extension: type(1) len(1) value, after the nickname
+EXT_AUTH = 2  # one byte: AUTH_PASSWORD | AUTH_CERT; absent: the password only
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -108,6 +153,8 @@ def encode_hello(hello: Hello) -> bytes:
     if ident.ipalloc_range:
         raw = ident.ipalloc_range.encode()[:255]
         ext = bytes([EXT_IPALLOC_RANGE, len(raw)]) + raw
+    if ident.auth != AUTH_PASSWORD:
+        ext += bytes([EXT_AUTH, 1, ident.auth & 0xFF])
     return (
         bytes([FrameType.HELLO])
         + _HELLO.pack(
@@ -147,6 +194,7 @@ def decode_hello_untrusted(body: bytes) -> Hello:
         raise BadPacket("nickname is not UTF-8") from exc
     # After the nickname: extensions, type(1) len(1) value; unknown ones are skipped.
     ipalloc_range = ""
+    auth = AUTH_PASSWORD
     pos = 1 + _HELLO.size + nick_len
     while pos + 2 <= len(body):
         etype, elen = body[pos], body[pos + 1]
@@ -158,8 +206,12 @@ def decode_hello_untrusted(body: bytes) -> Hello:
                 ipalloc_range = value.decode("ascii")
             except UnicodeDecodeError as exc:
                 raise BadPacket("IP range is not ASCII") from exc
+        elif etype == EXT_AUTH:
+            if elen != 1 or not value[0] & (AUTH_PASSWORD | AUTH_CERT):
+                raise BadPacket("bad AUTH extension")
+            auth = value[0] & (AUTH_PASSWORD | AUTH_CERT)
         pos += 2 + elen
-    ident = Identity(name, nick, uid, udp_port, vmin, vmax, suites, ipalloc_range)
+    ident = Identity(name, nick, uid, udp_port, vmin, vmax, suites, ipalloc_range, auth)
     return Hello(ident, recv_index, eph)
 
 
@@ -178,7 +230,8 @@ class HandshakeResult:
     peer: Identity
     peer_recv_index: int  # put this index in UDP packets we send to the peer
     keys: SessionKeys
-    psk: bytes = b""  # the mesh key the two sides proved they share
+    psk: bytes = b""  # the mesh key the two sides proved they share (password mode)
+    cert: Certificate | None = None  # the peer's, checked (certificate mode)
 
 
 class PskSource(Protocol):
@@ -238,10 +291,16 @@ class Handshake:
         psk: bytes | PskSource,
         ephemeral_private: bytes,
         recv_index: int,
+        credentials: Credentials | None = None,
     ) -> None:
         keys = OnePsk(psk) if isinstance(psk, bytes) else psk
         if len(ephemeral_private) != 32 or any(len(k) != 32 for k in keys.accepted()):
             raise LocalProtocolError("ephemeral key and psk must be 32 bytes")
+        if bool(identity.auth & AUTH_CERT) != (credentials is not None):
+            raise LocalProtocolError("AUTH_CERT is advertised exactly when there are credentials")
+        self.credentials = credentials
+        self._method = AUTH_PASSWORD
+        self._cert_state: tuple[bytes, bytes, SessionKeys] | None = None  # prk, transcript
         self.initiator = initiator
         self.identity = identity
         self._keys = keys
@@ -277,6 +336,8 @@ class Handshake:
         if self.state is HandshakeState.AWAIT_HELLO:
             hello = decode_hello_untrusted(body)
             return self._on_hello(hello, body), None
+        if self._cert_state is not None:
+            return self._receive_cert_confirm(body)
         if body[0] != FrameType.CONFIRM or len(body) != 1 + CONFIRM_BYTES:
             raise BadPacket("expected a CONFIRM frame")
         # Every candidate key is tried (no early exit: the time taken says nothing).
@@ -332,9 +393,8 @@ class Handshake:
         transcript = hashlib.blake2b(first + second, digest_size=32).digest()
         mine, theirs = ("i", "r") if self.initiator else ("r", "i")
 
-        def candidate(psk: bytes, usable: bool) -> tuple[bytes, bytes, bytes, SessionKeys | None]:
-            prk = hashlib.blake2b(shared + transcript, key=psk, digest_size=64).digest()
-            keys = SessionKeys(
+        def session(prk: bytes) -> SessionKeys:
+            return SessionKeys(
                 suite=suite,
                 version=hi,
                 control_send=kdf(prk, f"control-{mine}2{theirs}".encode()),
@@ -342,6 +402,18 @@ class Handshake:
                 data_send=kdf(prk, f"data-{mine}2{theirs}".encode()),
                 data_recv=kdf(prk, f"data-{theirs}2{mine}".encode()),
             )
+
+        self._method = self._choose_method(peer)
+        if self._method == AUTH_CERT:
+            prk = hashlib.blake2b(shared + transcript, key=CERT_LABEL, digest_size=64).digest()
+            self._cert_state = (prk, transcript, session(prk))
+            self._peer_hello = hello
+            self.state = HandshakeState.AWAIT_CONFIRM
+            return [self._cert_confirm()] if self.initiator else []
+
+        def candidate(psk: bytes, usable: bool) -> tuple[bytes, bytes, bytes, SessionKeys | None]:
+            prk = hashlib.blake2b(shared + transcript, key=psk, digest_size=64).digest()
+            keys = session(prk)
             expected = kdf(prk, b"confirm-" + theirs.encode() + transcript)
             my_confirm = kdf(prk, b"confirm-" + mine.encode() + transcript)
             return psk, expected, my_confirm, keys if usable else None
@@ -355,3 +427,74 @@ class Handshake:
         self._candidates = [candidate(k, True) for k in self._keys.accepted()]
         self._candidates += [candidate(k, False) for k in self._keys.refused()]
         return []
+
+    # -- certificates ----------------------------------------------------------
+
+    def _choose_method(self, peer: Identity) -> int:
+        mine = self.identity.auth
+        if not self._keys.accepted() and not self._keys.refused():
+            mine &= ~AUTH_PASSWORD
+        both = mine & peer.auth
+        if both & AUTH_CERT:
+            return AUTH_CERT
+        if both & AUTH_PASSWORD:
+            return AUTH_PASSWORD
+        if mine & AUTH_CERT:
+            raise self._reject(
+                "this mesh admits only hosts with a certificate and the peer has none: give it "
+                "one ('mesh ca sign', then 'mesh launch --cert F --key F --ca F')"
+            )
+        raise self._reject(
+            "the peer admits only hosts with a certificate and this one has none: give it one "
+            "('mesh ca sign', then 'mesh launch --cert F --key F --ca F')"
+        )
+
+    def _cert_confirm(self) -> bytes:
+        assert self._cert_state is not None and self.credentials is not None
+        prk, transcript, _ = self._cert_state
+        role = b"i" if self.initiator else b"r"
+        cert = self.credentials.cert
+        mac = kdf(prk, b"confirm-" + role + transcript + cert.fingerprint)
+        sig = sign(self.credentials.seed, CERT_SIGNED + role + transcript)
+        raw = cert.raw
+        return bytes([FrameType.CONFIRM]) + mac + struct.pack("!H", len(raw)) + raw + sig
+
+    def _receive_cert_confirm(self, body: bytes) -> tuple[list[bytes], HandshakeResult | None]:
+        assert self._cert_state is not None and self.credentials is not None
+        prk, transcript, keys = self._cert_state
+        if body[0] != FrameType.CONFIRM or len(body) < 1 + CONFIRM_BYTES + 2 + SIGNATURE_BYTES:
+            raise BadPacket("expected a CONFIRM frame with a certificate")
+        mac = body[1 : 1 + CONFIRM_BYTES]
+        (clen,) = struct.unpack_from("!H", body, 1 + CONFIRM_BYTES)
+        start = 1 + CONFIRM_BYTES + 2
+        if len(body) != start + clen + SIGNATURE_BYTES:
+            raise BadPacket("CONFIRM frame of the wrong length")
+        cert = decode_cert_untrusted(body[start : start + clen])
+        sig = body[start + clen :]
+        peer = self._peer_hello
+        assert peer is not None
+        theirs = b"r" if self.initiator else b"i"
+        try:
+            self.credentials.trust.verify(cert, self.credentials.wall)
+            if cert.name != peer.identity.name or cert.nickname != peer.identity.nickname:
+                raise CertRefused(
+                    f"the peer calls itself {peer.identity.nickname!r} "
+                    f"({format_name(peer.identity.name)}) but its certificate names "
+                    f"{cert.describe()}"
+                )
+            if not signature_ok(cert.public_key, CERT_SIGNED + theirs + transcript, sig):
+                raise CertRefused(
+                    f"the peer presents the certificate of {cert.nickname!r} without its key "
+                    "(its handshake signature does not verify)"
+                )
+        except CertRefused as exc:
+            if self.initiator:  # the responder is done: it reads no REJECT now
+                exc.keys = keys
+            raise
+        if not constant_time_equal(
+            mac, kdf(prk, b"confirm-" + theirs + transcript + cert.fingerprint)
+        ):
+            raise BadPacket("CONFIRM that does not match the handshake")
+        self.state = HandshakeState.DONE
+        out = [] if self.initiator else [self._cert_confirm()]
+        return out, HandshakeResult(peer.identity, peer.recv_index, keys, cert=cert)

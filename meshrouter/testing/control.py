@@ -7,8 +7,9 @@ import functools
 import hashlib
 from typing import Any
 
+from meshrouter.proto import cert
 from meshrouter.proto.control import ConnectionClosed, ControlConnection, Event
-from meshrouter.proto.handshake import Identity, PskSource, derive_psk
+from meshrouter.proto.handshake import Credentials, Identity, PskSource, derive_psk
 
 
 @functools.cache
@@ -40,6 +41,8 @@ class ConnectionPair:
         now: float = 0.0,
         keys_a: PskSource | None = None,
         keys_b: PskSource | None = None,
+        creds_a: Credentials | None = None,
+        creds_b: Credentials | None = None,
     ) -> None:
         self.now = now
         self.a = ControlConnection(
@@ -49,6 +52,7 @@ class ConnectionPair:
             ephemeral_private=seeded_key("a"),
             recv_index=11,
             now=now,
+            credentials=creds_a,
         )
         self.b = ControlConnection(
             initiator=False,
@@ -57,6 +61,7 @@ class ConnectionPair:
             ephemeral_private=seeded_key("b"),
             recv_index=22,
             now=now,
+            credentials=creds_b,
         )
         self.events: dict[str, list[Event]] = {"a": [], "b": []}
 
@@ -77,3 +82,41 @@ class ConnectionPair:
 
     def closed_reasons(self, side: str) -> list[str]:
         return [e.reason for e in self.events[side] if isinstance(e, ConnectionClosed)]
+
+
+class MeshCa:
+    """A mesh CA for tests, with deterministic keys."""
+
+    def __init__(self, label: str = "ca", not_after: int = 2**40) -> None:
+        self.seed = seeded_key(label)
+        self.cert = cert.issue(
+            self.seed,
+            name=bytes(6),
+            nickname=label,
+            public_key=cert.public_key_of(self.seed),
+            not_before=0,
+            not_after=not_after,
+            is_ca=True,
+        )
+
+    def host(
+        self, n: int, *, not_before: int = 0, not_after: int = 2**40, key: str = ""
+    ) -> tuple[cert.Certificate, bytes]:
+        """Host n's certificate (for ``identity(n)``) and key seed."""
+        seed = seeded_key(key or f"host{n}-key")
+        ident = identity(n)
+        c = cert.issue(
+            self.seed,
+            name=ident.name,
+            nickname=ident.nickname,
+            public_key=cert.public_key_of(seed),
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return c, seed
+
+    def creds(
+        self, n: int, *, trust: list[cert.Certificate] | None = None, wall: float = 1e9, **kw: Any
+    ) -> Credentials:
+        c, seed = self.host(n, **kw)
+        return Credentials(c, seed, cert.Trust.of(trust or [self.cert]), wall)
