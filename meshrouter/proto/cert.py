@@ -219,7 +219,9 @@ def decode_cert_untrusted(data: bytes) -> Certificate:
     magic, flags, name, nick_len = r.unpack(_HEAD)
     if magic != CERT_MAGIC:
         raise BadPacket("not a meshrouter certificate (bad magic)")
-    assert isinstance(flags, int) and isinstance(name, bytes) and isinstance(nick_len, int)
+    assert isinstance(flags, int)
+    assert isinstance(name, bytes)
+    assert isinstance(nick_len, int)
     if flags & ~FLAG_CA or nick_len > MAX_NICKNAME:
         raise BadPacket("certificate with unknown flags or an overlong nickname")
     try:
@@ -227,8 +229,10 @@ def decode_cert_untrusted(data: bytes) -> Certificate:
     except UnicodeDecodeError as exc:
         raise BadPacket("certificate nickname is not UTF-8") from exc
     public_key, not_before, not_after, issuer = r.unpack(_MIDDLE)
-    assert isinstance(public_key, bytes) and isinstance(issuer, bytes)
-    assert isinstance(not_before, int) and isinstance(not_after, int)
+    assert isinstance(public_key, bytes)
+    assert isinstance(issuer, bytes)
+    assert isinstance(not_before, int)
+    assert isinstance(not_after, int)
     ranges = []
     n_ranges = r.byte()
     if n_ranges > MAX_RANGES:
@@ -386,13 +390,16 @@ def decode_revocation_untrusted(data: bytes) -> Revocation:
     magic, issuer, issued_at, count = r.unpack(_REV_HEAD)
     if magic != REVOKE_MAGIC:
         raise BadPacket("not a meshrouter revocation (bad magic)")
-    assert isinstance(issuer, bytes) and isinstance(issued_at, int) and isinstance(count, int)
+    assert isinstance(issuer, bytes)
+    assert isinstance(issued_at, int)
+    assert isinstance(count, int)
     if count == 0:
         raise BadPacket("revocation naming no certificate")
     entries = []
     for _ in range(count):
         fp, name = r.unpack(_REV_ENTRY)
-        assert isinstance(fp, bytes) and isinstance(name, bytes)
+        assert isinstance(fp, bytes)
+        assert isinstance(name, bytes)
         entries.append((fp, name))
     signature = r.take(SIGNATURE_BYTES)
     if r.pos != len(data):

@@ -450,7 +450,8 @@ class Handshake:
         )
 
     def _cert_confirm(self) -> bytes:
-        assert self._cert_state is not None and self.credentials is not None
+        assert self._cert_state is not None
+        assert self.credentials is not None
         prk, transcript, _ = self._cert_state
         role = b"i" if self.initiator else b"r"
         cert = self.credentials.cert
@@ -460,7 +461,8 @@ class Handshake:
         return bytes([FrameType.CONFIRM]) + mac + struct.pack("!H", len(raw)) + raw + sig
 
     def _receive_cert_confirm(self, body: bytes) -> tuple[list[bytes], HandshakeResult | None]:
-        assert self._cert_state is not None and self.credentials is not None
+        assert self._cert_state is not None
+        assert self.credentials is not None
         prk, transcript, keys = self._cert_state
         if body[0] != FrameType.CONFIRM or len(body) < 1 + CONFIRM_BYTES + 2 + SIGNATURE_BYTES:
             raise BadPacket("expected a CONFIRM frame with a certificate")
@@ -475,18 +477,7 @@ class Handshake:
         assert peer is not None
         theirs = b"r" if self.initiator else b"i"
         try:
-            self.credentials.trust.verify(cert, self.credentials.wall)
-            if cert.name != peer.identity.name or cert.nickname != peer.identity.nickname:
-                raise CertRefused(
-                    f"the peer calls itself {peer.identity.nickname!r} "
-                    f"({format_name(peer.identity.name)}) but its certificate names "
-                    f"{cert.describe()}"
-                )
-            if not signature_ok(cert.public_key, CERT_SIGNED + theirs + transcript, sig):
-                raise CertRefused(
-                    f"the peer presents the certificate of {cert.nickname!r} without its key "
-                    "(its handshake signature does not verify)"
-                )
+            self._check_peer_cert(cert, peer.identity, CERT_SIGNED + theirs + transcript, sig)
         except CertRefused as exc:
             if self.initiator:  # the responder is done: it reads no REJECT now
                 exc.keys = keys
@@ -498,3 +489,19 @@ class Handshake:
         self.state = HandshakeState.DONE
         out = [] if self.initiator else [self._cert_confirm()]
         return out, HandshakeResult(peer.identity, peer.recv_index, keys, cert=cert)
+
+    def _check_peer_cert(
+        self, cert: Certificate, peer: Identity, signed: bytes, sig: bytes
+    ) -> None:
+        assert self.credentials is not None
+        self.credentials.trust.verify(cert, self.credentials.wall)
+        if cert.name != peer.name or cert.nickname != peer.nickname:
+            raise CertRefused(
+                f"the peer calls itself {peer.nickname!r} ({format_name(peer.name)}) but its "
+                f"certificate names {cert.describe()}"
+            )
+        if not signature_ok(cert.public_key, signed, sig):
+            raise CertRefused(
+                f"the peer presents the certificate of {cert.nickname!r} without its key "
+                "(its handshake signature does not verify)"
+            )
