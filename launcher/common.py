@@ -72,7 +72,7 @@ def _options(a: argparse.Namespace) -> RouterOptions:
     opts = config.from_namespace(a)
     paths = {
         name: os.path.abspath(value)
-        for name in ("password_file", "log_file", "docker_plugin")
+        for name in ("password_file", "cert", "key", "ca", "log_file", "docker_plugin")
         if (value := getattr(opts, name))
     }
     return dataclasses.replace(opts, **paths)

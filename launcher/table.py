@@ -17,6 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "peers",
         "rotate the mesh password without downtime: mesh password rotate --new-file F",
     ),
+    "ca": (
+        "certs",
+        "the mesh CA, with the operator: mesh ca init|sign|revoke|show DIR ...",
+    ),
+    "revoke": ("certs", "evict a host from the mesh: mesh revoke --file F (from 'mesh ca revoke')"),
+    "cert": ("certs", "this host's certificate: mesh cert renew --cert F --key F | show F"),
     "attach": ("containers", "attach a container: mesh attach [ADDR...] CONTAINER"),
     "detach": (
         "containers",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from meshrouter.contract.status import ConnectionStatus, ConnState, RouterStatus
@@ -44,6 +45,17 @@ def summary(st: RouterStatus) -> None:
     print(f"           Peer: {st['name']} ({st['nickname']})")
     print(f"     Encryption: enabled{' (' + ', '.join(ciphers) + ')' if ciphers else ''}")
     print(f"           Port: {st['port']} (TCP control, UDP data)")
+    certs = st.get("certs")
+    if certs:
+        own = certs["cert"]
+        also = "; the password is accepted too (moving to certificates)"
+        print(
+            f"       Identity: certificate {own['name']} ({own['fingerprint'][:16]}), "
+            f"until {_day(own['expires'])}, {certs['revoked']} revoked in the mesh"
+            f"{also if certs['password_accepted'] else ''}"
+        )
+    else:
+        print("       Identity: the mesh password (no certificate)")
     plane = st.get("dataplane")
     if plane:
         print(f"     Data plane: {'C loop' if plane == 'c' else 'pure Python'}")
@@ -106,9 +118,20 @@ PATH_WORDS = {
 }
 
 
+def _day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+def _identity(c: ConnectionStatus) -> str:
+    cert = c.get("cert")
+    if cert:
+        return f"cert {cert['fingerprint'][:16]} until {_day(cert['expires'])}"
+    return "password" if c.get("peer") else "-"
+
+
 def connections(st: RouterStatus) -> None:
     table(
-        ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION", "DATA PATH"],
+        ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION", "DATA PATH", "IDENTITY"],
         [
             [
                 "->" if c["direction"] == "outbound" else "<-",
@@ -118,6 +141,7 @@ def connections(st: RouterStatus) -> None:
                 state_words(c),
                 c.get("cipher", "-") if c["encrypted"] else "not encrypted",
                 PATH_WORDS.get(c.get("path", ""), "router") if c.get("peer") else "-",
+                _identity(c),
             ]
             for c in st["connections"]
         ],

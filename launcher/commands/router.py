@@ -164,7 +164,13 @@ def preflight(a: argparse.Namespace) -> None:
     from meshrouter.host import preflight as pre  # sockets and files: only for launch
 
     try:
-        read_password(a.password_file)
+        import time
+
+        from meshrouter.contract.certfiles import launch_credentials
+
+        creds = launch_credentials(a.cert, a.key, a.ca, a.nickname, time.time())
+        if creds is None or a.password_file or password_from_env():
+            read_password(a.password_file)  # with a certificate too: migrating, both accepted
         pre.check_names(a.bridge, a.tap)
         pre.check_listen(a.listen, a.port)
         for peer in a.peers:
@@ -284,6 +290,9 @@ def _launch_docker(a: argparse.Namespace) -> None:
         cmd += ["-v", f"{pw}:{pw}:ro"]
     elif password_from_env():
         cmd += ["-e", "MESH_PASSWORD"]
+    for path in (a.cert, a.key, a.ca):
+        if path:
+            cmd += ["-v", f"{os.path.abspath(path)}:{os.path.abspath(path)}:ro"]
     cmd += [ROUTER_IMAGE, "router", *_router_args(a)]
     out = _docker(*cmd)
     if out.returncode != 0:

@@ -41,6 +41,16 @@ class RouterOptions:
         "file holding the mesh password, the same on every host (or set MESH_PASSWORD)",
         metavar="FILE",
     )
+    cert: str | None = _opt(
+        None,
+        "this host's certificate ('mesh ca sign' makes it, with --key): the host joins by "
+        "it, with no password, under the name and nickname it names",
+        metavar="FILE",
+    )
+    key: str | None = _opt(None, "the private key of --cert (mode 600)", metavar="FILE")
+    ca: str | None = _opt(
+        None, "the mesh CA's certificate (ca.crt of 'mesh ca init'), for --cert", metavar="FILE"
+    )
     bridge: str = _opt("mesh", "bridge name (default: %(default)s)")
     tap: str = _opt(
         "meshtap", "name of the router's TAP device on the bridge (default: %(default)s)"

@@ -162,6 +162,18 @@ class PasswordRotate(Request[str]):
     window: float | None = _arg(default=None)
 
 
+class Revoke(Request[str]):
+    op = "revoke"
+    revocation: str = _arg(what="string (a MESH REVOCATION block)")
+
+
+class CertRenew(Request[str]):
+    op = "cert_renew"
+    cert: str = _arg(what="string (a MESH CERTIFICATE block)")
+    key: str = _arg(what="string (a MESH PRIVATE KEY block)")
+    ca: str = _arg(what="string (MESH CERTIFICATE blocks)", empty=True)
+
+
 class Ipam(Request[IpamStatus]):
     op = "ipam"
 
@@ -239,6 +251,8 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         Release,
         Holder,
         PasswordRotate,
+        Revoke,
+        CertRenew,
         Ipam,
         Rmpeer,
         Ping,

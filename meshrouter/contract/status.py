@@ -42,6 +42,8 @@ class ConnectionStatus(TypedDict, total=False):
     clock_skew: float | None  # the peer's wall clock minus ours (None: not heard yet)
     peer_version: str  # the peer's software version ("" before it said)
     key_epoch: int  # the mesh password (epoch) this connection was made under
+    auth: str  # how the peer authenticated: "password" or "certificate"
+    cert: CertStatus | None  # the peer's certificate (None: the password)
     path: str  # of the data: "sleeve" (the router), "kernel" (trusted VXLAN), "fallback"
     datagram_size: int
     pmtu_confirmed: bool
@@ -142,6 +144,25 @@ class GossipStatus(TypedDict):
     bytes_received: int
 
 
+class CertStatus(TypedDict):
+    name: str  # the host name it names
+    fingerprint: str  # 64 hex digits (operators see the first 16)
+    expires: float  # Unix time
+    not_before: float
+    issuer: str  # the CA key's id, hex
+    ranges: list[str]
+    groups: list[str]
+
+
+class CertsStatus(TypedDict):
+    """This router's own certificate, and what it holds of the mesh CA's."""
+
+    cert: CertStatus
+    cas: list[str]  # the CA key ids it trusts
+    revoked: int  # certificates revoked, as far as it knows
+    password_accepted: bool  # during a move to certificates: both are
+
+
 class PasswordStatus(TypedDict):
     epoch: int  # how many times the mesh password was rotated (as this peer knows)
     previous_accepted_for: float  # seconds the previous password is still accepted (0: not)
@@ -160,6 +181,7 @@ class MeshStatus(TypedDict):
     counters: dict[str, int]
     gossip: GossipStatus
     password: PasswordStatus
+    certs: CertsStatus | None  # None: a mesh on the password alone
 
 
 class PingResult(TypedDict):

@@ -13,13 +13,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from meshrouter.base import v6map
-from meshrouter.base.errors import BadInput, OperatorError
+from meshrouter.base.errors import BadInput, BadPacket, OperatorError
 from meshrouter.base.inputs import format_address, split_address
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import DnsStatus, PingResult, RouterStatus
@@ -28,7 +29,21 @@ from meshrouter.dns.records import normalise_name
 from meshrouter.host import hostaccess
 from meshrouter.host.netdev import NetdevError
 from meshrouter.host.preflight import is_local_address
+from meshrouter.mesh.certs import Certs
 from meshrouter.mesh.core import Mesh
+from meshrouter.proto.cert import (
+    KEY_BYTES,
+    PEM_CERT,
+    PEM_KEY,
+    PEM_REVOCATION,
+    CertRefused,
+    Trust,
+    dearmor,
+    decode_cert_untrusted,
+    decode_revocation_untrusted,
+    format_time,
+    public_key_of,
+)
 from meshrouter.proto.handshake import derive_psk
 from meshrouter.proto.keyring import DEFAULT_WINDOW
 
@@ -140,6 +155,58 @@ class Commands:
         result = rmpeer(self.r.mesh, self.r.ipam, self.r.dns, who)
         self.r.pump()
         return result
+
+    # -- certificates --------------------------------------------------------------
+
+    def _certs(self) -> Certs:
+        if self.r.mesh.certs is None:
+            raise OperatorError(
+                "this router runs on the mesh password, not a certificate: launch it with "
+                "--cert FILE --key FILE --ca FILE"
+            )
+        return self.r.mesh.certs
+
+    def revoke(self, text: str) -> str:
+        """``mesh revoke --file F``: a revocation the mesh CA signed, for the
+        whole mesh."""
+        certs = self._certs()
+        try:
+            revs = [decode_revocation_untrusted(b) for b in dearmor(text, PEM_REVOCATION)]
+            evicted = [n for rev in revs for n in certs.revoke(rev, trio.current_time())]
+        except BadPacket as exc:
+            raise OperatorError(f"not a revocation of this mesh's CA: {exc}") from None
+        self.r.pump()
+        if not evicted:
+            return "nothing new: this router already held that revocation"
+        who = ", ".join(f"{self.r.mesh.nickname_of(n)} ({format_name(n)})" for n in evicted)
+        return f"revoked {who}: evicted here; the mesh carries the revocation to every peer"
+
+    def renew_cert(self, cert_pem: str, key_pem: str, ca_pem: str) -> str:
+        """``mesh cert renew``: the next handshakes use the new certificate;
+        no connection is closed."""
+        certs = self._certs()
+        try:
+            (raw,) = dearmor(cert_pem, PEM_CERT)
+            new = decode_cert_untrusted(raw)
+            (seed,) = dearmor(key_pem, PEM_KEY)
+            cas = (
+                [decode_cert_untrusted(b) for b in dearmor(ca_pem, PEM_CERT)]
+                if ca_pem
+                else list(certs.trust.cas.values())
+            )
+        except (BadPacket, ValueError) as exc:
+            raise OperatorError(f"not a certificate, key and CA: {exc}") from None
+        if len(seed) != KEY_BYTES or public_key_of(seed) != new.public_key:
+            raise OperatorError("the key is not the new certificate's key")
+        trust = Trust.of(c for c in cas if c.is_ca)
+        try:
+            trust.verify(new, time.time())
+            certs.renew(new, seed, trust)
+        except CertRefused as exc:
+            raise OperatorError(f"the new certificate is refused: {exc.reason}") from None
+        except ValueError as exc:
+            raise OperatorError(str(exc)) from None
+        return f"certificate renewed: {new.short}, valid until {format_time(new.not_after)}"
 
     async def rotate_password(self, password: str, window: float | None) -> str:
         """``mesh password rotate``: the new password's key for the whole mesh."""

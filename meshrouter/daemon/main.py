@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import trio
 from meshrouter.base.constants import LISTEN_ALL
 from meshrouter.base.errors import MeshError
 from meshrouter.contract.apiclient import socket_path
+from meshrouter.contract.certfiles import launch_credentials
 from meshrouter.contract.config import RouterOptions
 from meshrouter.contract.state import (
     current_netns_name,
     mark_bridge_made,
+    password_from_env,
     peer_name,
     read_password,
 )
@@ -172,7 +175,12 @@ def run(opts: RouterOptions, state_dir: Path) -> int:
     made_bridge = False
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        psk = derive_psk(read_password(opts.password_file))
+        creds = launch_credentials(opts.cert, opts.key, opts.ca, opts.nickname, time.time())
+        # With a certificate the password is optional: given too, both are
+        # accepted (a mesh moving to certificates host by host).
+        psk = None
+        if creds is None or opts.password_file or password_from_env():
+            psk = derive_psk(read_password(opts.password_file))
         if ensure_bridge(opts.bridge, opts.mtu):
             made_bridge = True
             mark_bridge_made(state_dir, opts.bridge)
@@ -181,9 +189,14 @@ def run(opts: RouterOptions, state_dir: Path) -> int:
         StateFiles(state_dir).write_pid()
         router = Router(
             opts,
-            name=peer_name(state_dir),
+            name=creds.cert.name if creds is not None else peer_name(state_dir),
             psk=psk,
-            nickname=opts.nickname or current_netns_name() or socket.gethostname(),
+            creds=creds,
+            nickname=(
+                creds.cert.nickname
+                if creds is not None
+                else opts.nickname or current_netns_name() or socket.gethostname()
+            ),
             state_dir=state_dir,
             peers=list(dict.fromkeys(StateFiles(state_dir).load_targets() + opts.peers)),
         )

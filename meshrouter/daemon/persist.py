@@ -9,6 +9,7 @@ default, so a corrupt file costs what it held, never the start.
     keys.json      the mesh key ring (a rotation survives restarts)
     dns.json       our own DNS entries
     expose.json    what 'mesh expose' gave this host
+    revocations.pem  the mesh CA's revocations this router holds (certificates)
     ipam.db        IPAM's ring and allocations (SQLite; ``ipam.store``)
 """
 
@@ -16,13 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
+from meshrouter.contract.certfiles import read_revocations, write_pem
 from meshrouter.contract.state import atomic_write, load_json
 from meshrouter.contract.status import ExposeStatus
 from meshrouter.dns.records import Entry
+from meshrouter.proto.cert import PEM_REVOCATION, Revocation
 from meshrouter.proto.keyring import KeyRing
+
+log = logging.getLogger("meshrouter")
 
 
 class StateFiles:
@@ -53,6 +59,24 @@ class StateFiles:
         if self.dir is not None:
             doc = ring.to_json(now, wall)
             atomic_write(self.dir / "keys.json", json.dumps(doc).encode(), 0o600)
+
+    def load_revocations(self) -> list[Revocation]:
+        """The revocations this router holds (their signatures are checked by
+        the mesh core); an unreadable file is set aside, never fatal."""
+        path = self.dir / "revocations.pem" if self.dir is not None else None
+        if path is None or not path.exists():
+            return []
+        try:
+            return read_revocations(str(path))
+        except ValueError as exc:
+            log.error("%s; set aside as %s.bad", exc, path.name)
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(path.name + ".bad"))
+            return []
+
+    def save_revocations(self, revocations: list[Revocation]) -> None:
+        if self.dir is not None:
+            write_pem(self.dir / "revocations.pem", PEM_REVOCATION, [r.raw for r in revocations])
 
     def save_dns(self, entries: list[Entry]) -> None:
         """Our live entries (tombstones need not survive: a restarted origin

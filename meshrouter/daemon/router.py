@@ -39,6 +39,7 @@ from meshrouter.base.constants import (
     LISTEN_ALL,
 )
 from meshrouter.base.inputs import format_address
+from meshrouter.contract.certfiles import HostCredentials
 from meshrouter.contract.config import RouterOptions, parse_subnets
 from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
 from meshrouter.daemon import statusview
@@ -60,9 +61,10 @@ from meshrouter.fastpath.service import FastPathService
 from meshrouter.host import hostaccess, netdev
 from meshrouter.host.netdev import NetdevError
 from meshrouter.ipam.service import IpamService
-from meshrouter.mesh.actions import KeysChanged, LinkUp
+from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp
 from meshrouter.mesh.channel import Channel
 from meshrouter.mesh.core import Mesh, Rng
+from meshrouter.proto.cert import Trust
 
 log = logging.getLogger("meshrouter")
 ADVERTISE_EVERY = 60.0  # seconds between looks at this host's addresses
@@ -88,8 +90,9 @@ class Router:
         opts: RouterOptions,
         *,
         name: bytes,
-        psk: bytes,
+        psk: bytes | None,
         nickname: str,
+        creds: HostCredentials | None = None,
         state_dir: Path | None = None,
         peers: list[str] | None = None,
         rng: Rng | None = None,
@@ -134,7 +137,9 @@ class Router:
         self.mesh = Mesh(
             name=name,
             nickname=nickname,
-            psk=psk,
+            psk=psk or bytes(32),
+            password=psk is not None,
+            certs=(creds.cert, creds.seed, Trust.of(creds.cas)) if creds is not None else None,
             port=opts.port,
             ipalloc_range=opts.ipalloc_range,
             peers=peers,
@@ -186,7 +191,13 @@ class Router:
         opts = self.opts
         self.started_at = trio.current_time()
         self.started_wall = time.time()
-        self._load_keys()
+        if self.mesh.password:
+            self._load_keys()
+        if self.mesh.certs is not None:
+            self.mesh.certs.wall_offset = time.time() - trio.current_time()
+            self.mesh.certs.restore(self.files.load_revocations())
+            for name in {n for r in self.mesh.certs.revocations for n in r.names}:
+                self._evict(name)
         udp = self._udp = UdpSocket(opts.listen, opts.port, gso=opts.offload, gro=opts.offload)
         self._tap = Tap(opts.tap, opts.bridge, opts.mtu, offload=opts.offload)
         self.forwarder = Forwarder(
@@ -317,6 +328,25 @@ class Router:
                 self.forwarder.kick()
             elif isinstance(action, KeysChanged):
                 self._save_keys()
+            elif isinstance(action, Evicted):
+                self._save_revocations()
+                for name in action.names:
+                    self._evict(name)
+
+    def _evict(self, name: bytes) -> None:
+        """A peer whose certificate was revoked: its names go for good, its
+        address share is taken over as soon as it is out of reach."""
+        if name != self.mesh.me:
+            self.dns.records.ban_origin(name)
+            self.ipam.peer.peer_evicted(name)
+
+    def _save_revocations(self) -> None:
+        assert self.mesh.certs is not None
+        try:
+            self.files.save_revocations(self.mesh.certs.revocations)
+        except OSError as exc:  # held in memory and re-flooded; saved at the next one
+            self.mesh.counters["state_write_errors"] += 1
+            log.error("cannot save the revocations: %s", exc)
 
     async def _pump_loop(self) -> None:
         """For what a service did between events (IPAM's waiting API calls)."""

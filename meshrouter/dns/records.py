@@ -163,6 +163,7 @@ class Records:
         self._by_name: dict[str, list[Entry]] | None = None
         self.version = 0  # a change counter
         self.own_version = 0  # ... of our own entries: when to save them
+        self.banned: set[bytes] = set()  # evicted peers (``ban_origin``)
 
     # -- merge -----------------------------------------------------------------
 
@@ -172,6 +173,8 @@ class Records:
         changed: list[Entry] = []
         corrections: list[Entry] = []
         for e in incoming:
+            if e.origin in self.banned:
+                continue  # an evicted peer's (revoked): never taken in again
             cur = self.entries.get(e.key)
             if e.origin == self.me:
                 fix = self._correct_own(e, cur, now)
@@ -252,6 +255,12 @@ class Records:
         self._by_name = None
 
     # -- forgetting -------------------------------------------------------------------
+
+    def ban_origin(self, origin: bytes) -> int:
+        """A peer evicted from the mesh (its certificate revoked): its entries
+        go, and none of its are taken in again.  Returns how many went."""
+        self.banned.add(origin)
+        return self.drop_origin(origin)
 
     def drop_origin(self, origin: bytes) -> int:
         """A peer gone for good: drop every entry of it.  Returns how many."""

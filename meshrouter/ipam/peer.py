@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,12 @@ class IpamPeer:
 
     def peer_gone(self, peer: bytes) -> None:
         pass  # a share is taken over by ``Reclaimer``'s rules, not by the topology's GC
+
+    def peer_evicted(self, peer: bytes) -> None:
+        """Its certificate was revoked: it is never coming back, so its share is
+        taken over as soon as it is out of reach (by the usual majority rule),
+        not ``reclaim_after`` later."""
+        self.reclaimer.unreachable_since[peer] = -math.inf
 
     def messages_to_send(self) -> list[Message]:
         return self.out.take()

@@ -5,7 +5,8 @@ values, carried out by the daemon in order.
 connection's task), ``TargetsChanged`` (wake the connection maker), ``LinkUp``
 (a link was published: let the forwarder send its first heartbeat now),
 ``KeysChanged`` (persist the key ring), ``Redial`` (dial an address beside the
-connection it has: re-keying it).
+connection it has: re-keying it), ``Evicted`` (a revocation: persist it, evict
+the peers it names).
 """
 
 from __future__ import annotations
@@ -45,4 +46,12 @@ class KeysChanged:
     """The key ring changed (a rotation adopted, a key retired): persist it."""
 
 
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """A revocation was taken in: persist the revocations; ``names`` are the
+    peers it evicts (drop their DNS names, take over their address shares)."""
+
+    names: tuple[bytes, ...]
+
+
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | Evicted

@@ -73,6 +73,7 @@ from meshrouter.mesh.actions import (
     TargetsChanged,
 )
 from meshrouter.mesh.announce import Announcer
+from meshrouter.mesh.certs import REVOKED, Certs
 from meshrouter.mesh.channel import Channel, View
 from meshrouter.mesh.channels import Channels, Handler
 from meshrouter.mesh.maker import Maker
@@ -80,6 +81,7 @@ from meshrouter.mesh.rotation import Rotation
 from meshrouter.mesh.statusview import mesh_status
 from meshrouter.mesh.targets import Targets
 from meshrouter.mesh.topology import Gossip
+from meshrouter.proto.cert import Certificate, Trust
 from meshrouter.proto.control import (
     ConnectionClosed,
     ControlConnection,
@@ -89,7 +91,13 @@ from meshrouter.proto.control import (
     State,
 )
 from meshrouter.proto.crypto import SUITES
-from meshrouter.proto.handshake import HandshakeResult, Identity
+from meshrouter.proto.handshake import (
+    AUTH_CERT,
+    AUTH_PASSWORD,
+    NO_PASSWORD,
+    HandshakeResult,
+    Identity,
+)
 from meshrouter.proto.keyring import KeyRing
 
 QUIET_HEARTBEATS_VERSION = 2  # peers from this protocol version count UDP as liveness
@@ -199,6 +207,8 @@ class Mesh:
         now: float = 0.0,
         version: str = "",
         keys: KeyRing | None = None,
+        certs: tuple[Certificate, bytes, Trust] | None = None,
+        password: bool = True,
     ) -> None:
         self.me = name
         self.name = format_name(name)
@@ -206,8 +216,19 @@ class Mesh:
         self.keys = keys if keys is not None else KeyRing(current=psk)
         self.rng = rng
         self.uid = rng.getrandbits(64)
+        # A mesh on certificates: who we are is what the certificate says.
+        self.certs = Certs(self, *certs) if certs is not None else None
+        self.password = password  # the password is accepted (a mesh without certificates)
+        auth = (AUTH_PASSWORD if password else 0) | (AUTH_CERT if certs is not None else 0)
+        if not auth:
+            raise LocalProtocolError("a mesh needs a password or a certificate")
         self.identity = Identity(
-            name=name, nickname=nickname, uid=self.uid, udp_port=port, ipalloc_range=ipalloc_range
+            name=name,
+            nickname=nickname,
+            uid=self.uid,
+            udp_port=port,
+            ipalloc_range=ipalloc_range,
+            auth=auth,
         )
         self.gossip = Gossip(name, self.uid, nickname, gc_after=gc_after)
         self.announce = Announcer(self, now)
@@ -218,6 +239,8 @@ class Mesh:
             MessageType.CLOCK: self.announce.on_clock,
             MessageType.ROTATE: self.rotation.on_message,
         }
+        if self.certs is not None:
+            own[MessageType.REVOKE] = self.certs.on_message
         self.hub = Channels(self, channels, own)
         self.channels = self.hub.channels
         self._handlers = self.hub.handlers
@@ -300,10 +323,11 @@ class Mesh:
         control = ControlConnection(
             initiator=initiator,
             identity=self.identity,
-            psk=self.keys,
+            psk=self.keys if self.password else NO_PASSWORD,
             ephemeral_private=ephemeral,
             recv_index=index,
             now=now,
+            credentials=self.certs.credentials(now) if self.certs is not None else None,
         )
         self.conns[index] = Conn(index, control, remote, initiator, target)
         return index
@@ -401,6 +425,8 @@ class Mesh:
             # Before the handshake anyone can cause this line (connect, close,
             # again): at most one a minute per address and reason.
             self.counters["handshake_failures" if cause == "error" else "connections_closed"] += 1
+            if REVOKED in reason:
+                self.counters["handshakes_refused_revoked"] += 1
             self.complaints.say(
                 logging.WARNING if cause == "error" else logging.INFO,
                 conn.where,
@@ -486,6 +512,9 @@ class Mesh:
             keys.version,
         )
         self.rotation.send(conn)
+        if self.certs is not None:
+            self.certs.peer_up(conn)
+            self.maker.evicted.discard(conn.name)  # a valid certificate for the name
         self.announce.neighbour_up(conn)
         self.announce.send_clock(conn, now)
         for ch in self.channels:

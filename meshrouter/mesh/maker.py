@@ -29,6 +29,17 @@ class Maker:
         # Addresses the operator forgot: not dialled again when gossip names
         # them (a peer's own record says where it listens), until connected again.
         self.forgotten: set[str] = set()
+        # Peers whose certificate was revoked: never dialled when gossip names
+        # them (a new certificate for the name, seen in a handshake, lifts it).
+        self.evicted: set[bytes] = set()
+
+    def evict(self, names: set[bytes]) -> None:
+        self.evicted |= names
+        for name in names:
+            for addr in self.m.gossip.addresses_of(name):
+                t = self.m.targets.get(addr)
+                if t is not None and t.discovered:
+                    self.m.targets.remove(addr)
 
     def connect(self, address: str, now: float) -> str:
         """The operator asks for a connection target.  Raises ValueError on a bad address."""
@@ -89,7 +100,11 @@ class Maker:
         a few lost connections do not cut.  A reachable peer whose record
         shows as many connections as our limit is left alone (it would
         refuse us, if its limit is ours)."""
-        names = [n for n in self.m.gossip.records if n != self.m.me and n not in self.m.peers]
+        names = [
+            n
+            for n in self.m.gossip.records
+            if n != self.m.me and n not in self.m.peers and n not in self.evicted
+        ]
         busy = len(self.m.conns) + sum(
             1 for t in self.m.targets if not t.discovered and t.state is not TargetState.CONNECTED
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from meshrouter.base.inputs import format_address
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import (
+    CertStatus,
     ConnectionStatus,
     ConnState,
     MeshStatus,
@@ -18,6 +19,7 @@ from meshrouter.contract.status import (
     TargetStatus,
 )
 from meshrouter.mesh.targets import Target
+from meshrouter.proto.cert import Certificate
 from meshrouter.proto.crypto import SUITES
 
 if TYPE_CHECKING:
@@ -44,6 +46,26 @@ def mesh_status(m: Mesh, now: float) -> MeshStatus:
             ),
             "peers_with_current": sum(m.keys.holders.get(n, 0) >= m.keys.epoch for n in m.peers),
         },
+        "certs": None
+        if m.certs is None
+        else {
+            "cert": cert_status(m.certs.cert),
+            "cas": [k.hex() for k in m.certs.trust.cas],
+            "revoked": len(m.certs.trust.revoked),
+            "password_accepted": m.password,
+        },
+    }
+
+
+def cert_status(c: Certificate) -> CertStatus:
+    return {
+        "name": c.nickname,
+        "fingerprint": c.fingerprint.hex(),
+        "expires": float(c.not_after),
+        "not_before": float(c.not_before),
+        "issuer": c.issuer.hex(),
+        "ranges": list(c.ranges),
+        "groups": list(c.groups),
     }
 
 
@@ -67,6 +89,8 @@ def _connection_status(m: Mesh, now: float) -> Iterator[ConnectionStatus]:
             "clock_skew": None if conn.clock_skew is None else round(conn.clock_skew, 3),
             "peer_version": conn.peer_version,
             "key_epoch": conn.key_epoch,
+            "auth": "password" if res.cert is None else "certificate",
+            "cert": None if res.cert is None else cert_status(res.cert),
             "path": "sleeve",  # the daemon says which, with a fast path
             "datagram_size": s.datagram_size,
             "pmtu_confirmed": s.pmtu.confirmed,

@@ -55,6 +55,7 @@ class MessageType(IntEnum):
     CLOCK = 7  # the sender's wall clock (f64, seconds) || its software version (utf-8)
     ROTATE = 8  # a rotated mesh key: epoch || key || window seconds (``keyring``)
     FASTPATH = 9  # trust and kernel-path health between two peers (``fastpath``)
+    REVOKE = 10  # a revocation signed by the mesh CA (``cert``), flooded
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,10 +253,13 @@ class OnePsk:
         return self.psk
 
     def accepted(self) -> list[bytes]:
-        return [self.psk]
+        return [self.psk] if self.psk else []
 
     def refused(self) -> list[bytes]:
         return []
+
+
+NO_PASSWORD = OnePsk(b"")  # placeholder; ``accepted`` and ``refused`` say: none
 
 
 ROTATED_OUT = (
