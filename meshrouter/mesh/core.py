@@ -101,6 +101,7 @@ from meshrouter.proto.handshake import (
 from meshrouter.proto.keyring import KeyRing
 
 QUIET_HEARTBEATS_VERSION = 2  # peers from this protocol version count UDP as liveness
+CERT_EPOCH = 1 << 31  # the key epoch of a connection authenticated by certificates
 SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
 log = logging.getLogger("meshrouter")
 
@@ -455,7 +456,9 @@ class Mesh:
             return
         conn.name = res.peer.name
         self.counters["handshakes"] += 1
-        conn.key_epoch = self.keys.epoch_of(res.psk)
+        # A certificate outranks every password epoch: rotations leave it be, and
+        # it wins the tie-break against a password connection it replaces.
+        conn.key_epoch = self.keys.epoch_of(res.psk) if res.cert is None else CERT_EPOCH
         old = self.peers.get(conn.name)
         replaced: Conn | None = None  # a connection this one re-keys
         if old is not None:
@@ -504,12 +507,13 @@ class Mesh:
             self.targets.connected(conn.target, format_name(conn.name))
         log.info(
             "connection %s at %s: handshake complete, %s, encrypted with %s, "
-            "protocol v%d; waiting for UDP",
+            "protocol v%d, %s; waiting for UDP",
             conn.label,
             conn.where,
             "outbound" if conn.initiator else "inbound",
             SUITES[keys.suite].name,
             keys.version,
+            "by the password" if res.cert is None else f"by certificate {res.cert.short}",
         )
         self.rotation.send(conn)
         if self.certs is not None:
