@@ -23,12 +23,13 @@ from meshrouter.dns.records import Records
 from meshrouter.fastpath.channel import FastPathChannel
 from meshrouter.fastpath.core import FastPath
 from meshrouter.ipam.peer import IpamPeer
-from meshrouter.mesh.actions import Close, Flush, LinkUp, Redial, TargetsChanged
+from meshrouter.mesh.actions import Close, Evicted, Flush, LinkUp, Redial, TargetsChanged
 from meshrouter.mesh.channel import Channel, Message, Outbox, View
 from meshrouter.mesh.core import Mesh
+from meshrouter.proto.cert import Trust
 from meshrouter.proto.control import MessageType
 from meshrouter.proto.wire import parse_header_untrusted
-from meshrouter.testing.control import psk
+from meshrouter.testing.control import MeshCa, psk
 
 
 @dataclass
@@ -113,8 +114,11 @@ class MeshNet:
         ipam: Literal["real", "fake"] = "real",
         ipam_range: str = "10.32.0.0/24",
         fastpath: MakeFastPath | None = None,
+        ca: MeshCa | None = None,
     ) -> None:
         rng = random.Random(seed)
+        self.ca = ca  # every node on a certificate of this CA (and no password)
+        self.evicted: list[tuple[int, bytes]] = []  # (node, peer) of Evicted actions
         self.now = 0.0
         self.count = count
         self._ipam_kind = ipam
@@ -142,10 +146,16 @@ class MeshNet:
         core = self._fastpath(i) if self._fastpath is not None else None
         fastpath = FastPathChannel(core) if core is not None else None
         channels: list[Channel] = [ipam, dns] + ([fastpath] if fastpath is not None else [])
+        certs = None
+        if self.ca is not None:
+            host, key = self.ca.host(i)
+            certs = (host, key, Trust.of([self.ca.cert]))
         mesh = Mesh(
             name=name(i),
             nickname=f"host{i}",
             psk=psk(password),
+            certs=certs,
+            password=self.ca is None,
             port=6783,
             ipalloc_range=self._ipam_range,
             peers=[],
@@ -228,6 +238,10 @@ class MeshNet:
                 self.links_up += 1
             elif isinstance(action, Redial):
                 self.redials.append((i, action.address))
+            elif isinstance(action, Evicted):
+                self.evicted += [(i, n) for n in action.names]
+                for n in action.names:
+                    node.dns.records.ban_origin(n)
 
     def _move(self, i: int, index: int) -> bool:
         far = self.wires.get((i, index))
