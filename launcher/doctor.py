@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshrouter.base.constants import ETH_HEADER
 from meshrouter.contract.status import ConnState, RouterStatus
 
+CERT_WARN_DAYS = 14  # a certificate expiring sooner is worth a warning
 SKEW_LIMIT = 1.0  # seconds of clock difference worth a warning
 TUNNEL_OVERHEAD = 74  # what a lone frame needs in a datagram beyond itself (constants.py)
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -74,7 +76,15 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
         if t["state"] == "connected":
             continue
         err = t["last_error"] or "not connected yet"
-        if "password" in err or "authentic" in err:
+        if "certificate" in err or "CA" in err:
+            out.append(
+                Finding(
+                    FAIL,
+                    f"{t['address']} and this host do not accept each other ({err})",
+                    "give each host a current certificate of the mesh CA ('mesh ca sign')",
+                )
+            )
+        elif "password" in err or "authentic" in err:
             out.append(
                 Finding(
                     FAIL,
@@ -91,6 +101,7 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 )
             )
     out += _connections(st)
+    out += _certificates(st)
     ipam = st["ipam"]
     away = {
         s["peer"]: s.get("unreachable_for")
@@ -213,6 +224,58 @@ def _addresses(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 "sysctl -w net.ipv4.ip_forward=1 (or mesh expose again)",
             )
         )
+    return out
+
+
+def _certificates(st: RouterStatus) -> list[Finding]:
+    """Certificates that expire soon; peers still on the password while the
+    mesh moves to certificates."""
+    certs = st.get("certs")
+    if not certs:
+        return []
+    now = st["start_time"] + st["uptime"]
+    out = []
+    own = certs["cert"]
+    mine = [("this host's certificate", own)]
+    theirs = [
+        (f"{c.get('nickname')}'s certificate", c["cert"])
+        for c in st["connections"]
+        if c.get("cert")
+    ]
+    for what, cert in mine + theirs:
+        assert cert is not None
+        left = cert["expires"] - now
+        if left < CERT_WARN_DAYS * 86400:
+            day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert["expires"]))
+            out.append(
+                Finding(
+                    WARN,
+                    f"{what} ({cert['fingerprint'][:16]}) expires {day}, in {left / 86400:.1f} "
+                    "days",
+                    f"renew it: mesh ca sign CA_DIR {cert['name']}, then on that host "
+                    "mesh cert renew --cert F --key F",
+                )
+            )
+    on_password = [str(c.get("nickname")) for c in st["connections"] if c.get("auth") == "password"]
+    if on_password:
+        out.append(
+            Finding(
+                WARN,
+                f"peers still on the password: {', '.join(sorted(on_password))}",
+                "give each a certificate ('mesh ca sign', keeping its name with --peer-name), "
+                "then launch every host without --password-file",
+            )
+        )
+    elif certs["password_accepted"]:
+        out.append(
+            Finding(
+                WARN,
+                "every peer here is on its certificate, and this host still accepts the password",
+                "launch it without --password-file to refuse it",
+            )
+        )
+    else:
+        out.append(Finding(OK, f"on certificates: {own['name']} ({own['fingerprint'][:16]})"))
     return out
 
 

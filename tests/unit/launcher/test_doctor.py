@@ -149,3 +149,46 @@ def test_each_problem_is_one_line_with_what_to_do() -> None:
         "nft is not installed",
     ):
         assert words in warns, words
+
+
+def cert(name: str, expires: float) -> dict[str, Any]:
+    return {"name": name, "fingerprint": "ab" * 32, "expires": expires, "not_before": 0.0}
+
+
+NOW = 1_800_000_000.0
+
+
+def on_certs(*conns: dict[str, Any], own_expires: float = NOW + 90 * 86400, pw: bool = False):  # type: ignore[no-untyped-def]
+    return status(
+        start_time=NOW - 100,
+        uptime=100.0,
+        certs={"cert": cert("h1", own_expires), "cas": [], "revoked": 0, "password_accepted": pw},
+        connections=list(conns),
+    )
+
+
+def test_a_certificate_that_expires_within_14_days_is_a_warning_saying_how_to_renew() -> None:
+    fine = conn(auth="certificate", cert=cert("h2", NOW + 30 * 86400))
+    found = levels(diagnose(on_certs(fine), GOOD))
+    assert found[WARN] == []
+    assert any("on certificates: h1" in line for line in found[OK])
+    soon = conn(auth="certificate", cert=cert("h2", NOW + 3 * 86400))
+    found = levels(diagnose(on_certs(soon, own_expires=NOW + 86400), GOOD))
+    assert len(found[WARN]) == 2
+    assert "this host's certificate" in found[WARN][0]
+    assert "in 1.0 days" in found[WARN][0]
+    assert "h2's certificate" in found[WARN][1]
+    assert "mesh cert renew" in found[WARN][1]
+
+
+def test_peers_still_on_the_password_during_a_migration_are_named() -> None:
+    found = levels(
+        diagnose(on_certs(conn(auth="password"), conn(auth="password", nickname="h3")), GOOD)
+    )
+    (line,) = found[WARN]
+    assert "peers still on the password: h2, h3" in line
+    found = levels(
+        diagnose(on_certs(conn(auth="certificate", cert=cert("h2", NOW + 9e6)), pw=True), GOOD)
+    )
+    (line,) = found[WARN]
+    assert "still accepts the password" in line
