@@ -39,6 +39,7 @@ from meshrouter.base.constants import (
     LISTEN_ALL,
 )
 from meshrouter.base.inputs import format_address
+from meshrouter.base.names import format_name
 from meshrouter.contract.certfiles import HostCredentials
 from meshrouter.contract.config import RouterOptions, parse_subnets
 from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
@@ -61,7 +62,7 @@ from meshrouter.fastpath.service import FastPathService
 from meshrouter.host import hostaccess, netdev
 from meshrouter.host.netdev import NetdevError
 from meshrouter.ipam.service import IpamService
-from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp
+from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp, Readmitted
 from meshrouter.mesh.channel import Channel
 from meshrouter.mesh.core import Mesh, Rng
 from meshrouter.proto.cert import Trust
@@ -328,6 +329,9 @@ class Router:
                 self.forwarder.kick()
             elif isinstance(action, KeysChanged):
                 self._save_keys()
+            elif isinstance(action, Readmitted):
+                self.dns.records.banned.discard(action.name)
+                log.info("peer %s is back with a valid certificate", format_name(action.name))
             elif isinstance(action, Evicted):
                 self._save_revocations()
                 for name in action.names:

@@ -54,4 +54,12 @@ class Evicted:
     names: tuple[bytes, ...]
 
 
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | Evicted
+@dataclass(frozen=True, slots=True)
+class Readmitted:
+    """An evicted peer name came back with a valid certificate (a re-installed
+    host): its DNS names are taken in again."""
+
+    name: bytes
+
+
+Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | Evicted | Readmitted

@@ -68,6 +68,7 @@ class Certs:
                 continue  # of a CA we no longer trust
             if self.trust.add_revocation(rev):
                 self.revocations.append(rev)
+                self.m.maker.evicted |= {n for n in rev.names if n != self.m.me}
 
     def revoke(self, rev: Revocation, now: float, sender: Conn | None = None) -> list[bytes]:
         """Take in a revocation (the operator's, or a neighbour's).  Returns the

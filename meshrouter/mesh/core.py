@@ -70,6 +70,7 @@ from meshrouter.mesh.actions import (
     Close,
     Flush,
     LinkUp,
+    Readmitted,
     TargetsChanged,
 )
 from meshrouter.mesh.announce import Announcer
@@ -518,7 +519,9 @@ class Mesh:
         self.rotation.send(conn)
         if self.certs is not None:
             self.certs.peer_up(conn)
-            self.maker.evicted.discard(conn.name)  # a valid certificate for the name
+            if conn.name in self.maker.evicted and res.cert is not None:
+                self.maker.evicted.discard(conn.name)  # a valid certificate for the name
+                self._actions.append(Readmitted(conn.name))
         self.announce.neighbour_up(conn)
         self.announce.send_clock(conn, now)
         for ch in self.channels:

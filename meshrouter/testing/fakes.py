@@ -23,7 +23,15 @@ from meshrouter.dns.records import Records
 from meshrouter.fastpath.channel import FastPathChannel
 from meshrouter.fastpath.core import FastPath
 from meshrouter.ipam.peer import IpamPeer
-from meshrouter.mesh.actions import Close, Evicted, Flush, LinkUp, Redial, TargetsChanged
+from meshrouter.mesh.actions import (
+    Close,
+    Evicted,
+    Flush,
+    LinkUp,
+    Readmitted,
+    Redial,
+    TargetsChanged,
+)
 from meshrouter.mesh.channel import Channel, Message, Outbox, View
 from meshrouter.mesh.core import Mesh
 from meshrouter.proto.cert import Trust
@@ -238,6 +246,8 @@ class MeshNet:
                 self.links_up += 1
             elif isinstance(action, Redial):
                 self.redials.append((i, action.address))
+            elif isinstance(action, Readmitted):
+                node.dns.records.banned.discard(action.name)
             elif isinstance(action, Evicted):
                 self.evicted += [(i, n) for n in action.names]
                 for n in action.names:

@@ -112,3 +112,27 @@ def test_a_renewal_keeps_connections_and_the_next_handshake_shows_the_new_certif
     wrong, wrong_seed = ca.host(2)
     with pytest.raises(ValueError, match="a renewal keeps the name"):
         certs.renew(wrong, wrong_seed, mc.Trust.of([ca.cert]))
+
+
+def test_a_reinstalled_host_with_a_new_certificate_is_admitted_again() -> None:
+    net, ca = cert_net(2)
+    h2, _ = ca.host(2)
+    net.mesh(1).certs.revoke(mc.revoke(ca.seed, [h2], 5), net.now)  # type: ignore[union-attr]
+    net.tick()
+    assert name(2) not in net.mesh(1).peers
+    assert name(2) in net.dns(1).records.banned
+    net.restart(2)  # re-installed: the same CA gives it a new key and certificate
+    net.mesh(2).certs.seed = bytes([9]) * 32  # type: ignore[union-attr]
+    new = mc.issue(
+        ca.seed,
+        name=name(2),
+        nickname="host2",
+        public_key=mc.public_key_of(bytes([9]) * 32),
+        not_before=0,
+        not_after=2**40,
+    )
+    net.mesh(2).certs.cert = new  # type: ignore[union-attr]
+    establish(net, (2, 1))
+    assert name(2) in net.mesh(1).peers
+    assert name(2) not in net.mesh(1).maker.evicted
+    assert name(2) not in net.dns(1).records.banned
