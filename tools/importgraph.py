@@ -19,14 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 # ``meshrouter`` itself, which holds only the version).  docs/architecture.md
 # says why each boundary is where it is.  A package never imports one listed
 # after it, so the graph between packages runs one way.
-_BELOW_DAEMON = ("base", "contract", "host", "proto", "dataplane", "mesh", "ipam", "dns")
+_BELOW_DAEMON = ("base", "proto", "contract", "host", "dataplane", "mesh", "ipam", "dns")
 _BELOW_DAEMON += ("fastpath", "engines", "attachments")
 PACKAGES: dict[str, frozenset[str]] = {
     "base": frozenset(),
+    "proto": frozenset({"base"}),
     # contract reads and writes certificate files (``certfiles``): proto's format.
     "contract": frozenset({"base", "proto"}),
     "host": frozenset({"base", "contract"}),
-    "proto": frozenset({"base"}),
     "dataplane": frozenset({"base", "proto", "host"}),
     "mesh": frozenset({"base", "contract", "proto", "dataplane"}),
     "ipam": frozenset({"base", "contract", "proto", "mesh"}),

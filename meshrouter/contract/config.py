@@ -38,7 +38,8 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
 class RouterOptions:
     password_file: str | None = _opt(
         None,
-        "file holding the mesh password, the same on every host (or set MESH_PASSWORD)",
+        "file holding the mesh password, the same on every host (or set MESH_PASSWORD); "
+        "not needed with --cert (given with it, both are accepted)",
         metavar="FILE",
     )
     cert: str | None = _opt(

@@ -183,6 +183,19 @@ def test_a_revoked_host_is_evicted_within_seconds_and_stays_out_after_restarts(
         lambda: lab.in_ns(c3, "ping", "-c1", "-W1", "10.32.0.1", check=False).returncode == 0,
         timeout=15,
     )
+    # Garbage, and another CA's revocation: one line each, nothing changes.
+    junk = lab.tmp / "junk.pem"
+    junk.write_text("-----BEGIN MESH REVOCATION-----\nAAAA\n-----END MESH REVOCATION-----\n")
+    rogue = lab.tmp / "rogue"
+    lab.mesh(1, "ca", "init", str(rogue))
+    lab.mesh(1, "ca", "sign", str(rogue), "h3")
+    lab.mesh(1, "ca", "revoke", str(rogue), "h3")
+    for bad_file in (junk, rogue / "revoke-h3.pem", lab.password_file):
+        bad = lab.mesh(2, "revoke", "--file", str(bad_file), check=False)
+        assert bad.returncode == 1
+        assert "not a revocation of this mesh's CA" in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    assert connected_to(lab, 2, "h3")
     lab.mesh(1, "ca", "revoke", str(ca), "h3")
     # A steady stream from h3's container while it is revoked (bounded: 200 x 50 ms).
     pinger = subprocess.Popen(
