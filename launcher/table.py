@@ -15,7 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rmpeer": ("peers", "reclaim the address share of a dead peer"),
     "password": (
         "peers",
-        "rotate the mesh password without downtime: mesh password rotate --new-file F",
+        "rotate the mesh password without downtime (rotate --new-file F), or retire it "
+        "for certificates (retire)",
     ),
     "ca": (
         "certs",

@@ -262,8 +262,10 @@ def register(
         common,
         "cert",
         description="'renew' gives the running router a new certificate (and key; and CA "
-        "with --ca): the next handshakes use it, no connection is closed. 'show FILE' "
-        "prints a certificate.",
+        "with --ca): the next handshakes use it, no connection is closed. On a router that "
+        "runs on the password it installs its first one (with --ca): each connection to a "
+        "peer with a certificate too is replaced by one made by certificate, make before "
+        "break ('mesh password retire' ends the move). 'show FILE' prints a certificate.",
     )
     sp.add_argument("action", choices=["renew", "show"])
     sp.add_argument("file", nargs="?", metavar="FILE")

@@ -64,6 +64,11 @@ def _duration(text: str) -> float:
 
 
 def cmd_password(a: argparse.Namespace) -> int:
+    if a.action == "retire":
+        print(_ask(a.state_dir, rq.PasswordRetire()))
+        return 0
+    if not a.new_file:
+        raise CliError("mesh password rotate --new-file FILE: the new password")
     try:
         password = read_password(a.new_file).decode()
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -122,10 +127,12 @@ def register(
         "old and the new one and re-keys its connections under the new one; then the old "
         "one is refused, with a reason that names the rotation. Survives restarts. Put the "
         "new file where each host's 'mesh launch' reads it before the window ends, for "
-        "peers that are down now.",
+        "peers that are down now. 'retire' ends a move to certificates, on one host that has "
+        "one: the mesh carries it to every router with a certificate, which refuses the "
+        "password from then on (also after restarts) and closes the connections made by it.",
     )
-    sp.add_argument("action", choices=["rotate"])
-    sp.add_argument("--new-file", required=True, metavar="FILE", help="the new password")
+    sp.add_argument("action", choices=["rotate", "retire"])
+    sp.add_argument("--new-file", metavar="FILE", help="the new password (rotate)")
     sp.add_argument(
         "--window",
         default="1h",

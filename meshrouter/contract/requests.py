@@ -167,6 +167,10 @@ class Revoke(Request[str]):
     revocation: str = _arg(what="string (a MESH REVOCATION block)")
 
 
+class PasswordRetire(Request[str]):
+    op = "password_retire"
+
+
 class CertRenew(Request[str]):
     op = "cert_renew"
     cert: str = _arg(what="string (a MESH CERTIFICATE block)")
@@ -253,6 +257,7 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         PasswordRotate,
         Revoke,
         CertRenew,
+        PasswordRetire,
         Ipam,
         Rmpeer,
         Ping,

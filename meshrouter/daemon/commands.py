@@ -183,15 +183,22 @@ class Commands:
 
     def renew_cert(self, cert_pem: str, key_pem: str, ca_pem: str) -> str:
         """``mesh cert renew``: the next handshakes use the new certificate;
-        no connection is closed."""
-        certs = self._certs()
+        no connection is closed.  On a router that runs on the password, it
+        installs the first one (``--ca`` needed): its connections move to
+        certificates where the peer has one too."""
+        certs = self.r.mesh.certs
+        if certs is None and not ca_pem:
+            raise OperatorError(
+                "this router runs on the password: its first certificate needs the CA too "
+                "(--ca FILE)"
+            )
         try:
             (raw,) = dearmor(cert_pem, PEM_CERT)
             new = decode_cert_untrusted(raw)
             (seed,) = dearmor(key_pem, PEM_KEY)
             cas = (
                 [decode_cert_untrusted(b) for b in dearmor(ca_pem, PEM_CERT)]
-                if ca_pem
+                if ca_pem or certs is None
                 else list(certs.trust.cas.values())
             )
         except (BadPacket, ValueError) as exc:
@@ -201,12 +208,27 @@ class Commands:
         trust = Trust.of(c for c in cas if c.is_ca)
         try:
             trust.verify(new, time.time())
-            certs.renew(new, seed, trust)
+            self.r.mesh.install_certs(new, seed, trust, time.time(), trio.current_time())
         except CertRefused as exc:
             raise OperatorError(f"the new certificate is refused: {exc.reason}") from None
         except ValueError as exc:
             raise OperatorError(str(exc)) from None
-        return f"certificate renewed: {new.short}, valid until {format_time(new.not_after)}"
+        self.r.pump()
+        what = "renewed" if certs is not None else "installed (connections move to it)"
+        return f"certificate {what}: {new.short}, valid until {format_time(new.not_after)}"
+
+    def retire_password(self) -> str:
+        """``mesh password retire``: the end of a move to certificates, for the
+        whole mesh."""
+        try:
+            closed = self.r.mesh.retire_password(trio.current_time())
+        except ValueError as exc:
+            raise OperatorError(str(exc)) from None
+        self.r.pump()
+        return (
+            f"the password is retired: {closed} connection(s) made by it closed here; the "
+            "mesh carries it to every router with a certificate"
+        )
 
     async def rotate_password(self, password: str, window: float | None) -> str:
         """``mesh password rotate``: the new password's key for the whole mesh."""

@@ -10,6 +10,7 @@ default, so a corrupt file costs what it held, never the start.
     dns.json       our own DNS entries
     expose.json    what 'mesh expose' gave this host
     revocations.pem  the mesh CA's revocations this router holds (certificates)
+    password-retired  the mesh moved to certificates: the password is refused
     ipam.db        IPAM's ring and allocations (SQLite; ``ipam.store``)
 """
 
@@ -77,6 +78,13 @@ class StateFiles:
     def save_revocations(self, revocations: list[Revocation]) -> None:
         if self.dir is not None:
             write_pem(self.dir / "revocations.pem", PEM_REVOCATION, [r.raw for r in revocations])
+
+    def password_retired(self) -> bool:
+        return self.dir is not None and (self.dir / "password-retired").exists()
+
+    def save_password_retired(self) -> None:
+        if self.dir is not None:
+            atomic_write(self.dir / "password-retired", b"certificates only\n", 0o644)
 
     def save_dns(self, entries: list[Entry]) -> None:
         """Our live entries (tombstones need not survive: a restarted origin

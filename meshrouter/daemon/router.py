@@ -19,6 +19,7 @@ channels' outboxes, then the mesh's actions.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -62,10 +63,11 @@ from meshrouter.fastpath.service import FastPathService
 from meshrouter.host import hostaccess, netdev
 from meshrouter.host.netdev import NetdevError
 from meshrouter.ipam.service import IpamService
-from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp, Readmitted
+from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp, PasswordRetired, Readmitted
 from meshrouter.mesh.channel import Channel
 from meshrouter.mesh.core import Mesh, Rng
 from meshrouter.proto.cert import Trust
+from meshrouter.proto.handshake import AUTH_CERT
 
 log = logging.getLogger("meshrouter")
 ADVERTISE_EVERY = 60.0  # seconds between looks at this host's addresses
@@ -192,6 +194,10 @@ class Router:
         opts = self.opts
         self.started_at = trio.current_time()
         self.started_wall = time.time()
+        if self.mesh.password and self.mesh.certs is not None and self.files.password_retired():
+            self.mesh.password = False  # retired before this restart: still retired
+            self.mesh.identity = dataclasses.replace(self.mesh.identity, auth=AUTH_CERT)
+            log.info("the mesh password was retired: only certificates are accepted")
         if self.mesh.password:
             self._load_keys()
         if self.mesh.certs is not None:
@@ -329,6 +335,12 @@ class Router:
                 self.forwarder.kick()
             elif isinstance(action, KeysChanged):
                 self._save_keys()
+            elif isinstance(action, PasswordRetired):
+                try:
+                    self.files.save_password_retired()
+                except OSError as exc:
+                    self.mesh.counters["state_write_errors"] += 1
+                    log.error("cannot save that the password is retired: %s", exc)
             elif isinstance(action, Readmitted):
                 self.dns.records.banned.discard(action.name)
                 log.info("peer %s is back with a valid certificate", format_name(action.name))

@@ -62,4 +62,19 @@ class Readmitted:
     name: bytes
 
 
-Action = Flush | Close | TargetsChanged | LinkUp | KeysChanged | Redial | Evicted | Readmitted
+@dataclass(frozen=True, slots=True)
+class PasswordRetired:
+    """The mesh moved to certificates: persist that the password is refused."""
+
+
+Action = (
+    Flush
+    | Close
+    | TargetsChanged
+    | LinkUp
+    | KeysChanged
+    | Redial
+    | Evicted
+    | Readmitted
+    | PasswordRetired
+)

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.base.names import format_name
-from meshrouter.mesh.actions import Evicted
+from meshrouter.mesh.actions import Evicted, Redial
 from meshrouter.proto.cert import Certificate, Revocation, Trust, decode_revocation_untrusted
 from meshrouter.proto.control import MessageType
-from meshrouter.proto.handshake import Credentials
+from meshrouter.proto.handshake import AUTH_CERT, Credentials
 
 if TYPE_CHECKING:
     from meshrouter.mesh.core import Conn, Mesh
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshrouter")
 
 REVOKED = "was revoked by the mesh CA"  # in every refusal of a revoked certificate
+RETIRED = "the mesh moved to certificates: the password is no longer accepted"
+UPGRADE_RETRY = 10.0  # a replacement by certificate not made by then: dialled again
 
 
 class Certs:
@@ -46,14 +48,18 @@ class Certs:
 
     # -- renewal ---------------------------------------------------------------
 
-    def renew(self, cert: Certificate, seed: bytes, trust: Trust) -> None:
-        """A new certificate (and maybe key and CAs) for this host: the next
-        handshakes use it; connections made under the old one go on."""
+    def check_name(self, cert: Certificate) -> None:
         if cert.name != self.m.me or cert.nickname != self.m.nickname:
             raise ValueError(
                 f"the new certificate is for {cert.describe()}, and this router is "
-                f"{self.m.nickname!r} ({self.m.name}): a renewal keeps the name"
+                f"{self.m.nickname!r} ({self.m.name}): a renewal keeps the name (sign it "
+                f"with 'mesh ca sign DIR {self.m.nickname} --peer-name {self.m.name}')"
             )
+
+    def renew(self, cert: Certificate, seed: bytes, trust: Trust) -> None:
+        """A new certificate (and maybe key and CAs) for this host: the next
+        handshakes use it; connections made under the old one go on."""
+        self.check_name(cert)
         trust.revoked.update(self.trust.revoked)
         self.cert, self.seed, self.trust = cert, seed, trust
 
@@ -116,3 +122,23 @@ class Certs:
     def peer_up(self, conn: Conn) -> None:
         for rev in self.revocations:
             self.m.send_message(conn, MessageType.REVOKE, rev.raw)
+
+    def tick(self, now: float) -> None:
+        """Connections made by the password to a peer that has a certificate
+        too are replaced by one made by certificate, one per tick, make
+        before break: the side that dialled dials again beside it; the new
+        connection wins the tie-break (``CERT_EPOCH``), the old one closes."""
+        from meshrouter.mesh.core import CERT_EPOCH
+
+        for conn in list(self.m.peers.values()):
+            if conn.key_epoch >= CERT_EPOCH or not conn.peer_auth & AUTH_CERT:
+                continue
+            if conn.target is not None and now - conn.rekey_asked >= UPGRADE_RETRY:
+                conn.rekey_asked = now
+                self.m.counters["upgrades_to_certificates"] += 1
+                self.m.act(Redial(conn.target))
+                return
+            if conn.target is None and now - conn.connected_at >= 3 * UPGRADE_RETRY:
+                # The peer has not replaced it (it holds no target for us): break.
+                self.m.close_connection(conn, "moving to certificates", now)
+                return

@@ -46,6 +46,7 @@ the shell passes in; time only ever comes in as ``now``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -70,11 +71,12 @@ from meshrouter.mesh.actions import (
     Close,
     Flush,
     LinkUp,
+    PasswordRetired,
     Readmitted,
     TargetsChanged,
 )
 from meshrouter.mesh.announce import Announcer
-from meshrouter.mesh.certs import REVOKED, Certs
+from meshrouter.mesh.certs import RETIRED, REVOKED, Certs
 from meshrouter.mesh.channel import Channel, View
 from meshrouter.mesh.channels import Channels, Handler
 from meshrouter.mesh.maker import Maker
@@ -156,6 +158,7 @@ class Conn:
     clock_skew: float | None = None  # the peer's wall clock minus ours, seconds
     peer_version: str = ""  # its software version, from CLOCK
     key_epoch: int = 0  # the epoch of the mesh key the handshake proved
+    peer_auth: int = 0  # how the peer can authenticate (its HELLO, then AUTH messages)
     rekey_asked: float = -1e18  # when we last dialled a replacement under a newer key
     superseded_at: float | None = None  # replaced by a re-keyed one; the dialler closes it
 
@@ -190,6 +193,12 @@ def _new_link(conn: Conn, res: HandshakeResult) -> Link:
         ),
         udp_addr=(conn.remote[0], res.peer.udp_port),
     )
+
+
+def _replaced_by(conn: Conn | None) -> str:
+    if conn is not None and conn.key_epoch == CERT_EPOCH:
+        return "replaced by a connection made by certificate"
+    return "re-keyed under the rotated mesh password"
 
 
 class Mesh:
@@ -241,8 +250,9 @@ class Mesh:
             MessageType.CLOCK: self.announce.on_clock,
             MessageType.ROTATE: self.rotation.on_message,
         }
-        if self.certs is not None:
-            own[MessageType.REVOKE] = self.certs.on_message
+        own[MessageType.REVOKE] = self._on_revoke
+        own[MessageType.AUTH] = self._on_auth
+        own[MessageType.RETIRE_PASSWORD] = self._on_retire_password
         self.hub = Channels(self, channels, own)
         self.channels = self.hub.channels
         self._handlers = self.hub.handlers
@@ -262,6 +272,81 @@ class Mesh:
         self.complaints = Complaints(log)
         self.version = version
         self.advertised: tuple[str, ...] = ()  # our listening addresses, host:port
+
+    # -- certificates on a running router -------------------------------------------
+
+    def install_certs(
+        self, cert: Certificate, seed: bytes, trust: Trust, wall: float, now: float
+    ) -> None:
+        """A certificate for a router that ran on the password alone (a mesh
+        moving to certificates): the next handshakes offer it, and each
+        connection to a peer that has one too is replaced by one made by
+        certificate, make before break.  Raises ValueError for another name."""
+        if self.certs is not None:
+            self.certs.renew(cert, seed, trust)
+            return
+        certs = Certs(self, cert, seed, trust)
+        certs.check_name(cert)
+        certs.wall_offset = wall - now
+        self.certs = certs
+        self._set_auth(self.identity.auth | AUTH_CERT)
+        log.info("certificate %s installed: connections move to it", cert.describe())
+
+    def _set_auth(self, auth: int) -> None:
+        self.identity = dataclasses.replace(self.identity, auth=auth)
+        for conn in list(self.peers.values()):
+            self.send_message(conn, MessageType.AUTH, bytes([auth]))
+
+    def _on_auth(self, conn: Conn, payload: bytes, now: float) -> None:
+        if len(payload) != 1 or not payload[0] & (AUTH_PASSWORD | AUTH_CERT):
+            self.counters["control_messages_bad"] += 1
+            return
+        conn.peer_auth = payload[0]
+
+    def _on_revoke(self, conn: Conn, payload: bytes, now: float) -> None:
+        if self.certs is None:
+            self.counters["revocations_ignored"] += 1  # no CA here to check it by
+            return
+        self.certs.on_message(conn, payload, now)
+
+    def retire_password(self, now: float, sender: Conn | None = None) -> int:
+        """The end of a move to certificates (``mesh password retire``, or a
+        neighbour's word): the password is refused from now on, connections
+        made by it are closed, and every neighbour is told.  Returns how many
+        connections were closed.  Raises ValueError without a certificate."""
+        if self.certs is None:
+            raise ValueError(
+                "this router has no certificate: give it one first ('mesh cert renew "
+                "--cert F --key F --ca F'), or it would be refused by everyone"
+            )
+        if not self.password:
+            return 0
+        self.password = False
+        self._set_auth(AUTH_CERT)
+        self.act(PasswordRetired())
+        log.warning(
+            "the mesh password is retired%s: only certificates are accepted from now on",
+            f" (by {sender.label})" if sender is not None else "",
+        )
+        closed = 0
+        for conn in list(self.conns.values()):
+            res = conn.result
+            if res is not None and res.cert is None:
+                closed += 1
+                self.close_connection(conn, RETIRED, now)
+        for conn in list(self.peers.values()):
+            if conn is not sender:
+                self.send_message(conn, MessageType.RETIRE_PASSWORD, b"")
+        return closed
+
+    def _on_retire_password(self, conn: Conn, payload: bytes, now: float) -> None:
+        res = conn.result
+        if self.certs is None or res is None or res.cert is None:
+            # Only a certificate host may end the password's use, and only for
+            # a host that has a certificate to go on with.
+            self.counters["password_retire_ignored"] += 1
+            return
+        self.retire_password(now, conn)
 
     def advertise(self, addresses: Sequence[str]) -> None:
         """Tell every peer where we listen (``host:port`` each; the shell
@@ -478,7 +563,7 @@ class Mesh:
                     # arrives on the old link is still taken.
                     old.superseded_at = now
                 elif rekeyed:
-                    self.close_connection(loser, "re-keyed under the rotated mesh password", now)
+                    self.close_connection(loser, _replaced_by(conn), now)
                 else:
                     self.counters["duplicates_closed"] += 1
                     self.close_connection(loser, "duplicate connection", now)
@@ -517,6 +602,7 @@ class Mesh:
             "by the password" if res.cert is None else f"by certificate {res.cert.short}",
         )
         self.rotation.send(conn)
+        conn.peer_auth = res.peer.auth
         if self.certs is not None:
             self.certs.peer_up(conn)
             if conn.name in self.maker.evicted and res.cert is not None:
@@ -573,9 +659,12 @@ class Mesh:
         """Rekeys, UDP liveness, topology GC, the channels, anti-entropy,
         discovery.  ``wall`` (the wall clock, seconds) lets peers compare clocks."""
         self.rotation.tick(now)
+        if self.certs is not None:
+            self.certs.tick(now)
         for conn in list(self.conns.values()):
             if conn.superseded_at is not None and now - conn.superseded_at > SUPERSEDED_GRACE:
-                self.close_connection(conn, "re-keyed under the rotated mesh password", now)
+                successor = self.peers.get(conn.name)
+                self.close_connection(conn, _replaced_by(successor), now)
         if self._udp_liveness(now):
             self.announce.own_record_changed()
         gone = self.gossip.gc(now)

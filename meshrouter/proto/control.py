@@ -56,6 +56,8 @@ class MessageType(IntEnum):
     ROTATE = 8  # a rotated mesh key: epoch || key || window seconds (``keyring``)
     FASTPATH = 9  # trust and kernel-path health between two peers (``fastpath``)
     REVOKE = 10  # a revocation signed by the mesh CA (``cert``), flooded
+    AUTH = 11  # how the sender can authenticate now (AUTH_* bits, one byte): it got a certificate
+    RETIRE_PASSWORD = 12  # the mesh moved to certificates: the password is refused, flooded
 
 
 @dataclass(frozen=True, slots=True)

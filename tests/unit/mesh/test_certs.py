@@ -10,7 +10,7 @@ from meshrouter.base.errors import BadPacket
 from meshrouter.proto import cert as mc
 from meshrouter.proto.control import MessageType
 from meshrouter.testing.control import MeshCa
-from meshrouter.testing.fakes import MeshNet, name
+from meshrouter.testing.fakes import MeshNet, address, name
 
 from .test_mesh import establish
 
@@ -136,3 +136,57 @@ def test_a_reinstalled_host_with_a_new_certificate_is_admitted_again() -> None:
     assert name(2) in net.mesh(1).peers
     assert name(2) not in net.mesh(1).maker.evicted
     assert name(2) not in net.dns(1).records.banned
+
+
+def install(net: MeshNet, ca: MeshCa, i: int) -> None:
+    host, key = ca.host(i)
+    net.mesh(i).install_certs(host, key, mc.Trust.of([ca.cert]), 1e9, net.now)
+
+
+def auths(net: MeshNet, i: int) -> set[bool]:
+    return {c.result is not None and c.result.cert is not None for c in net.mesh(i).peers.values()}
+
+
+def test_a_password_mesh_moves_to_certificates_live_and_then_refuses_the_password() -> None:
+    ca = MeshCa()
+    net = MeshNet(3, ipam="fake")
+    for a, b in ((1, 2), (1, 3), (2, 3)):  # the diallers hold targets, as in life
+        net.dial(a, b, target=address(b))
+        net.exchange_heartbeats(a, b)
+    install(net, ca, 1)
+    install(net, ca, 2)
+    for _ in range(30):
+        net.tick()
+    # h1-h2 moved to certificates; h3 (no certificate yet) stays on the password.
+    assert net.mesh(1).peers[name(2)].result.cert is not None  # type: ignore[union-attr]
+    assert net.mesh(1).peers[name(3)].result.cert is None  # type: ignore[union-attr]
+    assert (
+        net.mesh(1).counters["upgrades_to_certificates"]
+        + net.mesh(2).counters["upgrades_to_certificates"]
+        >= 1
+    )
+    with pytest.raises(ValueError, match="no certificate"):
+        net.mesh(3).retire_password(net.now)
+    install(net, ca, 3)
+    for _ in range(30):
+        net.tick()
+    assert all(auths(net, i) == {True} for i in (1, 2, 3))
+    assert all(len(net.mesh(i).peers) == 2 for i in (1, 2, 3))
+    # Retired on one: the mesh carries it; a password-only newcomer is refused.
+    net.mesh(2).retire_password(net.now)
+    net.tick()
+    assert not any(net.mesh(i).password for i in (1, 2, 3))
+    assert all(len(net.mesh(i).peers) == 2 for i in (1, 2, 3))  # nothing lost
+
+
+def test_a_password_only_router_ignores_a_retirement() -> None:
+    ca = MeshCa()
+    net = MeshNet(2, ipam="fake")
+    establish(net, (1, 2))
+    install(net, ca, 1)
+    conn = net.mesh(1).peers[name(2)]
+    net.mesh(1).send_message(conn, 12, b"")  # RETIRE_PASSWORD over a password connection
+    net.tick()
+    assert net.mesh(2).password
+    assert net.mesh(2).counters["password_retire_ignored"] == 1
+    assert net.mesh(1).password
