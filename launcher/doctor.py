@@ -102,6 +102,17 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
             )
     out += _connections(st)
     out += _certificates(st)
+    nat = st.get("nat")
+    if nat and nat["symmetric"]:
+        seen = ", ".join(f"{a} by {'/'.join(w)}" for a, w in nat["seen_udp"].items())
+        out.append(
+            Finding(
+                WARN,
+                f"this host is behind a NAT that maps UDP per destination (peers see {seen})",
+                "no direct path can be punched through it: its peers' traffic takes a relay; "
+                f"forward UDP port {st['port']} on the NAT to this host for direct paths",
+            )
+        )
     ipam = st["ipam"]
     away = {
         s["peer"]: s.get("unreachable_for")
@@ -109,8 +120,12 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
         if s.get("unreachable_for") is not None
     }
     after = ipam.get("reclaim_after", 0)
+    certs = st.get("certs")
+    evicted = set(certs.get("evicted", [])) if certs else set()
     for p in st["peers"]:
-        if not p["reachable"]:
+        if p["peer"] in evicted:
+            out.append(Finding(OK, f"peer {p['nickname']} ({p['peer']}) is revoked: evicted"))
+        elif not p["reachable"]:
             gone = away.get(p["peer"])
             when = (
                 f"its address share is taken over in {max(0.0, after - gone):.0f}s unless it "
@@ -131,7 +146,10 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
             Finding(
                 WARN,
                 f"{failures} handshake(s) failed",
-                "a peer with another password, or garbage on port 6783: see router.log",
+                "a host refused for its certificate (revoked, another CA, expired), "
+                "or garbage on port 6783: see router.log"
+                if certs
+                else "a peer with another password, or garbage on port 6783: see router.log",
             )
         )
     auth = st["drops"].get("auth_failed", 0)

@@ -70,6 +70,17 @@ def summary(st: RouterStatus) -> None:
             else ""
         )
         print(f"       Password: rotated {pw['epoch']} time(s){extra}")
+    nat = st.get("nat")
+    if nat and nat["seen_udp"]:
+        seen = "; ".join(f"{a} (by {', '.join(who)})" for a, who in nat["seen_udp"].items())
+        kind = (
+            "behind a NAT that maps per destination (symmetric)"
+            if nat["symmetric"]
+            else "behind a NAT"
+            if nat["behind_nat"]
+            else "no NAT seen"
+        )
+        print(f"      Seen from: {seen}: {kind}")
     print(f"    Connections: {len(conns)} ({est} established)")
     print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
     print(f"        Targets: {len(st['targets'])}")

@@ -43,6 +43,7 @@ class ConnectionStatus(TypedDict, total=False):
     peer_version: str  # the peer's software version ("" before it said)
     key_epoch: int  # the mesh password (epoch) this connection was made under
     auth: str  # how the peer authenticated: "password" or "certificate"
+    seen_as: SeenAs  # our addresses as this peer sees them (reflexive)
     cert: CertStatus | None  # the peer's certificate (None: the password)
     path: str  # of the data: "sleeve" (the router), "kernel" (trusted VXLAN), "fallback"
     datagram_size: int
@@ -144,6 +145,17 @@ class GossipStatus(TypedDict):
     bytes_received: int
 
 
+class SeenAs(TypedDict):
+    tcp: str  # "" when we dialled it (it sees where we dialled from only then)
+    udp: str  # the source of our datagrams as it receives them, "" before any
+
+
+class NatStatus(TypedDict):
+    seen_udp: dict[str, list[str]]  # our UDP address as peers see it -> those peers
+    behind_nat: bool  # peers see an address that is none of this host's
+    symmetric: bool  # one public address, different ports for different peers
+
+
 class CertStatus(TypedDict):
     name: str  # the host name it names
     fingerprint: str  # 64 hex digits (operators see the first 16)
@@ -160,6 +172,7 @@ class CertsStatus(TypedDict):
     cert: CertStatus
     cas: list[str]  # the CA key ids it trusts
     revoked: int  # certificates revoked, as far as it knows
+    evicted: list[str]  # peer names evicted by revocations (until a new certificate)
     password_accepted: bool  # during a move to certificates: both are
 
 
@@ -182,6 +195,7 @@ class MeshStatus(TypedDict):
     gossip: GossipStatus
     password: PasswordStatus
     certs: CertsStatus | None  # None: a mesh on the password alone
+    nat: NatStatus
 
 
 class PingResult(TypedDict):

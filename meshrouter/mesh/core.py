@@ -80,6 +80,7 @@ from meshrouter.mesh.certs import RETIRED, REVOKED, Certs
 from meshrouter.mesh.channel import Channel, View
 from meshrouter.mesh.channels import Channels, Handler
 from meshrouter.mesh.maker import Maker
+from meshrouter.mesh.nat import Reflection
 from meshrouter.mesh.rotation import Rotation
 from meshrouter.mesh.statusview import mesh_status
 from meshrouter.mesh.targets import Targets
@@ -159,6 +160,8 @@ class Conn:
     peer_version: str = ""  # its software version, from CLOCK
     key_epoch: int = 0  # the epoch of the mesh key the handshake proved
     peer_auth: int = 0  # how the peer can authenticate (its HELLO, then AUTH messages)
+    seen_as: tuple[str, str] = ("", "")  # our TCP and UDP addresses as the peer sees them
+    told_seen: tuple[str, str] | None = None  # what we last told it of its own
     rekey_asked: float = -1e18  # when we last dialled a replacement under a newer key
     superseded_at: float | None = None  # replaced by a re-keyed one; the dialler closes it
 
@@ -250,6 +253,8 @@ class Mesh:
             MessageType.CLOCK: self.announce.on_clock,
             MessageType.ROTATE: self.rotation.on_message,
         }
+        self.reflection = Reflection(self)
+        own[MessageType.OBSERVED] = self.reflection.on_message
         own[MessageType.REVOKE] = self._on_revoke
         own[MessageType.AUTH] = self._on_auth
         own[MessageType.RETIRE_PASSWORD] = self._on_retire_password
@@ -667,6 +672,7 @@ class Mesh:
                 self.close_connection(conn, _replaced_by(successor), now)
         if self._udp_liveness(now):
             self.announce.own_record_changed()
+        self.reflection.tick()
         gone = self.gossip.gc(now)
         for name in gone:
             log.info(

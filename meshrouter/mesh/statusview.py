@@ -14,10 +14,12 @@ from meshrouter.contract.status import (
     ConnectionStatus,
     ConnState,
     MeshStatus,
+    NatStatus,
     PeerStatus,
     TargetState,
     TargetStatus,
 )
+from meshrouter.mesh.nat import host_of
 from meshrouter.mesh.targets import Target
 from meshrouter.proto.cert import Certificate
 from meshrouter.proto.crypto import SUITES
@@ -46,14 +48,26 @@ def mesh_status(m: Mesh, now: float) -> MeshStatus:
             ),
             "peers_with_current": sum(m.keys.holders.get(n, 0) >= m.keys.epoch for n in m.peers),
         },
+        "nat": nat_status(m),
         "certs": None
         if m.certs is None
         else {
             "cert": cert_status(m.certs.cert),
             "cas": [k.hex() for k in m.certs.trust.cas],
             "revoked": len(m.certs.trust.revoked),
+            "evicted": sorted(format_name(n) for n in m.maker.evicted),
             "password_accepted": m.password,
         },
+    }
+
+
+def nat_status(m: Mesh) -> NatStatus:
+    seen = m.reflection.seen_udp()
+    mine = {host_of(a) for a in m.advertised}
+    return {
+        "seen_udp": seen,
+        "behind_nat": bool(mine) and any(host_of(a) not in mine for a in seen),
+        "symmetric": m.reflection.symmetric(),
     }
 
 
@@ -90,6 +104,7 @@ def _connection_status(m: Mesh, now: float) -> Iterator[ConnectionStatus]:
             "peer_version": conn.peer_version,
             "key_epoch": conn.key_epoch,
             "auth": "password" if res.cert is None else "certificate",
+            "seen_as": {"tcp": conn.seen_as[0], "udp": conn.seen_as[1]},
             "cert": None if res.cert is None else cert_status(res.cert),
             "path": "sleeve",  # the daemon says which, with a fast path
             "datagram_size": s.datagram_size,

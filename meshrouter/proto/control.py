@@ -58,6 +58,7 @@ class MessageType(IntEnum):
     REVOKE = 10  # a revocation signed by the mesh CA (``cert``), flooded
     AUTH = 11  # how the sender can authenticate now (AUTH_* bits, one byte): it got a certificate
     RETIRE_PASSWORD = 12  # the mesh moved to certificates: the password is refused, flooded
+    OBSERVED = 13  # how the sender sees the receiver: TCP and UDP source addresses (``nat``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,8 @@ class Lab:
         python: str = sys.executable,
         repo: Path = REPO,
         underlay: str | dict[int, str] = "4",
+        nat: dict[int, str] | None = None,
+        symmetric: frozenset[str] = frozenset(),
     ) -> None:
         """``python`` and ``repo``: the interpreter (and its installed
         meshrouter) and the checkout whose ``mesh`` the hosts run; another
@@ -63,6 +65,13 @@ class Lab:
         ``underlay``: the families of the hosts' underlay addresses, "4",
         "6" or "46" (dual-stack), for all hosts or per host."""
         self.underlay = underlay
+        # Hosts behind NAT boxes: host -> box name (one letter); the boxes
+        # masquerade onto the switch (endpoint-independent, as most home and
+        # cloud NATs; ``symmetric`` ones pick a random port per flow) and let
+        # in only what answers a flow from inside.
+        self.nat = dict(nat or {})
+        self.symmetric = symmetric
+        self.boxes = sorted(set(self.nat.values()))
         self.python = python
         self.repo = repo
         self.versions: dict[int, tuple[str, Path]] = {}  # host -> (python, repo) of another one
@@ -88,9 +97,18 @@ class Lab:
         """Host i's underlay families: "4", "6" or "46"."""
         return self.underlay if isinstance(self.underlay, str) else self.underlay.get(i, "4")
 
+    def box(self, name: str) -> str:
+        return f"{self.prefix}-n{name}"
+
+    def public(self, name: str) -> str:
+        """A NAT box's address on the switch (its hosts' public address)."""
+        return f"{UNDERLAY}.{200 + self.boxes.index(name)}"
+
     def addr(self, i: int, family: int | None = None) -> str:
         """Host i's underlay address: of ``family`` (4 or 6), else its IPv4
-        one if it has one, else its IPv6 one."""
+        one if it has one, else its IPv6 one; behind a NAT, its private one."""
+        if i in self.nat:
+            return f"10.99.{self.boxes.index(self.nat[i]) + 1}.{i}"
         if family == 6 or (family is None and "4" not in self.families(i)):
             return f"{UNDERLAY6}::{i}"
         return f"{UNDERLAY}.{i}"
@@ -115,9 +133,20 @@ class Lab:
         self._netns(self.switch)
         sh("ip", "-n", self.switch, "link", "add", "name", "br0", "type", "bridge")
         sh("ip", "-n", self.switch, "link", "set", "dev", "br0", "up")
+        for b in self.boxes:
+            self._nat_box(b)
         for i in range(1, self.n + 1):
             h = self.host(i)
             self._netns(h)
+            if i in self.nat:
+                box = self.box(self.nat[i])
+                sh("ip", "-n", h, *veth_args("eth0", f"l{i}", netns=box))
+                sh("ip", "-n", box, "link", "set", "dev", f"l{i}", "master", "lan", "up")
+                sh("ip", "-n", h, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
+                sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
+                gw = self.addr(i).rsplit(".", 1)[0] + ".1"
+                sh("ip", "-n", h, "route", "add", "default", "via", gw)
+                continue
             sh("ip", "-n", h, *veth_args("eth0", f"u{i}", netns=self.switch))
             sh("ip", "-n", self.switch, "link", "set", "dev", f"u{i}", "master", "br0", "up")
             fams = self.families(i)
@@ -127,6 +156,45 @@ class Lab:
                 sh("ip", "-n", h, "addr", "add", f"{self.addr(i, 6)}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", h, "link", "set", "dev", "eth0", "up")
         return self
+
+    def _nat_box(self, name: str) -> None:
+        """A home router: 'wan' on the switch, 'lan' a bridge for its hosts,
+        masquerade, and nothing in that is not an answer."""
+        box, k = self.box(name), self.boxes.index(name) + 1
+        self._netns(box)
+        sh("ip", "-n", box, *veth_args("wan", f"n{name}", netns=self.switch))
+        sh("ip", "-n", self.switch, "link", "set", "dev", f"n{name}", "master", "br0", "up")
+        sh("ip", "-n", box, "addr", "add", f"{self.public(name)}/24", "dev", "wan")
+        sh("ip", "-n", box, "link", "set", "dev", "wan", "up")
+        sh("ip", "-n", box, "link", "add", "name", "lan", "type", "bridge")
+        sh("ip", "-n", box, "addr", "add", f"10.99.{k}.1/24", "dev", "lan")
+        sh("ip", "-n", box, "link", "set", "dev", "lan", "up")
+        sh("ip", "netns", "exec", box, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        how = "masquerade random,fully-random" if name in self.symmetric else "masquerade"
+        rules = f"""
+table ip nat {{
+    chain c_post {{
+        type nat hook postrouting priority srcnat;
+        oifname "wan" {how}
+    }}
+}}
+table ip filter {{
+    chain c_forward {{
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        iifname "lan" accept
+    }}
+}}
+"""
+        subprocess.run(
+            ["ip", "netns", "exec", box, "nft", "-f", "-"], input=rules, text=True, check=True
+        )
+
+    def wan_bytes(self, i: int) -> int:
+        """Bytes in and out of host i's underlay interface."""
+        out = self.run(i, "cat", "/sys/class/net/eth0/statistics/rx_bytes").stdout
+        out2 = self.run(i, "cat", "/sys/class/net/eth0/statistics/tx_bytes").stdout
+        return int(out) + int(out2)
 
     def container(self, name: str) -> str:
         full = f"{self.prefix}-{name}"

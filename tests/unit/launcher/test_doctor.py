@@ -192,3 +192,17 @@ def test_peers_still_on_the_password_during_a_migration_are_named() -> None:
     )
     (line,) = found[WARN]
     assert "still accepts the password" in line
+
+
+def test_a_revoked_peer_is_reported_as_evicted_not_as_unreachable() -> None:
+    st = on_certs(conn(auth="certificate", cert=cert("h2", NOW + 9e6)))
+    st["certs"]["evicted"] = ["02:00:00:00:00:03"]  # type: ignore[index]
+    st["peers"] = [
+        {"peer": "02:00:00:00:00:02", "nickname": "h2", "reachable": True},
+        {"peer": "02:00:00:00:00:03", "nickname": "h3", "reachable": False},
+    ]
+    st["counters"] = {"handshake_failures": 2}
+    found = levels(diagnose(st, GOOD))
+    assert any("h3 (02:00:00:00:00:03) is revoked" in line for line in found[OK])
+    assert not any("unreachable" in line for line in found[WARN])
+    assert any("refused for its certificate" in line for line in found[WARN])

@@ -1,0 +1,118 @@
+"""Hosts behind NATs (namespaces as home routers: nftables masquerade, only
+answers let in): each host learns how its peers see it, a NAT that maps per
+destination is named, and two hosts behind one NAT talk directly over their
+private addresses, not through the third peer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from meshrouter.testing.netlab import Lab, status, tcp_transfer
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+@pytest.fixture
+def nat_lab() -> Callable[..., Lab]:  # type: ignore[misc]
+    labs: list[Lab] = []
+
+    def make(hosts: int, nat: dict[int, str], symmetric: frozenset[str] = frozenset()) -> Lab:
+        lab = Lab(f"nt{len(labs)}{id(labs) % 1000}"[:8], hosts, nat=nat, symmetric=symmetric)
+        labs.append(lab)
+        return lab.create()
+
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.close()
+
+
+def peers_of(lab: Lab, i: int) -> dict[str, str]:
+    """Established connections of host i: nickname -> address."""
+    return {
+        str(c.get("nickname")): c["address"]
+        for c in status(lab, i)["connections"]
+        if c["state"] == "established"
+    }
+
+
+def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
+    nat_lab: Callable[..., Lab],
+) -> None:
+    lab = nat_lab(4, {2: "a", 3: "b"}, frozenset({"b"}))
+    lab.launch(1)
+    for i in (2, 3, 4):
+        lab.launch(i, lab.addr(1))
+    nick = {i: status(lab, i)["nickname"] for i in (1, 2, 3, 4)}
+
+    def settled() -> bool:
+        return all(len(peers_of(lab, i)) >= 2 for i in (2, 3)) and all(
+            len(status(lab, i)["nat"]["seen_udp"]) >= 1 for i in (2, 3)
+        )
+
+    lab.wait_for("h2 and h3 connected to h1 and h4", settled, timeout=40)
+    lab.wait_for(
+        "h3 seen with two ports",
+        lambda: status(lab, 3)["nat"]["symmetric"],
+        timeout=20,
+    )
+    nat2 = status(lab, 2)["nat"]
+    assert nat2["behind_nat"]
+    assert not nat2["symmetric"]
+    (seen,) = nat2["seen_udp"]  # one mapping, whoever looks
+    assert seen.startswith(lab.public("a") + ":"), nat2
+    assert sorted(nat2["seen_udp"][seen]) == sorted([nick[1], nick[4]])
+    nat3 = status(lab, 3)["nat"]
+    assert nat3["behind_nat"]
+    assert len(nat3["seen_udp"]) == 2, nat3
+    assert all(a.startswith(lab.public("b") + ":") for a in nat3["seen_udp"])
+    h1 = {c.get("nickname"): c for c in status(lab, 1)["connections"]}
+    assert h1[nick[2]]["address"].startswith(lab.public("a") + ":")
+    assert "behind a NAT" in lab.mesh(2, "status").stdout
+    doctor = lab.mesh(3, "doctor", check=False).stdout
+    assert "maps UDP per destination" in doctor, doctor
+    assert nat2 == status(lab, 2)["nat"]  # steady
+    assert not status(lab, 1)["nat"]["behind_nat"]
+    # h2 and h3 cannot reach each other directly: their containers' traffic is relayed.
+    c2, c3 = lab.container("c2"), lab.container("c3")
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for(
+        "c2 reaches c3 through a relay",
+        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=20,
+    )
+    assert nick[3] not in peers_of(lab, 2)
+
+
+def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
+    nat_lab: Callable[..., Lab],
+) -> None:
+    lab = nat_lab(3, {2: "a", 3: "a"})
+    lab.launch(1)
+    lab.launch(2, lab.addr(1))
+    lab.launch(3, lab.addr(1))
+    nick3 = status(lab, 3)["nickname"]
+    lab.wait_for(
+        "h2 and h3 connected directly",
+        lambda: nick3 in peers_of(lab, 2) and len(peers_of(lab, 2)) == 2,
+        timeout=40,
+    )
+    assert peers_of(lab, 2)[nick3].startswith("10.99.1.3:"), peers_of(lab, 2)
+    c2, c3 = lab.container("c2"), lab.container("c3")
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for(
+        "c2 reaches c3",
+        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=20,
+    )
+    before = lab.wan_bytes(1)
+    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 8 << 20)
+    assert sent == got
+    crossed = lab.wan_bytes(1) - before
+    print(f"bytes through h1 during an 8 MiB transfer between h2 and h3: {crossed}")
+    assert crossed < 1 << 20
