@@ -31,6 +31,7 @@ log = logging.getLogger("meshrouter")
 
 REVOKED = "was revoked by the mesh CA"  # in every refusal of a revoked certificate
 RETIRED = "the mesh moved to certificates: the password is no longer accepted"
+CERT_EPOCH = 1 << 31  # the key epoch of a connection authenticated by certificates
 UPGRADE_RETRY = 10.0  # a replacement by certificate not made by then: dialled again
 
 
@@ -128,8 +129,6 @@ class Certs:
         too are replaced by one made by certificate, one per tick, make
         before break: the side that dialled dials again beside it; the new
         connection wins the tie-break (``CERT_EPOCH``), the old one closes."""
-        from meshrouter.mesh.core import CERT_EPOCH
-
         for conn in list(self.m.peers.values()):
             if conn.key_epoch >= CERT_EPOCH or not conn.peer_auth & AUTH_CERT:
                 continue

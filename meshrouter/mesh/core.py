@@ -76,7 +76,7 @@ from meshrouter.mesh.actions import (
     TargetsChanged,
 )
 from meshrouter.mesh.announce import Announcer
-from meshrouter.mesh.certs import RETIRED, REVOKED, Certs
+from meshrouter.mesh.certs import CERT_EPOCH, RETIRED, REVOKED, Certs
 from meshrouter.mesh.channel import Channel, View
 from meshrouter.mesh.channels import Channels, Handler
 from meshrouter.mesh.maker import Maker
@@ -105,7 +105,6 @@ from meshrouter.proto.handshake import (
 from meshrouter.proto.keyring import KeyRing
 
 QUIET_HEARTBEATS_VERSION = 2  # peers from this protocol version count UDP as liveness
-CERT_EPOCH = 1 << 31  # the key epoch of a connection authenticated by certificates
 SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
 log = logging.getLogger("meshrouter")
 

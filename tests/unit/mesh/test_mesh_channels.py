@@ -103,6 +103,10 @@ def test_every_message_type_has_one_handler() -> None:
         MessageType.GOSSIP,
         MessageType.CLOCK,
         MessageType.ROTATE,
+        MessageType.OBSERVED,
+        MessageType.REVOKE,
+        MessageType.AUTH,
+        MessageType.RETIRE_PASSWORD,
         *itertools.chain.from_iterable(
             [c.mtype] + ([c.relayed] if c.relayed is not None else []) for c in mesh.channels
         ),
