@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,9 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
     """Make labs with unique prefixes; all of them are torn down, pass or fail."""
     labs: list[Lab] = []
 
-    def make(hosts: int = 2) -> Lab:
+    def make(hosts: int = 2, **options: Any) -> Lab:
         prefix = f"mt{os.getpid() % 100000}{len(labs)}"[:8]
-        lab = Lab(prefix, hosts)
+        lab = Lab(prefix, hosts, **options)
         labs.append(lab)
         return lab.create()
 

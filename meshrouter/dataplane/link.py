@@ -51,7 +51,7 @@ class Link:
         peer: bytes,
         label: str,
         session: DataSession,
-        udp_addr: tuple[str, int],
+        udp_addr: tuple[str, int] | None,
     ) -> None:
         self.index: Final = index  # our receiver index: datagrams to us carry it
         self.peer: Final = peer  # the peer's name

@@ -180,7 +180,12 @@ class Conn:
 
 def _new_link(conn: Conn, res: HandshakeResult) -> Link:
     """The data path of a connection whose handshake is done: a new session
-    under its keys, to the peer's UDP port at the connection's address."""
+    under its keys.  The dialler sends to the peer's UDP port at the address
+    it dialled; the side that was dialled sends nothing until the peer's first
+    datagram says where it is.  Its TCP source may be a NAT's address, and a
+    datagram sent there first would take the port mapping the peer's own
+    datagrams need (the NAT would move them to another port, per destination:
+    a NAT that maps per destination, made by us)."""
     keys = res.keys
     return Link(
         index=conn.index,
@@ -193,7 +198,7 @@ def _new_link(conn: Conn, res: HandshakeResult) -> Link:
             local_index=conn.index,
             peer_index=res.peer_recv_index,
         ),
-        udp_addr=(conn.remote[0], res.peer.udp_port),
+        udp_addr=(conn.remote[0], res.peer.udp_port) if conn.initiator else None,
     )
 
 
@@ -587,6 +592,8 @@ class Mesh:
         if replaced is not None and replaced.link is not None:
             # Same peer, same path, a moment ago: no gap while UDP proves itself.
             conn.link.session.inherit_liveness(replaced.link.session)
+            if conn.link.udp_addr is None:  # where the peer's datagrams come from now
+                conn.link.udp_addr = replaced.link.udp_addr
         self.links.publish(conn.link, keep_old=replaced is not None and not conn.initiator)
         conn.listen_addr = format_address(conn.remote[0], res.peer.udp_port)
         conn.connected_at = now

@@ -301,11 +301,14 @@ class MeshNet:
         for _ in range(2):
             for x, y in ((a, b), (b, a)):
                 tx = self.mesh(x).links.by_name[name(y)].session
-                rx = self.mesh(y).links.by_name[name(x)].session
+                rx_link = self.mesh(y).links.by_name[name(x)]
+                rx = rx_link.session
                 for dgram in tx.heartbeats(self.now, probe=False):
                     _t, _i, counter, seg, nseg = parse_header_untrusted(dgram)
                     plain = rx.receive_untrusted(dgram, counter, seg, nseg, self.now)
                     assert plain is not None
+                    # As the forwarder does: the peer is where its datagram came from.
+                    rx_link.udp_addr = (self.nodes[x - 1].host, 6783)
                     rx.on_heartbeat(plain, len(dgram), self.now)
 
     def tick(self, dt: float = 0.5) -> None:

@@ -63,3 +63,15 @@ def test_one_address_seen_with_two_ports_is_a_symmetric_nat() -> None:
     assert nat_status(net.mesh(1))["symmetric"]
     a.seen_as = b.seen_as = ("", "10.0.0.5:6783")
     assert not nat_status(net.mesh(1))["behind_nat"]
+
+
+def test_the_dialled_side_sends_no_datagram_before_the_dialler_does() -> None:
+    """The side that was dialled learns the peer's UDP address from its first
+    datagram; sent first to the connection's source (perhaps a NAT), it would
+    take the mapping the peer's own datagrams need."""
+    net = MeshNet(2, ipam="fake")
+    net.dial(1, 2)
+    assert net.mesh(1).links.by_name[name(2)].udp_addr == ("198.18.0.2", 6783)
+    assert net.mesh(2).links.by_name[name(1)].udp_addr is None
+    net.exchange_heartbeats(1, 2)
+    assert net.mesh(2).links.by_name[name(1)].udp_addr == ("198.18.0.1", 6783)
