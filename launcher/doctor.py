@@ -113,6 +113,16 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 f"forward UDP port {st['port']} on the NAT to this host for direct paths",
             )
         )
+    for who, how in (nat or {}).get("punching", {}).items():
+        if how.startswith("relayed"):
+            out.append(
+                Finding(
+                    WARN,
+                    f"no direct path to {who} through the NATs: its traffic is relayed",
+                    "one of the two NATs maps UDP per destination, or blocks it; "
+                    f"forward UDP port {st['port']} to one of the two hosts for a direct path",
+                )
+            )
     ipam = st["ipam"]
     away = {
         s["peer"]: s.get("unreachable_for")

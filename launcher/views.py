@@ -81,6 +81,8 @@ def summary(st: RouterStatus) -> None:
             else "no NAT seen"
         )
         print(f"      Seen from: {seen}: {kind}")
+    for who, how in (nat or {}).get("punching", {}).items():
+        print(f"    Through NAT: {who}: {how}")
     print(f"    Connections: {len(conns)} ({est} established)")
     print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
     print(f"        Targets: {len(st['targets'])}")
@@ -146,7 +148,9 @@ def connections(st: RouterStatus) -> None:
         [
             [
                 "->" if c["direction"] == "outbound" else "<-",
-                c["address"],
+                # A tunnel: its control stream rides a relay, its UDP is punched.
+                c["address"]
+                + (f" (punched, dialled through {c['relay']})" if c.get("relay") else ""),
                 c.get("peer") or "-",
                 c.get("nickname") or "-",
                 state_words(c),

@@ -45,6 +45,7 @@ class ConnectionStatus(TypedDict, total=False):
     auth: str  # how the peer authenticated: "password" or "certificate"
     seen_as: SeenAs  # our addresses as this peer sees them (reflexive)
     cert: CertStatus | None  # the peer's certificate (None: the password)
+    relay: str | None  # the peer carrying this connection's control stream (a tunnel)
     path: str  # of the data: "sleeve" (the router), "kernel" (trusted VXLAN), "fallback"
     datagram_size: int
     pmtu_confirmed: bool
@@ -154,6 +155,10 @@ class NatStatus(TypedDict):
     seen_udp: dict[str, list[str]]  # our UDP address as peers see it -> those peers
     behind_nat: bool  # peers see an address that is none of this host's
     symmetric: bool  # one public address, different ports for different peers
+    candidate: str  # the UDP address our record offers to punch to ("" when none)
+    # Peers behind other NATs (nickname -> "punched", "punching", or
+    # "relayed: no direct path, next try in Ns"): ``tunnel``.
+    punching: dict[str, str]
 
 
 class CertStatus(TypedDict):

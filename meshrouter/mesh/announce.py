@@ -90,7 +90,13 @@ class Announcer:
 
     def own_record_changed(self) -> None:
         conns = [
-            ConnInfo(c.name, c.listen_addr, c.state is ConnState.ESTABLISHED, c.initiator)
+            ConnInfo(
+                c.name,
+                # Through a relay: no address others could dial.
+                c.listen_addr if c.via is None else "",
+                c.state is ConnState.ESTABLISHED,
+                c.initiator,
+            )
             for c in self.m.peers.values()
         ]
         # Our own addresses, as entries to ourselves (never established, so
@@ -98,6 +104,12 @@ class Announcer:
         # the records say of a peer, so a dual-stack host known by one family
         # is reached by the other too.
         conns += [ConnInfo(self.m.me, a, False, False) for a in self.m.advertised]
+        # Our UDP address as the mesh sees it behind a NAT, a candidate to punch
+        # to: an entry to ourselves marked outbound, which no one dials (a
+        # release before 0.2 does, and fails: the NAT lets nothing in).
+        candidate = self.m.tunnels.candidate()
+        if candidate:
+            conns.append(ConnInfo(self.m.me, candidate, False, True))
         if self.m.gossip.set_connections(conns) is not None:
             self.topology_changed()
             self.spread.own_changed()

@@ -85,6 +85,7 @@ from meshrouter.mesh.rotation import Rotation
 from meshrouter.mesh.statusview import mesh_status
 from meshrouter.mesh.targets import Targets
 from meshrouter.mesh.topology import Gossip
+from meshrouter.mesh.tunnel import Tunnels
 from meshrouter.proto.cert import Certificate, Trust
 from meshrouter.proto.control import (
     ConnectionClosed,
@@ -163,6 +164,13 @@ class Conn:
     told_seen: tuple[str, str] | None = None  # what we last told it of its own
     rekey_asked: float = -1e18  # when we last dialled a replacement under a newer key
     superseded_at: float | None = None  # replaced by a re-keyed one; the dialler closes it
+    # Through a relay (``tunnel``): the relay's name, the peer's, the tunnel's
+    # id (the dialler's index), where UDP is punched to, since when it tries.
+    via: bytes | None = None
+    tunnel_to: bytes = b""
+    tunnel_id: int = 0
+    punch_to: tuple[str, int] | None = None
+    punch_since: float = 0.0
 
     @property
     def result(self) -> HandshakeResult | None:
@@ -198,8 +206,14 @@ def _new_link(conn: Conn, res: HandshakeResult) -> Link:
             local_index=conn.index,
             peer_index=res.peer_recv_index,
         ),
-        udp_addr=(conn.remote[0], res.peer.udp_port) if conn.initiator else None,
+        udp_addr=_first_udp_addr(conn, res),
     )
+
+
+def _first_udp_addr(conn: Conn, res: HandshakeResult) -> tuple[str, int] | None:
+    if conn.via is not None:  # both sides at once: the holes are punched so
+        return conn.punch_to
+    return (conn.remote[0], res.peer.udp_port) if conn.initiator else None
 
 
 def _replaced_by(conn: Conn | None) -> str:
@@ -258,6 +272,8 @@ class Mesh:
             MessageType.ROTATE: self.rotation.on_message,
         }
         self.reflection = Reflection(self)
+        self.tunnels = Tunnels(self)
+        own[MessageType.TUNNEL] = self.tunnels.on_message
         own[MessageType.OBSERVED] = self.reflection.on_message
         own[MessageType.REVOKE] = self._on_revoke
         own[MessageType.AUTH] = self._on_auth
@@ -487,6 +503,11 @@ class Mesh:
             raise LocalProtocolError(f"connection {conn.label}: {event.value} in {conn.state}")
         conn.state = new
 
+    def process(self, conn: Conn, now: float, detail: str = "") -> None:
+        """Act on what ``conn``'s control connection says happened (for a
+        connection whose bytes the core carries itself: ``tunnel``)."""
+        self._process(conn, now, detail)
+
     def _process(self, conn: Conn, now: float, detail: str = "") -> None:
         """Act on what the control connection says happened."""
         while (ev := conn.control.next_event()) is not None:
@@ -694,6 +715,8 @@ class Mesh:
         self.hub.flush()
         self.announce.tick(now, wall)
         self.maker.sync_discovered(now)
+        self.tunnels.tick(now)
+        self.tunnels.flush()
 
     def _udp_liveness(self, now: float) -> bool:
         """Each peer's connection follows its UDP path (established or pending);
@@ -740,6 +763,7 @@ class Mesh:
         """Send what the channels want sent (the shell calls this after it
         asked a channel for something outside a mesh event)."""
         self.hub.flush()
+        self.tunnels.flush()
 
     def drop_channel(self, ch: Channel) -> None:
         """Stop carrying ``ch`` (its subsystem could not start): its messages

@@ -48,7 +48,7 @@ def mesh_status(m: Mesh, now: float) -> MeshStatus:
             ),
             "peers_with_current": sum(m.keys.holders.get(n, 0) >= m.keys.epoch for n in m.peers),
         },
-        "nat": nat_status(m),
+        "nat": nat_status(m, now),
         "certs": None
         if m.certs is None
         else {
@@ -61,13 +61,15 @@ def mesh_status(m: Mesh, now: float) -> MeshStatus:
     }
 
 
-def nat_status(m: Mesh) -> NatStatus:
+def nat_status(m: Mesh, now: float = 0.0) -> NatStatus:
     seen = m.reflection.seen_udp()
     mine = {host_of(a) for a in m.advertised}
     return {
         "seen_udp": seen,
         "behind_nat": bool(mine) and any(host_of(a) not in mine for a in seen),
         "symmetric": m.reflection.symmetric(),
+        "candidate": m.tunnels.candidate(),
+        "punching": m.tunnels.states(now),
     }
 
 
@@ -106,6 +108,7 @@ def _connection_status(m: Mesh, now: float) -> Iterator[ConnectionStatus]:
             "auth": "password" if res.cert is None else "certificate",
             "seen_as": {"tcp": conn.seen_as[0], "udp": conn.seen_as[1]},
             "cert": None if res.cert is None else cert_status(res.cert),
+            "relay": None if conn.via is None else m.nickname_of(conn.via),
             "path": "sleeve",  # the daemon says which, with a fast path
             "datagram_size": s.datagram_size,
             "pmtu_confirmed": s.pmtu.confirmed,

@@ -286,5 +286,12 @@ class Gossip:
             c.address
             for r in self.records.values()
             for c in r.connections
-            if c.peer == name and c.address
+            if c.peer == name and c.address and not (r.name == name and c.outbound)
         }
+
+    def candidates_of(self, name: bytes) -> set[str]:
+        """UDP addresses ``name`` says the mesh sees it at behind a NAT (``tunnel``)."""
+        rec = self.records.get(name)
+        if rec is None:
+            return set()
+        return {c.address for c in rec.connections if c.peer == name and c.outbound and c.address}

@@ -59,6 +59,7 @@ class MessageType(IntEnum):
     AUTH = 11  # how the sender can authenticate now (AUTH_* bits, one byte): it got a certificate
     RETIRE_PASSWORD = 12  # the mesh moved to certificates: the password is refused, flooded
     OBSERVED = 13  # how the sender sees the receiver: TCP and UDP source addresses (``nat``)
+    TUNNEL = 14  # a control stream through a relay, for hole punching (``tunnel``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,10 @@ class Lab:
 
     def _nat_box(self, name: str) -> None:
         """A home router: 'wan' on the switch, 'lan' a bridge for its hosts,
-        masquerade, and nothing in that is not an answer."""
+        masquerade, and nothing in that is not an answer, to its hosts or to
+        itself.  (A box that took what comes to its own address would keep a
+        conntrack entry for a peer's punching datagram that came before its
+        host's own left, and move its host's mapping to another port.)"""
         box, k = self.box(name), self.boxes.index(name) + 1
         self._netns(box)
         sh("ip", "-n", box, *veth_args("wan", f"n{name}", netns=self.switch))
@@ -171,6 +174,21 @@ class Lab:
         sh("ip", "-n", box, "link", "set", "dev", "lan", "up")
         sh("ip", "netns", "exec", box, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         how = "masquerade random,fully-random" if name in self.symmetric else "masquerade"
+        self._nat_rules(box, how)
+
+    def reboot_nat(self, name: str, ports: str = "") -> None:
+        """The NAT box comes back with an empty connection table (every mapping
+        gone) and, with ``ports`` ("20000-29999"), maps to other ports."""
+        box = self.box(name)
+        how = "masquerade"
+        if ports:  # a port range needs a protocol; the rest (ICMP) as before
+            how = f'meta l4proto {{ tcp, udp }} masquerade to :{ports}\n        oifname "wan" {how}'
+
+        sh("ip", "netns", "exec", box, "nft", "flush", "ruleset")
+        self._nat_rules(box, how)
+        sh("ip", "netns", "exec", box, sys.executable, "-m", "meshrouter.testing.conntrack")
+
+    def _nat_rules(self, box: str, how: str) -> None:
         rules = f"""
 table ip nat {{
     chain c_post {{
@@ -183,6 +201,11 @@ table ip filter {{
         type filter hook forward priority 0; policy drop;
         ct state established,related accept
         iifname "lan" accept
+    }}
+    chain c_input {{
+        type filter hook input priority 0; policy accept;
+        iifname "wan" ct state established,related accept
+        iifname "wan" drop
     }}
 }}
 """

@@ -158,10 +158,21 @@ def test_trusted_ipv6_peers_take_the_kernel_vxlan_path(v6_lab: Callable[..., Lab
         lambda: "dst 2001:db8:18::2" in lab.run(1, "bridge", "fdb", "show", "dev", "vxmesh").stdout,
         timeout=10,
     )
-    tx = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
+
+    def vx_tx() -> int:
+        return int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
+
+    # The bridge learns c2's MAC on the VXLAN port from c2's first frame
+    # that comes that way; until then c1's frames still go to the router.
+    def next_ping_on_vxlan() -> bool:
+        before = vx_tx()
+        lab.in_ns(c1, "ping", "-c1", "-W1", "10.32.0.2", check=False)
+        return vx_tx() > before
+
+    lab.wait_for("c1's pings on the VXLAN device", next_ping_on_vxlan, timeout=10)
+    tx = vx_tx()
     assert lab.in_ns(c1, "ping", "-c5", "-i0.2", "-W2", "10.32.0.2", check=False).returncode == 0
-    after = int(lab.run(1, "cat", "/sys/class/net/vxmesh/statistics/tx_packets").stdout)
-    assert after - tx >= 5
+    assert vx_tx() - tx >= 5
     sent, got = tcp_transfer(lab, c1, c2, "10.32.0.2", 2 << 20)
     assert sent == got
 

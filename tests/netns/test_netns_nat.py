@@ -5,6 +5,9 @@ private addresses, not through the third peer."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -74,6 +77,12 @@ def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
         timeout=20,
     )
     assert nick[3] not in peers_of(lab, 2)
+    # No candidate behind a NAT that maps per destination: nothing to punch to.
+    assert status(lab, 3)["nat"]["candidate"] == ""
+    assert status(lab, 2)["nat"]["punching"] == {}
+    p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
+    assert p3["via"] is not None  # shown as relayed
+    assert "via " in lab.mesh(2, "status", "peers").stdout
 
 
 def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
@@ -104,3 +113,88 @@ def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
     crossed = lab.wan_bytes(1) - before
     print(f"bytes through h1 during an 8 MiB transfer between h2 and h3: {crossed}")
     assert crossed < 1 << 20
+
+
+def punched(lab: Lab, nick: dict[int, str]) -> bool:
+    """h2's connection to h3 is made through h1 and carries UDP both ways."""
+    c = {x.get("nickname"): x for x in status(lab, 2)["connections"]}.get(nick[3])
+    return c is not None and c["state"] == "established" and c.get("relay") == nick[1]
+
+
+def two_nats(lab: Lab) -> dict[int, str]:
+    lab.launch(1)
+    lab.launch(2, lab.addr(1))
+    lab.launch(3, lab.addr(1))
+    nick = {i: status(lab, i)["nickname"] for i in (1, 2, 3)}
+    lab.wait_for("h2 and h3 punched through their NATs", lambda: punched(lab, nick), timeout=60)
+    return nick
+
+
+def test_two_hosts_behind_two_nats_punch_a_direct_path(lab_factory: LabFactory) -> None:
+    """h2 and h3 behind NATs of their own, each told only of h1: they dial
+    each other through h1, punch UDP through both NATs, and their containers'
+    traffic goes direct (h1's interface counts what crosses it)."""
+    lab = lab_factory(3, nat={2: "a", 3: "b"})
+    nick = two_nats(lab)
+    at2 = {x.get("nickname"): x for x in status(lab, 2)["connections"]}[nick[3]]
+    assert at2["udp_address"] == lab.public("b") + ":6783", at2
+    p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
+    assert p3["via"] is None  # the data goes direct
+    assert "punched, dialled through" in lab.mesh(2, "status", "connections").stdout
+    c2, c3 = lab.container("c2"), lab.container("c3")
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for(
+        "c2 reaches c3",
+        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=20,
+    )
+    before = lab.wan_bytes(1)
+    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 8 << 20)
+    assert sent == got
+    crossed = lab.wan_bytes(1) - before
+    print(f"bytes through h1 during an 8 MiB transfer between two NATed hosts: {crossed}")
+    assert crossed < 1 << 20
+
+
+def test_a_nat_reboot_sends_traffic_through_the_relay_then_direct_again(
+    lab_factory: LabFactory,
+) -> None:
+    """h2's NAT reboots (every mapping gone) and maps to other ports since:
+    the punched path breaks, c2's pings to c3 go on through h1 within
+    seconds, the two punch again to h2's new port and go direct."""
+    lab = lab_factory(3, nat={2: "a", 3: "b"})
+    nick = two_nats(lab)
+    c2, c3 = lab.container("c2"), lab.container("c3")
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for(
+        "c2 reaches c3",
+        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=20,
+    )
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", c2, "ping", "-c", "300", "-i", "0.1", "-W", "1", "10.32.0.3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        lab.reboot_nat("a", ports="20000-29999")
+        rebooted = time.monotonic()
+        out, _ = pinger.communicate(timeout=60)
+    finally:
+        pinger.kill()
+    lost = 300 - int(re.search(r"(\d+) received", out).group(1))  # type: ignore[union-attr]
+    print(f"pings lost (10/s) across the NAT's reboot: {lost} of 300")
+    assert lost <= 100, out  # 10 s at most without a path
+    lab.wait_for("h2 and h3 punched again", lambda: punched(lab, nick), timeout=90)
+    print(f"punched again {time.monotonic() - rebooted:.0f}s after the reboot")
+    at2 = {x.get("nickname"): x for x in status(lab, 3)["connections"]}[nick[2]]
+    host, port = at2["udp_address"].rsplit(":", 1)
+    assert host == lab.public("a")
+    assert 20000 <= int(port) <= 29999, at2
+    before = lab.wan_bytes(1)
+    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 4 << 20)
+    assert sent == got
+    assert lab.wan_bytes(1) - before < 1 << 20

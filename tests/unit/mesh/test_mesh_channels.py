@@ -107,6 +107,7 @@ def test_every_message_type_has_one_handler() -> None:
         MessageType.REVOKE,
         MessageType.AUTH,
         MessageType.RETIRE_PASSWORD,
+        MessageType.TUNNEL,
         *itertools.chain.from_iterable(
             [c.mtype] + ([c.relayed] if c.relayed is not None else []) for c in mesh.channels
         ),
