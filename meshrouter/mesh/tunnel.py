@@ -43,6 +43,7 @@ HEADER = struct.Struct("!6s6sBI")  # dst, origin, flags, tunnel id
 FROM_INITIATOR = 1
 KNOWN_FLAGS = FROM_INITIATOR
 MAX_CHUNK = 16384  # stream bytes per TUNNEL message
+MAX_PER_PEER = 2  # tunnels from one peer at once (a replacement beside the old one)
 HOLD = 2.0  # both candidates known this long before a first try
 PUNCH_TIMEOUT = 15.0  # UDP not up both ways by then (or lost that long): closed
 BACKOFF_FIRST = 20.0
@@ -106,8 +107,13 @@ class Tunnels:
                 out[who] = "punched" if conn.state is ConnState.ESTABLISHED else "punching"
         for name, at in self.next_try.items():
             who = self.m.nickname_of(name)
-            if who not in out and at > now and name in self.m.gossip.records:
-                out[who] = f"relayed: no direct path, next try in {at - now:.0f}s"
+            if who in out or name not in self.m.gossip.records:
+                continue
+            if self.candidate() and self.m.gossip.candidates_of(name):
+                if at > now:
+                    out[who] = f"relayed: no direct path, next try in {at - now:.0f}s"
+            else:  # a NAT now maps per destination, or one of us is behind none
+                out[who] = "relayed: no direct path (no address to punch to)"
         return dict(sorted(out.items()))
 
     def conns(self) -> list[Conn]:
@@ -263,6 +269,9 @@ class Tunnels:
             self.m.counters["tunnel_relay_dropped"] += 1
 
     def _accept(self, relay: Conn, origin: bytes, tid: int, now: float) -> int | None:
+        if sum(1 for c in self.conns() if c.tunnel_to == origin) >= MAX_PER_PEER:
+            self.m.counters["tunnels_refused"] += 1  # a peer that opens tunnel after tunnel
+            return None
         theirs = sorted(self.m.gossip.candidates_of(origin))
         dest = _candidate_addr(theirs[0]) if theirs else None
         index = self.m.open_connection(

@@ -78,8 +78,9 @@ def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
     )
     assert nick[3] not in peers_of(lab, 2)
     # No candidate behind a NAT that maps per destination: nothing to punch to.
-    assert status(lab, 3)["nat"]["candidate"] == ""
-    assert status(lab, 2)["nat"]["punching"] == {}
+    # (h3 may offer one while a single peer has seen it: one try, which fails.)
+    lab.wait_for("h3 offers no candidate", lambda: status(lab, 3)["nat"]["candidate"] == "", 20)
+    assert status(lab, 2)["nat"]["punching"].get(nick[3]) != "punched"
     p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
     assert p3["via"] is not None  # shown as relayed
     assert "via " in lab.mesh(2, "status", "peers").stdout
@@ -138,8 +139,12 @@ def test_two_hosts_behind_two_nats_punch_a_direct_path(lab_factory: LabFactory) 
     nick = two_nats(lab)
     at2 = {x.get("nickname"): x for x in status(lab, 2)["connections"]}[nick[3]]
     assert at2["udp_address"] == lab.public("b") + ":6783", at2
-    p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
-    assert p3["via"] is None  # the data goes direct
+
+    def direct() -> bool:  # the data goes direct, once both records say so
+        p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
+        return p3["via"] is None
+
+    lab.wait_for("h2's route to h3 direct", direct, timeout=10)
     assert "punched, dialled through" in lab.mesh(2, "status", "connections").stdout
     c2, c3 = lab.container("c2"), lab.container("c3")
     lab.mesh(2, "attach", "10.32.0.2/12", c2)

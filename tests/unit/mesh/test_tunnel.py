@@ -126,3 +126,18 @@ def test_a_tunnel_message_for_another_is_passed_on_only_from_its_origin() -> Non
     net.pump()
     assert net.mesh(1).counters["control_messages_bad"] == 1
     assert name(2) in net.mesh(1).peers
+
+
+def test_a_peer_opening_tunnel_after_tunnel_gets_two_at_most() -> None:
+    """Each TUNNEL with a new id would be a handshake waiting for its
+    timeout, taking a place under --conn-limit: two per peer at once."""
+    net = MeshNet(3, ipam="fake")
+    establish(net, (1, 2), (1, 3))
+    relay = net.mesh(2).peers[name(1)]
+    for tid in range(1, 6):
+        net.mesh(2).send_message(
+            relay, MessageType.TUNNEL, encode_tunnel(name(3), name(2), 1, tid, b"")
+        )
+    net.pump()
+    assert sum(1 for c in net.mesh(3).conns.values() if c.via is not None) == 2
+    assert net.mesh(3).counters["tunnels_refused"] == 3
