@@ -93,13 +93,15 @@ def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
     lab.launch(1)
     lab.launch(2, lab.addr(1))
     lab.launch(3, lab.addr(1))
-    nick3 = status(lab, 3)["nickname"]
+    nick2, nick3 = status(lab, 2)["nickname"], status(lab, 3)["nickname"]
     lab.wait_for(
         "h2 and h3 connected directly",
         lambda: nick3 in peers_of(lab, 2) and len(peers_of(lab, 2)) == 2,
         timeout=40,
     )
     assert peers_of(lab, 2)[nick3].startswith("10.99.1.3:"), peers_of(lab, 2)
+    lab.wait_for("h2's route to h3 direct", lambda: direct(lab, 2, nick3), timeout=10)
+    lab.wait_for("h3's route to h2 direct", lambda: direct(lab, 3, nick2), timeout=10)
     c2, c3 = lab.container("c2"), lab.container("c3")
     lab.mesh(2, "attach", "10.32.0.2/12", c2)
     lab.mesh(3, "attach", "10.32.0.3/12", c3)
@@ -114,6 +116,13 @@ def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
     crossed = lab.wan_bytes(1) - before
     print(f"bytes through h1 during an 8 MiB transfer between h2 and h3: {crossed}")
     assert crossed < 1 << 20
+
+
+def direct(lab: Lab, i: int, nick: str) -> bool:
+    """Host i's data to ``nick`` goes direct: once both ends' records show
+    their connection, a moment after it is established."""
+    p = next(p for p in status(lab, i)["peers"] if p["nickname"] == nick)
+    return p["via"] is None
 
 
 def punched(lab: Lab, nick: dict[int, str]) -> bool:
@@ -139,12 +148,7 @@ def test_two_hosts_behind_two_nats_punch_a_direct_path(lab_factory: LabFactory) 
     nick = two_nats(lab)
     at2 = {x.get("nickname"): x for x in status(lab, 2)["connections"]}[nick[3]]
     assert at2["udp_address"] == lab.public("b") + ":6783", at2
-
-    def direct() -> bool:  # the data goes direct, once both records say so
-        p3 = next(p for p in status(lab, 2)["peers"] if p["nickname"] == nick[3])
-        return p3["via"] is None
-
-    lab.wait_for("h2's route to h3 direct", direct, timeout=10)
+    lab.wait_for("h2's route to h3 direct", lambda: direct(lab, 2, nick[3]), timeout=10)
     assert "punched, dialled through" in lab.mesh(2, "status", "connections").stdout
     c2, c3 = lab.container("c2"), lab.container("c3")
     lab.mesh(2, "attach", "10.32.0.2/12", c2)
