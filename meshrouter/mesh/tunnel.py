@@ -107,7 +107,7 @@ class Tunnels:
                 out[who] = "punched" if conn.state is ConnState.ESTABLISHED else "punching"
         for name, at in self.next_try.items():
             who = self.m.nickname_of(name)
-            if who in out or name not in self.m.gossip.records:
+            if who in out or name in self.m.peers or name not in self.m.gossip.records:
                 continue
             if self.candidate() and self.m.gossip.candidates_of(name):
                 if at > now:
