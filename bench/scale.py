@@ -46,6 +46,7 @@ class Row:
     gossip_bytes_per_s: float  # per router
     stable_s: float = 0.0  # watched after convergence (--stable) ...
     closed_while_stable: int = 0  # ... and the connections closed meanwhile (all routers)
+    launched_s: float = 0.0  # when the last 'mesh launch' returned (8 at a time)
 
 
 def status(lab: Lab, i: int) -> RouterStatus | None:
@@ -105,6 +106,7 @@ def _run(n: int, timeout: float, idle: float, stable: float) -> Row:
         lab.launch(1)
         with ThreadPoolExecutor(max_workers=8) as pool:  # as a fleet's boot would
             list(pool.map(lambda i: lab.launch(i, lab.addr(1)), range(2, n + 1)))
+        launched = time.monotonic() - start
         converged = None
         while time.monotonic() - start < timeout:
             counts = [established(status(lab, i)) for i in range(1, n + 1)]
@@ -143,6 +145,7 @@ def _run(n: int, timeout: float, idle: float, stable: float) -> Row:
             sum(sent) / max(1, len(sent)) / idle,
             stable if converged is not None else 0.0,
             closed_late,
+            launched,
         )
     finally:
         lab.close()
@@ -169,15 +172,16 @@ def main() -> int:
         print(f"{n} routers ...", flush=True)
         rows.append(run(n, args.timeout, args.idle, args.stable))
     head = (
-        "routers  full mesh s  min est  handshakes/conn  dup closes  idle CPU %  RSS MiB"
-        "  gossip B/s  closed in stable window"
+        "routers  launched s  full mesh s  min est  handshakes/conn  dup closes  idle CPU %"
+        "  RSS MiB  gossip B/s  closed in stable window"
     )
     print(head)
     for r in rows:
         conv = f"{r.converged_s:.1f}" if r.converged_s is not None else "never"
         window = f"{r.closed_while_stable} in {r.stable_s:.0f} s" if r.stable_s else "-"
         print(
-            f"{r.routers:7d}  {conv:>11}  {r.established_min:7d}  {r.handshakes_per_conn:15.2f}"
+            f"{r.routers:7d}  {r.launched_s:10.1f}  {conv:>11}  {r.established_min:7d}"
+            f"  {r.handshakes_per_conn:15.2f}"
             f"  {r.duplicates_closed:10d}  {r.idle_cpu_pct:10.1f}  {r.rss_mib:7.1f}"
             f"  {r.gossip_bytes_per_s:10.0f}  {window}"
         )
