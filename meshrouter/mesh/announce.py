@@ -107,7 +107,7 @@ class Announcer:
         # Our UDP address as the mesh sees it behind a NAT, a candidate to punch
         # to: an entry to ourselves marked outbound, which no one dials (a
         # release before 0.2 does, and fails: the NAT lets nothing in).
-        candidate = self.m.tunnels.candidate()
+        candidate = self.m.reflection.candidate()
         if candidate:
             conns.append(ConnInfo(self.m.me, candidate, False, True))
         if self.m.gossip.set_connections(conns) is not None:

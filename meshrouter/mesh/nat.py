@@ -96,6 +96,21 @@ class Reflection:
                 out.setdefault(udp, []).append(conn.result.peer.nickname)
         return {k: sorted(v) for k, v in sorted(out.items())}
 
+    def behind_nat(self) -> bool:
+        """Neighbours see us at an address that is none of ours."""
+        mine = {host_of(a) for a in self.m.advertised}
+        return bool(mine) and any(host_of(a) not in mine for a in self.seen_udp())
+
+    def candidate(self) -> str:
+        """Our UDP address as the mesh sees it, when a NAT maps it alike for
+        every destination ("" when not behind one, or when it maps per
+        destination: then no one can punch to us; ``tunnel``)."""
+        seen = self.seen_udp()
+        if len(seen) != 1 or not self.behind_nat():
+            return ""
+        (addr,) = seen
+        return addr
+
     def symmetric(self) -> bool:
         """Neighbours see one public address of ours with different ports: a
         NAT that maps per destination."""

@@ -19,7 +19,6 @@ from meshrouter.contract.status import (
     TargetState,
     TargetStatus,
 )
-from meshrouter.mesh.nat import host_of
 from meshrouter.mesh.targets import Target
 from meshrouter.proto.cert import Certificate
 from meshrouter.proto.crypto import SUITES
@@ -62,13 +61,11 @@ def mesh_status(m: Mesh, now: float) -> MeshStatus:
 
 
 def nat_status(m: Mesh, now: float = 0.0) -> NatStatus:
-    seen = m.reflection.seen_udp()
-    mine = {host_of(a) for a in m.advertised}
     return {
-        "seen_udp": seen,
-        "behind_nat": bool(mine) and any(host_of(a) not in mine for a in seen),
+        "seen_udp": m.reflection.seen_udp(),
+        "behind_nat": m.reflection.behind_nat(),
         "symmetric": m.reflection.symmetric(),
-        "candidate": m.tunnels.candidate(),
+        "candidate": m.reflection.candidate(),
         "punching": m.tunnels.states(now),
     }
 

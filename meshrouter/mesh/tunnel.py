@@ -85,22 +85,12 @@ class Tunnels:
         self.now = 0.0
         self.told = ""  # the candidate our record carries
 
-    # -- candidates -----------------------------------------------------------------
-
-    def candidate(self) -> str:
-        """Our UDP address as the mesh sees it, when a NAT maps it alike for
-        every destination ("" when not behind one, or when it maps per
-        destination: then no one can punch to us)."""
-        seen = self.m.reflection.seen_udp()
-        mine = {host_of(a) for a in self.m.advertised}
-        if len(seen) != 1 or not mine:
-            return ""
-        (addr,) = seen
-        return addr if host_of(addr) not in mine else ""
+    # -- status ---------------------------------------------------------------------
 
     def states(self, now: float) -> dict[str, str]:
         """Each peer behind another NAT: punched, punching, or relayed."""
         out: dict[str, str] = {}
+        ours = self.m.reflection.candidate()
         for conn in self.conns():
             if conn.name or conn.tunnel_to:
                 who = self.m.nickname_of(conn.name or conn.tunnel_to)
@@ -109,7 +99,7 @@ class Tunnels:
             who = self.m.nickname_of(name)
             if who in out or name in self.m.peers or name not in self.m.gossip.records:
                 continue
-            if self.candidate() and self.m.gossip.candidates_of(name):
+            if ours and self.m.gossip.candidates_of(name):
                 if at > now:
                     out[who] = f"relayed: no direct path, next try in {at - now:.0f}s"
             else:  # a NAT now maps per destination, or one of us is behind none
@@ -123,15 +113,16 @@ class Tunnels:
 
     def tick(self, now: float) -> None:
         self.now = now
-        if self.candidate() != self.told:
-            self.told = self.candidate()
+        ours = self.m.reflection.candidate()
+        if ours != self.told:
+            self.told = ours
             self.m.announce.own_record_changed()
         for conn in self.conns():
             if conn.control.state is not State.CLOSED and now >= conn.control.get_timer():
                 conn.control.handle_timer(now)
                 self.m.process(conn, now)
             self._check_path(conn, now)
-        self._open_due(now)
+        self._open_due(ours, now)
 
     def _check_path(self, conn: Conn, now: float) -> None:
         if conn.control.state is State.CLOSED:
@@ -145,8 +136,7 @@ class Tunnels:
             self.m.counters["punches_failed"] += 1
             self.m.close_connection(conn, NO_PATH, now)
 
-    def _open_due(self, now: float) -> None:
-        ours = self.candidate()
+    def _open_due(self, ours: str, now: float) -> None:
         if not ours:
             self.both_known.clear()
             return
