@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from meshrouter.contract.status import ConnectionStatus
 from meshrouter.testing.netlab import Lab, status, tcp_transfer
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -26,6 +27,33 @@ def peers_of(lab: Lab, i: int) -> dict[str, str]:
         for c in status(lab, i)["connections"]
         if c["state"] == "established"
     }
+
+
+def connection(lab: Lab, i: int, nick: str) -> ConnectionStatus | None:
+    """Host i's connection to ``nick``, if it has one."""
+    return next((c for c in status(lab, i)["connections"] if c.get("nickname") == nick), None)
+
+
+def containers(lab: Lab, what: str = "c2 reaches c3") -> tuple[str, str]:
+    """A container on h2 and one on h3, attached, the first reaching the second."""
+    c2, c3 = lab.container("c2"), lab.container("c3")
+    lab.mesh(2, "attach", "10.32.0.2/12", c2)
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.wait_for(
+        what,
+        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        timeout=20,
+    )
+    return c2, c3
+
+
+def through_h1(lab: Lab, c2: str, c3: str, size: int) -> int:
+    """Bytes that crossed h1's underlay interface while ``size`` bytes went
+    from c2 to c3, intact."""
+    before = lab.wan_bytes(1)
+    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", size)
+    assert sent == got
+    return lab.wan_bytes(1) - before
 
 
 def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
@@ -68,14 +96,7 @@ def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
     assert nat2 == status(lab, 2)["nat"]  # steady
     assert not status(lab, 1)["nat"]["behind_nat"]
     # h2 and h3 cannot reach each other directly: their containers' traffic is relayed.
-    c2, c3 = lab.container("c2"), lab.container("c3")
-    lab.mesh(2, "attach", "10.32.0.2/12", c2)
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
-    lab.wait_for(
-        "c2 reaches c3 through a relay",
-        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
-        timeout=20,
-    )
+    containers(lab, "c2 reaches c3 through a relay")
     assert nick[3] not in peers_of(lab, 2)
     # No candidate behind a NAT that maps per destination: nothing to punch to.
     # (h3 may offer one while a single peer has seen it: one try, which fails.)
@@ -102,18 +123,8 @@ def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
     assert peers_of(lab, 2)[nick3].startswith("10.99.1.3:"), peers_of(lab, 2)
     lab.wait_for("h2's route to h3 direct", lambda: direct(lab, 2, nick3), timeout=10)
     lab.wait_for("h3's route to h2 direct", lambda: direct(lab, 3, nick2), timeout=10)
-    c2, c3 = lab.container("c2"), lab.container("c3")
-    lab.mesh(2, "attach", "10.32.0.2/12", c2)
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
-    lab.wait_for(
-        "c2 reaches c3",
-        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
-        timeout=20,
-    )
-    before = lab.wan_bytes(1)
-    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 8 << 20)
-    assert sent == got
-    crossed = lab.wan_bytes(1) - before
+    c2, c3 = containers(lab)
+    crossed = through_h1(lab, c2, c3, 8 << 20)
     print(f"bytes through h1 during an 8 MiB transfer between h2 and h3: {crossed}")
     assert crossed < 1 << 20
 
@@ -127,7 +138,7 @@ def direct(lab: Lab, i: int, nick: str) -> bool:
 
 def punched(lab: Lab, nick: dict[int, str]) -> bool:
     """h2's connection to h3 is made through h1 and carries UDP both ways."""
-    c = {x.get("nickname"): x for x in status(lab, 2)["connections"]}.get(nick[3])
+    c = connection(lab, 2, nick[3])
     return c is not None and c["state"] == "established" and c.get("relay") == nick[1]
 
 
@@ -146,22 +157,13 @@ def test_two_hosts_behind_two_nats_punch_a_direct_path(lab_factory: LabFactory) 
     traffic goes direct (h1's interface counts what crosses it)."""
     lab = lab_factory(3, nat={2: "a", 3: "b"})
     nick = two_nats(lab)
-    at2 = {x.get("nickname"): x for x in status(lab, 2)["connections"]}[nick[3]]
+    at2 = connection(lab, 2, nick[3])
+    assert at2 is not None
     assert at2["udp_address"] == lab.public("b") + ":6783", at2
     lab.wait_for("h2's route to h3 direct", lambda: direct(lab, 2, nick[3]), timeout=10)
     assert "punched, dialled through" in lab.mesh(2, "status", "connections").stdout
-    c2, c3 = lab.container("c2"), lab.container("c3")
-    lab.mesh(2, "attach", "10.32.0.2/12", c2)
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
-    lab.wait_for(
-        "c2 reaches c3",
-        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
-        timeout=20,
-    )
-    before = lab.wan_bytes(1)
-    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 8 << 20)
-    assert sent == got
-    crossed = lab.wan_bytes(1) - before
+    c2, c3 = containers(lab)
+    crossed = through_h1(lab, c2, c3, 8 << 20)
     print(f"bytes through h1 during an 8 MiB transfer between two NATed hosts: {crossed}")
     assert crossed < 1 << 20
 
@@ -174,14 +176,7 @@ def test_a_nat_reboot_sends_traffic_through_the_relay_then_direct_again(
     seconds, the two punch again to h2's new port and go direct."""
     lab = lab_factory(3, nat={2: "a", 3: "b"})
     nick = two_nats(lab)
-    c2, c3 = lab.container("c2"), lab.container("c3")
-    lab.mesh(2, "attach", "10.32.0.2/12", c2)
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
-    lab.wait_for(
-        "c2 reaches c3",
-        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
-        timeout=20,
-    )
+    c2, c3 = containers(lab)
     pinger = subprocess.Popen(
         ["ip", "netns", "exec", c2, "ping", "-c", "300", "-i", "0.1", "-W", "1", "10.32.0.3"],
         stdout=subprocess.PIPE,
@@ -199,11 +194,9 @@ def test_a_nat_reboot_sends_traffic_through_the_relay_then_direct_again(
     assert lost <= 100, out  # 10 s at most without a path
     lab.wait_for("h2 and h3 punched again", lambda: punched(lab, nick), timeout=90)
     print(f"punched again {time.monotonic() - rebooted:.0f}s after the reboot")
-    at2 = {x.get("nickname"): x for x in status(lab, 3)["connections"]}[nick[2]]
-    host, port = at2["udp_address"].rsplit(":", 1)
+    at2 = connection(lab, 3, nick[2])
+    assert at2 is not None
+    host, port = str(at2["udp_address"]).rsplit(":", 1)
     assert host == lab.public("a")
     assert 20000 <= int(port) <= 29999, at2
-    before = lab.wan_bytes(1)
-    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 4 << 20)
-    assert sent == got
-    assert lab.wan_bytes(1) - before < 1 << 20
+    assert through_h1(lab, c2, c3, 4 << 20) < 1 << 20
