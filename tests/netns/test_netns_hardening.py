@@ -252,6 +252,13 @@ def test_no_input_stops_the_router(lab_factory: LabFactory) -> None:
         )
         assert int(r.stdout) == n
         tried[what] = n
+    # A peer with the password: garbage control messages of every type after
+    # a real handshake, crafted TUNNEL ones among them (to h1, through it to h2).
+    h2 = status(lab, 2)["name"].replace(":", "")
+    fuzz = ("-m", "meshrouter.testing.msgfuzz", lab.addr(1), "6783", pw, h2, "300", "21")
+    r = lab.run(2, sys.executable, *fuzz, timeout=120)
+    assert r.stdout.startswith("sent 300,"), r.stdout + r.stderr
+    tried["control messages of a peer with the password"] = 300
     for mode, n, what in (("udp", 300, "DNS datagrams"), ("tcp", 30, "DNS connections")):
         r = lab.in_ns(c1, sys.executable, "-c", _NET_FUZZ, mode, "169.254.53.53", "53", str(n))
         assert int(r.stdout) == n
@@ -266,6 +273,10 @@ def test_no_input_stops_the_router(lab_factory: LabFactory) -> None:
     assert set(st["drops"]) <= DROP_REASONS, set(st["drops"]) - DROP_REASONS
     assert st["counters"]["api_bad_requests"] > 50
     assert "api_errors" not in st["counters"], "a bug behind an API request"
+    # The crafted TUNNEL messages reached their handler: passed on, or counted.
+    tunnel = ("tunnel_relay_dropped", "tunnel_unknown", "tunnel_bytes_relayed")
+    assert sum(st["counters"].get(k, 0) for k in tunnel) > 0, st["counters"]
+    assert "connection_crashes" not in st["counters"], "a bug behind a control message"
     assert "Traceback" not in (lab.state_dir(1) / "router.err").read_text()
     metrics = lab.run(1, sys.executable, "-c", _HTTP_GET).stdout
     assert "mesh_drops_total" in metrics
