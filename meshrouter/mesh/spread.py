@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from meshrouter.mesh.topology import DIGEST, Gossip, encode_records
+from meshrouter.mesh.topology import DIGEST, Gossip
 
 GOSSIP_SPACING = 0.5  # seconds between topology messages to one neighbour
 ANTI_ENTROPY_INTERVAL = 30.0  # seconds between digests (whole views to v1 peers)
@@ -136,12 +136,12 @@ class Spreader:
                 continue
             n.sent_at = now
             if n.full:
-                out.append((peer, encode_records(self.g.records.values())))
+                out.append((peer, self.g.encode(self.g.records.values())))
             elif n.pending:
                 key = frozenset(n.pending)
                 if key not in cache:
                     recs = [self.g.records[x] for x in sorted(key) if x in self.g.records]
-                    cache[key] = encode_records(recs) if recs else b""
+                    cache[key] = self.g.encode(recs) if recs else b""
                 if cache[key]:
                     out.append((peer, cache[key]))
             if n.digest:

@@ -25,7 +25,7 @@ Wire format of a TOPOLOGY gossip payload::
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,19 +81,22 @@ def merge(records: dict[bytes, PeerRecord], incoming: Iterable[PeerRecord]) -> l
 # -- encoding -----------------------------------------------------------------
 
 
+def encode_record(r: PeerRecord) -> bytes:
+    """One record as it goes on the wire (``encode_records`` is a count and these)."""
+    nick = r.nickname.encode()[:64]
+    out = bytearray(_REC.pack(r.name, r.uid, r.version, len(nick)))
+    out += nick
+    out += _U16.pack(len(r.connections))
+    for c in r.connections:
+        addr = c.address.encode()[:255]
+        flags = (1 if c.established else 0) | (2 if c.outbound else 0)
+        out += _CONN.pack(c.peer, flags, len(addr)) + addr
+    return bytes(out)
+
+
 def encode_records(records: Iterable[PeerRecord]) -> bytes:
     recs = list(records)
-    out = bytearray([TOPOLOGY])
-    out += _U16.pack(len(recs))
-    for r in recs:
-        nick = r.nickname.encode()[:64]
-        out += _REC.pack(r.name, r.uid, r.version, len(nick)) + nick
-        out += _U16.pack(len(r.connections))
-        for c in r.connections:
-            addr = c.address.encode()[:255]
-            flags = (1 if c.established else 0) | (2 if c.outbound else 0)
-            out += _CONN.pack(c.peer, flags, len(addr)) + addr
-    return bytes(out)
+    return b"".join([bytes([TOPOLOGY]), _U16.pack(len(recs)), *map(encode_record, recs)])
 
 
 class _Reader:
@@ -122,6 +125,18 @@ class _Reader:
 
 def decode_records_untrusted(payload: bytes) -> list[PeerRecord]:
     """Parse a TOPOLOGY payload.  Raises only BadPacket."""
+    return [rec for rec, _ in _decode(payload, None)]
+
+
+def _decode(
+    payload: bytes, held: Callable[[bytes], bytes | None] | None
+) -> list[tuple[PeerRecord, bytes]]:
+    """The records of a TOPOLOGY payload, each with its bytes.  A record
+    whose bytes are those ``held(name)`` gives (the encoding of the record
+    we hold of that name) is left out unparsed: merging it would change
+    nothing, and most gossip repeats what the receiver has.  Identical
+    bytes are an identical record, as the encoding delimits itself.
+    Raises only BadPacket."""
     if not payload or payload[0] != TOPOLOGY:
         raise BadPacket("not a topology gossip payload")
     r = _Reader(payload)
@@ -129,6 +144,12 @@ def decode_records_untrusted(payload: bytes) -> list[PeerRecord]:
     (count,) = r.unpack(_U16)
     out = []
     for _ in range(count):
+        start = r.pos
+        if held is not None:
+            raw = held(payload[start : start + 6])
+            if raw is not None and payload.startswith(raw, start):
+                r.pos += len(raw)
+                continue
         name, uid, version, nick_len = r.unpack(_REC)
         nick = r.text(nick_len)
         (n_conns,) = r.unpack(_U16)
@@ -136,7 +157,8 @@ def decode_records_untrusted(payload: bytes) -> list[PeerRecord]:
         for _ in range(n_conns):
             peer, flags, alen = r.unpack(_CONN)
             conns.append(ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2)))
-        out.append(PeerRecord(name, uid, version, nick, tuple(sorted(conns))))
+        rec = PeerRecord(name, uid, version, nick, tuple(sorted(conns)))
+        out.append((rec, payload[start : r.pos]))
     if r.pos != len(payload):
         raise BadPacket("trailing bytes after gossip")
     return out
@@ -158,6 +180,7 @@ class Gossip:
         self.gc_after = gc_after
         self._unreachable_since: dict[bytes, float] = {}
         self._routes: Routes | None = None
+        self._raw: dict[bytes, tuple[PeerRecord, bytes]] = {}  # name: (record, its bytes)
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -173,11 +196,29 @@ class Gossip:
             return None
         self.records[self.me] = PeerRecord(own.name, own.uid, own.version + 1, own.nickname, new)
         self._routes = None
-        return self._out(encode_records([self.records[self.me]]))
+        return self._out(self.encode([self.records[self.me]]))
 
     def full(self) -> bytes:
         """Everything we know, for a new neighbour or periodic anti-entropy."""
-        return self._out(encode_records(self.records.values()))
+        return self._out(self.encode(self.records.values()))
+
+    def encode(self, records: Iterable[PeerRecord]) -> bytes:
+        """``encode_records``, each record encoded once while we hold it."""
+        recs = list(records)
+        return b"".join([bytes([TOPOLOGY]), _U16.pack(len(recs)), *map(self._bytes_of, recs)])
+
+    def _bytes_of(self, rec: PeerRecord) -> bytes:
+        hit = self._raw.get(rec.name)
+        if hit is not None and hit[0] is rec:
+            return hit[1]
+        raw = encode_record(rec)
+        self._raw[rec.name] = (rec, raw)
+        return raw
+
+    def _held(self, name: bytes) -> bytes | None:
+        """The bytes of the record we hold of ``name``, if they are known."""
+        hit = self._raw.get(name)
+        return hit[1] if hit is not None and hit[0] is self.records.get(name) else None
 
     def receive_untrusted(self, payload: bytes) -> bytes | None:
         """Merge a gossip payload; return what to pass on to the other neighbours.
@@ -185,17 +226,20 @@ class Gossip:
         Raises only BadPacket.
         """
         won = self.receive_records_untrusted(payload)
-        return self._out(encode_records(won)) if won else None
+        return self._out(self.encode(won)) if won else None
 
     def receive_records_untrusted(self, payload: bytes) -> list[PeerRecord]:
         """Merge a TOPOLOGY payload; the records that were news (ours among
         them when we jumped above a record of an earlier life).  Raises only
         BadPacket."""
         self.bytes_received += len(payload)
-        incoming = decode_records_untrusted(payload)
-        mine = [r for r in incoming if r.name == self.me]
-        others = [r for r in incoming if r.name != self.me]
+        decoded = _decode(payload, self._held)
+        mine = [r for r, _ in decoded if r.name == self.me]
+        others = [r for r, _ in decoded if r.name != self.me]
         won = merge(self.records, others)
+        for rec, raw in decoded:
+            if self.records.get(rec.name) is rec:
+                self._raw[rec.name] = (rec, raw)
         for r in mine:
             if self._jump_above(r.version, r.uid, r.key()):
                 won.append(self.records[self.me])
@@ -274,6 +318,7 @@ class Gossip:
             since = self._unreachable_since.setdefault(name, now)
             if now - since >= self.gc_after:
                 del self.records[name]
+                self._raw.pop(name, None)
                 del self._unreachable_since[name]
                 gone.append(name)
         if gone:
