@@ -8,9 +8,11 @@ target waits as if it had failed.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
+from meshrouter.base.inputs import split_address
 from meshrouter.contract.status import TargetState
 from meshrouter.mesh.actions import TargetsChanged
 
@@ -67,9 +69,16 @@ class Maker:
         router that learns of N peers at once opens them a few at a time."""
         busy = sum(1 for t in self.m.targets if t.state is TargetState.CONNECTING)
         busy += sum(1 for c in self.m.conns.values() if c.initiator and c.result is None)
+        # Hosts that are dialling us (their handshake under way): a discovered
+        # target there waits for it, or its dial would make a duplicate.
+        calling = {
+            _host(c.remote[0]) for c in self.m.conns.values() if not c.initiator and not c.name
+        }
         out: list[str] = []
         for t in self.m.targets.due(now, limit=max(0, MAX_DIALING - busy)):
-            if len(self.m.conns) + len(out) >= self.m.conn_limit:
+            if t.discovered and _host(split_address(t.address, 1)[0]) in calling:
+                self.m.targets.postpone(t.address, now + DEFER / 2)
+            elif len(self.m.conns) + len(out) >= self.m.conn_limit:
                 self.failed(t.address, "at the connection limit (--conn-limit)", now)
             else:
                 out.append(t.address)
@@ -159,3 +168,14 @@ class Maker:
         self.m.targets.sync_discovered(wanted, now)
         if len(self.m.targets) != before:
             self.m.act(TargetsChanged())
+
+
+def _host(host: str) -> str:
+    """One spelling of a host: an IPv4 peer on a dual-stack socket shows as
+    ``::ffff:a.b.c.d``."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)

@@ -88,6 +88,13 @@ class Targets:
                 out.append(t)
         return out
 
+    def postpone(self, addr: str, until: float) -> None:
+        """A due target that should not be attempted yet, and did not fail."""
+        t = self._targets.get(addr)
+        if t is not None and t.state is TargetState.CONNECTING:
+            t.state, t.next_try = TargetState.WAITING, until
+            t.attempts -= 1
+
     def next_deadline(self) -> float:
         waits = [t.next_try for t in self._targets.values() if t.state is TargetState.WAITING]
         return min(waits, default=math.inf)

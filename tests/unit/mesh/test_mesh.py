@@ -234,6 +234,29 @@ def test_the_smaller_name_dials_after_all_when_no_connection_comes() -> None:
     assert net.mesh(1).maker.dials_due(net.now) == [address(3)]
 
 
+def test_the_smaller_name_waits_while_the_larger_ones_handshake_is_under_way() -> None:
+    """On a starved CPU 3's handshake can outlast 1's wait: 1 does not dial
+    into it (a duplicate to close), and dials after all if it fails."""
+    net = MeshNet(3)
+    establish(net, (1, 2), (2, 3))
+    net.tick(12.0)  # 1's own dial of 3 is due now (3 to 9 s)
+    m1 = net.mesh(1)
+    inbound = m1.open_connection(
+        initiator=False,
+        remote=("::ffff:" + net.nodes[2].host, 40003),
+        now=net.now,
+        ephemeral=bytes(32),
+    )
+    assert inbound is not None
+    assert m1.maker.dials_due(net.now) == []
+    assert m1.targets.get(address(3)) is not None
+    assert m1.targets.get(address(3)).attempts == 0  # type: ignore[union-attr]
+    m1.close_connection(m1.conns[inbound], "handshake timed out", net.now)
+    net.pump()
+    net.tick(4.0)
+    assert m1.maker.dials_due(net.now) == [address(3)]
+
+
 def test_a_router_that_learns_of_many_peers_dials_a_few_at_a_time() -> None:
     from meshrouter.mesh.maker import MAX_DIALING
 
