@@ -144,6 +144,15 @@ class Maker:
         )
         return [*connecting, *rest[: max(0, room - len(connecting))]]
 
+    def _dialable(self, addr: str) -> bool:
+        """A gossiped address the way a target holds one (``host:port``,
+        canonical): a peer's record may say anything, and what is dialled
+        and compared later must parse."""
+        try:
+            return self.m.targets.canonical(addr) == addr
+        except ValueError:
+            return False
+
     def sync_discovered(self, now: float) -> None:
         """Dial every peer the topology knows that we have no connection to.
         Of two peers that learn of each other, the one with the larger name
@@ -156,7 +165,7 @@ class Maker:
         for name in self._chosen(operator):
             # A peer's other addresses (another family, say) wait their turn.
             for k, addr in enumerate(sorted(self.m.gossip.addresses_of(name) - operator)):
-                if addr in self.forgotten:
+                if addr in self.forgotten or not self._dialable(addr):
                     continue
                 if self.m.targets.get(addr) is not None:
                     wanted[addr] = now  # known already: it keeps its own schedule

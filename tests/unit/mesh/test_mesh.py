@@ -257,6 +257,23 @@ def test_the_smaller_name_waits_while_the_larger_ones_handshake_is_under_way() -
     assert m1.maker.dials_due(net.now) == [address(3)]
 
 
+def test_addresses_in_a_peers_record_that_do_not_parse_are_never_targets() -> None:
+    """A record may name any text as an address: none of it becomes a target
+    to dial or compare (it used to reach the dialler, and the maker's parse)."""
+    from meshrouter.mesh.topology import ConnInfo, PeerRecord
+
+    m = MeshNet(1).mesh(1)
+    x, y = bytes([2, 0, 0, 0, 0, 9]), bytes([2, 0, 0, 0, 0, 8])
+    bad = ["bad host:1", "nocolon", "[::1", "a:b:c", ":", "[]:x", "198.18.0.9"]
+    good = "198.18.0.9:6783"
+    conns = tuple(sorted(ConnInfo(x, a, True, False) for a in [*bad, good]))
+    m.gossip.records[y] = PeerRecord(y, 1, 1, "y", conns)
+    m.gossip.records[x] = PeerRecord(x, 1, 1, "x", ())
+    m.maker.sync_discovered(0.0)
+    assert [t.address for t in m.targets] == [good]
+    assert m.maker.dials_due(100.0) == [good]
+
+
 def test_a_router_that_learns_of_many_peers_dials_a_few_at_a_time() -> None:
     from meshrouter.mesh.maker import MAX_DIALING
 
