@@ -94,9 +94,11 @@ def encode_record(r: PeerRecord) -> bytes:
     return bytes(out)
 
 
-def encode_records(records: Iterable[PeerRecord]) -> bytes:
+def encode_records(
+    records: Iterable[PeerRecord], encode: Callable[[PeerRecord], bytes] = encode_record
+) -> bytes:
     recs = list(records)
-    return b"".join([bytes([TOPOLOGY]), _U16.pack(len(recs)), *map(encode_record, recs)])
+    return b"".join([bytes([TOPOLOGY]), _U16.pack(len(recs)), *map(encode, recs)])
 
 
 class _Reader:
@@ -123,20 +125,14 @@ class _Reader:
             raise BadPacket("gossip text is not UTF-8") from exc
 
 
-def decode_records_untrusted(payload: bytes) -> list[PeerRecord]:
-    """Parse a TOPOLOGY payload.  Raises only BadPacket."""
-    return [rec for rec, _ in _decode(payload, None)]
-
-
-def _decode(
-    payload: bytes, held: Callable[[bytes], bytes | None] | None
-) -> list[tuple[PeerRecord, bytes]]:
-    """The records of a TOPOLOGY payload, each with its bytes.  A record
-    whose bytes are those ``held(name)`` gives (the encoding of the record
-    we hold of that name) is left out unparsed: merging it would change
-    nothing, and most gossip repeats what the receiver has.  Identical
-    bytes are an identical record, as the encoding delimits itself.
-    Raises only BadPacket."""
+def decode_records_untrusted(
+    payload: bytes, held: Callable[[bytes], bytes | None] | None = None
+) -> list[PeerRecord]:
+    """Parse a TOPOLOGY payload.  A record whose bytes are those ``held(name)``
+    gives (our encoding of the record we hold of that name) is left out
+    unparsed: merging it would change nothing, and most gossip repeats what
+    the receiver has.  Identical bytes are an identical record, as the
+    encoding delimits itself.  Raises only BadPacket."""
     if not payload or payload[0] != TOPOLOGY:
         raise BadPacket("not a topology gossip payload")
     r = _Reader(payload)
@@ -144,10 +140,9 @@ def _decode(
     (count,) = r.unpack(_U16)
     out = []
     for _ in range(count):
-        start = r.pos
         if held is not None:
-            raw = held(payload[start : start + 6])
-            if raw is not None and payload.startswith(raw, start):
+            raw = held(payload[r.pos : r.pos + 6])
+            if raw is not None and payload.startswith(raw, r.pos):
                 r.pos += len(raw)
                 continue
         name, uid, version, nick_len = r.unpack(_REC)
@@ -157,8 +152,7 @@ def _decode(
         for _ in range(n_conns):
             peer, flags, alen = r.unpack(_CONN)
             conns.append(ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2)))
-        rec = PeerRecord(name, uid, version, nick, tuple(sorted(conns)))
-        out.append((rec, payload[start : r.pos]))
+        out.append(PeerRecord(name, uid, version, nick, tuple(sorted(conns))))
     if r.pos != len(payload):
         raise BadPacket("trailing bytes after gossip")
     return out
@@ -204,8 +198,7 @@ class Gossip:
 
     def encode(self, records: Iterable[PeerRecord]) -> bytes:
         """``encode_records``, each record encoded once while we hold it."""
-        recs = list(records)
-        return b"".join([bytes([TOPOLOGY]), _U16.pack(len(recs)), *map(self._bytes_of, recs)])
+        return encode_records(records, self._bytes_of)
 
     def _bytes_of(self, rec: PeerRecord) -> bytes:
         hit = self._raw.get(rec.name)
@@ -216,9 +209,10 @@ class Gossip:
         return raw
 
     def _held(self, name: bytes) -> bytes | None:
-        """The bytes of the record we hold of ``name``, if they are known."""
-        hit = self._raw.get(name)
-        return hit[1] if hit is not None and hit[0] is self.records.get(name) else None
+        """Our encoding of the record we hold of ``name`` (made once: cheaper
+        than parsing the record again when it comes back)."""
+        rec = self.records.get(name)
+        return None if rec is None else self._bytes_of(rec)
 
     def receive_untrusted(self, payload: bytes) -> bytes | None:
         """Merge a gossip payload; return what to pass on to the other neighbours.
@@ -233,13 +227,10 @@ class Gossip:
         them when we jumped above a record of an earlier life).  Raises only
         BadPacket."""
         self.bytes_received += len(payload)
-        decoded = _decode(payload, self._held)
-        mine = [r for r, _ in decoded if r.name == self.me]
-        others = [r for r, _ in decoded if r.name != self.me]
+        incoming = decode_records_untrusted(payload, self._held)
+        mine = [r for r in incoming if r.name == self.me]
+        others = [r for r in incoming if r.name != self.me]
         won = merge(self.records, others)
-        for rec, raw in decoded:
-            if self.records.get(rec.name) is rec:
-                self._raw[rec.name] = (rec, raw)
         for r in mine:
             if self._jump_above(r.version, r.uid, r.key()):
                 won.append(self.records[self.me])
