@@ -1,7 +1,9 @@
 """A peer that knows the mesh password and sends a live router garbage
 control messages of every type after a real handshake (tests: nothing an
 authenticated peer says may stop the router).  TUNNEL gets crafted ones
-too: to the router, through it to another peer, with every flag and id.
+too: to the router, through it to another peer, with every flag and id;
+and GOSSIP records of made-up peers at addresses that do not parse (names
+below any router's, so the router means to dial them within a second).
 When the router closes the connection for a bad message, it dials again.
 Bounded: ``COUNT`` messages, 60 s at most.  Prints "sent N, reconnected M".
 
@@ -16,11 +18,13 @@ import socket
 import sys
 import time
 
+from meshrouter.mesh.topology import ConnInfo, PeerRecord, encode_records
 from meshrouter.mesh.tunnel import encode_tunnel
 from meshrouter.proto.control import ConnectionClosed, ControlConnection, MessageType, State
 from meshrouter.proto.handshake import Identity, derive_psk
 
 FUZZED = [t for t in MessageType if t not in (MessageType.HEARTBEAT, MessageType.CLOSE)]
+BAD_ADDRESSES = ["nocolon", "bad host:1", "[::1", ":", "a:b:c", "[]:x", "198.18.0.250", "x:0"]
 
 
 def _payload(rng: random.Random, mtype: int, me: bytes, peer: bytes) -> bytes:
@@ -30,6 +34,11 @@ def _payload(rng: random.Random, mtype: int, me: bytes, peer: bytes) -> bytes:
         data = rng.randbytes(rng.choice([0, 1, 40, 300]))
         flags = rng.choice([0, 1, rng.randrange(256)])
         return encode_tunnel(dst, origin, flags, rng.randrange(2**32), data)
+    if mtype == MessageType.GOSSIP and rng.random() < 0.5:
+        a, b = bytes(1) + rng.randbytes(5), bytes(1) + rng.randbytes(5)
+        addrs = rng.sample(BAD_ADDRESSES, 3)
+        conns = tuple(sorted(ConnInfo(b, x, True, False) for x in addrs))
+        return encode_records([PeerRecord(a, 1, 1, "fz", conns), PeerRecord(b, 1, 1, "fz", ())])
     return rng.randbytes(rng.choice([0, 1, 5, 17, 64, 700]))
 
 
