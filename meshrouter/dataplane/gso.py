@@ -10,15 +10,32 @@ strided copy when they are the whole run it expects.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from meshrouter.dataplane.pmtu import PROBE_SIZES
 from meshrouter.proto.crypto import buffer_ptr
 from meshrouter.proto.wire import HEADER, MAX_SEGMENTS
 
+if TYPE_CHECKING:
+    import numpy as np
+
 MAX_DATAGRAM = PROBE_SIZES[0]
 SEND_BUFFER = MAX_SEGMENTS * MAX_DATAGRAM  # the most one message can become on the wire
-_SEGMENT_NUMBERS = np.arange(MAX_SEGMENTS, dtype=np.uint8)
+
+
+def numpy() -> Any:
+    """numpy, imported on first use: only the Python loop's segmenting needs
+    it, and importing it costs a router (which runs the C loop) 70-100 ms of
+    CPU at start-up."""
+    import numpy as np
+
+    return np
+
+
+def byte_array(buffer: bytearray) -> np.ndarray:
+    """A uint8 numpy view of ``buffer``, made once by each owner of a buffer."""
+    np = numpy()
+    return np.frombuffer(buffer, np.uint8)  # type: ignore[no-any-return]
 
 
 class SendBuffer:
@@ -26,18 +43,32 @@ class SendBuffer:
     that needs several, its ciphertext before it is cut up (``ct``).  Fixed
     size, with their C pointers and numpy views made once."""
 
-    __slots__ = ("_grids", "arr", "ct", "ct_arr", "ct_ptr", "data", "ptr", "view")
+    __slots__ = ("_arr", "_ct_arr", "_grids", "ct", "ct_ptr", "data", "ptr", "view")
 
     def __init__(self, capacity: int = SEND_BUFFER) -> None:
         self.data = bytearray(capacity)
         self.view = memoryview(self.data)
         self.ptr = buffer_ptr(self.data)
-        self.arr = np.frombuffer(self.data, np.uint8)
         self.ct = bytearray(capacity)
         self.ct_ptr = buffer_ptr(self.ct)
-        self.ct_arr = np.frombuffer(self.ct, np.uint8)
+        self._arr: np.ndarray | None = None  # numpy views, made on first use
+        self._ct_arr: np.ndarray | None = None
         # (datagram size, full datagrams) -> views for lay_out; few distinct keys.
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def arr(self) -> np.ndarray:
+        """``data`` as a numpy array."""
+        if self._arr is None:
+            self._arr = byte_array(self.data)
+        return self._arr
+
+    @property
+    def ct_arr(self) -> np.ndarray:
+        """``ct`` as a numpy array."""
+        if self._ct_arr is None:
+            self._ct_arr = byte_array(self.ct)
+        return self._ct_arr
 
     def lay_out(self, header: bytes, ct_len: int, room: int) -> int:
         """Write ``ct[:ct_len]`` into ``data`` as datagrams of ``header`` (its
@@ -57,9 +88,9 @@ class SendBuffer:
                 src = self.ct_arr[: full * room].reshape(full, room)
                 views = self._grids[(size, full)] = (grid[:, :hs], grid[:, hs:], src)
             heads, bodies, src = views
-            np.copyto(bodies, src)
-            heads[:] = np.frombuffer(header, np.uint8)
-            heads[:, hs - 2] = _SEGMENT_NUMBERS[:full]
+            bodies[:] = src
+            heads[:] = numpy().frombuffer(header, numpy().uint8)
+            heads[:, hs - 2] = _segment_numbers()[:full]
         if rem:
             o = full * size
             view = self.view
@@ -67,6 +98,17 @@ class SendBuffer:
             view[o + hs - 2] = full
             view[o + hs : o + hs + rem] = memoryview(self.ct)[full * room : ct_len]
         return total
+
+
+_SEGMENT_NUMBERS: list[np.ndarray] = []
+
+
+def _segment_numbers() -> np.ndarray:
+    """0, 1, ..., MAX_SEGMENTS - 1 as uint8, made once."""
+    if not _SEGMENT_NUMBERS:
+        np = numpy()
+        _SEGMENT_NUMBERS.append(np.arange(MAX_SEGMENTS, dtype=np.uint8))
+    return _SEGMENT_NUMBERS[0]
 
 
 def compact_untrusted(

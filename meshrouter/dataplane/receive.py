@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import errno
 import os
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.dataplane import libc
-from meshrouter.dataplane.gso import SEND_BUFFER, compact_untrusted
+from meshrouter.dataplane.gso import SEND_BUFFER, byte_array, compact_untrusted
 from meshrouter.dataplane.link import Link, LinkView, PlaneStats
 from meshrouter.dataplane.mactable import MacTable
 from meshrouter.dataplane.send import ETH_AT, MIN_FRAME, PREFIX, Sender
@@ -52,6 +51,9 @@ from meshrouter.proto.wire import (
     parse_header_untrusted,
     parse_route_untrusted,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RECV_BUFFER = 1 << 17  # GRO hands over up to 64 KiB of coalesced datagrams
 PLAIN_BUFFER = SEND_BUFFER  # the largest message's plaintext fits
@@ -87,17 +89,18 @@ class Receiver:
         self.joiner: native.Coalescer | None = None
         self._recv = bytearray(RECV_BUFFER)  # what UDP gives
         self._recv_ptr = buffer_ptr(self._recv)
-        self._recv_arr = np.frombuffer(self._recv, np.uint8)
         self._recv_view = memoryview(self._recv)
         self._rm = libc.RecvMsg(self._recv)  # recvmsg's arguments, made once
         self._src_raw = b""  # port and address of the last authentic sender, raw
         self._src: tuple[str, int] = ("", 0)  # ... and as a tuple
         self._ct = bytearray(PLAIN_BUFFER)  # a message's ciphertext, put back together
         self._ct_ptr = buffer_ptr(self._ct)
-        self._ct_arr = np.frombuffer(self._ct, np.uint8)
         self._plain = bytearray(PLAIN_BUFFER)  # the plaintext of the message just opened
         self._plain_ptr = buffer_ptr(self._plain)
         self._plain_view = memoryview(self._plain)
+        # numpy views of _recv and _ct, made when a run is first compacted
+        # (Python loop only: the C loop compacts its own).
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def recv_buffer(self) -> bytearray:
@@ -201,8 +204,11 @@ class Receiver:
             stop = off + count * seg if off + count * seg < n else n
             copied = -1
             if count > 1:
+                arrays = self._arrays
+                if arrays is None:
+                    arrays = self._arrays = (byte_array(self._recv), byte_array(self._ct))
                 copied = compact_untrusted(
-                    self._recv_arr, off, stop, count, seg, segno, counter, self._ct_arr
+                    arrays[0], off, stop, count, seg, segno, counter, arrays[1]
                 )
             if copied >= 0 and count == nseg:  # the whole message
                 end = stop
