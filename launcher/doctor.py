@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshrouter.base.constants import ETH_HEADER
+from meshrouter.base.constants import ETH_HEADER, PORT
 from meshrouter.contract.status import ConnState, RouterStatus
 
 CERT_WARN_DAYS = 14  # a certificate expiring sooner is worth a warning
@@ -103,14 +103,19 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
     out += _connections(st)
     out += _certificates(st)
     nat = st.get("nat")
-    if nat and nat["symmetric"]:
+    port = st.get("port", PORT)
+    forward = (
+        f"forward TCP and UDP port {port} on the NAT to this host and launch it "
+        f"with --nat-public ADDR:{port}, ADDR the NAT's public address"
+    )
+    if nat and nat["symmetric"] and not nat.get("public"):
         seen = ", ".join(f"{a} by {'/'.join(w)}" for a, w in nat["seen_udp"].items())
         out.append(
             Finding(
                 WARN,
                 f"this host is behind a NAT that maps UDP per destination (peers see {seen})",
                 "no direct path can be punched through it: its peers' traffic takes a relay; "
-                f"forward UDP port {st['port']} on the NAT to this host for direct paths",
+                f"for direct paths, {forward}",
             )
         )
     for who, how in (nat or {}).get("punching", {}).items():
@@ -119,8 +124,8 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                 Finding(
                     WARN,
                     f"no direct path to {who} through the NATs: its traffic is relayed",
-                    "one of the two NATs maps UDP per destination, or blocks it; "
-                    f"forward UDP port {st['port']} to one of the two hosts for a direct path",
+                    "one of the two NATs maps UDP per destination, or blocks it; for a "
+                    f"direct path, on one of the two hosts {forward}",
                 )
             )
     ipam = st["ipam"]

@@ -81,6 +81,8 @@ def summary(st: RouterStatus) -> None:
             else "no NAT seen"
         )
         print(f"      Seen from: {seen}: {kind}")
+    if nat and nat.get("public"):
+        print(f"      Public at: {', '.join(nat['public'])} (--nat-public: peers dial it)")
     for who, how in (nat or {}).get("punching", {}).items():
         print(f"    Through NAT: {who}: {how}")
     print(f"    Connections: {len(conns)} ({est} established)")

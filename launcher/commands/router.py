@@ -228,6 +228,7 @@ def _check_ranges(a: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
     try:
         config.parse_subnets(a.trusted_subnets)
+        config.parse_public(a.nat_public, a.port)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

@@ -132,6 +132,13 @@ class RouterOptions:
         metavar="N",
         check=(1, 100000),
     )
+    nat_public: str = _opt(
+        "",
+        "this host's public address(es) on a NAT that forwards TCP and UDP --port to it, "
+        "ADDR[:PORT],... (port default: --port): peers dial it there, as if it had no "
+        "NAT, instead of punching to it (default: none)",
+        metavar="ADDR[:PORT],...",
+    )
     trusted_subnets: str = _opt(
         "",
         "comma-separated CIDRs of underlay networks trusted to carry data unencrypted: "
@@ -321,6 +328,37 @@ def to_argv(opts: RouterOptions) -> list[str]:
         elif value is not None:
             argv += [_flag(f), str(value)]
     return argv + positional
+
+
+MAX_PUBLIC = 4
+
+
+def parse_public(text: str, port: int) -> tuple[str, ...]:
+    """``--nat-public``: ``ADDR[:PORT],...`` as canonical ``host:port``
+    (IP addresses only: the mesh gossips it, and a peer dials it as written).
+    Raises BadInput (a ValueError) naming the bad one and what it takes."""
+    from meshrouter.base.inputs import format_address, split_address
+
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        hint = "an IP address with an optional port, like 198.51.100.7:6783 or [2001:db8::7]:6783"
+        try:
+            host, p = split_address(part, port)
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise BadInput(f"--nat-public {part!r}: expected {hint}") from None
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
+            raise BadInput(
+                f"--nat-public {part!r}: not an address peers could dial; expected {hint}"
+            )
+        addr = format_address(ip.compressed, p)
+        if addr not in out:
+            out.append(addr)
+    if len(out) > MAX_PUBLIC:
+        raise BadInput(f"--nat-public: at most {MAX_PUBLIC} addresses, not {len(out)}")
+    return tuple(out)
 
 
 def parse_subnets(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

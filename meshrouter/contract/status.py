@@ -156,6 +156,7 @@ class NatStatus(TypedDict):
     behind_nat: bool  # peers see an address that is none of this host's
     symmetric: bool  # one public address, different ports for different peers
     candidate: str  # the UDP address our record offers to punch to ("" when none)
+    public: list[str]  # --nat-public: where a NAT forwards our port (peers dial it)
     # Peers behind other NATs (nickname -> "punched", "punching", or
     # "relayed: no direct path, next try in Ns"): ``tunnel``.
     punching: dict[str, str]

@@ -42,7 +42,7 @@ from meshrouter.base.constants import (
 from meshrouter.base.inputs import format_address
 from meshrouter.base.names import format_name
 from meshrouter.contract.certfiles import HostCredentials
-from meshrouter.contract.config import RouterOptions, parse_subnets
+from meshrouter.contract.config import RouterOptions, parse_public, parse_subnets
 from meshrouter.contract.status import DnsStatus, ExposeStatus, RouterStatus
 from meshrouter.daemon import statusview
 from meshrouter.daemon.commands import Commands
@@ -151,6 +151,7 @@ class Router:
             conn_limit=opts.conn_limit,
             version=__version__,
         )
+        self.mesh.public = parse_public(opts.nat_public, opts.port)  # ValueError names it
         self.connections = Connections(self.mesh, self.pump)
         self.commands = Commands(self)
         self.containers: Containers | None = None  # with a state directory: see run()

@@ -104,6 +104,13 @@ class Announcer:
         # the records say of a peer, so a dual-stack host known by one family
         # is reached by the other too.
         conns += [ConnInfo(self.m.me, a, False, False) for a in self.m.advertised]
+        # Where a NAT forwards our port to us (--nat-public): the same kind of
+        # entry, so every peer dials it as it dials a host with no NAT.
+        conns += [
+            ConnInfo(self.m.me, a, False, False)
+            for a in self.m.public
+            if a not in self.m.advertised
+        ]
         # Our UDP address as the mesh sees it behind a NAT, a candidate to punch
         # to: an entry to ourselves marked outbound, which no one dials (a
         # release before 0.2 does, and fails: the NAT lets nothing in).

@@ -297,6 +297,9 @@ class Mesh:
         self.complaints = Complaints(log)
         self.version = version
         self.advertised: tuple[str, ...] = ()  # our listening addresses, host:port
+        # Where a NAT forwards our port to us (--nat-public, host:port): peers
+        # dial us there, and we offer no candidate to punch to.
+        self.public: tuple[str, ...] = ()
 
     # -- certificates on a running router -------------------------------------------
 

@@ -104,9 +104,10 @@ class Reflection:
     def candidate(self) -> str:
         """Our UDP address as the mesh sees it, when a NAT maps it alike for
         every destination ("" when not behind one, or when it maps per
-        destination: then no one can punch to us; ``tunnel``)."""
+        destination: then no one can punch to us; ``tunnel``), and none
+        with ``--nat-public``: peers dial us there instead."""
         seen = self.seen_udp()
-        if len(seen) != 1 or not self.behind_nat():
+        if self.m.public or len(seen) != 1 or not self.behind_nat():
             return ""
         (addr,) = seen
         return addr

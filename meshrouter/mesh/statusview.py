@@ -66,6 +66,7 @@ def nat_status(m: Mesh, now: float = 0.0) -> NatStatus:
         "behind_nat": m.reflection.behind_nat(),
         "symmetric": m.reflection.symmetric(),
         "candidate": m.reflection.candidate(),
+        "public": list(m.public),
         "punching": m.tunnels.states(now),
     }
 

@@ -58,6 +58,7 @@ class Lab:
         underlay: str | dict[int, str] = "4",
         nat: dict[int, str] | None = None,
         symmetric: frozenset[str] = frozenset(),
+        forward: dict[str, int] | None = None,
     ) -> None:
         """``python`` and ``repo``: the interpreter (and its installed
         meshrouter) and the checkout whose ``mesh`` the hosts run; another
@@ -71,6 +72,9 @@ class Lab:
         # in only what answers a flow from inside.
         self.nat = dict(nat or {})
         self.symmetric = symmetric
+        # NAT boxes that forward TCP and UDP 6783 on their public address to
+        # one of their hosts (a port forward): box name -> host.
+        self.forward = dict(forward or {})
         self.boxes = sorted(set(self.nat.values()))
         self.python = python
         self.repo = repo
@@ -174,7 +178,7 @@ class Lab:
         sh("ip", "-n", box, "link", "set", "dev", "lan", "up")
         sh("ip", "netns", "exec", box, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         how = "masquerade random,fully-random" if name in self.symmetric else "masquerade"
-        self._nat_rules(box, how)
+        self._nat_rules(name, how)
 
     def reboot_nat(self, name: str, ports: str = "") -> None:
         """The NAT box comes back with an empty connection table (every mapping
@@ -185,12 +189,22 @@ class Lab:
             how = f'meta l4proto {{ tcp, udp }} masquerade to :{ports}\n        oifname "wan" {how}'
 
         sh("ip", "netns", "exec", box, "nft", "flush", "ruleset")
-        self._nat_rules(box, how)
+        self._nat_rules(name, how)
         sh("ip", "netns", "exec", box, sys.executable, "-m", "meshrouter.testing.conntrack")
 
-    def _nat_rules(self, box: str, how: str) -> None:
+    def _nat_rules(self, name: str, how: str) -> None:
+        box = self.box(name)
+        dnat = accept = ""
+        if name in self.forward:
+            to = self.addr(self.forward[name])
+            dnat = f"""
+    chain c_pre {{
+        type nat hook prerouting priority dstnat;
+        iifname "wan" meta l4proto {{ tcp, udp }} th dport 6783 dnat to {to}
+    }}"""
+            accept = "\n        ct status dnat accept"
         rules = f"""
-table ip nat {{
+table ip nat {{{dnat}
     chain c_post {{
         type nat hook postrouting priority srcnat;
         oifname "wan" {how}
@@ -199,7 +213,7 @@ table ip nat {{
 table ip filter {{
     chain c_forward {{
         type filter hook forward priority 0; policy drop;
-        ct state established,related accept
+        ct state established,related accept{accept}
         iifname "lan" accept
     }}
     chain c_input {{

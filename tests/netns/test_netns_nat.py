@@ -200,3 +200,40 @@ def test_a_nat_reboot_sends_traffic_through_the_relay_then_direct_again(
     assert host == lab.public("a")
     assert 20000 <= int(port) <= 29999, at2
     assert through_h1(lab, c2, c3, 4 << 20) < 1 << 20
+
+
+def test_a_host_with_a_port_forward_and_nat_public_is_dialled_directly(
+    lab_factory: LabFactory,
+) -> None:
+    """h2 behind a NAT that maps per destination (nothing can be punched
+    through it) forwards TCP and UDP 6783 to h2, which is launched with
+    ``--nat-public``: h3, behind a NAT of its own and told only of h1, dials
+    h2 at the forward, and their containers' traffic goes direct."""
+    lab = lab_factory(3, nat={2: "a", 3: "b"}, symmetric=frozenset({"a"}), forward={"a": 2})
+    public = lab.public("a") + ":6783"
+    lab.launch(1)
+    lab.launch(2, lab.addr(1), extra=("--nat-public", lab.public("a")))
+    lab.launch(3, lab.addr(1))
+    nick = {i: status(lab, i)["nickname"] for i in (1, 2, 3)}
+
+    def dialled() -> bool:
+        c = connection(lab, 3, nick[2])
+        return c is not None and c["state"] == "established" and c["address"] == public
+
+    lab.wait_for("h3 connected to h2 at its public address", dialled, timeout=60)
+    at3 = connection(lab, 3, nick[2])
+    assert at3 is not None
+    assert at3.get("relay") is None, at3  # a connection of its own, not through h1
+    assert at3["udp_address"] == public, at3
+    lab.wait_for("h3's route to h2 direct", lambda: direct(lab, 3, nick[2]), timeout=20)
+    lab.wait_for("h2's route to h3 direct", lambda: direct(lab, 2, nick[3]), timeout=20)
+    nat2 = status(lab, 2)["nat"]
+    assert nat2["public"] == [public]
+    assert nat2["candidate"] == ""  # dialled, never punched to
+    assert f"Public at: {public}" in lab.mesh(2, "status").stdout
+    doctor = lab.mesh(2, "doctor", check=False).stdout
+    assert "maps UDP per destination" not in doctor, doctor  # that is what the forward is for
+    c2, c3 = containers(lab)
+    crossed = through_h1(lab, c2, c3, 8 << 20)
+    print(f"bytes through h1 during an 8 MiB transfer to a host at its port forward: {crossed}")
+    assert crossed < 1 << 20

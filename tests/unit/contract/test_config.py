@@ -78,3 +78,36 @@ def test_launch_refuses_a_bad_trusted_subnet_in_one_line(
     assert err.startswith("mesh: --trusted-subnets: '10.0.0.300/8' is not a CIDR")
     assert "\n" not in err
     assert not state.exists()  # refused before anything was made
+
+
+def test_nat_public_addresses_are_canonical_and_a_bad_one_is_named() -> None:
+    assert config.parse_public("", 6783) == ()
+    assert config.parse_public("203.0.113.9, 203.0.113.9:6783,[2001:db8::07]:7000", 6783) == (
+        "203.0.113.9:6783",
+        "[2001:db8::7]:7000",
+    )
+    for bad, says in (
+        ("gateway.example:6783", "expected an IP address"),
+        ("203.0.113.9:0", "expected an IP address"),
+        ("127.0.0.1", "not an address peers could dial"),
+        ("0.0.0.0:6783", "not an address peers could dial"),
+        (",".join(f"203.0.113.{i}" for i in range(1, 6)), "at most 4"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            config.parse_public(bad, 6783)
+
+
+def test_launch_refuses_a_bad_nat_public_address_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from launcher.cli import main
+
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    state = tmp_path / "state"
+    argv = ["launch", "--state-dir", str(state), "--password-file", str(password)]
+    assert main([*argv, "--nat-public", "my-router:6783"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mesh: --nat-public 'my-router:6783': expected an IP address"), err
+    assert "\n" not in err
+    assert not state.exists()

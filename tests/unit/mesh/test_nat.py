@@ -75,3 +75,27 @@ def test_the_dialled_side_sends_no_datagram_before_the_dialler_does() -> None:
     assert net.mesh(2).links.by_name[name(1)].udp_addr is None
     net.exchange_heartbeats(1, 2)
     assert net.mesh(2).links.by_name[name(1)].udp_addr == ("198.18.0.1", 6783)
+
+
+def test_a_public_address_is_dialled_by_peers_and_offers_nothing_to_punch_to() -> None:
+    """``--nat-public``: host 1 behind a NAT that forwards its port says where,
+    as an address of its own (peers dial it as they dial a host with no NAT)
+    and, being dialled there, offers no candidate to punch to."""
+    net = MeshNet(3, ipam="fake")
+    establish(net, (1, 2), (1, 3))
+    m1 = net.mesh(1)
+    m1.advertise(["10.0.0.5:6783"])
+    for conn in m1.peers.values():
+        conn.seen_as = ("", "203.0.113.9:6783")
+    m1.announce.own_record_changed()
+    assert nat_status(m1)["candidate"] == "203.0.113.9:6783"  # punched to, without
+    m1.public = ("203.0.113.9:6783",)
+    m1.announce.own_record_changed()
+    net.tick()
+    nat = nat_status(m1)
+    assert nat["candidate"] == ""
+    assert nat["public"] == ["203.0.113.9:6783"]
+    assert nat["behind_nat"]
+    gossip2 = net.mesh(2).gossip
+    assert "203.0.113.9:6783" in gossip2.addresses_of(name(1))
+    assert gossip2.candidates_of(name(1)) == set()
