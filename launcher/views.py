@@ -85,6 +85,10 @@ def summary(st: RouterStatus) -> None:
         print(f"      Public at: {', '.join(nat['public'])} (--nat-public: peers dial it)")
     for who, how in (nat or {}).get("punching", {}).items():
         print(f"    Through NAT: {who}: {how}")
+    relay = st.get("relay", "yes")
+    if relay != "yes":
+        says = "never for others (--relay no)" if relay == "no" else "preferred (--relay prefer)"
+        print(f"         Relays: {says}")
     print(f"    Connections: {len(conns)} ({est} established)")
     print(f"          Peers: {len(st['peers'])} known ({reachable} reachable, self included)")
     print(f"        Targets: {len(st['targets'])}")
@@ -171,6 +175,7 @@ def peers(st: RouterStatus) -> None:
         links = ", ".join(
             ("->" if c["outbound"] else "<-") + c["peer"] + ("" if c["established"] else "?")
             for c in p["connections"]
+            if c["address"] or c["peer"] != p["peer"]  # not its relay role's entry
         )
         if p["peer"] == st["name"]:
             reach = "self"
@@ -178,8 +183,9 @@ def peers(st: RouterStatus) -> None:
             reach = "via " + p["via"]
         else:
             reach = "direct" if p["reachable"] else "unreachable"
-        rows.append([p["peer"], p["nickname"], reach, links or "-"])
-    table(["PEER", "NICKNAME", "ROUTE", "CONNECTIONS"], rows)
+        relays = {"no": "never", "prefer": "preferred"}.get(p.get("relay", "yes"), "yes")
+        rows.append([p["peer"], p["nickname"], reach, relays, links or "-"])
+    table(["PEER", "NICKNAME", "ROUTE", "RELAYS", "CONNECTIONS"], rows)
 
 
 def targets(st: RouterStatus) -> None:

@@ -132,6 +132,14 @@ class RouterOptions:
         metavar="N",
         check=(1, 100000),
     )
+    relay: str = _opt(
+        "yes",
+        "whether this router carries traffic and control messages between peers that "
+        "have no direct path: 'yes' (the default), 'no' (never: routes go around it, "
+        "and a peer reached only through it is not reached) or 'prefer' (chosen first "
+        "among equally short paths, as a well-connected public host)",
+        choices=("yes", "no", "prefer"),
+    )
     nat_public: str = _opt(
         "",
         "this host's public address(es) on a NAT that forwards TCP and UDP --port to it, "

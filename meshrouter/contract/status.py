@@ -84,6 +84,7 @@ class PeerStatus(TypedDict):
     version: int
     reachable: bool
     via: str | None
+    relay: str  # its --relay: "yes", "no" or "prefer"
     connections: list[LinkInfo]
 
 
@@ -222,6 +223,7 @@ class RouterStatus(MeshStatus):
     tasks: int
     threads: int
     port: int
+    relay: str  # --relay: "yes", "no" or "prefer"
     bridge: str
     tap: str | None
     ipalloc_range: str

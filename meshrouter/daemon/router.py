@@ -66,6 +66,7 @@ from meshrouter.ipam.service import IpamService
 from meshrouter.mesh.actions import Evicted, KeysChanged, LinkUp, PasswordRetired, Readmitted
 from meshrouter.mesh.channel import Channel
 from meshrouter.mesh.core import Mesh, Rng
+from meshrouter.mesh.topology import RELAY_ROLES
 from meshrouter.proto.cert import Trust
 from meshrouter.proto.handshake import AUTH_CERT
 
@@ -152,6 +153,7 @@ class Router:
             version=__version__,
         )
         self.mesh.public = parse_public(opts.nat_public, opts.port)  # ValueError names it
+        self.mesh.relay_role = RELAY_ROLES[opts.relay]
         self.connections = Connections(self.mesh, self.pump)
         self.commands = Commands(self)
         self.containers: Containers | None = None  # with a state directory: see run()

@@ -42,6 +42,7 @@ def router_status(r: Router, now: float) -> RouterStatus:
         "tasks": _count_tasks(),
         "threads": threading.active_count(),
         "port": r.opts.port,
+        "relay": r.opts.relay,
         "bridge": r.opts.bridge,
         "tap": tap.name if tap else None,
         "ipalloc_range": r.opts.ipalloc_range,

@@ -172,6 +172,7 @@ DROP_REASONS = frozenset(
         "message_too_large",
         # where it could not go
         "no_route",
+        "relay_refused",  # --relay no: a peer (with an older view) sent us one to pass on
         "no_udp_address",
         "next_hop_down",
         # the host's sockets and TAP

@@ -273,6 +273,8 @@ class Receiver:
                 for child in routes.children(origin):
                     self.sender.relay(child, relay)
             else:
+                if self.me in routes.leaves:
+                    raise BadPacket("relaying refused (--relay no)", "relay_refused")
                 hop = routes.next_hop.get(dst)
                 if hop is None:
                     raise BadPacket("no route to relay destination", "no_route")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from meshrouter.base.errors import BadPacket
 from meshrouter.contract.status import ConnState
 from meshrouter.mesh.spread import Spreader
-from meshrouter.mesh.topology import ConnInfo
+from meshrouter.mesh.topology import RELAY_MAY, ConnInfo
 from meshrouter.proto.control import MessageType
 
 if TYPE_CHECKING:
@@ -117,6 +117,10 @@ class Announcer:
         candidate = self.m.reflection.candidate()
         if candidate:
             conns.append(ConnInfo(self.m.me, candidate, False, True))
+        # Our relay role (--relay), when not the default: an entry to ourselves
+        # with no address, which no release dials.
+        if self.m.relay_role != RELAY_MAY:
+            conns.append(ConnInfo(self.m.me, "", False, False, self.m.relay_role))
         if self.m.gossip.set_connections(conns) is not None:
             self.topology_changed()
             self.spread.own_changed()

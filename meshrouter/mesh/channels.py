@@ -87,8 +87,11 @@ class Channels:
     def _relay(self, ch: Channel, message: bytes) -> bool:
         """Pass a relayed message (route header first) one hop on."""
         assert ch.relayed is not None
-        _origin, dst, _hops = ROUTE.unpack_from(message)
-        hop = self.m.links.routes.next_hop.get(dst)
+        origin, dst, _hops = ROUTE.unpack_from(message)
+        routes = self.m.links.routes
+        if origin != self.m.me and self.m.me in routes.leaves:
+            return False  # --relay no: we pass on no one's
+        hop = routes.next_hop.get(dst)
         conn = self.m.peers.get(hop) if hop is not None else None
         return conn is not None and self.m.send_message(conn, ch.relayed, message)
 

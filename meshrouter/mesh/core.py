@@ -84,7 +84,7 @@ from meshrouter.mesh.nat import Reflection
 from meshrouter.mesh.rotation import Rotation
 from meshrouter.mesh.statusview import mesh_status
 from meshrouter.mesh.targets import Targets
-from meshrouter.mesh.topology import Gossip
+from meshrouter.mesh.topology import RELAY_MAY, Gossip
 from meshrouter.mesh.tunnel import Tunnels
 from meshrouter.proto.cert import Certificate, Trust
 from meshrouter.proto.control import (
@@ -300,6 +300,7 @@ class Mesh:
         # Where a NAT forwards our port to us (--nat-public, host:port): peers
         # dial us there, and we offer no candidate to punch to.
         self.public: tuple[str, ...] = ()
+        self.relay_role = RELAY_MAY  # --relay: in our record, for everyone's routes
 
     # -- certificates on a running router -------------------------------------------
 

@@ -20,6 +20,7 @@ from meshrouter.contract.status import (
     TargetStatus,
 )
 from meshrouter.mesh.targets import Target
+from meshrouter.mesh.topology import RELAY_NAMES
 from meshrouter.proto.cert import Certificate
 from meshrouter.proto.crypto import SUITES
 
@@ -158,6 +159,7 @@ def _peer_status(m: Mesh) -> list[PeerStatus]:
                 "version": rec.version,
                 "reachable": name == m.me or hop is not None,
                 "via": None if hop is None or hop == name else format_name(hop),
+                "relay": RELAY_NAMES[rec.relay_role()],
                 "connections": [
                     {
                         "peer": format_name(c.peer),

@@ -19,7 +19,13 @@ Wire format of a TOPOLOGY gossip payload::
 
     kind=1 (u8) | count (u16) | count x record
     record: name(6) uid(u64) version(u64) nick_len(u8) nick n_conns(u16) n x conn
-    conn:   peer(6) flags(u8: 1=established 2=outbound) addr_len(u8) addr(utf-8 "host:port")
+    conn:   peer(6) flags(u8: 1=established 2=outbound, bits 2-3 the relay role)
+            addr_len(u8) addr(utf-8 "host:port")
+
+A peer's relay role (``--relay``) rides an entry of its record to itself with
+no address (which no release dials): 1 never relays, 2 preferred.  A release
+before 0.2 ignores those bits and, passing the record on, drops them; the
+record with them orders above, so it wins wherever both arrive.
 """
 
 from __future__ import annotations
@@ -43,12 +49,20 @@ MAX_RECORDS = 10_000
 MAX_CONNS = 10_000
 
 
+RELAY_MAY = 0  # the default: relays for others when routes go through it
+RELAY_NEVER = 1  # never relays: routes go around it
+RELAY_PREFER = 2  # chosen first among equally short paths
+RELAY_ROLES = {"yes": RELAY_MAY, "no": RELAY_NEVER, "prefer": RELAY_PREFER}
+RELAY_NAMES = {v: k for k, v in RELAY_ROLES.items()}
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class ConnInfo:
     peer: bytes
     address: str  # the remote peer's listening address, host:port
     established: bool
     outbound: bool
+    relay: int = RELAY_MAY  # on an entry to itself with no address: its relay role
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,13 @@ class PeerRecord:
 
     def established_peers(self) -> set[bytes]:
         return {c.peer for c in self.connections if c.established}
+
+    def relay_role(self) -> int:
+        """``RELAY_MAY``, ``RELAY_NEVER`` or ``RELAY_PREFER``, by its own say."""
+        for c in self.connections:
+            if c.peer == self.name and not c.address and c.relay in (RELAY_NEVER, RELAY_PREFER):
+                return c.relay
+        return RELAY_MAY
 
 
 def merge(records: dict[bytes, PeerRecord], incoming: Iterable[PeerRecord]) -> list[PeerRecord]:
@@ -89,7 +110,7 @@ def encode_record(r: PeerRecord) -> bytes:
     out += _U16.pack(len(r.connections))
     for c in r.connections:
         addr = c.address.encode()[:255]
-        flags = (1 if c.established else 0) | (2 if c.outbound else 0)
+        flags = (1 if c.established else 0) | (2 if c.outbound else 0) | (c.relay & 3) << 2
         out += _CONN.pack(c.peer, flags, len(addr)) + addr
     return bytes(out)
 
@@ -151,7 +172,9 @@ def decode_records_untrusted(
         conns = []
         for _ in range(n_conns):
             peer, flags, alen = r.unpack(_CONN)
-            conns.append(ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2)))
+            conns.append(
+                ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2), flags >> 2 & 3)
+            )
         out.append(PeerRecord(name, uid, version, nick, tuple(sorted(conns))))
     if r.pos != len(payload):
         raise BadPacket("trailing bytes after gossip")
@@ -289,14 +312,23 @@ class Gossip:
         return payload
 
     def routes(self) -> Routes:
+        """Next hops and broadcast trees over the symmetric established edges,
+        through no peer that never relays and, of equally short paths,
+        through preferred relays first (``--relay``)."""
         if self._routes is None:
             edges = {n: r.established_peers() for n, r in self.records.items()}
             graph = symmetric_graph(edges)
-            self._routes = Routes(unicast_next_hops(graph, self.me), graph, {}, self.me)
+            roles = {n: r.relay_role() for n, r in self.records.items()}
+            leaves = frozenset(n for n, k in roles.items() if k == RELAY_NEVER)
+            preferred = frozenset(n for n, k in roles.items() if k == RELAY_PREFER)
+            hops = unicast_next_hops(graph, self.me, leaves, preferred)
+            self._routes = Routes(hops, graph, {}, self.me, leaves, preferred)
         return self._routes
 
     def reachable(self) -> set[bytes]:
-        return set(self.routes().next_hop) | {self.me}
+        """The peers connected to us, through any peers: those we keep
+        records of (and dial), also where no route may go through them."""
+        return set(self.routes().connected()) | {self.me}
 
     def gc(self, now: float) -> list[bytes]:
         """Forget peers that have been unreachable for ``gc_after`` seconds."""

@@ -32,6 +32,7 @@ from meshrouter.base.inputs import split_address
 from meshrouter.base.names import format_name
 from meshrouter.contract.status import ConnState
 from meshrouter.mesh.nat import host_of
+from meshrouter.mesh.topology import RELAY_NEVER
 from meshrouter.proto.control import MessageType, State
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class Tunnels:
         for relay in sorted(self.m.peers):
             conn = self.m.peers[relay]
             rec = records.get(relay)
-            if conn.via is not None or rec is None:
+            if conn.via is not None or rec is None or rec.relay_role() == RELAY_NEVER:
                 continue
             if any(c.peer == name and c.address for c in rec.connections):
                 return conn
@@ -250,7 +251,8 @@ class Tunnels:
     def _pass_on(self, conn: Conn, dst: bytes, origin: bytes, payload: bytes) -> None:
         """One hop only, from the origin itself, to a TCP neighbour."""
         onward = self.m.peers.get(dst)
-        if origin != conn.name or onward is None or onward.via is not None:
+        never = self.m.relay_role == RELAY_NEVER  # --relay no: we carry no one's
+        if never or origin != conn.name or onward is None or onward.via is not None:
             self.m.counters["tunnel_relay_dropped"] += 1
             return
         if self.m.send_message(onward, MessageType.TUNNEL, payload):

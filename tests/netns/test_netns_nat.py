@@ -237,3 +237,52 @@ def test_a_host_with_a_port_forward_and_nat_public_is_dialled_directly(
     crossed = through_h1(lab, c2, c3, 8 << 20)
     print(f"bytes through h1 during an 8 MiB transfer to a host at its port forward: {crossed}")
     assert crossed < 1 << 20
+
+
+def test_a_router_launched_with_relay_no_is_routed_around(lab_factory: LabFactory) -> None:
+    """h3 and h4 behind NATs that map per destination (no direct path, no
+    punching) both reach h1 and h2, two equally short relays; routes take
+    the one with the smaller name.  Relaunched with ``--relay no``, it is
+    routed around: the other carries the traffic, both ways."""
+    lab = lab_factory(4, nat={3: "a", 4: "b"}, symmetric=frozenset({"a", "b"}))
+    lab.launch(1)
+    lab.launch(2, lab.addr(1))
+    lab.launch(3, lab.addr(1))
+    lab.launch(4, lab.addr(1))
+    name = {i: status(lab, i)["name"] for i in (1, 2, 3, 4)}
+
+    def via(i: int, j: int) -> str | None:
+        p = next((p for p in status(lab, i)["peers"] if p["peer"] == name[j]), None)
+        return None if p is None else p["via"]
+
+    def relayed_by(k: int) -> bool:
+        return via(3, 4) == name[k] and via(4, 3) == name[k]
+
+    first = 1 if name[1] < name[2] else 2
+    other = 3 - first
+    lab.wait_for(f"h3 and h4 relayed by h{first}", lambda: relayed_by(first), timeout=60)
+    lab.mesh(first, "stop")
+    extra = ("--relay", "no")
+    lab.launch(first, *([lab.addr(other)] if first == 2 else []), extra=extra)
+    assert "Relays: never for others" in lab.mesh(first, "status").stdout
+    assert status(lab, first)["relay"] == "no"
+    lab.wait_for(f"h3 and h4 relayed by h{other}", lambda: relayed_by(other), timeout=60)
+    c3, c4 = lab.container("c3"), lab.container("c4")
+    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+    lab.mesh(4, "attach", "10.32.0.4/12", c4)
+    lab.wait_for(
+        "c3 reaches c4",
+        lambda: lab.in_ns(c3, "ping", "-c1", "-W1", "10.32.0.4", check=False).returncode == 0,
+        timeout=20,
+    )
+    before = {k: lab.wan_bytes(k) for k in (first, other)}
+    sent, got = tcp_transfer(lab, c3, c4, "10.32.0.4", 8 << 20)
+    assert sent == got
+    crossed = {k: lab.wan_bytes(k) - before[k] for k in (first, other)}
+    print(
+        f"bytes of an 8 MiB relayed transfer: {crossed[first]} through the --relay no host, "
+        f"{crossed[other]} through the other"
+    )
+    assert crossed[first] < 1 << 20
+    assert crossed[other] > 16 << 20  # in and out
+    assert relayed_by(other)

@@ -74,3 +74,88 @@ def distances(g: dict[bytes, set[bytes]], src: bytes) -> dict[bytes, int]:
                 dist[y] = dist[x] + 1
                 q.append(y)
     return dist
+
+
+def restricted_distances(
+    g: dict[bytes, set[bytes]], src: bytes, leaves: frozenset[bytes]
+) -> dict[bytes, int]:
+    """Distances over paths whose inner peers are no leaves."""
+    dist = {src: 0}
+    q = deque([src])
+    while q:
+        x = q.popleft()
+        if x in leaves and x != src:
+            continue
+        for y in g[x]:
+            if y not in dist:
+                dist[y] = dist[x] + 1
+                q.append(y)
+    return dist
+
+
+def roles(
+    rng: random.Random, g: dict[bytes, set[bytes]]
+) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    leaves = frozenset(x for x in g if rng.random() < 0.3)
+    preferred = frozenset(x for x in g if x not in leaves and rng.random() < 0.3)
+    return leaves, preferred
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 10_000), st.integers(2, 14), st.floats(0.05, 0.6))
+def test_hop_by_hop_routes_pass_no_peer_that_never_relays(seed: int, n: int, p: float) -> None:
+    """Every peer routing on its own over the same graph and roles: a frame
+    follows shortest paths among those with no leaf inside, reaches its
+    destination, and no leaf passes it on; with no roles, routes are as before."""
+    rng = random.Random(seed)
+    g = random_graph(rng, n, p)
+    leaves, preferred = roles(rng, g)
+    table = {x: unicast_next_hops(g, x, leaves, preferred) for x in g}
+    for me in g:
+        assert unicast_next_hops(g, me, frozenset(), frozenset()) == unicast_next_hops(g, me)
+        dist = restricted_distances(g, me, leaves)
+        assert set(table[me]) == set(dist) - {me}
+        for dst in table[me]:
+            x, steps = me, 0
+            while x != dst:
+                assert x == me or x not in leaves
+                nxt = table[x][dst]
+                assert nxt in g[x]
+                assert restricted_distances(g, nxt, leaves).get(dst) == (
+                    restricted_distances(g, x, leaves)[dst] - 1
+                )
+                x, steps = nxt, steps + 1
+            assert steps == dist[dst]
+
+
+@settings(max_examples=60)
+@given(st.integers(0, 10_000), st.integers(1, 14), st.floats(0.05, 0.6))
+def test_broadcast_with_relay_roles_reaches_each_once_and_no_leaf_forwards(
+    seed: int, n: int, p: float
+) -> None:
+    rng = random.Random(seed)
+    g = random_graph(rng, n, p)
+    leaves, preferred = roles(rng, g)
+    for origin in g:
+        received: dict[bytes, int] = {origin: 1}
+        q = deque([origin])
+        while q:
+            x = q.popleft()
+            children = broadcast_children(g, origin, x, leaves, preferred)
+            if x != origin and x in leaves:
+                assert children == []
+            for child in children:
+                received[child] = received.get(child, 0) + 1
+                q.append(child)
+        assert set(received) == set(restricted_distances(g, origin, leaves))
+        assert set(received.values()) == {1}
+
+
+def test_a_preferred_relay_wins_a_tie_and_a_leaf_is_gone_around() -> None:
+    me, a, b, dst = NAMES[:4]
+    g = {me: {a, b}, a: {me, dst}, b: {me, dst}, dst: {a, b}}
+    assert unicast_next_hops(g, me)[dst] == a  # the smaller name, by default
+    assert unicast_next_hops(g, me, frozenset(), frozenset({b}))[dst] == b
+    assert unicast_next_hops(g, me, frozenset({a}))[dst] == b
+    assert unicast_next_hops(g, me, frozenset({a, b})) == {a: a, b: b}  # dst: no route
+    assert unicast_next_hops(g, a, frozenset({a}))[dst] == dst  # a leaf routes its own

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from meshrouter.base.errors import BadPacket
 from meshrouter.mesh.topology import (
+    RELAY_NEVER,
+    RELAY_PREFER,
     ConnInfo,
     Gossip,
     PeerRecord,
@@ -23,6 +25,7 @@ conn_st = st.builds(
     address=st.sampled_from(["198.18.0.1:6783", "198.18.0.2:6783", ""]),
     established=st.booleans(),
     outbound=st.booleans(),
+    relay=st.integers(0, 3),
 )
 record_st = st.builds(
     PeerRecord,
@@ -148,6 +151,75 @@ def test_gossip_spreads_and_routes_follow() -> None:
     assert a.addresses_of(c.me) == {"198.18.0.2:6783"}
     # Updates that change nothing are not passed on.
     assert b.receive_untrusted(a.full()) is None
+
+
+def test_a_peer_that_never_relays_is_gone_around_and_still_known() -> None:
+    """a - b - c in a line and a - d - c beside it; b says it never relays:
+    a's route to c goes through d; with d gone, c has no route from a but
+    stays known (its record is not collected).  A copy of b's record that a
+    release before 0.2 passed on (the role's bits dropped, same version)
+    loses the merge, whichever comes first."""
+    a, b, c, d = (Gossip(NAMES[i], 100 + i, f"h{i}") for i in range(4))
+
+    def link(x: Gossip, *peers: Gossip, role: int = 0) -> None:
+        conns = [ConnInfo(p.me, f"198.18.0.{p.me[-1]}:6783", True, True) for p in peers]
+        if role:
+            conns.append(ConnInfo(x.me, "", False, False, role))
+        x.set_connections(conns)
+
+    link(a, b, d)
+    link(b, a, c, role=RELAY_NEVER)
+    link(c, b, d)
+    link(d, a, c)
+    for _ in range(3):
+        for x in (a, b, c, d):
+            for y in (a, b, c, d):
+                y.receive_untrusted(x.full())
+    assert a.records[b.me].relay_role() == RELAY_NEVER
+    assert a.routes().next_hop[c.me] == d.me
+    assert a.routes().children(a.me) == [b.me, d.me]
+    assert a.routes().children(c.me) == []  # c's broadcasts come to a through d
+    assert d.routes().children(c.me) == [a.me]
+    assert b.routes().children(a.me) == []  # b never passes one on
+    assert "" not in a.addresses_of(b.me)  # the role's entry is nothing to dial
+    link(a, b)  # d gone from a's side
+    for _ in range(2):
+        for x in (a, b):
+            for y in (a, b):
+                y.receive_untrusted(x.full())
+    assert c.me not in a.routes().next_hop
+    assert c.me in a.reachable()
+    assert a.gc(1000.0) == []
+    stripped = PeerRecord(
+        b.me,
+        b.own.uid,
+        b.own.version,
+        b.own.nickname,
+        tuple(
+            sorted(
+                ConnInfo(x.peer, x.address, x.established, x.outbound) for x in b.own.connections
+            )
+        ),
+    )
+    for order in ([b.own, stripped], [stripped, b.own]):
+        held = merged(order)
+        assert held[b.me].relay_role() == RELAY_NEVER
+
+
+def test_a_preferred_relay_carries_the_tie() -> None:
+    a, b, c, d = (Gossip(NAMES[i], 100 + i, f"h{i}") for i in range(4))
+    roles = {d.me: RELAY_PREFER}
+    for x, peers in ((a, (b, d)), (b, (a, c)), (c, (b, d)), (d, (a, c))):
+        conns = [ConnInfo(p.me, "", True, True) for p in peers]
+        if x.me in roles:
+            conns.append(ConnInfo(x.me, "", False, False, roles[x.me]))
+        x.set_connections(conns)
+    for _ in range(3):
+        for x in (a, b, c, d):
+            for y in (a, b, c, d):
+                y.receive_untrusted(x.full())
+    assert a.routes().next_hop[c.me] == d.me  # b by name, d by preference
+    assert c.routes().next_hop[a.me] == d.me
 
 
 def test_restarted_peer_jumps_above_its_old_record() -> None:
