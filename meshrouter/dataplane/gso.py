@@ -89,7 +89,8 @@ class SendBuffer:
                 views = self._grids[(size, full)] = (grid[:, :hs], grid[:, hs:], src)
             heads, bodies, src = views
             bodies[:] = src
-            heads[:] = numpy().frombuffer(header, numpy().uint8)
+            np = numpy()
+            heads[:] = np.frombuffer(header, np.uint8)
             heads[:, hs - 2] = _segment_numbers()[:full]
         if rem:
             o = full * size

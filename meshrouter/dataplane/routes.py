@@ -8,13 +8,13 @@ byte order), so:
 * unicast: the next hop towards each destination is on a shortest path (hop
   count); the first hop of the lexicographically least BFS parent chain.
 * broadcast: a frame flooded by origin O travels down the BFS tree rooted at
-  O; each peer forwards it to its children in O's tree.
-* relay roles (``--relay``): a peer that never relays is a leaf of every
-  tree but its own (reached, never passed through); of the peers at one
-  distance, preferred relays take their children first.  Since every peer
+  O; each peer forwards it to its children in O's tree.  Since every peer
   computes the same tree, each peer receives the frame exactly once.  While
   views differ (gossip in flight) a frame may be lost or duplicated; a hop
   limit bounds any transient loop.
+* relay roles (``--relay``): a peer that never relays is a leaf of every
+  tree but its own (reached, never passed through); of the peers at one
+  distance, preferred relays take their children first.
 """
 
 from __future__ import annotations

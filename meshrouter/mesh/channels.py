@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from meshrouter.base.errors import BadPacket
 from meshrouter.base.names import format_name
 from meshrouter.mesh.channel import Broadcast, Channel
+from meshrouter.mesh.topology import RELAY_NEVER
 from meshrouter.proto.wire import MAX_HOPS, ROUTE, parse_route_header_untrusted
 
 if TYPE_CHECKING:
@@ -88,10 +89,9 @@ class Channels:
         """Pass a relayed message (route header first) one hop on."""
         assert ch.relayed is not None
         origin, dst, _hops = ROUTE.unpack_from(message)
-        routes = self.m.links.routes
-        if origin != self.m.me and self.m.me in routes.leaves:
+        if origin != self.m.me and self.m.relay_role == RELAY_NEVER:
             return False  # --relay no: we pass on no one's
-        hop = routes.next_hop.get(dst)
+        hop = self.m.links.routes.next_hop.get(dst)
         conn = self.m.peers.get(hop) if hop is not None else None
         return conn is not None and self.m.send_message(conn, ch.relayed, message)
 

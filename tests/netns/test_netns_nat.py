@@ -34,17 +34,21 @@ def connection(lab: Lab, i: int, nick: str) -> ConnectionStatus | None:
     return next((c for c in status(lab, i)["connections"] if c.get("nickname") == nick), None)
 
 
-def containers(lab: Lab, what: str = "c2 reaches c3") -> tuple[str, str]:
-    """A container on h2 and one on h3, attached, the first reaching the second."""
-    c2, c3 = lab.container("c2"), lab.container("c3")
-    lab.mesh(2, "attach", "10.32.0.2/12", c2)
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
+def containers(
+    lab: Lab, what: str = "c2 reaches c3", hosts: tuple[int, int] = (2, 3)
+) -> tuple[str, str]:
+    """A container cI on each host I of ``hosts`` (at 10.32.0.I), attached,
+    the first reaching the second."""
+    a, b = hosts
+    ca, cb = lab.container(f"c{a}"), lab.container(f"c{b}")
+    lab.mesh(a, "attach", f"10.32.0.{a}/12", ca)
+    lab.mesh(b, "attach", f"10.32.0.{b}/12", cb)
     lab.wait_for(
         what,
-        lambda: lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode == 0,
+        lambda: lab.in_ns(ca, "ping", "-c1", "-W1", f"10.32.0.{b}", check=False).returncode == 0,
         timeout=20,
     )
-    return c2, c3
+    return ca, cb
 
 
 def through_h1(lab: Lab, c2: str, c3: str, size: int) -> int:
@@ -267,14 +271,7 @@ def test_a_router_launched_with_relay_no_is_routed_around(lab_factory: LabFactor
     assert "Relays: never for others" in lab.mesh(first, "status").stdout
     assert status(lab, first)["relay"] == "no"
     lab.wait_for(f"h3 and h4 relayed by h{other}", lambda: relayed_by(other), timeout=60)
-    c3, c4 = lab.container("c3"), lab.container("c4")
-    lab.mesh(3, "attach", "10.32.0.3/12", c3)
-    lab.mesh(4, "attach", "10.32.0.4/12", c4)
-    lab.wait_for(
-        "c3 reaches c4",
-        lambda: lab.in_ns(c3, "ping", "-c1", "-W1", "10.32.0.4", check=False).returncode == 0,
-        timeout=20,
-    )
+    c3, c4 = containers(lab, "c3 reaches c4", hosts=(3, 4))
     before = {k: lab.wan_bytes(k) for k in (first, other)}
     sent, got = tcp_transfer(lab, c3, c4, "10.32.0.4", 8 << 20)
     assert sent == got

@@ -64,8 +64,21 @@ def test_every_field_has_help_and_a_bad_choice_is_refused() -> None:
         parser().parse_args(["--log-level", "loud"])
 
 
-def test_launch_refuses_a_bad_trusted_subnet_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        (
+            ["--trusted-subnets", "198.18.0.0/24,10.0.0.300/8"],
+            "mesh: --trusted-subnets: '10.0.0.300/8' is not a CIDR",
+        ),
+        (
+            ["--nat-public", "my-router:6783"],
+            "mesh: --nat-public 'my-router:6783': expected an IP address",
+        ),
+    ],
+)
+def test_launch_refuses_a_bad_address_option_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str], says: str
 ) -> None:
     from launcher.cli import main
 
@@ -73,9 +86,9 @@ def test_launch_refuses_a_bad_trusted_subnet_in_one_line(
     password.write_text("secret\n")
     state = tmp_path / "state"
     argv = ["launch", "--state-dir", str(state), "--password-file", str(password)]
-    assert main([*argv, "--trusted-subnets", "198.18.0.0/24,10.0.0.300/8"]) == 1
+    assert main([*argv, *flag]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mesh: --trusted-subnets: '10.0.0.300/8' is not a CIDR")
+    assert err.startswith(says), err
     assert "\n" not in err
     assert not state.exists()  # refused before anything was made
 
@@ -95,19 +108,3 @@ def test_nat_public_addresses_are_canonical_and_a_bad_one_is_named() -> None:
     ):
         with pytest.raises(ValueError, match=says):
             config.parse_public(bad, 6783)
-
-
-def test_launch_refuses_a_bad_nat_public_address_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from launcher.cli import main
-
-    password = tmp_path / "password"
-    password.write_text("secret\n")
-    state = tmp_path / "state"
-    argv = ["launch", "--state-dir", str(state), "--password-file", str(password)]
-    assert main([*argv, "--nat-public", "my-router:6783"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mesh: --nat-public 'my-router:6783': expected an IP address"), err
-    assert "\n" not in err
-    assert not state.exists()

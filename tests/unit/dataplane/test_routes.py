@@ -64,22 +64,10 @@ def random_graph(rng: random.Random, n: int, p: float) -> dict[bytes, set[bytes]
     return g
 
 
-def distances(g: dict[bytes, set[bytes]], src: bytes) -> dict[bytes, int]:
-    dist = {src: 0}
-    q = deque([src])
-    while q:
-        x = q.popleft()
-        for y in g[x]:
-            if y not in dist:
-                dist[y] = dist[x] + 1
-                q.append(y)
-    return dist
-
-
-def restricted_distances(
-    g: dict[bytes, set[bytes]], src: bytes, leaves: frozenset[bytes]
+def distances(
+    g: dict[bytes, set[bytes]], src: bytes, leaves: frozenset[bytes] = frozenset()
 ) -> dict[bytes, int]:
-    """Distances over paths whose inner peers are no leaves."""
+    """Hop counts from ``src`` over paths whose inner peers are no ``leaves``."""
     dist = {src: 0}
     q = deque([src])
     while q:
@@ -113,7 +101,7 @@ def test_hop_by_hop_routes_pass_no_peer_that_never_relays(seed: int, n: int, p: 
     table = {x: unicast_next_hops(g, x, leaves, preferred) for x in g}
     for me in g:
         assert unicast_next_hops(g, me, frozenset(), frozenset()) == unicast_next_hops(g, me)
-        dist = restricted_distances(g, me, leaves)
+        dist = distances(g, me, leaves)
         assert set(table[me]) == set(dist) - {me}
         for dst in table[me]:
             x, steps = me, 0
@@ -121,9 +109,7 @@ def test_hop_by_hop_routes_pass_no_peer_that_never_relays(seed: int, n: int, p: 
                 assert x == me or x not in leaves
                 nxt = table[x][dst]
                 assert nxt in g[x]
-                assert restricted_distances(g, nxt, leaves).get(dst) == (
-                    restricted_distances(g, x, leaves)[dst] - 1
-                )
+                assert distances(g, nxt, leaves).get(dst) == (distances(g, x, leaves)[dst] - 1)
                 x, steps = nxt, steps + 1
             assert steps == dist[dst]
 
@@ -147,7 +133,7 @@ def test_broadcast_with_relay_roles_reaches_each_once_and_no_leaf_forwards(
             for child in children:
                 received[child] = received.get(child, 0) + 1
                 q.append(child)
-        assert set(received) == set(restricted_distances(g, origin, leaves))
+        assert set(received) == set(distances(g, origin, leaves))
         assert set(received.values()) == {1}
 
 
