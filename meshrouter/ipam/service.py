@@ -44,6 +44,9 @@ RECLAIM_INTERVAL = 5.0
 STOPPED_RECHECK = 30.0  # a stopped container's engine is asked again this often ...
 STOPPED_QUICK = 4  # ... after being asked at each look this many times
 DONOR_WAIT = 5.0
+# A claim in the share of a peer that is out of reach waits this long for it
+# to come back (a router restarted a moment ago reconnects within seconds).
+REACH_WAIT = 10.0
 
 __all__ = ["CLAIM_TIMEOUT", "RECLAIM_AFTER", "RECLAIM_INTERVAL", "IpamService"]
 
@@ -276,7 +279,7 @@ class IpamService:
         deadline = trio.current_time() + WAIT
         while not self.peer.core.ready:
             await self._wait_change(deadline, self.peer.not_ready_reason())
-        owner = self.peer.core.owner_of(addr)
+        owner = await self._reachable_owner(addr, min(deadline, trio.current_time() + REACH_WAIT))
         if owner is None:
             raise IpamError(f"{iface.ip} is outside the mesh range {self.peer.core.network}")
         if owner == self.peer.me:
@@ -309,6 +312,19 @@ class IpamService:
         self.peer.requests.claimed_at(owner, addr, ident, ns_path)
         self._step()
         return str(iface)
+
+    async def _reachable_owner(self, addr: int, until: float) -> bytes | None:
+        """The owner of ``addr``, once it is us or within reach (or ``until``
+        passed: ``start_claim`` then names it out of reach).  Asked again at
+        every change: the share may move meanwhile."""
+        while True:
+            owner = self.peer.core.owner_of(addr)
+            if owner is None or owner == self.peer.me or self.peer.can_reach(owner):
+                return owner
+            with trio.move_on_at(until) as wait:
+                await self.changed.wait()
+            if wait.cancelled_caught:
+                return owner
 
     def release(self, ident: str, addrs: list[str] | None = None) -> list[str]:
         gone = self.peer.requests.release(ident, addrs)

@@ -271,6 +271,12 @@ def test_a_router_launched_with_relay_no_is_routed_around(lab_factory: LabFactor
     assert "Relays: never for others" in lab.mesh(first, "status").stdout
     assert status(lab, first)["relay"] == "no"
     lab.wait_for(f"h3 and h4 relayed by h{other}", lambda: relayed_by(other), timeout=60)
+    nick = status(lab, first)["nickname"]
+    lab.wait_for(
+        f"h3 and h4 connected to h{first} again",
+        lambda: all(nick in peers_of(lab, i) for i in (3, 4)),
+        timeout=60,
+    )  # the addresses asked for may be in its share
     c3, c4 = containers(lab, "c3 reaches c4", hosts=(3, 4))
     before = {k: lab.wan_bytes(k) for k in (first, other)}
     sent, got = tcp_transfer(lab, c3, c4, "10.32.0.4", 8 << 20)

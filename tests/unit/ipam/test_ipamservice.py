@@ -12,7 +12,7 @@ import trio.testing
 
 from meshrouter.base.errors import IpamError
 from meshrouter.ipam.ring import CLAIM
-from meshrouter.ipam.service import CLAIM_TIMEOUT, IpamService
+from meshrouter.ipam.service import CLAIM_TIMEOUT, REACH_WAIT, IpamService
 from meshrouter.testing.ipamnet import IpamNet
 
 A = bytes.fromhex("020000000001")
@@ -116,6 +116,42 @@ async def test_a_claim_nobody_answers_fails_with_a_clear_error(
     with pytest.raises(IpamError, match=r"did not answer the claim of 10\.32\.0\.9"):
         await b.claim("10.32.0.9/24", "h2/web", "")
     assert 5 <= wire.sent[B] <= 10  # resent every few seconds, not in a busy loop
+
+
+async def test_a_claim_waits_for_an_owner_out_of_reach_to_come_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The owner restarted a moment ago (out of reach): the claim waits for
+    it rather than failing at once, and is granted when it is back."""
+    wire, a, b = pair()
+    wire.net.partition({A: 0, B: 1})
+    wire.net.tick(B, trio.current_time())
+    assert not b.peer.can_reach(A)
+
+    async def back_after(delay: float) -> None:
+        await trio.sleep(delay)
+        wire.net.partition({})
+        wire.net.tick_all()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(back_after, REACH_WAIT / 2)
+        assert await b.claim("10.32.0.9/24", "h2/web", "") == "10.32.0.9/24"
+    assert trio.current_time() - start == pytest.approx(REACH_WAIT / 2)
+    assert [al.ident for al in a.core.allocs.values()] == ["h2/web"]
+
+
+async def test_a_claim_at_an_owner_that_stays_out_of_reach_fails_in_one_line(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire, _a, b = pair()
+    wire.net.partition({A: 0, B: 1})
+    wire.net.tick(B, trio.current_time())
+    start = trio.current_time()
+    with pytest.raises(IpamError, match=r"10\.32\.0\.9 belongs to peer .* cannot be reached"):
+        await b.claim("10.32.0.9/24", "h2/web", "")
+    assert trio.current_time() - start == pytest.approx(REACH_WAIT)
+    assert wire.sent.get(B, 0) == 0  # nothing sent into the void
 
 
 async def test_a_claim_of_an_address_in_use_is_refused() -> None:
