@@ -180,7 +180,8 @@ def peers(st: RouterStatus) -> None:
         if p["peer"] == st["name"]:
             reach = "self"
         elif p["via"]:
-            reach = "via " + p["via"]
+            sealed = {"end to end": ", sealed end to end", "by each hop": ", re-sealed"}
+            reach = "via " + p["via"] + sealed.get(p.get("sealed", ""), "")
         else:
             reach = "direct" if p["reachable"] else "unreachable"
         relays = {"no": "never", "prefer": "preferred"}.get(p.get("relay", "yes"), "yes")

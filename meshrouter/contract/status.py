@@ -84,6 +84,10 @@ class PeerStatus(TypedDict):
     version: int
     reachable: bool
     via: str | None
+    # Through a relay: "end to end" (sealed for it alone, the relay reads
+    # nothing: a connection through the relay holds our own keys) or "by
+    # each hop" (each relay opens and re-seals); "" when direct.
+    sealed: str
     relay: str  # its --relay: "yes", "no" or "prefer"
     connections: list[LinkInfo]
 

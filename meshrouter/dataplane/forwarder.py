@@ -363,6 +363,11 @@ class Forwarder:
         """Send each link's heartbeat when due, with path-MTU probes when due."""
         for link in list(self.links.by_name.values()):
             addr, session = link.udp_addr, link.session
+            punch = link.punch_to
+            if punch is not None and punch != addr and not session.hears_peer(now):
+                # Nothing heard: where the peer's NAT maps it now (its gossip
+                # says), so that our datagrams open our NAT to it (hole punching).
+                link.udp_addr = addr = punch
             if addr is None or now < link.next_heartbeat:
                 continue
             link.next_heartbeat = now + HEARTBEAT_INTERVAL

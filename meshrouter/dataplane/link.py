@@ -8,6 +8,9 @@ Exactly three things cross it, each with one writer:
    the peer through NAT, ``next_heartbeat``, ``next_probe``) and everything
    inside ``session`` (counters, replay window, path MTU, nonce counter) are
    written by the forwarder thread only; the control plane reads them.
+   One field is the control plane's after publishing: ``punch_to``, where a
+   peer behind a NAT says it can be reached (one attribute store, read by
+   the forwarder when it hears nothing from the peer).
 2. ``LinkTable``: the published links by receiver index and by peer name, and
    the current ``Routes``.  Only the control plane calls its writers
    (``publish``, ``withdraw``, ``set_routes``); each is one dict store or
@@ -42,7 +45,17 @@ log = logging.getLogger("meshrouter")
 class Link:
     """One connection's data path (see the module's rules)."""
 
-    __slots__ = ("_udp_addr", "index", "label", "next_heartbeat", "next_probe", "peer", "session")
+    __slots__ = (
+        "_udp_addr",
+        "e2e",
+        "index",
+        "label",
+        "next_heartbeat",
+        "next_probe",
+        "peer",
+        "punch_to",
+        "session",
+    )
 
     def __init__(
         self,
@@ -52,11 +65,19 @@ class Link:
         label: str,
         session: DataSession,
         udp_addr: tuple[str, int] | None,
+        e2e: bool = False,
+        punch_to: tuple[str, int] | None = None,
     ) -> None:
         self.index: Final = index  # our receiver index: datagrams to us carry it
         self.peer: Final = peer  # the peer's name
         self.label: Final = label  # for log lines
         self.session: Final = session
+        # The peer opens what we seal for it alone inside a relayed message
+        # (``send._send_through``): a router of protocol 2 or later.
+        self.e2e: Final = e2e
+        # The control plane's (see the module's rules): where to send while
+        # nothing is heard from the peer (its NAT's mapping, by its gossip).
+        self.punch_to = punch_to
         # Forwarder-owned from publication on.
         self._udp_addr: tuple[str, int] | None = None
         self.udp_addr = udp_addr
@@ -173,6 +194,8 @@ DROP_REASONS = frozenset(
         # where it could not go
         "no_route",
         "relay_refused",  # --relay no: a peer (with an older view) sent us one to pass on
+        "e2e_unknown",  # sealed end to end by a peer we hold no session with
+        "e2e_bad",  # ... opened, and not a message from that peer to us
         "no_udp_address",
         "next_hop_down",
         # the host's sockets and TAP

@@ -260,7 +260,6 @@ class Receiver:
 
     def _deliver(self, session: DataSession, plain: memoryview, now: float) -> None:
         origin, dst, hops, size = parse_route_untrusted(plain)
-        end = len(plain)
         if origin == self.me:
             raise BadPacket("own frame came back", "own_frame")
         if dst != self.me:  # 5. relay
@@ -278,8 +277,41 @@ class Receiver:
                 hop = routes.next_hop.get(dst)
                 if hop is None:
                     raise BadPacket("no route to relay destination", "no_route")
+                if size == 0:  # sealed for the destination alone: passed on unread
+                    self.stats.counters["relayed_unread"] += 1
                 self.sender.relay(hop, relay)
                 return
+        if size == 0:  # sealed for us alone by the origin, relayed unread
+            self._open_sealed(origin, plain[PREFIX:], now)
+            return
+        self._frames(session, origin, plain, size, now)
+
+    def _open_sealed(self, origin: bytes, datagram: memoryview, now: float) -> None:
+        """A datagram the origin sealed for us with our session with it (a
+        connection through the relay, whose UDP does not get through), carried
+        inside a relayed message (``send._send_through``).  Opened by its
+        receiver index, whose link must be the origin's; its source address
+        is the relay's, so the link's UDP address stays.  Raises only BadPacket."""
+        ptype, index, counter, segno, nseg = parse_header_untrusted(datagram)
+        link = self._by_index.get(index)
+        if ptype != PacketType.DATA or link is None or link.peer != origin:
+            raise BadPacket("sealed end to end by a peer we hold no session with", "e2e_unknown")
+        session = link.session
+        heard = session.state.heard_at
+        got = session.receive_untrusted(datagram, counter, segno, nseg, now)
+        session.state.heard_at = heard  # relayed: says nothing of the UDP path to it
+        if got is None:
+            return  # more segments to come
+        inner_origin, dst, _hops, size = parse_route_untrusted(got)
+        if inner_origin != origin or dst != self.me or size == 0:
+            raise BadPacket("a message sealed end to end that is not the origin's to us", "e2e_bad")
+        self.stats.counters["opened_end_to_end"] += 1
+        self._frames(session, origin, got, size, now)
+
+    def _frames(
+        self, session: DataSession, origin: bytes, plain: memoryview, size: int, now: float
+    ) -> None:
+        end = len(plain)
         # 6. One frame (the common case) or several, each len(4) || virtio_net_hdr || frame.
         lone = PREFIX + size == end
         frames = (plain[PREFIX:],) if lone else iter_frames_untrusted(plain, ROUTE.size)

@@ -25,6 +25,16 @@ The flow of a frame (container -> mesh):
    one segment.
 
 Relayed messages (from ``receive``) leave through ``Sender.relay``.
+
+End to end through a relay: a frame for a peer the routes reach through
+another, when we hold a session with that peer itself (a connection made
+through the relay, ``mesh.tunnel``, whose UDP cannot get through), is sealed
+for that peer first and the datagram goes, whole, as the payload of a
+message to the next hop: ``origin || destination || hops || len 0 ||
+datagram`` (a first frame of length 0, which no frame has, marks it).  The
+relays open only that outer message and pass the datagram on unread; the
+destination opens it with its own session (``receive``).  Such frames take
+no lane and are never packed: one sealed datagram inside one message.
 """
 
 from __future__ import annotations
@@ -123,6 +133,7 @@ class Sender:
         self.lanes: dict[bytes, _Lane] = {}  # by destination MAC
         # Buffers reused for every frame, with their C pointers made once.
         self._out = SendBuffer()  # sealed datagrams, laid out for GSO
+        self._inner = SendBuffer()  # datagrams sealed for a peer beyond a relay
         self._frame = bytearray(FRAME_BUFFER)  # what the TAP gives, at PREFIX
         self._frame_ptr = buffer_ptr(self._frame)
         self._tap_into = self._frame_ptr + PREFIX
@@ -170,6 +181,68 @@ class Sender:
             return
         self.stats.counters["messages_relayed"] += 1
         self.send(link, link.session.seal_into(PacketType.DATA, plain, self._out))
+
+    def _beyond(self, dst: bytes) -> bool:
+        """A session with ``dst`` to seal for it alone, beyond a relay (a lane
+        opened before that session was published no longer holds)."""
+        far = self.links.by_name.get(dst)
+        return far is not None and far.e2e
+
+    def _send_through(self, hop: Link, inner: DataSession, dst: bytes, n: int) -> None:
+        """Seal the frame of ``n`` bytes in the read buffer for ``dst`` with our
+        session with it (a TCP superframe cut into segments first), and send
+        each datagram inside a message of its own to ``hop`` (the module's
+        last paragraph)."""
+        room = hop.session.message_budget - PREFIX  # an inner datagram, whole
+        head = ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, 0)
+        outer, counters = hop.session, self.stats.counters
+        for datagram in self._sealed_for(inner, dst, n, room):
+            self.send(hop, outer.seal_into(PacketType.DATA, head + datagram, self._out))
+            counters["sealed_end_to_end"] += 1
+
+    def _sealed_for(
+        self, inner: DataSession, dst: bytes, n: int, room: int
+    ) -> list[bytes] | list[memoryview]:
+        """The frame of ``n`` bytes in the read buffer sealed with ``inner`` as
+        datagrams of at most ``room`` bytes: a TCP superframe as one message
+        per segment, anything else as one message (in segments if need be)."""
+        frame = self._frame_view[PREFIX : PREFIX + n]
+        state = inner.state
+        if self._frame[PREFIX + 1] != tso.GSO_NONE:
+            if native is not None and isinstance(state, native.Session):
+                size = state.datagram_size
+                state.datagram_size = room  # this thread's, and only for this call
+                try:
+                    count, total, stride = state.seal_segments(
+                        frame, self.me, dst, self._inner.data
+                    )
+                finally:
+                    state.datagram_size = size
+                if count:
+                    return self._cut(total, stride)
+            else:
+                try:
+                    fit = room - HEADER.size - inner.tag_bytes - PREFIX - tso.payload_offset(frame)
+                    segments = tso.segment_untrusted(tso.with_mss(frame, fit)) if fit >= 64 else []
+                except BadPacket:
+                    segments = []
+                if segments:
+                    out: list[bytes] = []
+                    for seg in segments:
+                        state.tx_frames += 1
+                        state.tx_bytes += len(seg) - ETH_AT
+                        plain = ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, len(seg)) + seg
+                        out += inner.seal(PacketType.DATA, plain, room)
+                    return out
+        state.tx_frames += 1
+        state.tx_bytes += n - ETH_AT
+        ROUTE_AND_LEN.pack_into(self._frame, 0, self.me, dst, MAX_HOPS, n)
+        sealed = inner.seal_at(PacketType.DATA, self._frame_ptr, PREFIX + n, self._inner, room)
+        return self._cut(*sealed)
+
+    def _cut(self, total: int, stride: int) -> list[memoryview]:
+        view = self._inner.view
+        return [view[i : min(i + stride, total)] for i in range(0, total, stride)]
 
     def _send_lone(self, link: Link, session: DataSession, dst: bytes, n: int) -> None:
         """Seal the frame of ``n`` bytes in the read buffer as one message, in
@@ -242,6 +315,7 @@ class Sender:
                 and lane.routes is routes
                 and lane.macs_version == macs.version
                 and by_name.get(lane.link.peer) is lane.link
+                and (lane.dst == lane.link.peer or not self._beyond(lane.dst))
                 and lane.link.udp_addr is not None
                 and buf[at + 6 : at + 12] == lane.src
             ):
@@ -276,6 +350,14 @@ class Sender:
                 hop = routes.next_hop.get(owner)
                 if hop is None:
                     self.stats.drops["no_route"] += 1
+                    return
+                inner = by_name.get(owner) if hop != owner else None
+                if inner is not None and inner.e2e:  # beyond a relay, sealed for it alone
+                    link = by_name.get(hop)
+                    if link is None or link.udp_addr is None:
+                        self.stats.drops["next_hop_down"] += 1
+                        return
+                    self._send_through(link, inner.session, owner, n)
                     return
                 keys = [(hop, owner)]
             for key in keys:

@@ -119,8 +119,11 @@ class Announcer:
             conns.append(ConnInfo(self.m.me, candidate, False, True))
         # Our relay role (--relay), when not the default: an entry to ourselves
         # with no address, which no release dials.
-        if self.m.relay_role != RELAY_MAY:
-            conns.append(ConnInfo(self.m.me, "", False, False, self.m.relay_role))
+        # And whether we are behind a NAT (the flag 16 there): peers behind
+        # NATs too seal for us alone through their relays (``tunnel``).
+        nat = self.m.reflection.behind_nat() and not self.m.public
+        if self.m.relay_role != RELAY_MAY or nat:
+            conns.append(ConnInfo(self.m.me, "", False, False, self.m.relay_role, nat))
         if self.m.gossip.set_connections(conns) is not None:
             self.topology_changed()
             self.spread.own_changed()

@@ -106,6 +106,7 @@ from meshrouter.proto.handshake import (
 from meshrouter.proto.keyring import KeyRing
 
 QUIET_HEARTBEATS_VERSION = 2  # peers from this protocol version count UDP as liveness
+E2E_VERSION = 2  # ... and open frames sealed for them alone inside a relayed message
 SUPERSEDED_GRACE = 5.0  # a re-keyed connection the dialler did not close by then: closed
 log = logging.getLogger("meshrouter")
 
@@ -171,6 +172,7 @@ class Conn:
     tunnel_id: int = 0
     punch_to: tuple[str, int] | None = None
     punch_since: float = 0.0
+    punch_failed: bool = False  # no UDP through within PUNCH_TIMEOUT: kept, sealing end to end
 
     @property
     def result(self) -> HandshakeResult | None:
@@ -207,6 +209,8 @@ def _new_link(conn: Conn, res: HandshakeResult) -> Link:
             peer_index=res.peer_recv_index,
         ),
         udp_addr=_first_udp_addr(conn, res),
+        e2e=keys.version >= E2E_VERSION,
+        punch_to=conn.punch_to,
     )
 
 
@@ -663,10 +667,13 @@ class Mesh:
 
     def _duplicate_loser(self, a: Conn, b: Conn) -> Conn:
         """Of two connections to one peer, the one to close: one under an older
-        mesh key (a rotation's replacement wins), else the survivor is the one
-        dialled by the peer with the larger name (both ends agree)."""
+        mesh key (a rotation's replacement wins), then one through a relay,
+        else the survivor is the one dialled by the peer with the larger name
+        (both ends agree)."""
         if a.key_epoch != b.key_epoch:
             return a if a.key_epoch < b.key_epoch else b
+        if (a.via is None) != (b.via is None):  # a connection of its own beats one
+            return a if a.via is not None else b  # through a relay (``tunnel``)
 
         def dialler(c: Conn) -> bytes:
             return self.me if c.initiator else c.name

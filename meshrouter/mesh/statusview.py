@@ -146,6 +146,13 @@ def _target_status(t: Target, now: float) -> TargetStatus:
     }
 
 
+def _sealed(m: Mesh, name: bytes, hop: bytes | None) -> str:
+    if hop is None or hop == name:
+        return ""
+    far = m.links.by_name.get(name)
+    return "end to end" if far is not None and far.e2e else "by each hop"
+
+
 def _peer_status(m: Mesh) -> list[PeerStatus]:
     routes = m.links.routes
     out: list[PeerStatus] = []
@@ -159,6 +166,7 @@ def _peer_status(m: Mesh) -> list[PeerStatus]:
                 "version": rec.version,
                 "reachable": name == m.me or hop is not None,
                 "via": None if hop is None or hop == name else format_name(hop),
+                "sealed": _sealed(m, name, hop),
                 "relay": RELAY_NAMES[rec.relay_role()],
                 "connections": [
                     {

@@ -19,7 +19,8 @@ Wire format of a TOPOLOGY gossip payload::
 
     kind=1 (u8) | count (u16) | count x record
     record: name(6) uid(u64) version(u64) nick_len(u8) nick n_conns(u16) n x conn
-    conn:   peer(6) flags(u8: 1=established 2=outbound, bits 2-3 the relay role)
+    conn:   peer(6) flags(u8: 1=established 2=outbound, bits 2-3 the relay role,
+            16=behind a NAT)
             addr_len(u8) addr(utf-8 "host:port")
 
 A peer's relay role (``--relay``) rides an entry of its record to itself with
@@ -63,6 +64,7 @@ class ConnInfo:
     established: bool
     outbound: bool
     relay: int = RELAY_MAY  # on an entry to itself with no address: its relay role
+    nat: bool = False  # ... and whether it is behind a NAT (no one can dial it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,13 @@ class PeerRecord:
             if c.peer == self.name and not c.address and c.relay in (RELAY_NEVER, RELAY_PREFER):
                 return c.relay
         return RELAY_MAY
+
+    def behind_nat(self) -> bool:
+        """It says a NAT stands in front of it: a candidate to punch to, or
+        (a NAT that maps per destination) the flag on its entry to itself."""
+        return any(
+            c.peer == self.name and (c.nat or (c.outbound and c.address)) for c in self.connections
+        )
 
 
 def merge(records: dict[bytes, PeerRecord], incoming: Iterable[PeerRecord]) -> list[PeerRecord]:
@@ -111,6 +120,7 @@ def encode_record(r: PeerRecord) -> bytes:
     for c in r.connections:
         addr = c.address.encode()[:255]
         flags = (1 if c.established else 0) | (2 if c.outbound else 0) | (c.relay & 3) << 2
+        flags |= 16 if c.nat else 0
         out += _CONN.pack(c.peer, flags, len(addr)) + addr
     return bytes(out)
 
@@ -173,7 +183,14 @@ def decode_records_untrusted(
         for _ in range(n_conns):
             peer, flags, alen = r.unpack(_CONN)
             conns.append(
-                ConnInfo(peer, r.text(alen), bool(flags & 1), bool(flags & 2), flags >> 2 & 3)
+                ConnInfo(
+                    peer,
+                    r.text(alen),
+                    bool(flags & 1),
+                    bool(flags & 2),
+                    flags >> 2 & 3,
+                    bool(flags & 16),
+                )
             )
         out.append(PeerRecord(name, uid, version, nick, tuple(sorted(conns))))
     if r.pos != len(payload):

@@ -15,10 +15,16 @@ datagram leave before the other's arrives and lets the answer in (a hole
 punched).  When UDP flows both ways, the connection is ESTABLISHED and
 carries the data directly; until then the data is relayed as before.
 
-A tunnel whose UDP has not come up within ``PUNCH_TIMEOUT`` is closed and
-tried again with backoff (``BACKOFF_FIRST`` doubling to ``BACKOFF_MAX``): a
-NAT that maps per destination never lets it through, and the data stays
-relayed.  A tunnel whose relay goes away is closed with it.
+A tunnel whose UDP has not come up within ``PUNCH_TIMEOUT`` stays open:
+its session is the pair's own, and the data between them, relayed, is
+sealed with it inside the relay's hop (``dataplane.send._send_through``),
+so the relay passes on what it cannot read.  Its heartbeats keep going to
+the candidate the peer's record names now (a NAT rebooted and mapping to
+another port is punched through once both records say so).  Two hosts of
+which one is behind a NAT that maps per destination have no candidate to
+punch to, and get such a tunnel too, for its keys alone.  A tunnel whose
+relay goes away is closed with it and opened again through another; a
+connection of the pair's own replaces it (``Mesh._duplicate_loser``).
 """
 
 from __future__ import annotations
@@ -46,10 +52,14 @@ KNOWN_FLAGS = FROM_INITIATOR
 MAX_CHUNK = 16384  # stream bytes per TUNNEL message
 MAX_PER_PEER = 2  # tunnels from one peer at once (a replacement beside the old one)
 HOLD = 2.0  # both candidates known this long before a first try
-PUNCH_TIMEOUT = 15.0  # UDP not up both ways by then (or lost that long): closed
+# Both behind NATs, no candidate to punch to: this long before a tunnel for
+# the keys alone (any connection of their own, over a LAN, comes first).
+HOLD_SEALED = 10.0
+PUNCH_TIMEOUT = 15.0  # UDP not up both ways by then: relayed, sealed end to end
 BACKOFF_FIRST = 20.0
 BACKOFF_MAX = 600.0
-NO_PATH = "no direct UDP path through the NATs: relayed"
+RELAY_GONE_WAIT = 1.0  # a tunnel whose relay went away: again through another
+NO_PATH = "no direct UDP path through the NATs: relayed, sealed end to end"
 
 
 def encode_tunnel(dst: bytes, origin: bytes, flags: int, tid: int, data: bytes) -> bytes:
@@ -84,27 +94,32 @@ class Tunnels:
         self.next_try: dict[bytes, float] = {}  # peer -> not before
         self.both_known: dict[bytes, float] = {}  # peer -> since when both candidates
         self.now = 0.0
-        self.told = ""  # the candidate our record carries
+        self.told: tuple[str, bool] = ("", False)  # the candidate and NAT our record carry
 
     # -- status ---------------------------------------------------------------------
 
     def states(self, now: float) -> dict[str, str]:
         """Each peer behind another NAT: punched, punching, or relayed."""
         out: dict[str, str] = {}
-        ours = self.m.reflection.candidate()
         for conn in self.conns():
             if conn.name or conn.tunnel_to:
                 who = self.m.nickname_of(conn.name or conn.tunnel_to)
-                out[who] = "punched" if conn.state is ConnState.ESTABLISHED else "punching"
+                if conn.state is ConnState.ESTABLISHED:
+                    out[who] = "punched"
+                elif conn.link is None:
+                    out[who] = "punching" if conn.punch_to else "relayed: handshake under way"
+                elif conn.punch_to is None:
+                    out[who] = "relayed, sealed end to end: no address to punch to"
+                elif conn.punch_failed:
+                    out[who] = "relayed, sealed end to end: no direct path yet, punching on"
+                else:
+                    out[who] = "punching"
         for name, at in self.next_try.items():
             who = self.m.nickname_of(name)
             if who in out or name in self.m.peers or name not in self.m.gossip.records:
                 continue
-            if ours and self.m.gossip.candidates_of(name):
-                if at > now:
-                    out[who] = f"relayed: no direct path, next try in {at - now:.0f}s"
-            else:  # a NAT now maps per destination, or one of us is behind none
-                out[who] = "relayed: no direct path (no address to punch to)"
+            if at > now:
+                out[who] = f"relayed: no tunnel, next try in {at - now:.0f}s"
         return dict(sorted(out.items()))
 
     def conns(self) -> list[Conn]:
@@ -115,8 +130,9 @@ class Tunnels:
     def tick(self, now: float) -> None:
         self.now = now
         ours = self.m.reflection.candidate()
-        if ours != self.told:
-            self.told = ours
+        told = (ours, self.m.reflection.behind_nat())
+        if told != self.told:
+            self.told = told
             self.m.announce.own_record_changed()
         for conn in self.conns():
             if conn.control.state is not State.CLOSED and now >= conn.control.get_timer():
@@ -129,34 +145,52 @@ class Tunnels:
         if conn.control.state is State.CLOSED:
             return
         if conn.state is ConnState.ESTABLISHED:
-            conn.punch_since = now
+            conn.punch_since, conn.punch_failed = now, False
             if conn.name:
                 self.backoff.pop(conn.name, None)  # it worked: a later failure starts afresh
             return
-        if now - conn.punch_since > PUNCH_TIMEOUT:
+        dest = self._candidate_of(conn.tunnel_to)
+        if dest is not None and dest != conn.punch_to:  # its NAT maps it elsewhere now
+            conn.punch_to, conn.punch_since, conn.punch_failed = dest, now, False
+            if conn.link is not None:
+                conn.link.punch_to = dest  # the forwarder sends there while it hears nothing
+            self.m.counters["punches_tried"] += 1
+            return
+        late = now - conn.punch_since > PUNCH_TIMEOUT
+        if conn.punch_to is not None and not conn.punch_failed and late:
+            conn.punch_failed = True
             self.m.counters["punches_failed"] += 1
-            self.m.close_connection(conn, NO_PATH, now)
+            log.info("%s: %s", conn.label, NO_PATH)
+
+    def _candidate_of(self, name: bytes) -> tuple[str, int] | None:
+        theirs = sorted(self.m.gossip.candidates_of(name))
+        return _candidate_addr(theirs[0]) if theirs else None
 
     def _open_due(self, ours: str, now: float) -> None:
-        if not ours:
-            self.both_known.clear()
+        """Open a tunnel to each peer behind another NAT (by its record) that
+        has a larger name: to punch to its candidate when both have one, else
+        for its keys alone (``HOLD_SEALED`` later)."""
+        if self.m.public or not (ours or self.m.reflection.behind_nat()):
+            self.both_known.clear()  # peers can dial us: they do
             return
         busy = {c.name or c.tunnel_to for c in self.m.conns.values()}
         records = self.m.gossip.records
-        for name in sorted(records):
+        for name, rec in sorted(records.items()):
             if name <= self.m.me or name in busy or name in self.m.maker.evicted:
                 self.both_known.pop(name, None)
                 continue
             theirs = sorted(self.m.gossip.candidates_of(name))
-            if not theirs or host_of(theirs[0]) == host_of(ours):
-                self.both_known.pop(name, None)  # not behind a NAT, or behind ours
+            same_nat = bool(theirs and ours) and host_of(theirs[0]) == host_of(ours)
+            if same_nat or not rec.behind_nat():
+                self.both_known.pop(name, None)  # behind ours, or dialable: dialled
                 continue
             since = self.both_known.setdefault(name, now)
-            if now - since < HOLD or now < self.next_try.get(name, 0.0):
+            hold = HOLD if theirs and ours else HOLD_SEALED
+            if now - since < hold or now < self.next_try.get(name, 0.0):
                 continue
             relay = self._relay_for(name)
-            dest = _candidate_addr(theirs[0])
-            if relay is None or dest is None or len(self.m.conns) >= self.m.conn_limit:
+            dest = _candidate_addr(theirs[0]) if theirs else None
+            if relay is None or len(self.m.conns) >= self.m.conn_limit:
                 continue
             self._open(name, relay, dest, now)
 
@@ -172,20 +206,27 @@ class Tunnels:
                 return conn
         return None
 
-    def _open(self, name: bytes, relay: Conn, dest: tuple[str, int], now: float) -> None:
+    def _open(self, name: bytes, relay: Conn, dest: tuple[str, int] | None, now: float) -> None:
         index = self.m.open_connection(
-            initiator=True, remote=dest, now=now, ephemeral=self._ephemeral()
+            initiator=True,
+            remote=dest or (host_of(relay.where), 0),
+            now=now,
+            ephemeral=self._ephemeral(),
         )
         assert index is not None  # ours: never refused
         conn = self.m.conns[index]
         conn.via, conn.tunnel_to, conn.tunnel_id = relay.name, name, index
         conn.punch_to, conn.punch_since = dest, now
-        self.m.counters["punches_tried"] += 1
+        if dest is not None:
+            self.m.counters["punches_tried"] += 1
+        self.m.counters["tunnels_opened"] += 1
         log.info(
-            "both behind NATs: %s dialled through %s, to punch a UDP path to %s",
+            "both behind NATs: %s dialled through %s, %s",
             format_name(name),
             relay.label,
-            conn.where,
+            f"to punch a UDP path to {conn.where}"
+            if dest
+            else "for keys of our own (no address to punch to): relayed, sealed end to end",
         )
 
     def _ephemeral(self) -> bytes:
@@ -212,14 +253,18 @@ class Tunnels:
                     break
             if conn.control.state is State.CLOSED:
                 if conn.initiator:
-                    self._ended(conn.tunnel_to)
+                    self._ended(conn.tunnel_to, soon=relay is None)
                 else:
                     self.accepted.pop((conn.tunnel_to, conn.tunnel_id), None)
                 self.m.connection_lost(conn.index, self.now)
 
-    def _ended(self, name: bytes) -> None:
+    def _ended(self, name: bytes, *, soon: bool = False) -> None:
         """Our tunnel to ``name`` ended: the next try waits, longer each time
-        (from the first wait again once one carried UDP)."""
+        (from the first wait again once one carried UDP); ``soon`` after its
+        relay went away (another carries the next one)."""
+        if soon:
+            self.next_try[name] = self.now + RELAY_GONE_WAIT
+            return
         wait = self.backoff.get(name, BACKOFF_FIRST)
         self.backoff[name] = min(wait * 2, BACKOFF_MAX)
         self.next_try[name] = self.now + wait * self.m.rng.uniform(0.8, 1.2)

@@ -20,6 +20,7 @@ from meshrouter.dataplane.routes import Routes
 from meshrouter.dataplane.session import DataSession
 from meshrouter.dataplane.sessionstate import Mode
 from meshrouter.dataplane.udp import UdpSocket
+from meshrouter.proto.crypto import Suite
 from meshrouter.testing.sessions import session_pair
 
 VNET = bytes(10)
@@ -156,5 +157,116 @@ def cross(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
     while True:
         try:
             out.append(b.tap.recv(70_000))
+        except BlockingIOError:
+            return out
+
+
+C_NAME = b"\x02\x00\x00\x00\x00\x03"
+
+
+def _keyed(i: int, j: int, pure: bool) -> tuple[DataSession, DataSession]:
+    """Sessions between routers i and j (indices i*10+j and j*10+i), keys of
+    their own, path MTU known."""
+    k1, k2 = bytes([i, j]) * 16, bytes([j, i]) * 16
+    a = DataSession(
+        suite=Suite.AEGIS128L,
+        send_key=k1,
+        recv_key=k2,
+        local_index=i * 10 + j,
+        peer_index=j * 10 + i,
+        pure=pure,
+    )
+    b = DataSession(
+        suite=Suite.AEGIS128L,
+        send_key=k2,
+        recv_key=k1,
+        local_index=j * 10 + i,
+        peer_index=i * 10 + j,
+        pure=pure,
+    )
+    a.datagram_size = b.datagram_size = 1472
+    return a, b
+
+
+@contextmanager
+def relayed(
+    dataplane: tuple[Mode, Mode, Mode] = ("python", "python", "python"),
+    *,
+    pure: bool = False,
+    e2e: bool = True,
+) -> Iterator[tuple[Side, Side, Side]]:
+    """A, B, C on loopback with links A-B and B-C, and routes from A to C
+    through B.  A and C also hold a session of their own (a connection
+    through B, as ``mesh.tunnel`` makes behind NATs) with no UDP address:
+    frames between them are sealed for each other inside B's hops (with
+    ``e2e`` False, a peer that cannot open them: B re-seals them)."""
+    names = (A_NAME, B_NAME, C_NAME)
+    graph = {A_NAME: {B_NAME}, B_NAME: {A_NAME, C_NAME}, C_NAME: {B_NAME}}
+    udps = [UdpSocket("127.0.0.1", 0) for _ in names]
+    taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in names]
+    for app, tap in taps:
+        for s in (app, tap):
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    tables = []
+    for me in names:
+        hops = {n: (n if B_NAME in (me, n) else B_NAME) for n in names if n != me}
+        tables.append(LinkTable(Routes(hops, graph, {}, me)))
+
+    def link(i: int, j: int, session: DataSession, udp: bool, far: bool) -> None:
+        addr = udps[j].sock.getsockname() if udp else None
+        tables[i].publish(
+            Link(
+                index=session.local_index,
+                peer=names[j],
+                label=names[j].hex(),
+                session=session,
+                udp_addr=None if addr is None else (addr[0], addr[1]),
+                e2e=far,
+            )
+        )
+
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        si, sj = _keyed(i + 1, j + 1, pure)
+        direct = 1 in (i, j)
+        link(i, j, si, direct, e2e)
+        link(j, i, sj, direct, e2e)
+    sides = []
+    for k, me in enumerate(names):
+        fwd = Forwarder(
+            me=me,
+            tap_fd=taps[k][1].fileno(),
+            udp=udps[k],
+            links=tables[k],
+            now=time.monotonic,
+            dataplane=dataplane[k],
+        )
+        for ln in tables[k].by_name.values():  # no heartbeats: the test drives the clock
+            ln.next_heartbeat = ln.next_probe = 1e18
+        sides.append(Side(me, fwd, tables[k], taps[k][0]))
+    a, b, c = sides
+    a.fwd.macs.learn(DST_MAC, C_NAME, time.monotonic())
+    try:
+        yield a, b, c
+    finally:
+        for pair_ in taps:
+            for s in pair_:
+                s.close()
+        for u in udps:
+            u.close()
+        for side_ in sides:
+            side_.fwd.close()
+
+
+def cross_relayed(a: Side, b: Side, c: Side, frames: list[bytes]) -> list[bytes]:
+    """``cross`` from a to c through b."""
+    for f in frames:
+        a.tap.send(f)
+    for side_ in (a, b, c):
+        side_.fwd.pump(time.monotonic())
+    out = []
+    while True:
+        try:
+            out.append(c.tap.recv(70_000))
         except BlockingIOError:
             return out

@@ -111,6 +111,47 @@ def test_each_host_learns_how_it_is_seen_and_a_symmetric_nat_is_named(
     assert "via " in lab.mesh(2, "status", "peers").stdout
 
 
+def sealed_end_to_end(lab: Lab, i: int, nick: str) -> bool:
+    p = next((p for p in status(lab, i)["peers"] if p["nickname"] == nick), None)
+    return p is not None and p["via"] is not None and p["sealed"] == "end to end"
+
+
+def test_behind_a_symmetric_nat_traffic_is_relayed_sealed_end_to_end(
+    lab_factory: LabFactory,
+) -> None:
+    """h3's NAT maps per destination: nothing punches through it, so h2's
+    and h3's containers are relayed by h1.  h2 and h3 hold keys of their own
+    (a connection through h1) and seal their frames with them inside h1's
+    hops: h1 passes on what it cannot read (its counters say every relayed
+    message of the transfer was one), and the transfer is intact."""
+    lab = lab_factory(3, nat={2: "a", 3: "b"}, symmetric=frozenset({"b"}))
+    lab.launch(1)
+    lab.launch(2, lab.addr(1))
+    lab.launch(3, lab.addr(1))
+    nick = {i: status(lab, i)["nickname"] for i in (1, 2, 3)}
+    lab.wait_for(
+        "h2 and h3 sealing end to end through h1",
+        lambda: sealed_end_to_end(lab, 2, nick[3]) and sealed_end_to_end(lab, 3, nick[2]),
+        timeout=60,
+    )
+    assert "sealed end to end" in lab.mesh(2, "status", "peers").stdout
+    c2, c3 = containers(lab)
+    before = status(lab, 1)["counters"]
+    sent, got = tcp_transfer(lab, c2, c3, "10.32.0.3", 8 << 20)
+    assert sent == got
+    after = status(lab, 1)["counters"]
+    relayed = after["messages_relayed"] - before.get("messages_relayed", 0)
+    unread = after.get("relayed_unread", 0) - before.get("relayed_unread", 0)
+    print(f"h1 relayed {relayed} messages of an 8 MiB transfer, {unread} of them unread")
+    assert relayed > 5000
+    assert unread >= relayed - 50  # a broadcast or two (ARP) is the mesh's, not sealed
+    assert status(lab, 2)["counters"]["sealed_end_to_end"] > 0
+    assert status(lab, 3)["counters"]["opened_end_to_end"] > 0
+    assert not any(status(lab, i)["drops"] for i in (2, 3)), [
+        status(lab, i)["drops"] for i in (2, 3)
+    ]
+
+
 def test_two_hosts_behind_one_nat_talk_directly_over_their_private_addresses(
     lab_factory: LabFactory,
 ) -> None:

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from meshrouter.base.errors import BadPacket
 from meshrouter.contract.status import ConnState
 from meshrouter.mesh.tunnel import (
-    BACKOFF_FIRST,
-    NO_PATH,
+    HOLD_SEALED,
     PUNCH_TIMEOUT,
     decode_tunnel_untrusted,
     encode_tunnel,
@@ -40,6 +39,14 @@ def behind_nats(net: MeshNet, *hosts: int) -> None:
     for i in hosts:
         net.mesh(i).advertise([f"10.0.{i}.2:6783"])
         net.mesh(i).peers[name(1)].seen_as = ("", f"203.0.113.{i}:6783")
+
+
+def tick(net: MeshNet, times: int, *udp: tuple[int, int]) -> None:
+    """``times`` ticks of half a second, UDP flowing between the ``udp`` pairs."""
+    for _ in range(times):
+        for pair in udp:
+            net.exchange_heartbeats(*pair)
+        net.tick()
 
 
 def test_two_hosts_behind_two_nats_dial_through_a_relay_and_punch() -> None:
@@ -77,29 +84,86 @@ def test_two_hosts_behind_two_nats_dial_through_a_relay_and_punch() -> None:
     assert net.mesh(low).peers[name(high)] is at_low
 
 
-def test_no_udp_through_the_nats_closes_the_tunnel_and_tries_again_later() -> None:
+def test_no_udp_through_the_nats_keeps_the_tunnel_and_punches_to_a_new_mapping() -> None:
+    """No datagram crosses: the tunnel stays (its keys seal the relayed data
+    end to end) and its heartbeats keep going; when the peer's NAT maps it
+    to another port, that is where they go next."""
     net = MeshNet(3, ipam="fake")
     establish(net, (1, 2), (1, 3))
     behind_nats(net, 2, 3)
     low, high = sorted((2, 3), key=name)
     for _ in range(8):
         net.tick()
-    assert name(high) in net.mesh(low).peers
-    for _ in range(int(PUNCH_TIMEOUT / 0.5) + 2):  # no datagram ever crosses
-        net.tick()
-        if name(high) in net.mesh(low).peers:
-            closing = net.mesh(low).peers[name(high)]
-    assert name(high) not in net.mesh(low).peers
-    assert closing.control.close_reason == NO_PATH
+    tunnel = net.mesh(low).peers[name(high)]
+    tick(net, int(PUNCH_TIMEOUT / 0.5) + 4, (1, 2), (1, 3))  # none crosses between them
+    assert net.mesh(low).peers[name(high)] is tunnel
+    assert name(low) in net.mesh(high).peers
+    assert tunnel.punch_failed
     assert net.mesh(low).counters["punches_failed"] == 1
-    assert name(low) not in net.mesh(high).peers  # told by the CLOSE, through the relay
+    assert tunnel.link is not None
+    assert tunnel.link.e2e
+    assert net.mesh(low).links.by_name[name(high)] is tunnel.link  # the keys, published
+    assert net.mesh(low).links.routes.next_hop[name(high)] == name(1)  # data relayed
+    nick = net.mesh(high).nickname_of(name(high))
+    assert "sealed end to end" in net.mesh(low).tunnels.states(net.now)[nick]
+    # high's NAT reboots and maps it to another port, which h1 tells it.
+    net.mesh(high).peers[name(1)].seen_as = ("", f"203.0.113.{high}:40000")
     tried = net.mesh(low).counters["punches_tried"]
-    for _ in range(int(BACKOFF_FIRST * 0.8 / 0.5) - 2):
-        net.tick()
-    assert net.mesh(low).counters["punches_tried"] == tried  # backing off
-    for _ in range(int(BACKOFF_FIRST * 0.5 / 0.5) + 2):
-        net.tick()
+    tick(net, 6, (1, 2), (1, 3))
+    assert tunnel.punch_to == (f"203.0.113.{high}", 40000)
+    assert tunnel.link.punch_to == tunnel.punch_to  # the forwarder sends there
     assert net.mesh(low).counters["punches_tried"] == tried + 1
+    assert not tunnel.punch_failed
+
+
+def test_behind_a_nat_that_maps_per_destination_a_tunnel_is_opened_for_its_keys() -> None:
+    """h3's NAT shows h1 and h4 two ports: no candidate to punch to.  h2,
+    behind a NAT of its own, still gets a tunnel with h3 through h1 (after
+    ``HOLD_SEALED``), that punches nothing and holds their own keys."""
+    net = MeshNet(4, ipam="fake")
+    establish(net, (1, 2), (1, 3), (1, 4), (3, 4))
+    behind_nats(net, 2, 3)
+    net.mesh(3).peers[name(4)].seen_as = ("", "203.0.113.3:2000")  # per destination
+    for _ in range(4):
+        net.tick()
+    assert net.mesh(3).reflection.candidate() == ""
+    assert net.mesh(3).reflection.behind_nat()
+    rec3 = net.mesh(2).gossip.records[name(3)]
+    assert rec3.behind_nat()  # the flag on its entry to itself: no candidate
+    assert not net.mesh(2).gossip.records[name(1)].behind_nat()
+    tick(net, int(HOLD_SEALED / 0.5) + 4, (1, 2), (1, 3), (1, 4), (3, 4))
+    tunnel = net.mesh(2).peers[name(3)]
+    assert tunnel.via == name(1)
+    assert tunnel.link is not None
+    assert tunnel.link.e2e
+    assert net.mesh(3).peers[name(2)].link is not None
+    assert net.mesh(2).counters["tunnels_opened"] == 1
+    assert net.mesh(2).counters["punches_tried"] == 0
+    assert tunnel.link.udp_addr is None  # nowhere to send UDP to: nothing sent
+    assert name(4) not in {c.tunnel_to for c in net.mesh(2).tunnels.conns()}  # h4: dialable
+    assert net.mesh(2).links.routes.next_hop[name(3)] == name(1)
+    tick(net, int(PUNCH_TIMEOUT / 0.5) + 4, (1, 2), (1, 3), (1, 4), (3, 4))
+    assert net.mesh(2).peers[name(3)] is tunnel  # kept
+    assert net.mesh(2).counters["punches_failed"] == 0
+
+
+def test_a_connection_of_their_own_replaces_a_tunnel() -> None:
+    """A tunnel, then the pair connect directly (a port forward opened):
+    both ends keep the direct one, whichever dialled."""
+    net = MeshNet(3, ipam="fake")
+    establish(net, (1, 2), (1, 3))
+    behind_nats(net, 2, 3)
+    low, high = sorted((2, 3), key=name)
+    for _ in range(8):
+        net.tick()
+    assert net.mesh(low).peers[name(high)].via == name(1)
+    establish(net, (high, low))
+    for _ in range(2):
+        net.tick()
+    assert net.mesh(low).peers[name(high)].via is None
+    assert net.mesh(high).peers[name(low)].via is None
+    assert not net.mesh(low).tunnels.conns()
+    assert not net.mesh(high).tunnels.conns()
 
 
 def test_hosts_behind_one_nat_or_not_behind_any_are_not_tunnelled() -> None:

@@ -1,0 +1,153 @@
+"""Sealed end to end through a relay (issue 25): A's frames for C, whose
+route goes through B, are sealed with A's own session with C inside B's
+hop; B opens only its hop and passes the rest on unread.  Three real
+forwarders on loopback, either loop; B's plaintexts are watched."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from meshrouter.dataplane import tso
+from meshrouter.dataplane.sessionstate import Mode, native_available
+from meshrouter.proto.wire import HEADER, MAX_HOPS, ROUTE_AND_LEN, PacketType
+from meshrouter.testing.fwdpair import (
+    A_NAME,
+    C_NAME,
+    DST_MAC,
+    SRC_MAC,
+    VNET,
+    Side,
+    cross_relayed,
+    relayed,
+)
+from meshrouter.testing.tcpframes import superframe
+
+PLANES: list[Mode] = ["python", *(["c"] if native_available() else [])]  # type: ignore[list-item]
+
+
+def marked(size: int, i: int) -> bytes:
+    """A frame whose payload says what it is, over and over."""
+    eth = DST_MAC + SRC_MAC + b"\x08\x00"
+    body = (b"CLEARTEXT-%d-" % i) * (size // 12 + 1)
+    return VNET + eth + body[: size - len(eth)]
+
+
+@contextmanager
+def watched(
+    planes: tuple[Mode, Mode, Mode], *, e2e: bool = True, pure: bool = False
+) -> Iterator[tuple[Side, Side, Side, list[bytes]]]:
+    """``relayed`` with every plaintext B opens recorded."""
+    with relayed(planes, e2e=e2e, pure=pure) as (a, b, c):
+        seen: list[bytes] = []
+        deliver = b.fwd.receiver._deliver
+
+        def spy(session: object, plain: memoryview, now: float) -> None:
+            seen.append(bytes(plain))
+            deliver(session, plain, now)  # type: ignore[arg-type]
+
+        b.fwd.receiver._deliver = spy  # type: ignore[method-assign]
+        yield a, b, c, seen
+
+
+def counters(side: Side) -> dict[str, int]:
+    return side.fwd.statistics().counters
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_the_relay_passes_on_what_it_cannot_read(plane: Mode) -> None:
+    with watched((plane, plane, plane)) as (a, b, c, seen):
+        small, mid = marked(64, 1), marked(1400, 2)
+        big = marked(9000, 3)  # no TSO: one message of several datagrams, inside
+        sf = superframe(DST_MAC, SRC_MAC, 7)
+        for _ in range(2):  # a C loop learns nothing that skips the sealing
+            assert cross_relayed(a, b, c, [small]) == [small]
+            assert cross_relayed(a, b, c, [mid]) == [mid]
+            assert cross_relayed(a, b, c, [big]) == [big]
+        got = cross_relayed(a, b, c, [sf])
+        assert [x for g in got for x in tso.segment_untrusted(g)] == tso.segment_untrusted(sf)
+        assert seen, "B relayed nothing"
+        for plain in seen:
+            assert b"CLEARTEXT" not in plain
+            assert sf[-64:] not in plain
+            assert plain[:12] == A_NAME + C_NAME  # route header: all B reads
+        assert counters(b)["messages_relayed"] == len(seen)
+        assert counters(a)["sealed_end_to_end"] == len(seen)
+        assert counters(c)["opened_end_to_end"] >= 7
+        for side in (a, b, c):
+            assert side.fwd.statistics().drops == {}
+        # C learnt the sender's MAC against A, not against B.
+        assert c.fwd.macs.lookup(SRC_MAC, time.monotonic()) == A_NAME
+
+
+def test_without_the_extension_the_model_cuts_inside_the_hop() -> None:
+    with watched(("python", "python", "python"), pure=True) as (a, b, c, seen):
+        c.fwd.receiver.joiner = None
+        sf = superframe(DST_MAC, SRC_MAC, 8)
+        assert cross_relayed(a, b, c, [sf]) == tso.segment_untrusted(sf)
+        assert all(sf[-64:] not in p for p in seen)
+        assert c.fwd.statistics().drops == {}
+
+
+def test_a_peer_that_cannot_open_them_gets_frames_resealed_by_the_relay() -> None:
+    """The spy sees clear text when there is any to see (so the test above
+    can fail): a peer of protocol 1 gets what B re-seals."""
+    with watched(("python", "python", "python"), e2e=False) as (a, b, c, seen):
+        f = marked(200, 4)
+        assert cross_relayed(a, b, c, [f]) == [f]
+        assert any(b"CLEARTEXT-4" in p for p in seen)
+        assert counters(a).get("sealed_end_to_end", 0) == 0
+
+
+def test_a_relay_that_forges_an_inner_message_gets_nothing_through() -> None:
+    """B (compromised) sends C hop messages that claim to carry A's sealed
+    datagrams: unknown receiver indices, B's own session's index, A's index
+    with garbage, and a real one replayed.  None reaches C's TAP; each is
+    counted."""
+    with relayed() as (a, b, c):
+        f = marked(100, 5)
+        assert cross_relayed(a, b, c, [f]) == [f]
+        to_c = b.table.by_name[C_NAME]
+        c_addr = c.fwd.udp.sock.getsockname()
+        head = ROUTE_AND_LEN.pack(A_NAME, C_NAME, MAX_HOPS, 0)
+        a_to_c = a.table.by_name[C_NAME].session
+        real = a_to_c.seal(
+            PacketType.DATA, ROUTE_AND_LEN.pack(A_NAME, C_NAME, MAX_HOPS, len(f)) + f
+        )
+        at_c = c.table.by_name[A_NAME].session
+        wrong_route = a_to_c.seal(  # A's key, but a message from A to someone else
+            PacketType.DATA, ROUTE_AND_LEN.pack(A_NAME, A_NAME, MAX_HOPS, len(f)) + f
+        )
+
+        def header(index: int) -> bytes:
+            return HEADER.pack(PacketType.DATA, index, 1 << 40, 0, 1)
+
+        forged = [
+            header(999) + bytes(40),  # no such index
+            header(to_c.session.peer_index) + bytes(40),  # B's own session with C
+            header(at_c.local_index) + bytes(60),  # A's, not sealed by A
+            b"\x02",  # short
+            real[0],
+            real[0],  # replayed
+            wrong_route[0],
+        ]
+        for inner in forged:
+            hop = to_c.session.seal(PacketType.DATA, head + inner)
+            b.fwd.udp.sock.sendto(hop[0], c_addr)
+        c.fwd.pump(time.monotonic())
+        got = []
+        while True:
+            try:
+                got.append(c.tap.recv(70_000))
+            except BlockingIOError:
+                break
+        assert got == [f]  # the real one, once
+        drops = c.fwd.statistics().drops
+        assert drops["e2e_unknown"] == 2
+        assert drops["auth_failed"] == 1
+        assert drops["short_datagram"] == 1
+        assert drops["replayed"] == 1
+        assert drops["e2e_bad"] == 1
