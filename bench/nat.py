@@ -1,6 +1,7 @@
 """Two hosts behind two NATs (issue 25): throughput and RTT between their
 containers over the punched direct path, side by side with the same pair
-when one NAT maps per destination (nothing to punch: relayed through h1).
+when one NAT maps per destination (nothing to punch: relayed through h1,
+sealed end to end with the pair's own keys: h1 passes on what it cannot read).
 
 Two namespace labs run at once (h1 on the "internet", h2 and h3 each behind
 a NAT box of its own); iperf3 runs and pings alternate between them, so
@@ -28,6 +29,7 @@ class Path:
     gbits: list[float] = field(default_factory=list)
     rtts: list[float] = field(default_factory=list)
     through_h1: list[int] = field(default_factory=list)
+    unread: list[float] = field(default_factory=list)  # of h1's relayed messages
 
 
 def setup(lab: Lab, symmetric: bool) -> None:
@@ -44,7 +46,8 @@ def setup(lab: Lab, symmetric: bool) -> None:
         if lab.in_ns(c2, "ping", "-c1", "-W1", "10.32.0.3", check=False).returncode:
             return False
         if symmetric:  # (only h1 sees h3: its NAT is not named, its punches fail)
-            return True
+            p = {x["nickname"]: x for x in status(lab, 2)["peers"]}.get(nick3)
+            return p is not None and p["sealed"] == "end to end"
         c = {x.get("nickname"): x for x in status(lab, 2)["connections"]}.get(nick3)
         return c is not None and c["state"] == "established"
 
@@ -55,8 +58,14 @@ def measure(p: Path, secs: int) -> None:
     lab = p.lab
     c2, c3 = f"{lab.prefix}-c2", f"{lab.prefix}-c3"
     before = lab.wan_bytes(1)
+    was = status(lab, 1)["counters"]
     j = iperf(lab, c2, c3, "10.32.0.3", secs=secs)
     p.through_h1.append(lab.wan_bytes(1) - before)
+    now = status(lab, 1)["counters"]
+    relayed = now.get("messages_relayed", 0) - was.get("messages_relayed", 0)
+    unread = now.get("relayed_unread", 0) - was.get("relayed_unread", 0)
+    if relayed > 1000:
+        p.unread.append(unread / relayed)
     if "end" in j:
         p.gbits.append(j["end"]["sum_received"]["bits_per_second"] / 1e9)
     r = lab.in_ns(c2, "ping", "-c", "50", "-i", "0.02", "10.32.0.3", check=False, timeout=30)
@@ -72,7 +81,7 @@ def main() -> None:
     try:
         for name, prefix, symmetric in (
             ("punched (direct)", "mbn1", False),
-            ("relayed via h1", "mbn2", True),
+            ("relayed via h1", "mbn2", True),  # sealed end to end
         ):
             sym = frozenset({"b"} if symmetric else ())
             paths.append(Path(name, Lab(prefix, 3, nat={2: "a", 3: "b"}, symmetric=sym)))
@@ -84,12 +93,16 @@ def main() -> None:
         for p in paths:
             p.lab.close()
     print(f"two NATed hosts' containers, iperf3 {args.secs}s x {args.rounds}, 50 pings each")
-    print(f"{'path':<18} {'Gbit/s':>8} {'RTT ms (median)':>16} {'MiB through h1 per run':>24}")
+    print(
+        f"{'path':<18} {'Gbit/s':>8} {'RTT ms (median)':>16} {'MiB through h1 per run':>24}"
+        f" {'unread by h1':>13}"
+    )
     for p in paths:
         gb = statistics.mean(p.gbits) if p.gbits else float("nan")
         rtt = statistics.median(p.rtts) if p.rtts else float("nan")
         mib = statistics.mean(p.through_h1) / 2**20
-        print(f"{p.name:<18} {gb:>8.2f} {rtt:>16.3f} {mib:>24.1f}")
+        unread = f"{100 * min(p.unread):.1f}%" if p.unread else "-"
+        print(f"{p.name:<18} {gb:>8.2f} {rtt:>16.3f} {mib:>24.1f} {unread:>13}")
     if len(paths) == 2 and paths[1].gbits and paths[0].gbits:
         ratio = statistics.mean(paths[0].gbits) / statistics.mean(paths[1].gbits)
         print(f"direct / relayed throughput: {ratio:.2f}x")

@@ -19,4 +19,5 @@ cd "$tmp"
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
     python3 -m pytest -q -p no:cacheprovider tests/unit/dataplane/test_dataplane.py tests/unit/dataplane/test_forwarder.py \
-    tests/unit/dataplane/test_session.py tests/unit/dataplane/test_tso_c.py
+    tests/unit/dataplane/test_session.py tests/unit/dataplane/test_tso_c.py \
+    tests/unit/dataplane/test_e2e.py

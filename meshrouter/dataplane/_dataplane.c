@@ -75,6 +75,7 @@
 #define UDP_GRO_ 104
 #define NLANES 1024
 #define NBOUND 256
+#define NSEALED 256 /* sessions with peers beyond a relay, by receiver index */
 #define NSEEN 1024
 #define NERRNO 160
 
@@ -82,7 +83,7 @@ enum { EV_TIMEOUT, EV_WAKE, EV_TAP, EV_TAP_DONE, EV_UDP, EV_PLAIN, EV_TOO_SMALL 
 enum {
     C_FRAMES_SENT, C_MESSAGES_DELIVERED, C_FRAMES_TO_PYTHON, C_DATAGRAMS_TO_PYTHON, C_GSO_SENDS,
     C_SUPERFRAMES_CUT, C_SEGMENTS_SEALED, C_SUPERFRAMES_JOINED, C_SEGMENTS_JOINED,
-    D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
+    C_SEALED_END_TO_END, C_OPENED_END_TO_END, D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
     D_TAP_WRITE_ERROR, D_GSO_FALLBACK, D_TOO_LARGE, D_PACK_LOST, NCOUNTS
 };
 
@@ -377,6 +378,8 @@ static PyTypeObject SessionType = {
 #define MAX_SUPER (65535 + 14) /* the IP length field's limit, and Ethernet */
 #define NRUNS 8                /* connections being coalesced at a time */
 #define SEG_OUT (1 << 18)      /* room for one superframe's sealed segments */
+#define WRAP (HDR + PREFIX)    /* what a relay's message adds in front (and its tag) */
+#define WRAP_OUT (2 * SEG_OUT) /* room for them, each inside a message to a relay */
 
 typedef struct {
     int version, ip, ip_len, tcp, tcp_len, end; /* end: where the payload starts */
@@ -718,7 +721,8 @@ static void coalesce_frame(Coalescer *C, const unsigned char *vf, size_t n) {
 typedef struct {
     unsigned char mac[6], src[6], peer[6], hop[6];
     unsigned gen;
-    Session *s; /* owned reference */
+    Session *s;     /* owned reference: the next hop's */
+    Session *inner; /* owned, or NULL: the peer's own, when the hop is a relay */
     double learned_at;
     long alone_above;
 } Lane;
@@ -728,6 +732,13 @@ typedef struct {
     unsigned gen;
     Session *s; /* owned reference */
 } Bound;
+
+typedef struct { /* a session whose datagrams come inside a relay's messages */
+    unsigned int index;
+    unsigned gen;
+    unsigned char peer[6];
+    Session *s; /* owned reference */
+} Sealed;
 
 typedef struct {
     unsigned char mac[6], origin[6];
@@ -745,6 +756,8 @@ typedef struct {
     size_t frame_cap, recv_cap, plain_cap, ct_cap;
     unsigned char *ct;
     unsigned char *seg_out;               /* a superframe's sealed segments */
+    unsigned char *wrap_out;              /* ... each inside a message to a relay */
+    unsigned char *plain2;                /* what was sealed inside a relayed message */
     Coalescer co;                         /* segments joined on their way to the TAP */
     int have_co, join;                    /* join: the TAP takes superframes */
     unsigned char *pack; /* small frames of one drain to one (next hop, peer), as Python packs */
@@ -758,6 +771,7 @@ typedef struct {
     unsigned gen, seen_epoch, epoch;
     Lane lanes[NLANES];
     Bound bound[NBOUND];
+    Sealed sealed[NSEALED];
     Seen seen[NSEEN];
     int gso;
     int family; /* of the UDP socket: AF_INET, or AF_INET6 (dual-stack or not) */
@@ -952,6 +966,92 @@ static int send_segments(Loop *L, const Lane *ln, const unsigned char *vf, size_
     return send_laid_out(L, s, L->seg_out, total, stride, count, ln->hop);
 }
 
+/* Seal the inner datagram at ``in`` (``ilen`` bytes, sealed for ``peer``)
+   as a message of its own from us to peer for hop session s, at ``d``:
+   route header, a first frame length of 0 (send._send_through), the
+   datagram.  Returns the datagram's length. */
+static size_t wrap_one(Loop *L, Session *s, unsigned char *d, const unsigned char *in,
+                       size_t ilen, const unsigned char *peer) {
+    unsigned char *pt = d + HDR;
+    memcpy(pt, L->me, 6);
+    memcpy(pt + 6, peer, 6);
+    pt[12] = MAX_HOPS;
+    be32(pt + ROUTE_SIZE, 0);
+    if (in != pt + PREFIX) memmove(pt + PREFIX, in, ilen);
+    uint64_t c = s->counter++;
+    d[0] = T_DATA;
+    be32(d + 1, s->peer_index);
+    be64(d + 5, c);
+    d[13] = 0;
+    d[14] = 1;
+    le64(s->snonce, c);
+    s->enc(pt, NULL, pt, PREFIX + ilen, d, AD, NULL, s->snonce, s->skey);
+    s->tx_packets++;
+    s->tx_messages++;
+    return HDR + PREFIX + ilen + (size_t)s->tag;
+}
+
+/* A frame on a lane beyond a relay (ln->inner: our session with the peer
+   itself): sealed with that session (a TCP superframe segment by segment)
+   into datagrams that fit inside one message to the hop each, and those
+   sent to the hop (send._send_through, which does the same).  The frame is
+   at buf + PREFIX.  -1 if it needs more than this (a large frame without
+   TSO): Python seals it. */
+static int send_through(Loop *L, const Lane *ln, unsigned char *buf, size_t n) {
+    Session *s = ln->s, *in = ln->inner;
+    long room = (long)s->datagram_size - WRAP - s->tag; /* an inner datagram, whole */
+    if (room < HDR + in->tag + PREFIX + MIN_FRAME) return -1;
+    size_t over = (size_t)(WRAP + s->tag);
+    const unsigned char *vf = buf + PREFIX;
+    size_t total = 0, stride = 0, count = 0;
+    if (vf[1] != GSO_NONE) {
+        int saved = in->datagram_size;
+        in->datagram_size = (int)room; /* this thread's, for this call only */
+        count = seal_tcp_segments(in, vf, n, L->me, ln->peer, L->seg_out, SEG_OUT, &total, &stride);
+        in->datagram_size = saved;
+    }
+    if (count) {
+        size_t ostride = stride + over;
+        if ((count - 1) * ostride + over + (total - (count - 1) * stride) > WRAP_OUT) return -1;
+        if (s->limit - s->counter < count) return -1;
+        size_t at = 0;
+        for (size_t i = 0; i < count; i++) {
+            size_t ilen = i + 1 < count ? stride : total - i * stride;
+            at = i * ostride + wrap_one(L, s, L->wrap_out + i * ostride, L->seg_out + i * stride,
+                                        ilen, ln->peer);
+        }
+        L->counts[C_SUPERFRAMES_CUT]++;
+        L->counts[C_SEGMENTS_SEALED] += count;
+        L->counts[C_SEALED_END_TO_END] += count;
+        return send_laid_out(L, s, L->wrap_out, at, ostride, count, ln->hop);
+    }
+    size_t ilen = HDR + PREFIX + n + (size_t)in->tag;
+    if (ilen > (size_t)room || in->counter >= in->limit || s->counter >= s->limit) return -1;
+    /* The inner datagram is built where the outer message's payload goes,
+       and both are sealed in place. */
+    unsigned char *d = L->wrap_out + WRAP, *pt = d + HDR;
+    memcpy(pt, L->me, 6);
+    memcpy(pt + 6, ln->peer, 6);
+    pt[12] = MAX_HOPS;
+    be32(pt + ROUTE_SIZE, (uint32_t)n);
+    memcpy(pt + PREFIX, vf, n);
+    uint64_t c = in->counter++;
+    d[0] = T_DATA;
+    be32(d + 1, in->peer_index);
+    be64(d + 5, c);
+    d[13] = 0;
+    d[14] = 1;
+    le64(in->snonce, c);
+    in->enc(pt, NULL, pt, PREFIX + n, d, AD, NULL, in->snonce, in->skey);
+    in->tx_packets++;
+    in->tx_messages++;
+    in->tx_frames++;
+    in->tx_bytes += (unsigned long long)(n - ETH_AT);
+    size_t len = wrap_one(L, s, L->wrap_out, d, ilen, ln->peer);
+    L->counts[C_SEALED_END_TO_END]++;
+    return send_laid_out(L, s, L->wrap_out, len, len, 1, ln->hop);
+}
+
 /* Send the small frames packed so far as one message. */
 static int flush_pack(Loop *L) {
     if (!L->pack_frames) return 0;
@@ -1012,6 +1112,17 @@ static int drain_tap(Loop *L, double now) {
         if (s && ln->gen == L->gen && memcmp(ln->mac, eth, 6) == 0 &&
             memcmp(ln->src, eth + 6, 6) == 0 && now - ln->learned_at <= RELEARN &&
             s->has_addr && s->counter < s->limit) {
+            if (ln->inner) { /* beyond a relay: sealed for the peer alone, never packed */
+                if ((r = flush_pack(L))) return r;
+                r = send_through(L, ln, buf, (size_t)n);
+                if (r > 0) return r;
+                if (r == 0) {
+                    L->first = 0;
+                    L->counts[C_FRAMES_SENT]++;
+                    continue;
+                }
+                goto to_python;
+            }
             s->tx_frames++;
             s->tx_bytes += (unsigned long long)(n - ETH_AT);
             L->counts[C_FRAMES_SENT]++;
@@ -1037,6 +1148,7 @@ static int drain_tap(Loop *L, double now) {
             if ((r = seal_send(L, s, T_DATA, buf, PREFIX + (size_t)n, ln->hop))) return r;
             continue;
         }
+    to_python:
         if ((r = flush_pack(L))) { /* rare: the frame is lost with the failed send */
             L->first = 0;
             return r;
@@ -1057,6 +1169,72 @@ static int drain_tap(Loop *L, double now) {
 }
 
 static void tap_emit(void *ctx, const unsigned char *p, size_t n);
+
+/* Whether every frame of the DATA plaintext p (plen bytes, route header
+   first) is whole and from a MAC seen at its origin lately. */
+static int frames_seen(const Loop *L, const unsigned char *p, size_t plen, double now) {
+    size_t pos = ROUTE_SIZE;
+    while (pos < plen) {
+        if (plen - pos < 4) return 0;
+        size_t fl = rd32(p + pos);
+        pos += 4;
+        if (fl < MIN_FRAME || fl > plen - pos) return 0;
+        const unsigned char *src = p + pos + ETH_AT + 6;
+        const Seen *sn = &L->seen[mac_hash(src, NSEEN)];
+        if (sn->gen != L->gen || memcmp(sn->mac, src, 6) != 0 || memcmp(sn->origin, p, 6) != 0 ||
+            now - sn->learned_at > RELEARN)
+            return 0;
+        pos += fl;
+    }
+    return 1;
+}
+
+/* Its frames to the TAP (through the coalescer when joining). */
+static void deliver_frames(Loop *L, Session *s, const unsigned char *p, size_t plen) {
+    for (size_t pos = ROUTE_SIZE; pos < plen;) {
+        size_t fl = rd32(p + pos);
+        pos += 4;
+        if (L->join) coalesce_frame(&L->co, p + pos, fl);
+        else tap_emit(L, p + pos, fl);
+        s->rx_frames++;
+        s->rx_bytes += fl - ETH_AT;
+        pos += fl;
+    }
+    L->counts[C_MESSAGES_DELIVERED]++;
+}
+
+/* The DATA plaintext p for us (plen bytes) carries a datagram its origin
+   sealed for us alone (a first frame length of 0): opened with our session
+   with the origin when Python bound it (``bind_sealed``), its frames to the
+   TAP.  0 if done, else EV_PLAIN: Python takes the outer plaintext, still
+   in L->plain, and opens it again (nothing was accepted here). */
+static int open_through(Loop *L, const unsigned char *p, size_t plen, double now) {
+    const unsigned char *ib = p + PREFIX;
+    size_t ilen = plen - PREFIX;
+    if (ilen < HDR || ib[0] != T_DATA || ib[13] != 0 || ib[14] != 1) return EV_PLAIN;
+    unsigned int index = rd32(ib + 1);
+    uint64_t c = rd64(ib + 5);
+    Sealed *sd = &L->sealed[index & (NSEALED - 1)];
+    Session *s = sd->s;
+    if (!s || sd->gen != L->gen || sd->index != index || memcmp(sd->peer, p, 6) != 0)
+        return EV_PLAIN;
+    size_t ctlen = ilen - HDR;
+    if (ctlen < (size_t)s->tag || ctlen > L->plain_cap || !replay_would(s, c)) return EV_PLAIN;
+    le64(s->rnonce, c);
+    if (s->dec(L->plain2, NULL, NULL, ib + HDR, ctlen, ib, AD, s->rnonce, s->rkey) != 0)
+        return EV_PLAIN;
+    size_t qlen = ctlen - (size_t)s->tag;
+    const unsigned char *q = L->plain2;
+    if (qlen < PREFIX || memcmp(q, p, 6) != 0 || memcmp(q + 6, L->me, 6) != 0 ||
+        !frames_seen(L, q, qlen, now))
+        return EV_PLAIN;
+    replay_accept(s, c); /* relayed: says nothing of a UDP path to it (no heard_at) */
+    s->rx_packets++;
+    s->rx_messages++;
+    deliver_frames(L, s, q, qlen);
+    L->counts[C_OPENED_END_TO_END]++;
+    return 0;
+}
 
 /* One datagram at ``off`` of a read of ``n`` bytes in segments of ``seg``
    (several, when GRO coalesced them): 0 if handled (``*next`` is where the
@@ -1115,29 +1293,9 @@ static int fast_datagram(Loop *L, int off, int n, int seg, double now, int *next
     if (type != T_DATA || plen < PREFIX || memcmp(p + 6, L->me, 6) != 0 ||
         memcmp(p, L->me, 6) == 0)
         return EV_PLAIN; /* a heartbeat, a relay, a broadcast, or wrong */
-    size_t pos = ROUTE_SIZE;
-    while (pos < plen) { /* every frame whole, from a MAC seen at that origin lately */
-        if (plen - pos < 4) return EV_PLAIN;
-        size_t fl = rd32(p + pos);
-        pos += 4;
-        if (fl < MIN_FRAME || fl > plen - pos) return EV_PLAIN;
-        const unsigned char *src = p + pos + ETH_AT + 6;
-        const Seen *sn = &L->seen[mac_hash(src, NSEEN)];
-        if (sn->gen != L->gen || memcmp(sn->mac, src, 6) != 0 || memcmp(sn->origin, p, 6) != 0 ||
-            now - sn->learned_at > RELEARN)
-            return EV_PLAIN;
-        pos += fl;
-    }
-    for (pos = ROUTE_SIZE; pos < plen;) {
-        size_t fl = rd32(p + pos);
-        pos += 4;
-        if (L->join) coalesce_frame(&L->co, p + pos, fl);
-        else tap_emit(L, p + pos, fl);
-        s->rx_frames++;
-        s->rx_bytes += fl - ETH_AT;
-        pos += fl;
-    }
-    L->counts[C_MESSAGES_DELIVERED]++;
+    if (rd32(p + ROUTE_SIZE) == 0) return open_through(L, p, plen, now);
+    if (!frames_seen(L, p, plen, now)) return EV_PLAIN;
+    deliver_frames(L, s, p, plen);
     return 0;
 }
 
@@ -1294,8 +1452,11 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->ct = PyMem_RawMalloc(self->ct_cap);
     self->pack = PyMem_RawMalloc(self->ct_cap);
     self->seg_out = PyMem_RawMalloc(SEG_OUT);
+    self->wrap_out = PyMem_RawMalloc(WRAP_OUT);
+    self->plain2 = PyMem_RawMalloc(self->plain_cap);
     self->have_co = coalescer_init(&self->co, tap_emit, self);
-    if (!self->ct || !self->pack || !self->seg_out || !self->have_co) {
+    if (!self->ct || !self->pack || !self->seg_out || !self->wrap_out || !self->plain2 ||
+        !self->have_co) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1320,8 +1481,12 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
 }
 
 static void Loop_clear_refs(Loop *self) {
-    for (int i = 0; i < NLANES; i++) Py_CLEAR(self->lanes[i].s);
+    for (int i = 0; i < NLANES; i++) {
+        Py_CLEAR(self->lanes[i].s);
+        Py_CLEAR(self->lanes[i].inner);
+    }
     for (int i = 0; i < NBOUND; i++) Py_CLEAR(self->bound[i].s);
+    for (int i = 0; i < NSEALED; i++) Py_CLEAR(self->sealed[i].s);
 }
 
 static void Loop_dealloc(Loop *self) {
@@ -1336,6 +1501,8 @@ static void Loop_dealloc(Loop *self) {
     PyMem_RawFree(self->ct);
     PyMem_RawFree(self->pack);
     PyMem_RawFree(self->seg_out);
+    PyMem_RawFree(self->wrap_out);
+    PyMem_RawFree(self->plain2);
     coalescer_free(&self->co);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1371,14 +1538,17 @@ static int mac_arg(Py_buffer *b, const char *what) {
 static PyObject *Loop_set_lane(Loop *self, PyObject *args) {
     Py_buffer dst, src, peer, hop;
     Session *s;
+    PyObject *inner = Py_None;
     long alone_above;
     double now;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*O!ld", &dst, &src, &peer, &hop, &SessionType, &s,
-                          &alone_above, &now))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*O!ld|O", &dst, &src, &peer, &hop, &SessionType, &s,
+                          &alone_above, &now, &inner))
         return NULL;
     PyObject *res = NULL;
-    if (mac_arg(&dst, "dst") && mac_arg(&src, "src") && mac_arg(&peer, "peer") &&
-        mac_arg(&hop, "hop")) {
+    if (inner != Py_None && !PyObject_TypeCheck(inner, &SessionType)) {
+        PyErr_SetString(PyExc_TypeError, "inner must be a Session or None");
+    } else if (mac_arg(&dst, "dst") && mac_arg(&src, "src") && mac_arg(&peer, "peer") &&
+               mac_arg(&hop, "hop")) {
         sync_epoch(self);
         Lane *ln = &self->lanes[mac_hash(dst.buf, NLANES)];
         memcpy(ln->mac, dst.buf, 6);
@@ -1387,6 +1557,12 @@ static PyObject *Loop_set_lane(Loop *self, PyObject *args) {
         memcpy(ln->hop, hop.buf, 6);
         Py_INCREF(s);
         Py_XSETREF(ln->s, s);
+        if (inner == Py_None) {
+            Py_CLEAR(ln->inner);
+        } else {
+            Py_INCREF(inner);
+            Py_XSETREF(ln->inner, (Session *)inner);
+        }
         ln->gen = self->gen;
         ln->learned_at = now;
         ln->alone_above = alone_above;
@@ -1410,6 +1586,26 @@ static PyObject *Loop_bind(Loop *self, PyObject *args) {
     Py_XSETREF(bd->s, s);
     bd->index = index;
     bd->gen = self->gen;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loop_bind_sealed(Loop *self, PyObject *args) {
+    unsigned int index;
+    Session *s;
+    Py_buffer peer;
+    if (!PyArg_ParseTuple(args, "IO!y*", &index, &SessionType, &s, &peer)) return NULL;
+    if (!mac_arg(&peer, "peer")) {
+        PyBuffer_Release(&peer);
+        return NULL;
+    }
+    sync_epoch(self);
+    Sealed *sd = &self->sealed[index & (NSEALED - 1)];
+    Py_INCREF(s);
+    Py_XSETREF(sd->s, s);
+    sd->index = index;
+    sd->gen = self->gen;
+    memcpy(sd->peer, peer.buf, 6);
+    PyBuffer_Release(&peer);
     Py_RETURN_NONE;
 }
 
@@ -1643,8 +1839,10 @@ static PyMethodDef Loop_methods[] = {
     {"run", (PyCFunction)Loop_run, METH_VARARGS,
      "run(now, timeout) -> event: forward until something needs Python, or timeout."},
     {"set_lane", (PyCFunction)Loop_set_lane, METH_VARARGS,
-     "set_lane(dst_mac, src_mac, dst_peer, hop, session, alone_above, now)"},
+     "set_lane(dst_mac, src_mac, dst_peer, hop, session, alone_above, now, inner=None)"},
     {"bind", (PyCFunction)Loop_bind, METH_VARARGS, "bind(receiver_index, session)"},
+    {"bind_sealed", (PyCFunction)Loop_bind_sealed, METH_VARARGS,
+     "bind_sealed(receiver_index, session, peer): its datagrams come inside relayed messages"},
     {"seen", (PyCFunction)Loop_seen, METH_VARARGS, "seen(src_mac, origin, now)"},
     {"invalidate", (PyCFunction)Loop_invalidate, METH_NOARGS,
      "Forget every lane, binding and seen MAC (any thread)."},
@@ -1709,9 +1907,10 @@ PyMODINIT_FUNC PyInit__dataplane(void) {
     for (int i = 0; i < 7; i++)
         if (PyModule_AddIntConstant(m, evs[i], i) < 0) return NULL;
     PyObject *names = Py_BuildValue(
-        "(ssssssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
+        "(ssssssssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
         "c_datagrams_to_python", "c_gso_sends", "c_superframes_cut", "c_segments_sealed",
-        "c_superframes_joined", "c_segments_joined", "tap_runt", "tap_read_error", "udp_recv_error",
+        "c_superframes_joined", "c_segments_joined", "c_sealed_end_to_end",
+        "c_opened_end_to_end", "tap_runt", "tap_read_error", "udp_recv_error",
         "empty_datagram", "tap_write_would_block", "tap_write_error", "gso_fallback",
         "message_too_large", "packed_lost");
     if (!names || PyModule_AddObject(m, "COUNTS", names) < 0) return NULL;

@@ -306,6 +306,10 @@ class Receiver:
         if inner_origin != origin or dst != self.me or size == 0:
             raise BadPacket("a message sealed end to end that is not the origin's to us", "e2e_bad")
         self.stats.counters["opened_end_to_end"] += 1
+        if self.cloop is not None:  # the C loop opens the next ones
+            state = session.state
+            assert isinstance(state, native.Session)
+            self.cloop.bind_sealed(index, state, origin)
         self._frames(session, origin, got, size, now)
 
     def _frames(

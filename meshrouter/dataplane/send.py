@@ -357,6 +357,8 @@ class Sender:
                     if link is None or link.udp_addr is None:
                         self.stats.drops["next_hop_down"] += 1
                         return
+                    if self.cloop is not None:  # the C loop does the same from the next frame
+                        self._through_lane(link, inner, owner, now)
                     self._send_through(link, inner.session, owner, n)
                     return
                 keys = [(hop, owner)]
@@ -414,6 +416,17 @@ class Sender:
             state = link.session.state
             assert isinstance(state, native.Session)
             self.cloop.set_lane(mac, lane.src, dst, link.peer, state, lane.alone_above, now)
+
+    def _through_lane(self, link: Link, inner: Link, dst: bytes, now: float) -> None:
+        """Teach the C loop the lane of the frame in the read buffer, to a
+        peer beyond the relay ``link`` leads to (``_send_through``)."""
+        assert self.cloop is not None
+        at = PREFIX + ETH_AT
+        hop, far = link.session.state, inner.session.state
+        assert isinstance(hop, native.Session)
+        assert isinstance(far, native.Session)
+        mac, src = bytes(self._frame[at : at + 6]), bytes(self._frame[at + 6 : at + 12])
+        self.cloop.set_lane(mac, src, dst, link.peer, hop, 0, now, far)
 
     def _flush_packer(self, key: tuple[bytes, bytes]) -> None:
         packer = self._packers.get(key)

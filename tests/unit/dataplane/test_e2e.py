@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshrouter.dataplane import tso
 from meshrouter.dataplane.sessionstate import Mode, native_available
@@ -60,13 +62,14 @@ def counters(side: Side) -> dict[str, int]:
 @pytest.mark.parametrize("plane", PLANES)
 def test_the_relay_passes_on_what_it_cannot_read(plane: Mode) -> None:
     with watched((plane, plane, plane)) as (a, b, c, seen):
-        small, mid = marked(64, 1), marked(1400, 2)
-        big = marked(9000, 3)  # no TSO: one message of several datagrams, inside
+        small, mid = marked(64, 1), marked(1300, 2)
+        # At the container MTU (1376) a frame fits one datagram, not one inside
+        # another's message: sealed as two (by Python); so is a large one.
+        full, big = marked(1400, 3), marked(9000, 3)
         sf = superframe(DST_MAC, SRC_MAC, 7)
         for _ in range(2):  # a C loop learns nothing that skips the sealing
-            assert cross_relayed(a, b, c, [small]) == [small]
-            assert cross_relayed(a, b, c, [mid]) == [mid]
-            assert cross_relayed(a, b, c, [big]) == [big]
+            for f in (small, mid, full, big):
+                assert cross_relayed(a, b, c, [f]) == [f]
         got = cross_relayed(a, b, c, [sf])
         assert [x for g in got for x in tso.segment_untrusted(g)] == tso.segment_untrusted(sf)
         assert seen, "B relayed nothing"
@@ -79,6 +82,16 @@ def test_the_relay_passes_on_what_it_cannot_read(plane: Mode) -> None:
         assert counters(c)["opened_end_to_end"] >= 7
         for side in (a, b, c):
             assert side.fwd.statistics().drops == {}
+        if plane == "c":  # once taught, the C loops seal and open them, with no Python
+            from meshrouter.dataplane.sessionstate import native
+
+            assert native is not None
+            sealed = native.COUNTS.index("c_sealed_end_to_end")
+            opened = native.COUNTS.index("c_opened_end_to_end")
+            assert a.fwd.cloop is not None
+            assert c.fwd.cloop is not None
+            assert a.fwd.cloop.counts()[sealed] == 2 + len(tso.segment_untrusted(sf))
+            assert c.fwd.cloop.counts()[opened] >= 3
         # C learnt the sender's MAC against A, not against B.
         assert c.fwd.macs.lookup(SRC_MAC, time.monotonic()) == A_NAME
 
@@ -102,12 +115,13 @@ def test_a_peer_that_cannot_open_them_gets_frames_resealed_by_the_relay() -> Non
         assert counters(a).get("sealed_end_to_end", 0) == 0
 
 
-def test_a_relay_that_forges_an_inner_message_gets_nothing_through() -> None:
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_relay_that_forges_an_inner_message_gets_nothing_through(plane: Mode) -> None:
     """B (compromised) sends C hop messages that claim to carry A's sealed
     datagrams: unknown receiver indices, B's own session's index, A's index
     with garbage, and a real one replayed.  None reaches C's TAP; each is
     counted."""
-    with relayed() as (a, b, c):
+    with relayed((plane, plane, plane)) as (a, b, c):
         f = marked(100, 5)
         assert cross_relayed(a, b, c, [f]) == [f]
         to_c = b.table.by_name[C_NAME]
@@ -151,3 +165,33 @@ def test_a_relay_that_forges_an_inner_message_gets_nothing_through() -> None:
         assert drops["short_datagram"] == 1
         assert drops["replayed"] == 1
         assert drops["e2e_bad"] == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=8), st.sampled_from(PLANES)
+)
+def test_whatever_a_relay_wraps_is_counted_and_never_delivered(
+    inners: list[bytes], plane: Mode
+) -> None:
+    """B wraps arbitrary bytes as sealed-for-C datagrams from A (some with a
+    real header of A's session in front): C drops and counts each, delivers
+    nothing, and still takes A's next real frame (either loop; the C loop
+    has opened one of A's before, so it looks at them first)."""
+    with relayed(("python", "python", plane)) as (a, b, c):
+        first = marked(100, 7)
+        assert cross_relayed(a, b, c, [first]) == [first]
+        to_c = b.table.by_name[C_NAME].session
+        at_c = c.table.by_name[A_NAME].session
+        c_addr = c.fwd.udp.sock.getsockname()
+        head = ROUTE_AND_LEN.pack(A_NAME, C_NAME, MAX_HOPS, 0)
+        for k, inner in enumerate(inners):
+            if k % 2:  # A's index and a plausible header: only authentication stops it
+                inner = HEADER.pack(PacketType.DATA, at_c.local_index, k, 0, 1) + inner
+            b.fwd.udp.sock.sendto(to_c.seal(PacketType.DATA, head + inner)[0], c_addr)
+        c.fwd.pump(time.monotonic())
+        with pytest.raises(BlockingIOError):
+            c.tap.recv(70_000)
+        assert sum(c.fwd.statistics().drops.values()) == len(inners)
+        f = marked(100, 6)
+        assert cross_relayed(a, b, c, [f]) == [f]
