@@ -20,11 +20,19 @@
  *               within the last second, its frames go to the TAP through the
  *               coalescer, which joins in-order TCP segments of a connection
  *               into a superframe and writes it when the drain ends.
+ *   relaying    DATA for another peer goes on to the next hop Python relayed
+ *               the last one to (set_relay), re-sealed, hop limit down by one.
+ *   end to end  a lane may carry the destination's own session too (its next
+ *               hop is a relay): the frame is sealed with it first, and each
+ *               such datagram is the payload of a message to the hop (route
+ *               header, a first frame length of 0).  Such a datagram for us is
+ *               opened with the session Python bound to its receiver index
+ *               (bind_sealed), for the origin its route header names.
  *
- * Anything else (an unknown MAC, a broadcast, a relay, a heartbeat, a bad
+ * Anything else (an unknown MAC, a broadcast, a heartbeat, a bad
  * packet, a moved peer) is an event: run() returns, Python handles it with
  * the same code the pure-Python forwarder uses, and calls run() again.
- * Lanes, bindings and seen MACs are caches filled by Python; invalidate()
+ * Lanes, bindings, relays and seen MACs are caches filled by Python; invalidate()
  * (any thread: one atomic increment) empties them all at the next drain.
  *
  * Session holds what both sides share about one link's data path: the send
@@ -76,6 +84,7 @@
 #define NLANES 1024
 #define NBOUND 256
 #define NSEALED 256 /* sessions with peers beyond a relay, by receiver index */
+#define NRELAYS 256 /* next hops of messages we relay, by destination peer */
 #define NSEEN 1024
 #define NERRNO 160
 
@@ -83,7 +92,7 @@ enum { EV_TIMEOUT, EV_WAKE, EV_TAP, EV_TAP_DONE, EV_UDP, EV_PLAIN, EV_TOO_SMALL 
 enum {
     C_FRAMES_SENT, C_MESSAGES_DELIVERED, C_FRAMES_TO_PYTHON, C_DATAGRAMS_TO_PYTHON, C_GSO_SENDS,
     C_SUPERFRAMES_CUT, C_SEGMENTS_SEALED, C_SUPERFRAMES_JOINED, C_SEGMENTS_JOINED,
-    C_SEALED_END_TO_END, C_OPENED_END_TO_END, D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
+    C_SEALED_END_TO_END, C_OPENED_END_TO_END, C_MESSAGES_RELAYED, C_RELAYED_UNREAD, D_TAP_RUNT, D_TAP_READ_ERROR, D_UDP_RECV_ERROR, D_EMPTY, D_TAP_WRITE_BLOCK,
     D_TAP_WRITE_ERROR, D_GSO_FALLBACK, D_TOO_LARGE, D_PACK_LOST, NCOUNTS
 };
 
@@ -733,6 +742,12 @@ typedef struct {
     Session *s; /* owned reference */
 } Bound;
 
+typedef struct { /* where messages to a peer go on when we relay them */
+    unsigned char dst[6], hop[6];
+    unsigned gen;
+    Session *s; /* owned reference: the next hop's */
+} Relay;
+
 typedef struct { /* a session whose datagrams come inside a relay's messages */
     unsigned int index;
     unsigned gen;
@@ -772,6 +787,7 @@ typedef struct {
     Lane lanes[NLANES];
     Bound bound[NBOUND];
     Sealed sealed[NSEALED];
+    Relay relays[NRELAYS];
     Seen seen[NSEEN];
     int gso;
     int family; /* of the UDP socket: AF_INET, or AF_INET6 (dual-stack or not) */
@@ -1236,6 +1252,29 @@ static int open_through(Loop *L, const unsigned char *p, size_t plen, double now
     return 0;
 }
 
+/* The DATA plaintext in L->plain (plen bytes) is for another peer: passed
+   on to the next hop Python relayed the last one to (``set_relay``),
+   re-sealed for it, hop limit down by one.  0 if done, else EV_PLAIN:
+   Python relays it (a hop limit reached, no relay taught, a send the path
+   is too small for: Python shrinks it), nothing changed. */
+static int relay_on(Loop *L, size_t plen) {
+    unsigned char *p = L->plain;
+    const Relay *rl = &L->relays[mac_hash(p + 6, NRELAYS)];
+    Session *h = rl->s;
+    if (!h || rl->gen != L->gen || memcmp(rl->dst, p + 6, 6) != 0 || p[12] == 0 ||
+        !h->has_addr || h->counter >= h->limit)
+        return EV_PLAIN;
+    p[12]--;
+    int r = seal_send(L, h, T_DATA, p, plen, rl->hop);
+    if (r) {
+        p[12]++;
+        return EV_PLAIN;
+    }
+    L->counts[C_MESSAGES_RELAYED]++;
+    if (rd32(p + ROUTE_SIZE) == 0) L->counts[C_RELAYED_UNREAD]++;
+    return 0;
+}
+
 /* One datagram at ``off`` of a read of ``n`` bytes in segments of ``seg``
    (several, when GRO coalesced them): 0 if handled (``*next`` is where the
    next datagram starts), else the event that hands it to Python. */
@@ -1290,9 +1329,10 @@ static int fast_datagram(Loop *L, int off, int n, int seg, double now, int *next
     L->ev_len = (int)plen;
     L->ev_dlen = len;
     const unsigned char *p = L->plain;
-    if (type != T_DATA || plen < PREFIX || memcmp(p + 6, L->me, 6) != 0 ||
-        memcmp(p, L->me, 6) == 0)
-        return EV_PLAIN; /* a heartbeat, a relay, a broadcast, or wrong */
+    if (type != T_DATA || plen < PREFIX || memcmp(p, L->me, 6) == 0)
+        return EV_PLAIN; /* a heartbeat, or wrong */
+    if (memcmp(p + 6, L->me, 6) != 0)
+        return relay_on(L, plen); /* for another (a broadcast is never taught) */
     if (rd32(p + ROUTE_SIZE) == 0) return open_through(L, p, plen, now);
     if (!frames_seen(L, p, plen, now)) return EV_PLAIN;
     deliver_frames(L, s, p, plen);
@@ -1487,6 +1527,7 @@ static void Loop_clear_refs(Loop *self) {
     }
     for (int i = 0; i < NBOUND; i++) Py_CLEAR(self->bound[i].s);
     for (int i = 0; i < NSEALED; i++) Py_CLEAR(self->sealed[i].s);
+    for (int i = 0; i < NRELAYS; i++) Py_CLEAR(self->relays[i].s);
 }
 
 static void Loop_dealloc(Loop *self) {
@@ -1587,6 +1628,27 @@ static PyObject *Loop_bind(Loop *self, PyObject *args) {
     bd->index = index;
     bd->gen = self->gen;
     Py_RETURN_NONE;
+}
+
+static PyObject *Loop_set_relay(Loop *self, PyObject *args) {
+    Py_buffer dst, hop;
+    Session *s;
+    if (!PyArg_ParseTuple(args, "y*y*O!", &dst, &hop, &SessionType, &s)) return NULL;
+    PyObject *res = NULL;
+    if (mac_arg(&dst, "dst") && mac_arg(&hop, "hop")) {
+        sync_epoch(self);
+        Relay *rl = &self->relays[mac_hash(dst.buf, NRELAYS)];
+        memcpy(rl->dst, dst.buf, 6);
+        memcpy(rl->hop, hop.buf, 6);
+        Py_INCREF(s);
+        Py_XSETREF(rl->s, s);
+        rl->gen = self->gen;
+        res = Py_None;
+        Py_INCREF(res);
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&hop);
+    return res;
 }
 
 static PyObject *Loop_bind_sealed(Loop *self, PyObject *args) {
@@ -1841,6 +1903,8 @@ static PyMethodDef Loop_methods[] = {
     {"set_lane", (PyCFunction)Loop_set_lane, METH_VARARGS,
      "set_lane(dst_mac, src_mac, dst_peer, hop, session, alone_above, now, inner=None)"},
     {"bind", (PyCFunction)Loop_bind, METH_VARARGS, "bind(receiver_index, session)"},
+    {"set_relay", (PyCFunction)Loop_set_relay, METH_VARARGS,
+     "set_relay(dst_peer, hop, session): relay messages to dst_peer on to hop"},
     {"bind_sealed", (PyCFunction)Loop_bind_sealed, METH_VARARGS,
      "bind_sealed(receiver_index, session, peer): its datagrams come inside relayed messages"},
     {"seen", (PyCFunction)Loop_seen, METH_VARARGS, "seen(src_mac, origin, now)"},
@@ -1907,10 +1971,10 @@ PyMODINIT_FUNC PyInit__dataplane(void) {
     for (int i = 0; i < 7; i++)
         if (PyModule_AddIntConstant(m, evs[i], i) < 0) return NULL;
     PyObject *names = Py_BuildValue(
-        "(ssssssssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
+        "(ssssssssssssssssssssss)", "c_frames_sent", "c_messages_delivered", "c_frames_to_python",
         "c_datagrams_to_python", "c_gso_sends", "c_superframes_cut", "c_segments_sealed",
         "c_superframes_joined", "c_segments_joined", "c_sealed_end_to_end",
-        "c_opened_end_to_end", "tap_runt", "tap_read_error", "udp_recv_error",
+        "c_opened_end_to_end", "c_messages_relayed", "c_relayed_unread", "tap_runt", "tap_read_error", "udp_recv_error",
         "empty_datagram", "tap_write_would_block", "tap_write_error", "gso_fallback",
         "message_too_large", "packed_lost");
     if (!names || PyModule_AddObject(m, "COUNTS", names) < 0) return NULL;

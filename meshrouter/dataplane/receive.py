@@ -280,6 +280,12 @@ class Receiver:
                 if size == 0:  # sealed for the destination alone: passed on unread
                     self.stats.counters["relayed_unread"] += 1
                 self.sender.relay(hop, relay)
+                if self.cloop is not None:  # the C loop relays the next ones itself
+                    link = self.links.by_name.get(hop)
+                    if link is not None:
+                        state = link.session.state
+                        assert isinstance(state, native.Session)
+                        self.cloop.set_relay(dst, hop, state)
                 return
         if size == 0:  # sealed for us alone by the origin, relayed unread
             self._open_sealed(origin, plain[PREFIX:], now)

@@ -18,6 +18,7 @@ from meshrouter.dataplane.sessionstate import Mode, native_available
 from meshrouter.proto.wire import HEADER, MAX_HOPS, ROUTE_AND_LEN, PacketType
 from meshrouter.testing.fwdpair import (
     A_NAME,
+    B_NAME,
     C_NAME,
     DST_MAC,
     SRC_MAC,
@@ -77,8 +78,10 @@ def test_the_relay_passes_on_what_it_cannot_read(plane: Mode) -> None:
             assert b"CLEARTEXT" not in plain
             assert sf[-64:] not in plain
             assert plain[:12] == A_NAME + C_NAME  # route header: all B reads
-        assert counters(b)["messages_relayed"] == len(seen)
-        assert counters(a)["sealed_end_to_end"] == len(seen)
+        relayed = counters(b)["messages_relayed"]  # by Python (seen) or by B's C loop
+        assert relayed >= len(seen)
+        assert counters(b)["relayed_unread"] == relayed
+        assert counters(a)["sealed_end_to_end"] == relayed
         assert counters(c)["opened_end_to_end"] >= 7
         for side in (a, b, c):
             assert side.fwd.statistics().drops == {}
@@ -92,6 +95,8 @@ def test_the_relay_passes_on_what_it_cannot_read(plane: Mode) -> None:
             assert c.fwd.cloop is not None
             assert a.fwd.cloop.counts()[sealed] == 2 + len(tso.segment_untrusted(sf))
             assert c.fwd.cloop.counts()[opened] >= 3
+            assert b.fwd.cloop is not None
+            assert b.fwd.cloop.counts()[native.COUNTS.index("c_messages_relayed")] > len(seen)
         # C learnt the sender's MAC against A, not against B.
         assert c.fwd.macs.lookup(SRC_MAC, time.monotonic()) == A_NAME
 
@@ -105,14 +110,26 @@ def test_without_the_extension_the_model_cuts_inside_the_hop() -> None:
         assert c.fwd.statistics().drops == {}
 
 
-def test_a_peer_that_cannot_open_them_gets_frames_resealed_by_the_relay() -> None:
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_peer_that_cannot_open_them_gets_frames_resealed_by_the_relay(plane: Mode) -> None:
     """The spy sees clear text when there is any to see (so the test above
-    can fail): a peer of protocol 1 gets what B re-seals."""
-    with watched(("python", "python", "python"), e2e=False) as (a, b, c, seen):
-        f = marked(200, 4)
-        assert cross_relayed(a, b, c, [f]) == [f]
+    can fail): a peer of protocol 1 gets what B re-seals (B's C loop once
+    its Python relayed the first)."""
+    with watched((plane, plane, plane), e2e=False) as (a, b, c, seen):
+        frames = [marked(200, 4), marked(1400, 5), superframe(DST_MAC, SRC_MAC, 9)]
+        for f in frames:
+            got = cross_relayed(a, b, c, [f])
+            assert [x for g in got for x in tso.segment_untrusted(g)] == tso.segment_untrusted(f)
         assert any(b"CLEARTEXT-4" in p for p in seen)
         assert counters(a).get("sealed_end_to_end", 0) == 0
+        assert counters(b).get("relayed_unread", 0) == 0
+        assert counters(b)["messages_relayed"] >= 2 + len(tso.segment_untrusted(frames[2]))
+        # A message at its hop limit is not passed on, by either loop.
+        to_b = a.table.by_name[B_NAME].session
+        spent = to_b.seal(PacketType.DATA, ROUTE_AND_LEN.pack(A_NAME, C_NAME, 0, 100) + frames[0])
+        a.fwd.udp.sock.sendto(spent[0], b.fwd.udp.sock.getsockname())
+        b.fwd.pump(time.monotonic())
+        assert b.fwd.statistics().drops == {"hop_limit": 1}
 
 
 @pytest.mark.parametrize("plane", PLANES)
