@@ -70,7 +70,8 @@ class Reflection:
         """Tell each neighbour how we see it, when that changed."""
         for conn in list(self.m.peers.values()):
             link = conn.link
-            tcp = "" if conn.initiator else format_address(*conn.remote)
+            tunnel = conn.via is not None  # no TCP of its own: nothing to tell of it
+            tcp = "" if conn.initiator or tunnel else format_address(*conn.remote)
             udp = ""
             heard = link is not None and link.session.heard_at > -math.inf
             if link is not None and link.udp_addr is not None and heard:
@@ -88,9 +89,15 @@ class Reflection:
             self.m.counters["control_messages_bad"] += 1
 
     def seen_udp(self) -> dict[str, list[str]]:
-        """Our UDP address as the neighbours see it -> the neighbours (nicknames)."""
+        """Our UDP address as the neighbours see it -> the neighbours
+        (nicknames).  Not a peer we reach through a relay (``tunnel``): it
+        sees the address it punched to, which may be one our NAT no longer
+        maps (rebooted), and would make us look like a NAT that maps per
+        destination just when our new address must be told."""
         out: dict[str, list[str]] = {}
         for conn in self.m.peers.values():
+            if conn.via is not None:
+                continue
             udp = conn.seen_as[1]
             if udp and conn.result is not None:
                 out.setdefault(udp, []).append(conn.result.peer.nickname)

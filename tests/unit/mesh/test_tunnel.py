@@ -106,8 +106,12 @@ def test_no_udp_through_the_nats_keeps_the_tunnel_and_punches_to_a_new_mapping()
     assert net.mesh(low).links.routes.next_hop[name(high)] == name(1)  # data relayed
     nick = net.mesh(high).nickname_of(name(high))
     assert "sealed end to end" in net.mesh(low).tunnels.states(net.now)[nick]
-    # high's NAT reboots and maps it to another port, which h1 tells it.
+    # high's NAT reboots and maps it to another port, which h1 tells it; low
+    # still says the old one (it punched there), which does not count.
     net.mesh(high).peers[name(1)].seen_as = ("", f"203.0.113.{high}:40000")
+    net.mesh(high).peers[name(low)].seen_as = ("", f"203.0.113.{high}:6783")
+    assert net.mesh(high).reflection.candidate() == f"203.0.113.{high}:40000"
+    assert not net.mesh(high).reflection.symmetric()
     tried = net.mesh(low).counters["punches_tried"]
     tick(net, 6, (1, 2), (1, 3))
     assert tunnel.punch_to == (f"203.0.113.{high}", 40000)
