@@ -76,6 +76,20 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
         if t["state"] == "connected":
             continue
         err = t["last_error"] or "not connected yet"
+        if t.get("discovered") and not ("certificate" in err or "password" in err):
+            # An address a peer's record gives (another site's private one,
+            # behind a NAT): the peer may well be reached otherwise.
+            if t["state"] != "connecting":
+                out.append(
+                    Finding(
+                        WARN,
+                        f"{t['address']}, an address a peer's gossip gives, does not answer "
+                        f"({err})",
+                        "nothing to do if the peer is reached otherwise (behind a NAT, "
+                        "another site's private address); else open TCP port 6783 to it",
+                    )
+                )
+            continue
         if "certificate" in err or "CA" in err:
             out.append(
                 Finding(
@@ -318,6 +332,16 @@ def _connections(st: RouterStatus) -> list[Finding]:
         who = c.get("nickname") or c["address"]
         if c["state"] == ConnState.HANDSHAKE:
             out.append(Finding(WARN, f"{c['address']}: handshake not finished"))
+            continue
+        if c["state"] == ConnState.PENDING and c.get("relay"):
+            # Through a relay, behind NATs: what the NAT findings say of it.
+            out.append(
+                Finding(
+                    OK,
+                    f"{who}: through {c['relay']}, its traffic sealed end to end; no direct "
+                    "UDP path punched (yet)",
+                )
+            )
             continue
         if c["state"] == ConnState.PENDING:
             out.append(

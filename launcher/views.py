@@ -148,6 +148,15 @@ def _identity(c: ConnectionStatus) -> str:
     return "password" if c.get("peer") else "-"
 
 
+def _through(c: ConnectionStatus) -> str:
+    relay = c.get("relay")
+    if not relay:
+        return ""
+    if c["state"] == "established":
+        return f" (punched, dialled through {relay})"
+    return f" (dialled through {relay}, not punched: relayed)"
+
+
 def connections(st: RouterStatus) -> None:
     table(
         ["", "ADDRESS", "PEER", "NICKNAME", "STATE", "ENCRYPTION", "DATA PATH", "IDENTITY"],
@@ -155,8 +164,7 @@ def connections(st: RouterStatus) -> None:
             [
                 "->" if c["direction"] == "outbound" else "<-",
                 # A tunnel: its control stream rides a relay, its UDP is punched.
-                c["address"]
-                + (f" (punched, dialled through {c['relay']})" if c.get("relay") else ""),
+                c["address"] + _through(c),
                 c.get("peer") or "-",
                 c.get("nickname") or "-",
                 state_words(c),

@@ -206,3 +206,37 @@ def test_a_revoked_peer_is_reported_as_evicted_not_as_unreachable() -> None:
     assert any("h3 (02:00:00:00:00:03) is revoked" in line for line in found[OK])
     assert not any("unreachable" in line for line in found[WARN])
     assert any("refused for its certificate" in line for line in found[WARN])
+
+
+def test_behind_nats_a_relayed_peer_and_a_private_address_of_another_site_fail_nothing() -> None:
+    """A host behind a NAT: its connection to a peer behind another goes
+    through h1 (no UDP punched: relayed, sealed end to end) and the private
+    address that peer's record gives does not answer.  Neither is a
+    failure; a target the operator gave that does not answer still is."""
+    st = status(
+        connections=[conn(), conn(nickname="h3", state="pending", relay="h1")],
+        targets=[
+            {
+                "address": "10.99.1.3:6783",
+                "state": "waiting",
+                "discovered": True,
+                "last_error": "all attempts to connect to 10.99.1.3:6783 failed",
+            },
+            {
+                "address": "10.99.1.4:6783",
+                "state": "connecting",
+                "discovered": True,
+                "last_error": None,
+            },
+            {"address": "198.18.0.4:6783", "state": "waiting", "last_error": "refused"},
+        ],
+    )
+    facts = HostFacts(
+        bridge_up=True, tap_on_bridge=True, tun_device=True, nft=True, ip_forward=True
+    )
+    found = levels(diagnose(st, facts))
+    assert len(found[FAIL]) == 1
+    assert "cannot connect to 198.18.0.4:6783 (refused)" in found[FAIL][0]
+    assert any("h3: through h1, its traffic sealed end to end" in f for f in found[OK])
+    assert any("10.99.1.3:6783, an address a peer's gossip gives" in w for w in found[WARN])
+    assert not any("10.99.1.4" in line for lines in found.values() for line in lines)
