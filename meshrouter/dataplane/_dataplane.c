@@ -518,6 +518,30 @@ static size_t tcp_segment_one(unsigned char *out, const unsigned char *vf, size_
     return ETH_AT + (size_t)h->end + len;
 }
 
+/* The DATA plaintext at d + HDR (its route header from us to ``peer`` and
+   the first frame's length written here, ``size`` bytes in all) sealed in
+   place as a one-datagram message of s, its header at d.  Returns the
+   datagram's length. */
+static size_t seal_data_in_place(Session *s, unsigned char *d, const unsigned char *me,
+                                 const unsigned char *peer, uint32_t first_len, size_t size) {
+    unsigned char *pt = d + HDR;
+    memcpy(pt, me, 6);
+    memcpy(pt + 6, peer, 6);
+    pt[12] = MAX_HOPS;
+    be32(pt + ROUTE_SIZE, first_len);
+    uint64_t c = s->counter++;
+    d[0] = T_DATA;
+    be32(d + 1, s->peer_index);
+    be64(d + 5, c);
+    d[13] = 0;
+    d[14] = 1;
+    le64(s->snonce, c);
+    s->enc(pt, NULL, pt, size, d, AD, NULL, s->snonce, s->skey);
+    s->tx_packets++;
+    s->tx_messages++;
+    return HDR + size + (size_t)s->tag;
+}
+
 /* Seal superframe vf (n bytes) for session s as one DATA message per
    segment (from me to peer, MSS cut down to what fits a datagram), laid out
    in out (cap bytes) at a stride, ready for UDP GSO.  Returns the number of datagrams (*total bytes, *stride each,
@@ -542,24 +566,10 @@ static size_t seal_tcp_segments(Session *s, const unsigned char *vf, size_t n,
     for (size_t i = 0; i < count; i++) {
         /* The plaintext is built where its ciphertext goes, and sealed in
            place (libsodium's AEADs allow it): no copy per segment. */
-        unsigned char *d = out + at, *pt = d + HDR;
-        memcpy(pt, me, 6);
-        memcpy(pt + 6, peer, 6);
-        pt[12] = MAX_HOPS;
-        size_t fl = tcp_segment_one(pt + PREFIX, vf, n, &h, mss, i, count, 0);
-        be32(pt + ROUTE_SIZE, (uint32_t)fl);
-        uint64_t c = s->counter++;
-        d[0] = T_DATA;
-        be32(d + 1, s->peer_index);
-        be64(d + 5, c);
-        d[13] = 0;
-        d[14] = 1;
-        le64(s->snonce, c);
-        s->enc(pt, NULL, pt, PREFIX + fl, d, AD, NULL, s->snonce, s->skey);
-        at += HDR + PREFIX + fl + (size_t)s->tag;
+        unsigned char *d = out + at;
+        size_t fl = tcp_segment_one(d + HDR + PREFIX, vf, n, &h, mss, i, count, 0);
+        at += seal_data_in_place(s, d, me, peer, (uint32_t)fl, PREFIX + fl);
     }
-    s->tx_packets += count;
-    s->tx_messages += count;
     s->tx_frames += count;
     s->tx_bytes += payload + count * (size_t)h.end;
     *total = at;
@@ -988,23 +998,8 @@ static int send_segments(Loop *L, const Lane *ln, const unsigned char *vf, size_
    datagram.  Returns the datagram's length. */
 static size_t wrap_one(Loop *L, Session *s, unsigned char *d, const unsigned char *in,
                        size_t ilen, const unsigned char *peer) {
-    unsigned char *pt = d + HDR;
-    memcpy(pt, L->me, 6);
-    memcpy(pt + 6, peer, 6);
-    pt[12] = MAX_HOPS;
-    be32(pt + ROUTE_SIZE, 0);
-    if (in != pt + PREFIX) memmove(pt + PREFIX, in, ilen);
-    uint64_t c = s->counter++;
-    d[0] = T_DATA;
-    be32(d + 1, s->peer_index);
-    be64(d + 5, c);
-    d[13] = 0;
-    d[14] = 1;
-    le64(s->snonce, c);
-    s->enc(pt, NULL, pt, PREFIX + ilen, d, AD, NULL, s->snonce, s->skey);
-    s->tx_packets++;
-    s->tx_messages++;
-    return HDR + PREFIX + ilen + (size_t)s->tag;
+    if (in != d + HDR + PREFIX) memmove(d + HDR + PREFIX, in, ilen);
+    return seal_data_in_place(s, d, L->me, peer, 0, PREFIX + ilen);
 }
 
 /* A frame on a lane beyond a relay (ln->inner: our session with the peer
@@ -1045,22 +1040,9 @@ static int send_through(Loop *L, const Lane *ln, unsigned char *buf, size_t n) {
     if (ilen > (size_t)room || in->counter >= in->limit || s->counter >= s->limit) return -1;
     /* The inner datagram is built where the outer message's payload goes,
        and both are sealed in place. */
-    unsigned char *d = L->wrap_out + WRAP, *pt = d + HDR;
-    memcpy(pt, L->me, 6);
-    memcpy(pt + 6, ln->peer, 6);
-    pt[12] = MAX_HOPS;
-    be32(pt + ROUTE_SIZE, (uint32_t)n);
-    memcpy(pt + PREFIX, vf, n);
-    uint64_t c = in->counter++;
-    d[0] = T_DATA;
-    be32(d + 1, in->peer_index);
-    be64(d + 5, c);
-    d[13] = 0;
-    d[14] = 1;
-    le64(in->snonce, c);
-    in->enc(pt, NULL, pt, PREFIX + n, d, AD, NULL, in->snonce, in->skey);
-    in->tx_packets++;
-    in->tx_messages++;
+    unsigned char *d = L->wrap_out + WRAP;
+    memcpy(d + HDR + PREFIX, vf, n);
+    seal_data_in_place(in, d, L->me, ln->peer, (uint32_t)n, PREFIX + n);
     in->tx_frames++;
     in->tx_bytes += (unsigned long long)(n - ETH_AT);
     size_t len = wrap_one(L, s, L->wrap_out, d, ilen, ln->peer);
