@@ -167,25 +167,20 @@ C_NAME = b"\x02\x00\x00\x00\x00\x03"
 def _keyed(i: int, j: int, pure: bool) -> tuple[DataSession, DataSession]:
     """Sessions between routers i and j (indices i*10+j and j*10+i), keys of
     their own, path MTU known."""
-    k1, k2 = bytes([i, j]) * 16, bytes([j, i]) * 16
-    a = DataSession(
-        suite=Suite.AEGIS128L,
-        send_key=k1,
-        recv_key=k2,
-        local_index=i * 10 + j,
-        peer_index=j * 10 + i,
-        pure=pure,
-    )
-    b = DataSession(
-        suite=Suite.AEGIS128L,
-        send_key=k2,
-        recv_key=k1,
-        local_index=j * 10 + i,
-        peer_index=i * 10 + j,
-        pure=pure,
-    )
-    a.datagram_size = b.datagram_size = 1472
-    return a, b
+
+    def one(me: int, other: int) -> DataSession:
+        session = DataSession(
+            suite=Suite.AEGIS128L,
+            send_key=bytes([me, other]) * 16,
+            recv_key=bytes([other, me]) * 16,
+            local_index=me * 10 + other,
+            peer_index=other * 10 + me,
+            pure=pure,
+        )
+        session.datagram_size = 1472
+        return session
+
+    return one(i, j), one(j, i)
 
 
 @contextmanager
