@@ -76,20 +76,6 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
         if t["state"] == "connected":
             continue
         err = t["last_error"] or "not connected yet"
-        if t.get("discovered") and not ("certificate" in err or "password" in err):
-            # An address a peer's record gives (another site's private one,
-            # behind a NAT): the peer may well be reached otherwise.
-            if t["state"] != "connecting":
-                out.append(
-                    Finding(
-                        WARN,
-                        f"{t['address']}, an address a peer's gossip gives, does not answer "
-                        f"({err})",
-                        "nothing to do if the peer is reached otherwise (behind a NAT, "
-                        "another site's private address); else open TCP port 6783 to it",
-                    )
-                )
-            continue
         if "certificate" in err or "CA" in err:
             out.append(
                 Finding(
@@ -106,6 +92,19 @@ def diagnose(st: RouterStatus, facts: HostFacts) -> list[Finding]:
                     "give both hosts the same --password-file",
                 )
             )
+        elif t.get("discovered"):
+            # An address a peer's record gives (another site's private one,
+            # behind a NAT): the peer may well be reached otherwise.
+            if t["state"] != "connecting":
+                out.append(
+                    Finding(
+                        WARN,
+                        f"{t['address']}, an address a peer's gossip gives, does not answer "
+                        f"({err})",
+                        "nothing to do if the peer is reached otherwise (behind a NAT, "
+                        "another site's private address); else open TCP port 6783 to it",
+                    )
+                )
         else:
             out.append(
                 Finding(
