@@ -129,8 +129,8 @@ class Tunnels:
 
     def tick(self, now: float) -> None:
         self.now = now
-        ours = self.m.reflection.candidate()
-        told = (ours, self.m.reflection.behind_nat())
+        ours, nat = self.m.reflection.candidate(), self.m.reflection.behind_nat()
+        told = (ours, nat)
         if told != self.told:
             self.told = told
             self.m.announce.own_record_changed()
@@ -139,7 +139,7 @@ class Tunnels:
                 conn.control.handle_timer(now)
                 self.m.process(conn, now)
             self._check_path(conn, now)
-        self._open_due(ours, now)
+        self._open_due(ours, nat, now)
 
     def _check_path(self, conn: Conn, now: float) -> None:
         if conn.control.state is State.CLOSED:
@@ -166,11 +166,12 @@ class Tunnels:
         theirs = sorted(self.m.gossip.candidates_of(name))
         return _candidate_addr(theirs[0]) if theirs else None
 
-    def _open_due(self, ours: str, now: float) -> None:
+    def _open_due(self, ours: str, nat: bool, now: float) -> None:
         """Open a tunnel to each peer behind another NAT (by its record) that
         has a larger name: to punch to its candidate when both have one, else
-        for its keys alone (``HOLD_SEALED`` later)."""
-        if self.m.public or not (ours or self.m.reflection.behind_nat()):
+        for its keys alone (``HOLD_SEALED`` later).  ``ours``: our candidate;
+        ``nat``: whether we are behind a NAT."""
+        if self.m.public or not (ours or nat):
             self.both_known.clear()  # peers can dial us: they do
             return
         busy = {c.name or c.tunnel_to for c in self.m.conns.values()}
@@ -309,8 +310,7 @@ class Tunnels:
         if sum(1 for c in self.conns() if c.tunnel_to == origin) >= MAX_PER_PEER:
             self.m.counters["tunnels_refused"] += 1  # a peer that opens tunnel after tunnel
             return None
-        theirs = sorted(self.m.gossip.candidates_of(origin))
-        dest = _candidate_addr(theirs[0]) if theirs else None
+        dest = self._candidate_of(origin)
         index = self.m.open_connection(
             initiator=False,
             remote=dest or (host_of(relay.where), 0),
