@@ -221,19 +221,9 @@ class Sender:
                 if count:
                     return self._cut(total, stride)
             else:
-                try:
-                    fit = room - HEADER.size - inner.tag_bytes - PREFIX - tso.payload_offset(frame)
-                    segments = tso.segment_untrusted(tso.with_mss(frame, fit)) if fit >= 64 else []
-                except BadPacket:
-                    segments = []
-                if segments:
-                    out: list[bytes] = []
-                    for seg in segments:
-                        state.tx_frames += 1
-                        state.tx_bytes += len(seg) - ETH_AT
-                        plain = ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, len(seg)) + seg
-                        out += inner.seal(PacketType.DATA, plain, room)
-                    return out
+                plains = self._model_cut(inner, dst, frame, room)
+                if plains:
+                    return [d for p in plains for d in inner.seal(PacketType.DATA, p, room)]
         state.tx_frames += 1
         state.tx_bytes += n - ETH_AT
         ROUTE_AND_LEN.pack_into(self._frame, 0, self.me, dst, MAX_HOPS, n)
@@ -269,22 +259,35 @@ class Sender:
             self.stats.counters["superframes_cut"] += 1
             self.send(link, (total, stride))
             return True
-        try:
-            end = tso.payload_offset(frame)
-            over = HEADER.size + session.tag_bytes + PREFIX + end
-            fit = session.datagram_size - over
-            if fit < 64:
-                return False
-            segments = tso.segment_untrusted(tso.with_mss(frame, fit))
-        except BadPacket:
+        plains = self._model_cut(session, dst, frame, session.datagram_size)
+        if not plains:
             return False
         self.stats.counters["superframes_cut"] += 1
+        for plain in plains:
+            self.send(link, session.seal_into(PacketType.DATA, plain, self._out))
+        return True
+
+    def _model_cut(
+        self, session: DataSession, dst: bytes, frame: memoryview, size: int
+    ) -> list[bytes]:
+        """A TCP superframe cut by the model ``tso`` into segments whose
+        messages (route header, segment) fit datagrams of ``size`` bytes,
+        counted as sent: their plaintexts, or none if it is no superframe to cut."""
+        try:
+            over = HEADER.size + session.tag_bytes + PREFIX + tso.payload_offset(frame)
+            fit = size - over
+            if fit < 64:
+                return []
+            segments = tso.segment_untrusted(tso.with_mss(frame, fit))
+        except BadPacket:
+            return []
+        state = session.state
+        plains = []
         for seg in segments:
             state.tx_frames += 1
             state.tx_bytes += len(seg) - ETH_AT
-            plain = ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, len(seg)) + seg
-            self.send(link, session.seal_into(PacketType.DATA, plain, self._out))
-        return True
+            plains.append(ROUTE_AND_LEN.pack(self.me, dst, MAX_HOPS, len(seg)) + seg)
+        return plains
 
     # -- in from the TAP ------------------------------------------------
 
