@@ -66,6 +66,15 @@ class Side:
         return new
 
 
+def tap_pair() -> tuple[socket.socket, socket.socket]:
+    """A "TAP": (the app's end, the forwarder's end), non-blocking."""
+    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in ends:
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return ends
+
+
 @contextmanager
 def pair(
     offload: bool = True,
@@ -85,11 +94,8 @@ def pair(
     sa, sb = probed_pair(pure=pure)
     ua = UdpSocket(bind, 0, gso=offload, gro=offload)
     ub = UdpSocket(bind, 0, gso=offload, gro=offload)
-    ta_app, ta = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    tb_app, tb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (ta, tb, ta_app, tb_app):
-        s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    ta_app, ta = tap_pair()
+    tb_app, tb = tap_pair()
     graph = {A_NAME: {B_NAME}, B_NAME: {A_NAME}}
 
     def side(
@@ -146,6 +152,16 @@ def frame(size: int) -> bytes:
     return VNET + eth + bytes(size - len(eth))
 
 
+def delivered(side: Side) -> list[bytes]:
+    """What came out of ``side``'s TAP since the last look."""
+    out = []
+    while True:
+        try:
+            out.append(side.tap.recv(70_000))
+        except BlockingIOError:
+            return out
+
+
 def cross(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
     """Write ``frames`` into a's TAP, let both forwarders run (whichever loop),
     and return what came out of b's TAP."""
@@ -153,12 +169,7 @@ def cross(a: Side, b: Side, frames: list[bytes]) -> list[bytes]:
         a.tap.send(f)
     a.fwd.pump(time.monotonic())
     b.fwd.pump(time.monotonic())
-    out = []
-    while True:
-        try:
-            out.append(b.tap.recv(70_000))
-        except BlockingIOError:
-            return out
+    return delivered(b)
 
 
 C_NAME = b"\x02\x00\x00\x00\x00\x03"
@@ -198,11 +209,7 @@ def relayed(
     names = (A_NAME, B_NAME, C_NAME)
     graph = {A_NAME: {B_NAME}, B_NAME: {A_NAME, C_NAME}, C_NAME: {B_NAME}}
     udps = [UdpSocket("127.0.0.1", 0) for _ in names]
-    taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in names]
-    for app, tap in taps:
-        for s in (app, tap):
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    taps = [tap_pair() for _ in names]
     tables = []
     for me in names:
         hops = {n: (n if B_NAME in (me, n) else B_NAME) for n in names if n != me}
@@ -259,9 +266,4 @@ def cross_relayed(a: Side, b: Side, c: Side, frames: list[bytes]) -> list[bytes]
         a.tap.send(f)
     for side_ in (a, b, c):
         side_.fwd.pump(time.monotonic())
-    out = []
-    while True:
-        try:
-            out.append(c.tap.recv(70_000))
-        except BlockingIOError:
-            return out
+    return delivered(c)
